@@ -1,0 +1,286 @@
+//! The wire format between the Sluice edge and the backend.
+//!
+//! One accepted event travels as an [`Envelope`]; a batch is a JSON array of
+//! envelopes (`Vec<Envelope>`), posted to the backend's `POST /v1/ingest`,
+//! which answers with an [`IngestResponse`]. See `protocol/README.md`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// Longest accepted envelope id (the client's idempotency key, or a UUID).
+pub const MAX_ID_LEN: usize = 64;
+/// Longest event name, in characters.
+pub const MAX_NAME_LEN: usize = 200;
+/// Longest `user_id` / `anonymous_id` / `session_id`, in characters.
+pub const MAX_FIELD_LEN: usize = 200;
+/// Latest representable timestamp: 9999-12-31T23:59:59.999Z (the end of `DATETIME`).
+pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
+
+/// Edge limits: request body after decompression, one event, events per request.
+pub const EDGE_MAX_BODY_BYTES: usize = 1024 * 1024;
+pub const EDGE_MAX_EVENT_BYTES: usize = 32 * 1024;
+pub const EDGE_MAX_EVENTS: usize = 1000;
+
+/// One accepted event as it travels from edge to backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// UUIDv7 assigned at the edge, or the client's own id (the idempotency key).
+    pub id: String,
+    pub env_id: u32,
+    pub name: String,
+    /// Client time, skew-corrected, ms since the Unix epoch.
+    pub timestamp: i64,
+    /// Edge receive time, ms since the Unix epoch.
+    pub received_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub properties: Map<String, Value>,
+    /// Enrichment: `country`, `colo`, `user_agent`, `library`, ...
+    #[serde(default)]
+    pub context: Map<String, Value>,
+}
+
+/// Why an envelope is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvelopeError {
+    EmptyId,
+    IdTooLong,
+    EmptyName,
+    NameTooLong,
+    FieldTooLong(&'static str),
+    TimestampOutOfRange(&'static str),
+    ControlCharacter(&'static str),
+}
+
+impl std::fmt::Display for EnvelopeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::EmptyId => write!(f, "id must not be empty"),
+            Self::IdTooLong => write!(f, "id is longer than {MAX_ID_LEN} characters"),
+            Self::EmptyName => write!(f, "name must not be empty"),
+            Self::NameTooLong => write!(f, "name is longer than {MAX_NAME_LEN} characters"),
+            Self::FieldTooLong(field) => {
+                write!(f, "{field} is longer than {MAX_FIELD_LEN} characters")
+            }
+            Self::TimestampOutOfRange(field) => {
+                write!(
+                    f,
+                    "{field} must be between 0 and {MAX_TIMESTAMP_MS} ms since the epoch"
+                )
+            }
+            Self::ControlCharacter(field) => write!(f, "{field} contains a control character"),
+        }
+    }
+}
+
+impl std::error::Error for EnvelopeError {}
+
+fn check_text(value: &str, field: &'static str) -> Result<(), EnvelopeError> {
+    if value.chars().any(char::is_control) {
+        return Err(EnvelopeError::ControlCharacter(field));
+    }
+    Ok(())
+}
+
+fn check_optional(value: &Option<String>, field: &'static str) -> Result<(), EnvelopeError> {
+    if let Some(v) = value {
+        if v.chars().count() > MAX_FIELD_LEN {
+            return Err(EnvelopeError::FieldTooLong(field));
+        }
+        check_text(v, field)?;
+    }
+    Ok(())
+}
+
+pub fn timestamp_in_range(ms: i64) -> bool {
+    (0..=MAX_TIMESTAMP_MS).contains(&ms)
+}
+
+impl Envelope {
+    pub fn validate(&self) -> Result<(), EnvelopeError> {
+        if self.id.is_empty() {
+            return Err(EnvelopeError::EmptyId);
+        }
+        if self.id.chars().count() > MAX_ID_LEN {
+            return Err(EnvelopeError::IdTooLong);
+        }
+        check_text(&self.id, "id")?;
+        if self.name.is_empty() {
+            return Err(EnvelopeError::EmptyName);
+        }
+        if self.name.chars().count() > MAX_NAME_LEN {
+            return Err(EnvelopeError::NameTooLong);
+        }
+        check_text(&self.name, "name")?;
+        if !timestamp_in_range(self.timestamp) {
+            return Err(EnvelopeError::TimestampOutOfRange("timestamp"));
+        }
+        if !timestamp_in_range(self.received_at) {
+            return Err(EnvelopeError::TimestampOutOfRange("received_at"));
+        }
+        check_optional(&self.user_id, "user_id")?;
+        check_optional(&self.anonymous_id, "anonymous_id")?;
+        check_optional(&self.session_id, "session_id")?;
+        Ok(())
+    }
+
+    /// The 16-byte storage key of this envelope's id; see [`event_key`].
+    pub fn key(&self) -> [u8; 16] {
+        event_key(&self.id)
+    }
+}
+
+/// Namespace for hashing client ids that are not UUIDs (UUIDv5 of the id).
+pub const CLIENT_ID_NAMESPACE: Uuid = Uuid::from_u128(0x5c1c_e000_7a1d_4e5e_9f0e_5115_1ce0_0001);
+
+/// The 16-byte key an id is stored under: a UUID's own bytes, or, for any
+/// other client id, its UUIDv5 hash — deterministic, so a repeat collides.
+pub fn event_key(id: &str) -> [u8; 16] {
+    match Uuid::try_parse(id) {
+        Ok(uuid) => *uuid.as_bytes(),
+        Err(_) => *Uuid::new_v5(&CLIENT_ID_NAMESPACE, id.as_bytes()).as_bytes(),
+    }
+}
+
+/// Whether `id` is stored as its own UUID bytes (so the text need not be kept).
+pub fn is_uuid(id: &str) -> bool {
+    Uuid::try_parse(id).is_ok()
+}
+
+/// A UUIDv7 for `unix_ms` with caller-supplied randomness (the edge takes it
+/// from `crypto.getRandomValues`; this crate has no source of its own).
+pub fn uuid_v7(unix_ms: u64, random: &[u8; 10]) -> String {
+    uuid::Builder::from_unix_timestamp_millis(unix_ms, random)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+/// Counts for one environment in an ingest response.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvCounts {
+    pub inserted: u64,
+    pub duplicates: u64,
+}
+
+/// An environment whose envelopes could not be written this time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvFailure {
+    pub env_id: u32,
+    pub error: String,
+    pub message: String,
+}
+
+/// The backend's answer to `POST /v1/ingest` (status 200, 207 or 503).
+///
+/// `retry` lists the ids of every envelope that did not land and must be
+/// sent again; everything else landed (inserted, or already present).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestResponse {
+    pub environments: BTreeMap<u32, EnvCounts>,
+    #[serde(default)]
+    pub retry: Vec<String>,
+    #[serde(default)]
+    pub failures: Vec<EnvFailure>,
+}
+
+/// Every 4xx/5xx body, from edge and backend alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> Envelope {
+        serde_json::from_value(json!({
+            "id": "0190b6e0-0000-7000-8000-000000000001",
+            "env_id": 7,
+            "name": "purchase",
+            "timestamp": 1_700_000_000_000i64,
+            "received_at": 1_700_000_000_050i64,
+            "user_id": "u1",
+            "properties": {"amount": 12.5},
+            "context": {"country": "DE"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn round_trips_and_omits_absent_fields() {
+        let env = sample();
+        let text = serde_json::to_string(&env).unwrap();
+        assert!(!text.contains("anonymous_id"));
+        assert_eq!(serde_json::from_str::<Envelope>(&text).unwrap(), env);
+        assert!(env.validate().is_ok());
+    }
+
+    #[test]
+    fn rejects_unknown_fields() {
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value["surprise"] = json!(1);
+        assert!(serde_json::from_value::<Envelope>(value).is_err());
+    }
+
+    #[test]
+    fn validation_branches() {
+        let mut e = sample();
+        e.id = String::new();
+        assert_eq!(e.validate(), Err(EnvelopeError::EmptyId));
+        e.id = "x".repeat(65);
+        assert_eq!(e.validate(), Err(EnvelopeError::IdTooLong));
+        e.id = "ok".into();
+        e.name = String::new();
+        assert_eq!(e.validate(), Err(EnvelopeError::EmptyName));
+        e.name = "é".repeat(200);
+        assert!(e.validate().is_ok(), "200 multi-byte chars are fine");
+        e.name = "é".repeat(201);
+        assert_eq!(e.validate(), Err(EnvelopeError::NameTooLong));
+        e.name = "bad\u{0}name".into();
+        assert_eq!(e.validate(), Err(EnvelopeError::ControlCharacter("name")));
+        e.name = "ok".into();
+        e.timestamp = -1;
+        assert_eq!(
+            e.validate(),
+            Err(EnvelopeError::TimestampOutOfRange("timestamp"))
+        );
+        e.timestamp = MAX_TIMESTAMP_MS + 1;
+        assert!(e.validate().is_err());
+        e.timestamp = 0;
+        e.session_id = Some("s".repeat(201));
+        assert_eq!(e.validate(), Err(EnvelopeError::FieldTooLong("session_id")));
+    }
+
+    #[test]
+    fn keys_are_uuid_bytes_or_stable_hashes() {
+        let uuid = "0190b6e0-0000-7000-8000-000000000001";
+        assert_eq!(event_key(uuid), *Uuid::parse_str(uuid).unwrap().as_bytes());
+        assert!(is_uuid(uuid));
+        assert_eq!(event_key("order-42"), event_key("order-42"));
+        assert_ne!(event_key("order-42"), event_key("order-43"));
+        assert!(!is_uuid("order-42"));
+    }
+
+    #[test]
+    fn v7_ids_are_time_ordered() {
+        let a = uuid_v7(1_700_000_000_000, &[0xff; 10]);
+        let b = uuid_v7(1_700_000_000_001, &[0; 10]);
+        assert!(a < b);
+        assert_eq!(Uuid::parse_str(&a).unwrap().get_version_num(), 7);
+    }
+}
