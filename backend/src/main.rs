@@ -1,1 +1,244 @@
-fn main() {}
+use std::process::ExitCode;
+
+use backend::{catalog, counters, db, Config, Error, Result};
+use clap::{Parser, Subcommand};
+
+/// Sluice backend: the ingest service and its admin commands.
+#[derive(Parser)]
+#[command(name = "backend", version)]
+struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve POST /v1/ingest, /healthz, /readyz, /metrics.
+    Serve,
+    /// Create or upgrade the catalog and every shard's schema.
+    Migrate,
+    /// Manage shards (MySQL databases holding events).
+    #[command(subcommand)]
+    Shard(ShardCommand),
+    /// Manage environments (who sends events, and where they land).
+    #[command(subcommand)]
+    Env(EnvCommand),
+    /// Derived counts.
+    #[command(subcommand)]
+    Counters(CountersCommand),
+}
+
+#[derive(Subcommand)]
+enum ShardCommand {
+    /// Register a shard; its database is created and migrated if needed.
+    Add {
+        name: String,
+        url: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum EnvCommand {
+    /// Create an environment on a shard; prints its id.
+    Create {
+        name: String,
+        #[arg(long)]
+        shard: String,
+    },
+    /// Start migrating: writes go to the primary and to SHARD.
+    Migrate {
+        name: String,
+        #[arg(long)]
+        to: String,
+    },
+    /// Make the secondary shard the primary.
+    Promote {
+        name: String,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+enum CountersCommand {
+    /// Recompute per-minute counts from the events table.
+    Rebuild {
+        #[arg(long)]
+        env: String,
+        /// RFC 3339 time or epoch milliseconds.
+        #[arg(long)]
+        since: String,
+    },
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "text" {
+        builder.init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown signal received; draining in-flight requests");
+}
+
+fn parse_time(text: &str) -> Result<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        return Ok(ms);
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|e| {
+            Error::InvalidArgument("time", format!("{text:?}: {e} (use RFC 3339 or epoch ms)"))
+        })
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let config = cli.config;
+    let catalog_pool =
+        || db::lazy_pool(&config.database_url, 2, std::time::Duration::from_secs(10));
+    match cli.command {
+        Command::Serve => {
+            config
+                .check_for_serving()
+                .map_err(|m| Error::InvalidArgument("configuration", m))?;
+            let server = backend::start(config, shutdown_signal()).await?;
+            tracing::info!(addr = %server.addr, "backend listening");
+            server
+                .done
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            tracing::info!("backend stopped");
+        }
+        Command::Migrate => {
+            db::migrate_catalog(&config.database_url).await?;
+            for shard in catalog::list_shards(&catalog_pool()?).await? {
+                db::migrate_shard(&shard.url)
+                    .await
+                    .map_err(|e| Error::ShardUnavailable {
+                        shard: shard.name.clone(),
+                        message: e.to_string(),
+                    })?;
+                println!("migrated shard {}", shard.name);
+            }
+            println!("migrated catalog");
+        }
+        Command::Shard(cmd) => {
+            db::migrate_catalog(&config.database_url).await?;
+            let pool = catalog_pool()?;
+            match cmd {
+                ShardCommand::Add { name, url } => {
+                    let id = catalog::add_shard(&pool, &name, &url).await?;
+                    println!("{id}");
+                }
+                ShardCommand::List => {
+                    println!("{:<6} {:<24} {:<10} url", "id", "name", "status");
+                    for s in catalog::list_shards(&pool).await? {
+                        println!(
+                            "{:<6} {:<24} {:<10} {}",
+                            s.id,
+                            s.name,
+                            s.status,
+                            db::redact(&s.url)
+                        );
+                    }
+                }
+            }
+        }
+        Command::Env(cmd) => {
+            db::migrate_catalog(&config.database_url).await?;
+            let pool = catalog_pool()?;
+            match cmd {
+                EnvCommand::Create { name, shard } => {
+                    let id = catalog::create_environment(&pool, &name, &shard).await?;
+                    println!("{id}");
+                }
+                EnvCommand::Migrate { name, to } => {
+                    catalog::migrate_environment(&pool, &name, &to).await?;
+                    println!("{name}: writes now go to its primary and to {to}; run `backend env promote {name}` once {to} holds the history");
+                }
+                EnvCommand::Promote { name } => {
+                    catalog::promote_environment(&pool, &name).await?;
+                    println!("{name}: secondary promoted to primary");
+                }
+                EnvCommand::List => {
+                    let shards: std::collections::HashMap<u32, String> =
+                        catalog::list_shards(&pool)
+                            .await?
+                            .into_iter()
+                            .map(|s| (s.id, s.name))
+                            .collect();
+                    let name = |id: u32| shards.get(&id).cloned().unwrap_or_else(|| id.to_string());
+                    println!("{:<6} {:<24} {:<16} secondary", "id", "name", "primary");
+                    for e in catalog::list_environments(&pool).await? {
+                        let secondary =
+                            e.secondary_shard_id.map(name).unwrap_or_else(|| "-".into());
+                        println!(
+                            "{:<6} {:<24} {:<16} {}",
+                            e.id,
+                            e.name,
+                            name(e.primary_shard_id),
+                            secondary
+                        );
+                    }
+                }
+            }
+        }
+        Command::Counters(CountersCommand::Rebuild { env, since }) => {
+            let since_ms = parse_time(&since)?;
+            let pool = catalog_pool()?;
+            let environment = catalog::environment_by_name(&pool, &env).await?;
+            let shards = catalog::list_shards(&pool).await?;
+            let targets =
+                std::iter::once(environment.primary_shard_id).chain(environment.secondary_shard_id);
+            for shard_id in targets {
+                let Some(shard) = shards.iter().find(|s| s.id == shard_id) else {
+                    continue;
+                };
+                let shard_pool = db::lazy_pool(&shard.url, 1, std::time::Duration::from_secs(10))?;
+                let counted = counters::rebuild(&shard_pool, environment.id, since_ms).await?;
+                println!(
+                    "{env} on {}: {counted} events counted since {since}",
+                    shard.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.config.log_format);
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! HTTP: routes, the ingest-token extractor, body decoding.
+
+use std::io::Read;
+
+use axum::{
+    body::{Body, Bytes},
+    extract::{FromRequestParts, Request, State},
+    http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use protocol::Envelope;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::{error::Error, ingest, AppState};
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/ingest", post(ingest_batch))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            json_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            track_in_flight,
+        ))
+        .with_state(state)
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, Json(json!({"error": code, "message": message}))).into_response()
+}
+
+async fn track_in_flight(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    state.metrics.in_flight.inc();
+    let response = next.run(request).await;
+    state.metrics.in_flight.dec();
+    response
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.catalog.ping().await {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "catalog_unavailable",
+            "the catalog database does not answer",
+        )
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Proof that the request carried the ingest token (compared in constant time).
+pub struct IngestAuth;
+
+impl FromRequestParts<AppState> for IngestAuth {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .ok_or(Error::MissingAuth)?;
+        let expected = state.config.ingest_token.as_bytes();
+        if bool::from(presented.as_bytes().ct_eq(expected)) {
+            Ok(IngestAuth)
+        } else {
+            Err(Error::BadToken)
+        }
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), Error> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("<invalid>"))
+        .unwrap_or("");
+    let mime = value.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(Error::UnsupportedContentType(value.to_string()))
+    }
+}
+
+fn is_gzip(headers: &HeaderMap) -> Result<bool, Error> {
+    match headers.get(header::CONTENT_ENCODING) {
+        None => Ok(false),
+        Some(v) => match v.to_str().map(|s| s.trim().to_ascii_lowercase()) {
+            Ok(s) if s == "gzip" || s == "x-gzip" => Ok(true),
+            Ok(s) if s.is_empty() || s == "identity" => Ok(false),
+            Ok(s) => Err(Error::UnsupportedEncoding(s)),
+            Err(_) => Err(Error::UnsupportedEncoding("<invalid>".into())),
+        },
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            Error::BodyTooLarge(limit)
+        } else {
+            Error::BadBody(e.to_string())
+        }
+    })
+}
+
+/// Inflate with a hard cap, so a small gzip bomb cannot allocate past `limit`.
+pub fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    let mut decoder = flate2::read::MultiGzDecoder::new(compressed).take(limit as u64 + 1);
+    decoder
+        .read_to_end(&mut out)
+        .map_err(|e| Error::BadGzip(e.to_string()))?;
+    if out.len() > limit {
+        return Err(Error::BodyTooLarge(limit));
+    }
+    Ok(out)
+}
+
+/// Decode and validate a batch: all-or-nothing, with every invalid envelope listed.
+pub fn decode_batch(bytes: &[u8], max_events: usize) -> Result<Vec<Envelope>, Error> {
+    let envelopes: Vec<Envelope> =
+        serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => Error::InvalidBatch(e.to_string()),
+            _ => Error::MalformedJson(e.to_string()),
+        })?;
+    if envelopes.is_empty() {
+        return Err(Error::EmptyBatch);
+    }
+    if envelopes.len() > max_events {
+        return Err(Error::TooManyEnvelopes {
+            got: envelopes.len(),
+            max: max_events,
+        });
+    }
+    let invalid: Vec<_> = envelopes
+        .iter()
+        .enumerate()
+        .filter_map(|(index, e)| {
+            e.validate()
+                .err()
+                .map(|reason| json!({"index": index, "id": e.id, "reason": reason.to_string()}))
+        })
+        .collect();
+    if !invalid.is_empty() {
+        return Err(Error::InvalidEnvelopes(invalid));
+    }
+    Ok(envelopes)
+}
+
+/// `POST /v1/ingest`: 200 when everything landed; 207 when some
+/// environments landed and `retry` lists the ids that did not; 503 with
+/// `Retry-After` when nothing landed.
+async fn ingest_batch(
+    State(state): State<AppState>,
+    _auth: IngestAuth,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        check_content_type(&headers)?;
+        let gzip = is_gzip(&headers)?;
+        let limit = state.config.max_body_bytes;
+        let max_events = state.config.max_batch_events;
+        let raw = read_body(body, limit).await?;
+        // Inflating and parsing megabytes is CPU work: keep it off the async workers.
+        let envelopes = tokio::task::spawn_blocking(move || {
+            let bytes = if gzip {
+                gunzip(&raw, limit)?
+            } else {
+                raw.to_vec()
+            };
+            decode_batch(&bytes, max_events)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("decoder task failed: {e}")))??;
+        ingest::check_environments(&state, &envelopes).await?;
+        Ok::<_, Error>(ingest::land(&state, &envelopes).await)
+    }
+    .await;
+
+    let response = match result {
+        Ok(outcome) => {
+            let status = if outcome.retry.is_empty() {
+                StatusCode::OK
+            } else if outcome.environments.is_empty() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::MULTI_STATUS
+            };
+            let mut response = (status, Json(outcome)).into_response();
+            if status != StatusCode::OK {
+                if let Ok(value) = HeaderValue::from_str(&state.config.retry_after_secs.to_string())
+                {
+                    response.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+            }
+            response
+        }
+        Err(error) => error.into_response(),
+    };
+    state
+        .metrics
+        .requests
+        .with_label_values(&[response.status().as_str()])
+        .inc();
+    response
+}

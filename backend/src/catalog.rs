@@ -1,0 +1,281 @@
+//! The catalog: which shards exist and where each environment's events go.
+//!
+//! Routing reads an in-memory snapshot refreshed every
+//! `SLUICE_CATALOG_REFRESH_MS`; an environment id the snapshot does not know
+//! forces an early refresh, so a new environment is routable at once.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use sqlx::{mysql::MySqlPool, FromRow};
+
+use crate::{
+    db,
+    error::{Error, Result},
+};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct Shard {
+    pub id: u32,
+    pub name: String,
+    pub url: String,
+    pub status: String,
+}
+
+impl Shard {
+    pub fn is_writable(&self) -> bool {
+        self.status == "active"
+    }
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct Environment {
+    pub id: u32,
+    pub name: String,
+    pub primary_shard_id: u32,
+    pub secondary_shard_id: Option<u32>,
+}
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub shards: HashMap<u32, Shard>,
+    pub environments: HashMap<u32, Environment>,
+}
+
+impl Snapshot {
+    /// The shards an environment's events are written to: its primary, then
+    /// its secondary while it migrates.
+    pub fn targets(&self, env_id: u32) -> Option<Vec<&Shard>> {
+        let env = self.environments.get(&env_id)?;
+        let mut targets = vec![self.shards.get(&env.primary_shard_id)?];
+        if let Some(secondary) = env.secondary_shard_id.and_then(|id| self.shards.get(&id)) {
+            targets.push(secondary);
+        }
+        Some(targets)
+    }
+}
+
+const SELECT_SHARDS: &str = "SELECT id, name, url, status FROM shards ORDER BY id";
+const SELECT_ENVIRONMENTS: &str =
+    "SELECT id, name, primary_shard_id, secondary_shard_id FROM environments ORDER BY id";
+
+pub async fn list_shards(pool: &MySqlPool) -> Result<Vec<Shard>> {
+    Ok(sqlx::query_as(SELECT_SHARDS).fetch_all(pool).await?)
+}
+
+pub async fn list_environments(pool: &MySqlPool) -> Result<Vec<Environment>> {
+    Ok(sqlx::query_as(SELECT_ENVIRONMENTS).fetch_all(pool).await?)
+}
+
+async fn load(pool: &MySqlPool) -> Result<Snapshot> {
+    let shards = list_shards(pool).await?;
+    let environments = list_environments(pool).await?;
+    Ok(Snapshot {
+        shards: shards.into_iter().map(|s| (s.id, s)).collect(),
+        environments: environments.into_iter().map(|e| (e.id, e)).collect(),
+    })
+}
+
+/// The cached catalog used by `serve`.
+pub struct Catalog {
+    pool: MySqlPool,
+    snapshot: RwLock<Arc<Snapshot>>,
+    last_forced: Mutex<Option<Instant>>,
+}
+
+/// Forced refreshes (for unknown environment ids) happen at most this often,
+/// so a stream of envelopes for a deleted environment cannot hammer the catalog.
+const FORCED_REFRESH_GAP: Duration = Duration::from_millis(200);
+
+impl Catalog {
+    pub async fn open(pool: MySqlPool) -> Result<Self> {
+        let snapshot = load(&pool)
+            .await
+            .map_err(|e| Error::Catalog(e.to_string()))?;
+        Ok(Self {
+            pool,
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            last_forced: Mutex::new(None),
+        })
+    }
+
+    pub fn pool(&self) -> &MySqlPool {
+        &self.pool
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        match self.snapshot.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub async fn refresh(&self) -> Result<()> {
+        let fresh = Arc::new(
+            load(&self.pool)
+                .await
+                .map_err(|e| Error::Catalog(e.to_string()))?,
+        );
+        match self.snapshot.write() {
+            Ok(mut guard) => *guard = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(())
+    }
+
+    /// Refresh now if `env_ids` holds an id the snapshot does not know.
+    pub async fn refresh_for(
+        &self,
+        env_ids: impl IntoIterator<Item = u32>,
+    ) -> Result<Arc<Snapshot>> {
+        let snapshot = self.snapshot();
+        if env_ids
+            .into_iter()
+            .all(|id| snapshot.environments.contains_key(&id))
+        {
+            return Ok(snapshot);
+        }
+        let due = {
+            let mut last = self.last_forced.lock().unwrap_or_else(|p| p.into_inner());
+            let due = last.is_none_or(|t| t.elapsed() >= FORCED_REFRESH_GAP);
+            if due {
+                *last = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            self.refresh().await?;
+        }
+        Ok(self.snapshot())
+    }
+
+    /// Whether the catalog database answers (for `/readyz`).
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+}
+
+// ---- administration (the CLI) ----
+
+fn check_name(kind: &'static str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(
+            kind,
+            format!("{name:?}: use 1-64 characters of [A-Za-z0-9_.-]"),
+        ))
+    }
+}
+
+fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+const INSERT_SHARD: &str = "INSERT INTO shards (name, url) VALUES (?, ?)";
+
+/// Register a shard: create its database if needed, migrate it, record it.
+pub async fn add_shard(pool: &MySqlPool, name: &str, url: &str) -> Result<u32> {
+    check_name("shard name", name)?;
+    if shard_by_name(pool, name).await.is_ok() {
+        return Err(Error::AlreadyExists("shard", name.into()));
+    }
+    db::migrate_shard(url).await.map_err(|e| match e {
+        Error::InvalidArgument(..) => e,
+        other => Error::ShardUnavailable {
+            shard: name.into(),
+            message: other.to_string(),
+        },
+    })?;
+    match sqlx::query(INSERT_SHARD)
+        .bind(name)
+        .bind(url)
+        .execute(pool)
+        .await
+    {
+        Ok(done) => Ok(done.last_insert_id() as u32),
+        Err(e) if unique_violation(&e) => Err(Error::AlreadyExists("shard", name.into())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn shard_by_name(pool: &MySqlPool, name: &str) -> Result<Shard> {
+    sqlx::query_as("SELECT id, name, url, status FROM shards WHERE name = ?")
+        .bind(name)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| Error::UnknownShard(name.into()))
+}
+
+pub async fn environment_by_name(pool: &MySqlPool, name: &str) -> Result<Environment> {
+    sqlx::query_as(
+        "SELECT id, name, primary_shard_id, secondary_shard_id FROM environments WHERE name = ?",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| Error::UnknownEnvironment(name.into()))
+}
+
+const INSERT_ENVIRONMENT: &str = "INSERT INTO environments (name, primary_shard_id) VALUES (?, ?)";
+
+pub async fn create_environment(pool: &MySqlPool, name: &str, shard: &str) -> Result<u32> {
+    check_name("environment name", name)?;
+    let shard = shard_by_name(pool, shard).await?;
+    match sqlx::query(INSERT_ENVIRONMENT)
+        .bind(name)
+        .bind(shard.id)
+        .execute(pool)
+        .await
+    {
+        Ok(done) => Ok(done.last_insert_id() as u32),
+        Err(e) if unique_violation(&e) => Err(Error::AlreadyExists("environment", name.into())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Start migrating an environment: every write goes to `to` as well.
+pub async fn migrate_environment(pool: &MySqlPool, name: &str, to: &str) -> Result<()> {
+    let env = environment_by_name(pool, name).await?;
+    let shard = shard_by_name(pool, to).await?;
+    if shard.id == env.primary_shard_id {
+        return Err(Error::InvalidArgument(
+            "shard",
+            format!("{to:?} is already the primary of {name:?}"),
+        ));
+    }
+    sqlx::query("UPDATE environments SET secondary_shard_id = ? WHERE id = ?")
+        .bind(shard.id)
+        .bind(env.id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// End a migration: the secondary becomes the primary, the old primary is no longer written.
+pub async fn promote_environment(pool: &MySqlPool, name: &str) -> Result<()> {
+    let env = environment_by_name(pool, name).await?;
+    let Some(secondary) = env.secondary_shard_id else {
+        return Err(Error::InvalidArgument(
+            "environment",
+            format!("{name:?} has no secondary shard to promote"),
+        ));
+    };
+    sqlx::query(
+        "UPDATE environments SET primary_shard_id = ?, secondary_shard_id = NULL WHERE id = ? AND secondary_shard_id = ?",
+    )
+    .bind(secondary)
+    .bind(env.id)
+    .bind(secondary)
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! Configuration from environment variables, in one struct.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Args;
+
+/// Every setting of `backend serve` (and the catalog URL every command needs).
+/// Each field reads an environment variable; the README lists them all.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Catalog database URL: mysql://user:pass@host:port/database.
+    #[arg(long, env = "SLUICE_DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Bearer token the edge consumer presents to POST /v1/ingest (>= 32 bytes).
+    #[arg(
+        long,
+        env = "SLUICE_INGEST_TOKEN",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub ingest_token: String,
+
+    #[arg(long, env = "SLUICE_LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// Largest request body, after gzip decompression.
+    #[arg(long, env = "SLUICE_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most envelopes in one ingest request.
+    #[arg(long, env = "SLUICE_MAX_BATCH_EVENTS", default_value_t = 20_000)]
+    pub max_batch_events: usize,
+
+    /// How often the catalog cache is re-read (the bound on routing staleness).
+    #[arg(long, env = "SLUICE_CATALOG_REFRESH_MS", default_value_t = 1000)]
+    pub catalog_refresh_ms: u64,
+
+    /// Connections per shard pool.
+    #[arg(long, env = "SLUICE_SHARD_POOL_SIZE", default_value_t = 4)]
+    pub shard_pool_size: u32,
+
+    /// Rows per multi-row INSERT statement.
+    #[arg(long, env = "SLUICE_INSERT_CHUNK_ROWS", default_value_t = 500)]
+    pub insert_chunk_rows: usize,
+
+    /// Upper bound on one shard write (connect + insert + commit).
+    #[arg(long, env = "SLUICE_SHARD_TIMEOUT_MS", default_value_t = 10_000)]
+    pub shard_timeout_ms: u64,
+
+    /// Seconds a caller is told to wait before retrying what did not land.
+    #[arg(long, env = "SLUICE_RETRY_AFTER_SECS", default_value_t = 5)]
+    pub retry_after_secs: u64,
+
+    /// Counter flush interval.
+    #[arg(long, env = "SLUICE_COUNTER_FLUSH_MS", default_value_t = 1000)]
+    pub counter_flush_ms: u64,
+
+    /// Log format: "json" (default) or "text".
+    #[arg(long, env = "SLUICE_LOG_FORMAT", default_value = "json")]
+    pub log_format: String,
+}
+
+pub const MIN_TOKEN_BYTES: usize = 32;
+
+impl Config {
+    pub fn catalog_refresh(&self) -> Duration {
+        Duration::from_millis(self.catalog_refresh_ms.max(50))
+    }
+    pub fn shard_timeout(&self) -> Duration {
+        Duration::from_millis(self.shard_timeout_ms.max(100))
+    }
+    pub fn counter_flush(&self) -> Duration {
+        Duration::from_millis(self.counter_flush_ms.max(10))
+    }
+
+    /// Settings `serve` refuses to start with.
+    pub fn check_for_serving(&self) -> Result<(), String> {
+        if self.ingest_token.len() < MIN_TOKEN_BYTES {
+            return Err(format!(
+                "SLUICE_INGEST_TOKEN must be set to at least {MIN_TOKEN_BYTES} bytes (generate one with: openssl rand -hex 32)"
+            ));
+        }
+        if self.insert_chunk_rows == 0 || self.insert_chunk_rows > 5000 {
+            return Err("SLUICE_INSERT_CHUNK_ROWS must be between 1 and 5000".into());
+        }
+        if self.shard_pool_size == 0 {
+            return Err("SLUICE_SHARD_POOL_SIZE must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// A config for tests and tools: defaults everywhere but the two required values.
+    pub fn new(database_url: impl Into<String>, ingest_token: impl Into<String>) -> Self {
+        Self {
+            database_url: database_url.into(),
+            ingest_token: ingest_token.into(),
+            listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_body_bytes: 8 * 1024 * 1024,
+            max_batch_events: 20_000,
+            catalog_refresh_ms: 1000,
+            shard_pool_size: 4,
+            insert_chunk_rows: 500,
+            shard_timeout_ms: 10_000,
+            retry_after_secs: 5,
+            counter_flush_ms: 1000,
+            log_format: "json".into(),
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! Landing a validated batch: group by environment, route through the
+//! catalog, write every group to its shards concurrently, report per
+//! environment what landed and which envelope ids must be sent again.
+
+use std::{collections::BTreeMap, time::Instant};
+
+use futures::future::join_all;
+use protocol::{EnvCounts, EnvFailure, Envelope, IngestResponse};
+use serde_json::json;
+
+use crate::{catalog::Shard, error::Error, shards::WriteOutcome, AppState};
+
+/// Envelopes grouped by environment id.
+pub fn group(envelopes: &[Envelope]) -> BTreeMap<u32, Vec<&Envelope>> {
+    let mut groups: BTreeMap<u32, Vec<&Envelope>> = BTreeMap::new();
+    for e in envelopes {
+        groups.entry(e.env_id).or_default().push(e);
+    }
+    groups
+}
+
+/// Reject envelopes for environments the catalog does not know (after a
+/// forced refresh): like any invalid envelope, they would never land.
+pub async fn check_environments(state: &AppState, envelopes: &[Envelope]) -> Result<(), Error> {
+    let snapshot = state
+        .catalog
+        .refresh_for(envelopes.iter().map(|e| e.env_id))
+        .await?;
+    let unknown: Vec<_> = envelopes
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !snapshot.environments.contains_key(&e.env_id))
+        .map(|(index, e)| {
+            json!({"index": index, "id": e.id, "reason": format!("unknown environment {}", e.env_id)})
+        })
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidEnvelopes(unknown))
+    }
+}
+
+async fn write_one(
+    state: &AppState,
+    shard: &Shard,
+    env_id: u32,
+    group: &[&Envelope],
+) -> Result<WriteOutcome, Error> {
+    if !shard.is_writable() {
+        return Err(Error::ShardUnavailable {
+            shard: shard.name.clone(),
+            message: format!("status is {}", shard.status),
+        });
+    }
+    let started = Instant::now();
+    let result = tokio::time::timeout(
+        state.config.shard_timeout(),
+        state.shards.write(shard, env_id, group),
+    )
+    .await;
+    let result = match result {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(e)) => Err(Error::ShardUnavailable {
+            shard: shard.name.clone(),
+            message: e.to_string(),
+        }),
+        Err(_) => Err(Error::ShardUnavailable {
+            shard: shard.name.clone(),
+            message: "write timed out".into(),
+        }),
+    };
+    let m = &state.metrics;
+    match &result {
+        Ok(outcome) => {
+            m.batch_write_seconds
+                .with_label_values(&[&shard.name])
+                .observe(started.elapsed().as_secs_f64());
+            m.events_inserted
+                .with_label_values(&[&shard.name])
+                .inc_by(outcome.inserted);
+            m.events_duplicate
+                .with_label_values(&[&shard.name])
+                .inc_by(outcome.duplicates);
+            state.counters.record(shard.id, env_id, &outcome.counts);
+        }
+        Err(error) => {
+            m.shard_errors.with_label_values(&[&shard.name]).inc();
+            tracing::warn!(shard = %shard.name, env_id, events = group.len(), %error, "shard write failed");
+        }
+    }
+    result
+}
+
+/// Write every group to all of its target shards. An environment has landed
+/// when every target (primary, and secondary while migrating) has its rows.
+pub async fn land(state: &AppState, envelopes: &[Envelope]) -> IngestResponse {
+    let snapshot = state.catalog.snapshot();
+    let groups = group(envelopes);
+
+    let jobs = groups.iter().map(|(&env_id, group)| {
+        let targets = snapshot.targets(env_id).unwrap_or_default();
+        async move {
+            if targets.is_empty() {
+                return (env_id, Err(Error::UnknownEnvironment(env_id.to_string())));
+            }
+            let results = join_all(
+                targets
+                    .iter()
+                    .map(|shard| write_one(state, shard, env_id, group)),
+            )
+            .await;
+            let mut primary = None;
+            for result in results {
+                match result {
+                    Ok(outcome) if primary.is_none() => primary = Some(outcome),
+                    Ok(_) => {}
+                    Err(e) => return (env_id, Err(e)),
+                }
+            }
+            (
+                env_id,
+                primary.ok_or_else(|| Error::Internal("no primary outcome".into())),
+            )
+        }
+    });
+
+    let mut response = IngestResponse::default();
+    for (env_id, result) in join_all(jobs).await {
+        match result {
+            Ok(outcome) => {
+                response.environments.insert(
+                    env_id,
+                    EnvCounts {
+                        inserted: outcome.inserted,
+                        duplicates: outcome.duplicates,
+                    },
+                );
+            }
+            Err(error) => {
+                if let Some(group) = groups.get(&env_id) {
+                    response.retry.extend(group.iter().map(|e| e.id.clone()));
+                }
+                response.failures.push(EnvFailure {
+                    env_id,
+                    error: error.code().into(),
+                    message: error.to_string(),
+                });
+            }
+        }
+    }
+    response
+}

@@ -1,0 +1,100 @@
+//! Prometheus metrics, served as text at `/metrics`. Labels carry shard
+//! names only, never URLs.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub events_inserted: IntCounterVec,
+    pub events_duplicate: IntCounterVec,
+    pub shard_errors: IntCounterVec,
+    pub batch_write_seconds: HistogramVec,
+    pub requests: IntCounterVec,
+    pub in_flight: IntGauge,
+    pub counter_flush_failures: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let events_inserted = counter(
+            "sluice_events_inserted_total",
+            "Events inserted, per shard",
+            &["shard"],
+        );
+        let events_duplicate = counter(
+            "sluice_events_duplicate_total",
+            "Envelopes already stored (idempotent repeats), per shard",
+            &["shard"],
+        );
+        let shard_errors = counter(
+            "sluice_shard_errors_total",
+            "Failed shard writes, per shard",
+            &["shard"],
+        );
+        let requests = counter(
+            "sluice_ingest_requests_total",
+            "Ingest requests by response status",
+            &["status"],
+        );
+        let counter_flush_failures = counter(
+            "sluice_counter_flush_failures_total",
+            "Counter flushes that failed, per shard",
+            &["shard"],
+        );
+        let batch_write_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_batch_write_seconds",
+                "Time to write one environment's batch to one shard",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["shard"],
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(batch_write_seconds.clone()))
+            .expect("unique metric");
+        let in_flight = IntGauge::new(
+            "sluice_http_requests_in_flight",
+            "HTTP requests being served",
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(in_flight.clone()))
+            .expect("unique metric");
+        Self {
+            registry,
+            events_inserted,
+            events_duplicate,
+            shard_errors,
+            batch_write_seconds,
+            requests,
+            in_flight,
+            counter_flush_failures,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

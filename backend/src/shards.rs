@@ -1,0 +1,283 @@
+//! Shard pools and the batched, idempotent event writer.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::Mutex,
+    time::Duration,
+};
+
+use chrono::{DateTime, NaiveDateTime};
+use protocol::Envelope;
+use sqlx::{mysql::MySqlPool, MySql, QueryBuilder, Row as _, Transaction};
+
+use crate::{catalog::Shard, db, error::Result};
+
+/// Event-name ids cached per process; cleared whole when it grows past this
+/// (a client inventing names per event must not grow memory without bound).
+const NAME_CACHE_LIMIT: usize = 200_000;
+
+/// Per (name id, minute) counts of the rows one write actually inserted.
+pub type MinuteCounts = BTreeMap<(u32, i64), u64>;
+
+#[derive(Debug, Default)]
+pub struct WriteOutcome {
+    pub inserted: u64,
+    pub duplicates: u64,
+    pub counts: MinuteCounts,
+}
+
+/// Lazily created pools, one per shard, and the event-name id cache.
+pub struct Shards {
+    pools: Mutex<HashMap<u32, (String, MySqlPool)>>,
+    names: Mutex<HashMap<(u32, u32, String), u32>>,
+    pool_size: u32,
+    acquire_timeout: Duration,
+    chunk_rows: usize,
+}
+
+struct Row<'a> {
+    key: [u8; 16],
+    name_id: u32,
+    ts: NaiveDateTime,
+    received_at: NaiveDateTime,
+    envelope: &'a Envelope,
+    properties: String,
+    context: String,
+}
+
+fn datetime(ms: i64) -> NaiveDateTime {
+    // Envelopes are validated to 0..=MAX_TIMESTAMP_MS, which chrono represents.
+    DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .naive_utc()
+}
+
+const INSERT_EVENTS: &str = "INSERT IGNORE INTO events \
+    (env_id, id, name_id, ts, received_at, user_id, anonymous_id, session_id, client_id, properties, context) ";
+const INSERT_NAMES: &str = "INSERT IGNORE INTO event_names (env_id, name) ";
+const SELECT_NAMES: &str = "SELECT id, name FROM event_names WHERE env_id = ";
+const SELECT_EXISTING: &str = "SELECT id FROM events WHERE env_id = ";
+
+impl Shards {
+    pub fn new(pool_size: u32, acquire_timeout: Duration, chunk_rows: usize) -> Self {
+        Self {
+            pools: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+            pool_size,
+            acquire_timeout,
+            chunk_rows: chunk_rows.max(1),
+        }
+    }
+
+    /// The shard's pool, created on first use and replaced if its URL changed.
+    pub fn pool(&self, shard: &Shard) -> Result<MySqlPool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((url, pool)) = pools.get(&shard.id) {
+            if *url == shard.url {
+                return Ok(pool.clone());
+            }
+        }
+        let pool = db::lazy_pool(&shard.url, self.pool_size, self.acquire_timeout)?;
+        pools.insert(shard.id, (shard.url.clone(), pool.clone()));
+        Ok(pool)
+    }
+
+    /// Close every pool (graceful shutdown).
+    pub async fn close(&self) {
+        let pools: Vec<MySqlPool> = {
+            let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+            pools.values().map(|(_, p)| p.clone()).collect()
+        };
+        for pool in pools {
+            pool.close().await;
+        }
+    }
+
+    /// Ids of `names` in the shard's lookup table: cached, else
+    /// `INSERT IGNORE` then read back (no locking upsert).
+    async fn name_ids(
+        &self,
+        shard_id: u32,
+        pool: &MySqlPool,
+        env_id: u32,
+        names: &BTreeSet<&str>,
+    ) -> Result<HashMap<String, u32>> {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let cache = self.names.lock().unwrap_or_else(|p| p.into_inner());
+            for &name in names {
+                match cache.get(&(shard_id, env_id, name.to_string())) {
+                    Some(&id) => {
+                        found.insert(name.to_string(), id);
+                    }
+                    None => missing.push(name),
+                }
+            }
+        }
+        for chunk in missing.chunks(self.chunk_rows) {
+            let mut insert = QueryBuilder::<MySql>::new(INSERT_NAMES);
+            insert.push_values(chunk, |mut b, name| {
+                b.push_bind(env_id).push_bind(name.as_bytes());
+            });
+            insert.build().execute(pool).await?;
+
+            let mut select = QueryBuilder::<MySql>::new(SELECT_NAMES);
+            select.push_bind(env_id).push(" AND name IN (");
+            let mut list = select.separated(", ");
+            for name in chunk {
+                list.push_bind(name.as_bytes());
+            }
+            select.push(")");
+            let rows = select.build().fetch_all(pool).await?;
+            let mut cache = self.names.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() > NAME_CACHE_LIMIT {
+                cache.clear();
+            }
+            for row in rows {
+                let id: u32 = row.try_get(0)?;
+                let name: Vec<u8> = row.try_get(1)?;
+                let name = String::from_utf8_lossy(&name).into_owned();
+                cache.insert((shard_id, env_id, name.clone()), id);
+                found.insert(name, id);
+            }
+        }
+        Ok(found)
+    }
+
+    async fn insert(
+        &self,
+        tx: &mut Transaction<'_, MySql>,
+        env_id: u32,
+        rows: &[&Row<'_>],
+    ) -> Result<u64> {
+        let mut affected = 0;
+        for chunk in rows.chunks(self.chunk_rows) {
+            let mut insert = QueryBuilder::<MySql>::new(INSERT_EVENTS);
+            insert.push_values(chunk, |mut b, row| {
+                let e = row.envelope;
+                b.push_bind(env_id)
+                    .push_bind(&row.key[..])
+                    .push_bind(row.name_id)
+                    .push_bind(row.ts)
+                    .push_bind(row.received_at)
+                    .push_bind(e.user_id.as_deref())
+                    .push_bind(e.anonymous_id.as_deref())
+                    .push_bind(e.session_id.as_deref())
+                    .push_bind((!protocol::is_uuid(&e.id)).then_some(e.id.as_str()))
+                    .push_bind(row.properties.as_str())
+                    .push_bind(row.context.as_str());
+            });
+            affected += insert.build().execute(&mut **tx).await?.rows_affected();
+        }
+        Ok(affected)
+    }
+
+    async fn existing_keys(
+        &self,
+        pool: &MySqlPool,
+        env_id: u32,
+        rows: &[Row<'_>],
+    ) -> Result<HashSet<[u8; 16]>> {
+        let mut existing = HashSet::new();
+        for chunk in rows.chunks(self.chunk_rows) {
+            let mut select = QueryBuilder::<MySql>::new(SELECT_EXISTING);
+            select.push_bind(env_id).push(" AND id IN (");
+            let mut list = select.separated(", ");
+            for row in chunk {
+                list.push_bind(&row.key[..]);
+            }
+            select.push(")");
+            for found in select.build().fetch_all(pool).await? {
+                let key: Vec<u8> = found.try_get(0)?;
+                if let Ok(key) = <[u8; 16]>::try_from(key.as_slice()) {
+                    existing.insert(key);
+                }
+            }
+        }
+        Ok(existing)
+    }
+
+    /// Write one environment's envelopes to one shard, idempotently.
+    ///
+    /// The common cases (all new, or all already stored) cost one multi-row
+    /// `INSERT IGNORE` per chunk in one transaction. When only some rows are
+    /// new, the transaction is rolled back, the stored ids are read, and only
+    /// the new rows are inserted, so the counters learn exactly which rows
+    /// this write added.
+    pub async fn write(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        envelopes: &[&Envelope],
+    ) -> Result<WriteOutcome> {
+        let pool = self.pool(shard)?;
+        let names: BTreeSet<&str> = envelopes.iter().map(|e| e.name.as_str()).collect();
+        let name_ids = self.name_ids(shard.id, &pool, env_id, &names).await?;
+
+        let mut seen = HashSet::with_capacity(envelopes.len());
+        let mut rows = Vec::with_capacity(envelopes.len());
+        let mut duplicates = 0;
+        for &envelope in envelopes {
+            let key = envelope.key();
+            if !seen.insert(key) {
+                duplicates += 1;
+                continue;
+            }
+            let Some(&name_id) = name_ids.get(&envelope.name) else {
+                return Err(crate::error::Error::Internal(format!(
+                    "event name {:?} has no id on shard {}",
+                    envelope.name, shard.name
+                )));
+            };
+            rows.push(Row {
+                key,
+                name_id,
+                ts: datetime(envelope.timestamp),
+                received_at: datetime(envelope.received_at),
+                envelope,
+                properties: serde_json::Value::Object(envelope.properties.clone()).to_string(),
+                context: serde_json::Value::Object(envelope.context.clone()).to_string(),
+            });
+        }
+
+        let all: Vec<&Row> = rows.iter().collect();
+        let mut tx = pool.begin().await?;
+        let affected = self.insert(&mut tx, env_id, &all).await?;
+        let inserted: Vec<&Row> = if affected == all.len() as u64 || affected == 0 {
+            tx.commit().await?;
+            if affected == 0 {
+                Vec::new()
+            } else {
+                all
+            }
+        } else {
+            tx.rollback().await?;
+            let existing = self.existing_keys(&pool, env_id, &rows).await?;
+            let fresh: Vec<&Row> = rows.iter().filter(|r| !existing.contains(&r.key)).collect();
+            let mut tx = pool.begin().await?;
+            let affected = self.insert(&mut tx, env_id, &fresh).await?;
+            tx.commit().await?;
+            if affected != fresh.len() as u64 {
+                // A concurrent writer stored some of the same ids in between;
+                // rows are still exact, only the derived counts may be off
+                // until `backend counters rebuild`.
+                tracing::warn!(shard = %shard.name, env_id, affected, expected = fresh.len(), "concurrent duplicate write");
+            }
+            fresh.into_iter().take(affected as usize).collect()
+        };
+
+        let mut counts = MinuteCounts::new();
+        for row in &inserted {
+            *counts
+                .entry((row.name_id, row.envelope.timestamp.div_euclid(60_000) * 60))
+                .or_default() += 1;
+        }
+        let inserted_n = inserted.len() as u64;
+        Ok(WriteOutcome {
+            inserted: inserted_n,
+            duplicates: duplicates + (rows.len() as u64 - inserted_n),
+            counts,
+        })
+    }
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Prints the URL of a MySQL-compatible server for Sluice (no database part):
+# $SLUICE_DATABASE_URL's server when that is set, otherwise a private MariaDB
+# under .dev/mariadb on a free loopback port, installed (Debian's
+# mariadb-server) and started if needed. Idempotent; progress goes to stderr.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+log() { echo "mysql.sh: $*" >&2; }
+
+if [[ -n "${SLUICE_DATABASE_URL:-}" ]]; then
+  # Strip the database path: callers create their own databases.
+  python3 -c 'import sys,urllib.parse as u; p=u.urlsplit(sys.argv[1]); print(u.urlunsplit((p.scheme,p.netloc,"","","")))' "$SLUICE_DATABASE_URL"
+  exit 0
+fi
+
+dir=$root/.dev/mariadb
+data=$dir/data
+sock=$dir/mysqld.sock
+url() { echo "mysql://sluice:sluice@127.0.0.1:$(cat "$dir/port")"; }
+
+running() {
+  [[ -f $dir/pid && -f $dir/port ]] && kill -0 "$(cat "$dir/pid")" 2>/dev/null &&
+    mariadb_client --protocol=socket -S "$sock" -uroot -e 'SELECT 1' >/dev/null 2>&1
+}
+mariadb_client() { if command -v mariadb >/dev/null; then mariadb "$@"; else mysql "$@"; fi; }
+
+if running; then url; exit 0; fi
+
+if ! command -v mariadbd >/dev/null && ! [[ -x /usr/sbin/mariadbd ]]; then
+  log "installing mariadb-server (Debian package)"
+  sudo_=""; [[ $(id -u) -eq 0 ]] || sudo_="sudo"
+  $sudo_ apt-get update -qq >&2
+  # Keep the package's own service from starting; we run a private instance.
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo_ apt-get install -y -qq mariadb-server >&2
+fi
+mariadbd=$(command -v mariadbd || echo /usr/sbin/mariadbd)
+install_db=$(command -v mariadb-install-db || command -v mysql_install_db)
+
+mkdir -p "$dir"
+user_args=()
+[[ $(id -u) -eq 0 ]] && user_args=(--user=root)
+if [[ ! -d $data/mysql ]]; then
+  log "initialising $data"
+  rm -rf "$data"
+  "$install_db" --no-defaults --datadir="$data" --auth-root-authentication-method=socket \
+    --skip-test-db "${user_args[@]}" >"$dir/install.log" 2>&1 || { cat "$dir/install.log" >&2; exit 1; }
+fi
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+echo "$port" >"$dir/port"
+log "starting private MariaDB on 127.0.0.1:$port"
+# innodb_flush_log_at_trx_commit=2: see README (every event is retried from
+# the queue until acknowledged, so an OS crash cannot lose accepted events).
+setsid "$mariadbd" --no-defaults --datadir="$data" --socket="$sock" --port="$port" \
+  --bind-address=127.0.0.1 --pid-file="$dir/pid" --log-error="$dir/error.log" \
+  --skip-log-bin --innodb-flush-log-at-trx-commit=2 --innodb-buffer-pool-size=512M \
+  --max-connections=500 --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci \
+  "${user_args[@]}" </dev/null >/dev/null 2>&1 &
+
+for _ in $(seq 1 120); do
+  if mariadb_client --protocol=socket -S "$sock" -uroot -e 'SELECT 1' >/dev/null 2>&1; then
+    mariadb_client --protocol=socket -S "$sock" -uroot -e "
+      CREATE USER IF NOT EXISTS 'sluice'@'127.0.0.1' IDENTIFIED BY 'sluice';
+      GRANT ALL PRIVILEGES ON *.* TO 'sluice'@'127.0.0.1';"
+    url
+    exit 0
+  fi
+  sleep 0.5
+done
+log "MariaDB did not start; see $dir/error.log"
+tail -20 "$dir/error.log" >&2 || true
+exit 1
