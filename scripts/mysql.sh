@@ -8,9 +8,18 @@ cd "$(dirname "$0")/.."
 root=$PWD
 log() { echo "mysql.sh: $*" >&2; }
 
+apt_install() {
+  log "installing $* (Debian packages)"
+  local sudo_=""; [[ $(id -u) -eq 0 ]] || sudo_="sudo"
+  $sudo_ apt-get update -qq >&2
+  # RUNLEVEL=1 keeps the package's own service from starting; we run a private instance.
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo_ apt-get install -y -qq "$@" >&2
+}
+
 if [[ -n "${SLUICE_DATABASE_URL:-}" ]]; then
+  command -v mariadb >/dev/null || command -v mysql >/dev/null || apt_install mariadb-client
   # Strip the database path: callers create their own databases.
-  python3 -c 'import sys,urllib.parse as u; p=u.urlsplit(sys.argv[1]); print(u.urlunsplit((p.scheme,p.netloc,"","","")))' "$SLUICE_DATABASE_URL"
+  sed -E 's#^([a-z]+://[^/]*).*#\1#' <<<"$SLUICE_DATABASE_URL"
   exit 0
 fi
 
@@ -28,11 +37,7 @@ mariadb_client() { if command -v mariadb >/dev/null; then mariadb "$@"; else mys
 if running; then url; exit 0; fi
 
 if ! command -v mariadbd >/dev/null && ! [[ -x /usr/sbin/mariadbd ]]; then
-  log "installing mariadb-server (Debian package)"
-  sudo_=""; [[ $(id -u) -eq 0 ]] || sudo_="sudo"
-  $sudo_ apt-get update -qq >&2
-  # Keep the package's own service from starting; we run a private instance.
-  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo_ apt-get install -y -qq mariadb-server >&2
+  apt_install mariadb-server mariadb-client
 fi
 mariadbd=$(command -v mariadbd || echo /usr/sbin/mariadbd)
 install_db=$(command -v mariadb-install-db || command -v mysql_install_db)
@@ -47,7 +52,7 @@ if [[ ! -d $data/mysql ]]; then
     --skip-test-db "${user_args[@]}" >"$dir/install.log" 2>&1 || { cat "$dir/install.log" >&2; exit 1; }
 fi
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(node -e 'const s=require("net").createServer(); s.listen(0,"127.0.0.1",()=>{console.log(s.address().port); s.close()})')
 echo "$port" >"$dir/port"
 log "starting private MariaDB on 127.0.0.1:$port"
 # innodb_flush_log_at_trx_commit=2: see README (every event is retried from

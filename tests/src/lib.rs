@@ -1,0 +1,154 @@
+//! Helpers for end-to-end tests that run the real binaries as processes.
+//! The node tests under `tests/edge/` drive the worker the same way.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+pub const TOKEN: &str = "e2e-ingest-token-0123456789abcdef0123456789";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The MySQL server (no database part): `SLUICE_TEST_MYSQL_URL`, else the
+/// private MariaDB of `scripts/mysql.sh`.
+pub fn mysql_server() -> String {
+    if let Ok(url) = std::env::var("SLUICE_TEST_MYSQL_URL") {
+        return url.trim_end_matches('/').to_string();
+    }
+    let out = Command::new("bash").arg(repo_root().join("scripts/mysql.sh")).output().expect("run scripts/mysql.sh");
+    assert!(out.status.success(), "scripts/mysql.sh: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+}
+
+/// The backend binary built by `cargo build -p sluice-backend` (the Makefile does).
+pub fn backend_bin() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target"));
+    let bin = target.join("debug/backend");
+    assert!(bin.exists(), "{} is missing: run `cargo build -p sluice-backend` first", bin.display());
+    bin
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// A unique database-name prefix for one test.
+pub fn unique_prefix(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("sluice_e2e_{tag}_{}_{nanos}", std::process::id())
+}
+
+pub struct Backend {
+    pub catalog_url: String,
+    pub envs: Vec<(String, String)>,
+}
+
+impl Backend {
+    pub fn new(catalog_url: &str) -> Self {
+        Self {
+            catalog_url: catalog_url.into(),
+            envs: vec![
+                ("SLUICE_DATABASE_URL".into(), catalog_url.into()),
+                ("SLUICE_INGEST_TOKEN".into(), TOKEN.into()),
+                ("SLUICE_LOG_FORMAT".into(), "text".into()),
+            ],
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(backend_bin());
+        cmd.args(args).envs(self.envs.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run backend")
+    }
+
+    /// Run an admin command that must succeed; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(out.status.success(), "backend {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    /// Start `backend serve` on a free port and wait for `/healthz`.
+    pub fn serve(&self, extra_env: &[(&str, &str)]) -> Serving {
+        let port = free_port();
+        let child = self
+            .command(&["serve"])
+            .env("SLUICE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .envs(extra_env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn backend serve");
+        let serving = Serving { child, base: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if reqwest::blocking::get(format!("{}/healthz", serving.base)).is_ok_and(|r| r.status().is_success()) {
+                return serving;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("backend did not become healthy on port {port}");
+    }
+}
+
+/// Drop every database whose name starts with `prefix`.
+pub fn drop_databases(server: &str, prefix: &str) {
+    let drops = sql(
+        server,
+        &format!("SELECT CONCAT('DROP DATABASE `', schema_name, '`;') FROM information_schema.schemata WHERE schema_name LIKE '{prefix}%'"),
+    );
+    if !drops.is_empty() {
+        sql(server, &drops);
+    }
+}
+
+pub struct Serving {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Serving {
+    /// SIGTERM, then wait (bounded) for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "backend did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run a SQL query with the `mariadb` client and return its tab-separated output.
+pub fn sql(server: &str, query: &str) -> String {
+    let url = reqwest::Url::parse(server).expect("server url");
+    let out = Command::new("mariadb")
+        .args(["-h", url.host_str().unwrap_or("127.0.0.1"), "-P", &url.port().unwrap_or(3306).to_string()])
+        .args(["-u", url.username()])
+        .arg(format!("-p{}", url.password().unwrap_or("")))
+        .args(["-N", "-B", "-e", query])
+        .output()
+        .expect("mariadb client");
+    assert!(out.status.success(), "{query}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+}
