@@ -8,7 +8,7 @@ command -v cargo >/dev/null || { echo "test.sh: cargo is required (install Rust 
 
 SLUICE_TEST_MYSQL_URL=$(scripts/mysql.sh)
 export SLUICE_TEST_MYSQL_URL
-echo "test.sh: MySQL server for tests: ${SLUICE_TEST_MYSQL_URL//:*@/:***@}"
+echo "test.sh: MySQL server for tests: $(sed -E "s#//([^:@/]*):[^@]*@#//\1:***@#" <<<"$SLUICE_TEST_MYSQL_URL")"
 
 echo "test.sh: building the backend"
 cargo build -p sluice-backend
