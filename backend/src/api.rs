@@ -15,11 +15,14 @@ use protocol::Envelope;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::{error::Error, ingest, AppState};
+use crate::{error::Error, ingest, stats, AppState};
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/ingest", post(ingest_batch))
+        .route("/v1/stats/summary", get(stats::summary))
+        .route("/v1/stats/series", get(stats::series))
+        .route("/v1/stats/stream", get(stats::stream))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

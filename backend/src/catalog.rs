@@ -279,3 +279,84 @@ pub async fn promote_environment(pool: &MySqlPool, name: &str) -> Result<()> {
     .await?;
     Ok(())
 }
+
+// ---- read tokens (stats API) ----
+
+/// A new read token's text: `srt_` + 32 hex digits (128 random bits).
+fn new_read_token() -> String {
+    let bytes: [u8; 16] = rand::random();
+    format!("srt_{}", hex(&bytes))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn token_hash(token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// How a token is listed and revoked: its first 12 characters.
+pub fn token_prefix(token: &str) -> &str {
+    token.get(..12).unwrap_or(token)
+}
+
+/// Create a read token for an environment; the text is returned once and
+/// only its SHA-256 is stored.
+pub async fn create_read_token(pool: &MySqlPool, env_name: &str) -> Result<String> {
+    let env = environment_by_name(pool, env_name).await?;
+    let token = new_read_token();
+    sqlx::query("INSERT INTO read_tokens (env_id, prefix, token_hash) VALUES (?, ?, ?)")
+        .bind(env.id)
+        .bind(token_prefix(&token))
+        .bind(&token_hash(&token)[..])
+        .execute(pool)
+        .await?;
+    Ok(token)
+}
+
+#[derive(Debug, FromRow)]
+pub struct ReadToken {
+    pub prefix: String,
+    pub created_at: chrono::NaiveDateTime,
+    pub revoked_at: Option<chrono::NaiveDateTime>,
+}
+
+pub async fn list_read_tokens(pool: &MySqlPool, env_name: &str) -> Result<Vec<ReadToken>> {
+    let env = environment_by_name(pool, env_name).await?;
+    Ok(sqlx::query_as(
+        "SELECT prefix, created_at, revoked_at FROM read_tokens WHERE env_id = ? ORDER BY id",
+    )
+    .bind(env.id)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn revoke_read_token(pool: &MySqlPool, env_name: &str, prefix: &str) -> Result<u64> {
+    let env = environment_by_name(pool, env_name).await?;
+    let done = sqlx::query(
+        "UPDATE read_tokens SET revoked_at = CURRENT_TIMESTAMP(3) WHERE env_id = ? AND prefix = ? AND revoked_at IS NULL",
+    )
+    .bind(env.id)
+    .bind(prefix)
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::InvalidArgument(
+            "token prefix",
+            format!("no active token {prefix:?} for {env_name:?}"),
+        ));
+    }
+    Ok(done.rows_affected())
+}
+
+/// The environment an active read token belongs to.
+pub async fn read_token_env(pool: &MySqlPool, hash: &[u8; 32]) -> Result<Option<u32>> {
+    Ok(sqlx::query_scalar(
+        "SELECT env_id FROM read_tokens WHERE token_hash = ? AND revoked_at IS NULL",
+    )
+    .bind(&hash[..])
+    .fetch_optional(pool)
+    .await?)
+}

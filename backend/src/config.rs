@@ -56,6 +56,22 @@ pub struct Config {
     #[arg(long, env = "SLUICE_COUNTER_FLUSH_MS", default_value_t = 1000)]
     pub counter_flush_ms: u64,
 
+    /// How long per-second counts are kept (the live window).
+    #[arg(
+        long,
+        env = "SLUICE_SECOND_COUNTS_RETENTION_HOURS",
+        default_value_t = 2
+    )]
+    pub second_counts_retention_hours: u64,
+
+    /// How long per-minute counts are kept.
+    #[arg(
+        long,
+        env = "SLUICE_MINUTE_COUNTS_RETENTION_DAYS",
+        default_value_t = 90
+    )]
+    pub minute_counts_retention_days: u64,
+
     /// Log format: "json" (default) or "text".
     #[arg(long, env = "SLUICE_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
@@ -69,6 +85,12 @@ impl Config {
     }
     pub fn shard_timeout(&self) -> Duration {
         Duration::from_millis(self.shard_timeout_ms.max(100))
+    }
+    pub fn second_retention_secs(&self) -> i64 {
+        (self.second_counts_retention_hours * 3600) as i64
+    }
+    pub fn minute_retention_secs(&self) -> i64 {
+        (self.minute_counts_retention_days * 86_400) as i64
     }
     pub fn counter_flush(&self) -> Duration {
         Duration::from_millis(self.counter_flush_ms.max(10))
@@ -104,6 +126,8 @@ impl Config {
             shard_timeout_ms: 10_000,
             retry_after_secs: 5,
             counter_flush_ms: 1000,
+            second_counts_retention_hours: 2,
+            minute_counts_retention_days: 90,
             log_format: "json".into(),
         }
     }

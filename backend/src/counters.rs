@@ -1,71 +1,129 @@
-//! Per-environment, per-minute, per-event-name counts, kept off the hot path.
+//! Derived counts, kept off the hot path: per environment and event name per
+//! minute (kept `SLUICE_MINUTE_COUNTS_RETENTION_DAYS`) and per second (the
+//! live window, kept `SLUICE_SECOND_COUNTS_RETENTION_HOURS`), and per country
+//! per minute. All by event time.
 //!
 //! Writers add in-memory deltas; a background task flushes them every
-//! second as one multi-row upsert per shard. Counts are derived data: a crash
-//! between an insert and the next flush loses at most that second's deltas,
-//! and `backend counters rebuild` recomputes them from the events table.
+//! second, per shard in one transaction of multi-row upserts. A crash between
+//! an insert and the next flush loses at most that second's deltas;
+//! `backend counters rebuild` recomputes them from the events table.
 
 use std::{collections::BTreeMap, sync::Mutex};
 
 use chrono::{DateTime, NaiveDateTime};
-use sqlx::{mysql::MySqlPool, MySql, QueryBuilder};
+use sqlx::{mysql::MySqlPool, MySql, QueryBuilder, Transaction};
 
 use crate::{
     catalog::Snapshot,
     error::Result,
-    shards::{MinuteCounts, Shards},
+    shards::{Counted, Shards},
 };
 
-/// (shard id, env id, name id, minute as unix seconds) → events inserted.
-type Deltas = BTreeMap<(u32, u32, u32, i64), u64>;
-
+/// Deltas of one shard: keys are (env, bucket start in unix seconds, name id or country).
 #[derive(Default)]
-pub struct Counters {
-    pending: Mutex<Deltas>,
+struct Deltas {
+    minute: BTreeMap<(u32, i64, u32), u64>,
+    second: BTreeMap<(u32, i64, u32), u64>,
+    country: BTreeMap<(u32, i64, Vec<u8>), u64>,
 }
 
-const UPSERT_COUNTS: &str = "INSERT INTO event_counts_minute (env_id, minute, name_id, events) ";
+impl Deltas {
+    fn is_empty(&self) -> bool {
+        self.minute.is_empty() && self.second.is_empty() && self.country.is_empty()
+    }
+
+    fn merge(&mut self, other: Deltas) {
+        for (k, n) in other.minute {
+            *self.minute.entry(k).or_default() += n;
+        }
+        for (k, n) in other.second {
+            *self.second.entry(k).or_default() += n;
+        }
+        for (k, n) in other.country {
+            *self.country.entry(k).or_default() += n;
+        }
+    }
+}
+
+pub struct Counters {
+    pending: Mutex<BTreeMap<u32, Deltas>>,
+    second_retention_secs: i64,
+}
+
 // VALUES() is deprecated in MySQL 8.0.20+ but still works there, and the
 // row-alias replacement is not understood by MariaDB.
+const UPSERT_MINUTE: &str = "INSERT INTO event_counts_minute (env_id, minute, name_id, events) ";
+const UPSERT_SECOND: &str = "INSERT INTO event_counts_second (env_id, second, name_id, events) ";
+const UPSERT_COUNTRY: &str = "INSERT INTO country_counts_minute (env_id, minute, country, events) ";
 const ON_DUPLICATE: &str = " ON DUPLICATE KEY UPDATE events = events + VALUES(events)";
 
-fn minute(unix_seconds: i64) -> NaiveDateTime {
+pub fn datetime(unix_seconds: i64) -> NaiveDateTime {
     DateTime::from_timestamp(unix_seconds, 0)
         .unwrap_or_default()
         .naive_utc()
 }
 
+fn now_secs() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
 impl Counters {
-    pub fn record(&self, shard_id: u32, env_id: u32, counts: &MinuteCounts) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        for (&(name_id, minute), &n) in counts {
-            *pending
-                .entry((shard_id, env_id, name_id, minute))
-                .or_default() += n;
+    pub fn new(second_retention_secs: i64) -> Self {
+        Self {
+            pending: Mutex::new(BTreeMap::new()),
+            second_retention_secs,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Deltas>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn record(&self, shard_id: u32, env_id: u32, rows: &[Counted]) {
+        if rows.is_empty() {
+            return;
+        }
+        // Old events (a phone flushing yesterday's batch) get no per-second
+        // rows: they would be pruned at once.
+        let live_since = now_secs() - self.second_retention_secs;
+        let mut pending = self.lock();
+        let deltas = pending.entry(shard_id).or_default();
+        for row in rows {
+            let second = row.timestamp.div_euclid(1000);
+            let minute = second.div_euclid(60) * 60;
+            *deltas
+                .minute
+                .entry((env_id, minute, row.name_id))
+                .or_default() += 1;
+            *deltas
+                .country
+                .entry((env_id, minute, row.country.clone()))
+                .or_default() += 1;
+            if second >= live_since {
+                *deltas
+                    .second
+                    .entry((env_id, second, row.name_id))
+                    .or_default() += 1;
+            }
         }
     }
 
     pub fn pending_len(&self) -> usize {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock()
+            .values()
+            .map(|d| d.minute.len() + d.second.len() + d.country.len())
+            .sum()
     }
 
-    fn restore(&self, deltas: Deltas) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        for (key, n) in deltas {
-            *pending.entry(key).or_default() += n;
-        }
-    }
-
-    /// Write all pending deltas; what fails is kept for the next flush.
-    /// Returns how many shards failed.
-    pub async fn flush(&self, snapshot: &Snapshot, shards: &Shards) -> usize {
-        let taken = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut by_shard: BTreeMap<u32, Deltas> = BTreeMap::new();
-        for (key, n) in taken {
-            by_shard.entry(key.0).or_default().insert(key, n);
-        }
-        let mut failed = 0;
-        for (shard_id, deltas) in by_shard {
+    /// Write all pending deltas; a shard that fails keeps its deltas for the
+    /// next flush. Returns the names of the shards that failed.
+    pub async fn flush(&self, snapshot: &Snapshot, shards: &Shards) -> Vec<String> {
+        let taken = std::mem::take(&mut *self.lock());
+        let mut failed = Vec::new();
+        for (shard_id, deltas) in taken {
+            if deltas.is_empty() {
+                continue;
+            }
             let Some(shard) = snapshot.shards.get(&shard_id) else {
                 tracing::warn!(
                     shard_id,
@@ -79,52 +137,136 @@ impl Counters {
             };
             if let Err(error) = result {
                 tracing::warn!(shard = %shard.name, %error, "counter flush failed; will retry");
-                self.restore(deltas);
-                failed += 1;
+                self.lock().entry(shard_id).or_default().merge(deltas);
+                failed.push(shard.name.clone());
             }
         }
         failed
     }
 }
 
-async fn upsert(pool: &MySqlPool, deltas: &Deltas) -> Result<()> {
-    // Keys are sorted (BTreeMap), so concurrent flushers from several
-    // processes lock rows in the same order and do not deadlock each other.
-    let rows: Vec<_> = deltas.iter().collect();
+async fn upsert_rows<K, F>(
+    tx: &mut Transaction<'_, MySql>,
+    head: &str,
+    rows: &BTreeMap<K, u64>,
+    bind: F,
+) -> Result<()>
+where
+    F: Fn(&mut sqlx::query_builder::Separated<'_, '_, MySql, &'static str>, &K, u64),
+{
+    let rows: Vec<_> = rows.iter().collect();
     for chunk in rows.chunks(1000) {
-        let mut q = QueryBuilder::<MySql>::new(UPSERT_COUNTS);
-        q.push_values(chunk, |mut b, (&(_, env_id, name_id, m), &n)| {
-            b.push_bind(env_id)
-                .push_bind(minute(m))
-                .push_bind(name_id)
-                .push_bind(n);
-        });
+        let mut q = QueryBuilder::<MySql>::new(head);
+        q.push_values(chunk, |mut b, (k, &n)| bind(&mut b, k, n));
         q.push(ON_DUPLICATE);
-        q.build().execute(pool).await?;
+        q.build().execute(&mut **tx).await?;
     }
     Ok(())
 }
 
-const DELETE_RANGE: &str = "DELETE FROM event_counts_minute WHERE env_id = ? AND minute >= ?";
-const REBUILD_RANGE: &str = "INSERT INTO event_counts_minute (env_id, minute, name_id, events) \
-    SELECT env_id, DATE_FORMAT(ts, '%Y-%m-%d %H:%i:00'), name_id, COUNT(*) \
-    FROM events WHERE env_id = ? AND ts >= ? GROUP BY env_id, DATE_FORMAT(ts, '%Y-%m-%d %H:%i:00'), name_id";
-
-/// Recompute an environment's counts from `since` (rounded down to the
-/// minute) on one shard. Returns the number of events counted.
-pub async fn rebuild(pool: &MySqlPool, env_id: u32, since_ms: i64) -> Result<u64> {
-    let since = minute(since_ms.div_euclid(60_000) * 60);
+async fn upsert(pool: &MySqlPool, deltas: &Deltas) -> Result<()> {
+    // One transaction, so a failure restores all of a shard's deltas without
+    // double counting; keys are sorted (BTreeMap), so flushers of several
+    // backend processes lock rows in the same order and do not deadlock.
     let mut tx = pool.begin().await?;
-    sqlx::query(DELETE_RANGE)
-        .bind(env_id)
-        .bind(since)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(REBUILD_RANGE)
-        .bind(env_id)
-        .bind(since)
-        .execute(&mut *tx)
-        .await?;
+    upsert_rows(
+        &mut tx,
+        UPSERT_MINUTE,
+        &deltas.minute,
+        |b, &(env, minute, name), n| {
+            b.push_bind(env)
+                .push_bind(datetime(minute))
+                .push_bind(name)
+                .push_bind(n);
+        },
+    )
+    .await?;
+    upsert_rows(
+        &mut tx,
+        UPSERT_SECOND,
+        &deltas.second,
+        |b, &(env, second, name), n| {
+            b.push_bind(env)
+                .push_bind(datetime(second))
+                .push_bind(name)
+                .push_bind(n);
+        },
+    )
+    .await?;
+    upsert_rows(
+        &mut tx,
+        UPSERT_COUNTRY,
+        &deltas.country,
+        |b, (env, minute, country), n| {
+            b.push_bind(*env)
+                .push_bind(datetime(*minute))
+                .push_bind(country.clone())
+                .push_bind(n);
+        },
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Delete per-second counts older than `second_cutoff` and per-minute counts
+/// older than `minute_cutoff`, in small batches so no long lock is held.
+pub async fn prune(pool: &MySqlPool, second_cutoff: i64, minute_cutoff: i64) -> Result<u64> {
+    const STATEMENTS: [&str; 3] = [
+        "DELETE FROM event_counts_second WHERE second < ? LIMIT 5000",
+        "DELETE FROM event_counts_minute WHERE minute < ? LIMIT 5000",
+        "DELETE FROM country_counts_minute WHERE minute < ? LIMIT 5000",
+    ];
+    let mut deleted = 0;
+    for (i, statement) in STATEMENTS.iter().enumerate() {
+        let cutoff = datetime(if i == 0 { second_cutoff } else { minute_cutoff });
+        loop {
+            let n = sqlx::query(statement)
+                .bind(cutoff)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            deleted += n;
+            if n < 5000 {
+                break;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+const COUNTRY_SQL: &str =
+    "CASE WHEN JSON_UNQUOTE(JSON_EXTRACT(context, '$.country')) REGEXP '^[A-Za-z0-9]{1,8}$' \
+    THEN UPPER(JSON_UNQUOTE(JSON_EXTRACT(context, '$.country'))) ELSE '??' END";
+
+/// Recompute an environment's counts on one shard from `since_ms` (rounded
+/// down to the minute). Returns the number of events counted.
+pub async fn rebuild(
+    pool: &MySqlPool,
+    env_id: u32,
+    since_ms: i64,
+    second_retention_secs: i64,
+) -> Result<u64> {
+    let since = datetime(since_ms.div_euclid(60_000) * 60);
+    let live_since = datetime((now_secs() - second_retention_secs).max(since_ms.div_euclid(1000)));
+    let minute_of = "DATE_FORMAT(ts, '%Y-%m-%d %H:%i:00')";
+    let second_of = "DATE_FORMAT(ts, '%Y-%m-%d %H:%i:%s')";
+    let statements = [
+        ("DELETE FROM event_counts_minute WHERE env_id = ? AND minute >= ?".to_string(), since),
+        (format!("INSERT INTO event_counts_minute (env_id, minute, name_id, events) SELECT env_id, {minute_of}, name_id, COUNT(*) FROM events WHERE env_id = ? AND ts >= ? GROUP BY env_id, {minute_of}, name_id"), since),
+        ("DELETE FROM country_counts_minute WHERE env_id = ? AND minute >= ?".to_string(), since),
+        (format!("INSERT INTO country_counts_minute (env_id, minute, country, events) SELECT env_id, {minute_of}, {COUNTRY_SQL}, COUNT(*) FROM events WHERE env_id = ? AND ts >= ? GROUP BY env_id, {minute_of}, {COUNTRY_SQL}"), since),
+        ("DELETE FROM event_counts_second WHERE env_id = ? AND second >= ?".to_string(), live_since),
+        (format!("INSERT INTO event_counts_second (env_id, second, name_id, events) SELECT env_id, {second_of}, name_id, COUNT(*) FROM events WHERE env_id = ? AND ts >= ? GROUP BY env_id, {second_of}, name_id"), live_since),
+    ];
+    let mut tx = pool.begin().await?;
+    for (sql, from) in &statements {
+        sqlx::query(sql)
+            .bind(env_id)
+            .bind(*from)
+            .execute(&mut *tx)
+            .await?;
+    }
     let (total,): (u64,) = sqlx::query_as(
         "SELECT CAST(COALESCE(SUM(events), 0) AS UNSIGNED) FROM event_counts_minute WHERE env_id = ? AND minute >= ?",
     )

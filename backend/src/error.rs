@@ -12,8 +12,10 @@ use serde_json::Value;
 pub enum Error {
     #[error("missing or malformed Authorization header (expected: Bearer <token>)")]
     MissingAuth,
-    #[error("the ingest token is not valid")]
+    #[error("the token is not valid")]
     BadToken,
+    #[error("the read token is not valid for this environment")]
+    Forbidden,
     #[error("unsupported Content-Type {0:?}: send application/json")]
     UnsupportedContentType(String),
     #[error("unsupported Content-Encoding {0:?}: send gzip or no encoding")]
@@ -60,6 +62,7 @@ impl Error {
         use Error::*;
         match self {
             MissingAuth | BadToken => StatusCode::UNAUTHORIZED,
+            Forbidden => StatusCode::FORBIDDEN,
             UnsupportedContentType(_) | UnsupportedEncoding(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
@@ -82,6 +85,7 @@ impl Error {
         match self {
             MissingAuth => "missing_auth",
             BadToken => "invalid_token",
+            Forbidden => "forbidden",
             UnsupportedContentType(_) => "unsupported_content_type",
             UnsupportedEncoding(_) => "unsupported_content_encoding",
             BodyTooLarge(_) => "body_too_large",

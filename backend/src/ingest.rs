@@ -82,7 +82,7 @@ async fn write_one(
             m.events_duplicate
                 .with_label_values(&[&shard.name])
                 .inc_by(outcome.duplicates);
-            state.counters.record(shard.id, env_id, &outcome.counts);
+            state.counters.record(shard.id, env_id, &outcome.counted);
         }
         Err(error) => {
             m.shard_errors.with_label_values(&[&shard.name]).inc();

@@ -14,6 +14,7 @@ pub mod error;
 pub mod ingest;
 pub mod metrics;
 pub mod shards;
+pub mod stats;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
@@ -28,6 +29,7 @@ pub struct Inner {
     pub shards: shards::Shards,
     pub counters: counters::Counters,
     pub metrics: metrics::Metrics,
+    pub stats: stats::Hub,
 }
 
 /// What every handler and background task shares.
@@ -46,6 +48,7 @@ impl AppState {
         db::migrate_catalog(&config.database_url).await?;
         let pool = db::lazy_pool(&config.database_url, 4, config.shard_timeout())?;
         let catalog = catalog::Catalog::open(pool).await?;
+        let config_second_retention = config.second_retention_secs();
         let shards = shards::Shards::new(
             config.shard_pool_size,
             config.shard_timeout(),
@@ -55,16 +58,44 @@ impl AppState {
             config,
             catalog,
             shards,
-            counters: counters::Counters::default(),
+            counters: counters::Counters::new(config_second_retention),
             metrics: metrics::Metrics::new(),
+            stats: stats::Hub::default(),
         })))
     }
 
+    /// Drop counts past their retention on every shard.
+    pub async fn prune_counters(&self) {
+        let now = chrono::Utc::now().timestamp();
+        let snapshot = self.catalog.snapshot();
+        for shard in snapshot.shards.values() {
+            let Ok(pool) = self.shards.pool(shard) else {
+                continue;
+            };
+            let cutoffs = (
+                now - self.config.second_retention_secs(),
+                now - self.config.minute_retention_secs(),
+            );
+            if let Err(error) = counters::prune(&pool, cutoffs.0, cutoffs.1).await {
+                tracing::warn!(shard = %shard.name, %error, "pruning counts failed");
+            }
+        }
+    }
+
     /// Flush counter deltas now (also done every `SLUICE_COUNTER_FLUSH_MS`).
+    /// Returns how many shards failed (their deltas are kept for the next flush).
     pub async fn flush_counters(&self) -> usize {
-        self.counters
+        let failed = self
+            .counters
             .flush(&self.catalog.snapshot(), &self.shards)
-            .await
+            .await;
+        for shard in &failed {
+            self.metrics
+                .counter_flush_failures
+                .with_label_values(&[shard])
+                .inc();
+        }
+        failed.len()
     }
 }
 
@@ -73,6 +104,7 @@ fn spawn_background(state: AppState, mut stop: watch::Receiver<bool>) -> JoinHan
     tokio::spawn(async move {
         let mut refresh = tokio::time::interval(state.config.catalog_refresh());
         let mut flush = tokio::time::interval(state.config.counter_flush());
+        let mut prune = tokio::time::interval(std::time::Duration::from_secs(60));
         loop {
             tokio::select! {
                 _ = refresh.tick() => {
@@ -82,6 +114,9 @@ fn spawn_background(state: AppState, mut stop: watch::Receiver<bool>) -> JoinHan
                 }
                 _ = flush.tick() => {
                     state.flush_counters().await;
+                }
+                _ = prune.tick() => {
+                    state.prune_counters().await;
                 }
                 _ = stop.changed() => break,
             }

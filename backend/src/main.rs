@@ -59,6 +59,19 @@ enum EnvCommand {
         name: String,
     },
     List,
+    /// Create a read-only stats token for an environment; printed once.
+    Token {
+        name: String,
+    },
+    /// List an environment's read tokens (prefix, created, revoked).
+    Tokens {
+        name: String,
+    },
+    /// Revoke a read token by its prefix.
+    TokenRevoke {
+        name: String,
+        prefix: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -184,6 +197,31 @@ async fn run(cli: Cli) -> Result<()> {
                     catalog::promote_environment(&pool, &name).await?;
                     println!("{name}: secondary promoted to primary");
                 }
+                EnvCommand::Token { name } => {
+                    println!("{}", catalog::create_read_token(&pool, &name).await?);
+                }
+                EnvCommand::Tokens { name } => {
+                    println!("{:<14} {:<24} revoked", "prefix", "created");
+                    for t in catalog::list_read_tokens(&pool, &name).await? {
+                        let revoked = t
+                            .revoked_at
+                            .map(|r| r.to_string())
+                            .unwrap_or_else(|| "-".into());
+                        println!(
+                            "{:<14} {:<24} {}",
+                            t.prefix,
+                            t.created_at.to_string(),
+                            revoked
+                        );
+                    }
+                }
+                EnvCommand::TokenRevoke { name, prefix } => {
+                    catalog::revoke_read_token(&pool, &name, &prefix).await?;
+                    println!(
+                        "revoked {prefix} (effective within {} s)",
+                        backend::stats::TOKEN_CACHE_TTL.as_secs()
+                    );
+                }
                 EnvCommand::List => {
                     let shards: std::collections::HashMap<u32, String> =
                         catalog::list_shards(&pool)
@@ -219,7 +257,13 @@ async fn run(cli: Cli) -> Result<()> {
                     continue;
                 };
                 let shard_pool = db::lazy_pool(&shard.url, 1, std::time::Duration::from_secs(10))?;
-                let counted = counters::rebuild(&shard_pool, environment.id, since_ms).await?;
+                let counted = counters::rebuild(
+                    &shard_pool,
+                    environment.id,
+                    since_ms,
+                    config.second_retention_secs(),
+                )
+                .await?;
                 println!(
                     "{env} on {}: {counted} events counted since {since}",
                     shard.name

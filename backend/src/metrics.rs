@@ -14,6 +14,7 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     pub in_flight: IntGauge,
     pub counter_flush_failures: IntCounterVec,
+    pub stats_polls: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -73,7 +74,16 @@ impl Metrics {
         registry
             .register(Box::new(in_flight.clone()))
             .expect("unique metric");
+        let stats_polls = prometheus::IntCounter::new(
+            "sluice_stats_stream_polls_total",
+            "Database reads by live-stream pollers (one per environment per second, however many viewers)",
+        )
+        .expect("valid counter");
+        registry
+            .register(Box::new(stats_polls.clone()))
+            .expect("unique metric");
         Self {
+            stats_polls,
             registry,
             events_inserted,
             events_duplicate,

@@ -1,7 +1,7 @@
 //! Shard pools and the batched, idempotent event writer.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     sync::Mutex,
     time::Duration,
 };
@@ -16,14 +16,33 @@ use crate::{catalog::Shard, db, error::Result};
 /// (a client inventing names per event must not grow memory without bound).
 const NAME_CACHE_LIMIT: usize = 200_000;
 
-/// Per (name id, minute) counts of the rows one write actually inserted.
-pub type MinuteCounts = BTreeMap<(u32, i64), u64>;
+/// What the counters need of one inserted row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counted {
+    pub name_id: u32,
+    pub timestamp: i64,
+    pub country: Vec<u8>,
+}
 
 #[derive(Debug, Default)]
 pub struct WriteOutcome {
     pub inserted: u64,
     pub duplicates: u64,
-    pub counts: MinuteCounts,
+    /// One entry per row this write actually inserted (never duplicates).
+    pub counted: Vec<Counted>,
+}
+
+/// The country code of an envelope's context, as counted: up to 8 ASCII
+/// letters/digits upper-cased (Cloudflare also sends `T1` and `XX`), else `??`.
+pub fn country_of(envelope: &Envelope) -> Vec<u8> {
+    match envelope.context.get("country").and_then(|c| c.as_str()) {
+        Some(c)
+            if !c.is_empty() && c.len() <= 8 && c.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            c.to_ascii_uppercase().into_bytes()
+        }
+        _ => b"??".to_vec(),
+    }
 }
 
 /// Lazily created pools, one per shard, and the event-name id cache.
@@ -267,17 +286,19 @@ impl Shards {
             fresh.into_iter().take(affected as usize).collect()
         };
 
-        let mut counts = MinuteCounts::new();
-        for row in &inserted {
-            *counts
-                .entry((row.name_id, row.envelope.timestamp.div_euclid(60_000) * 60))
-                .or_default() += 1;
-        }
-        let inserted_n = inserted.len() as u64;
+        let counted: Vec<Counted> = inserted
+            .iter()
+            .map(|row| Counted {
+                name_id: row.name_id,
+                timestamp: row.envelope.timestamp,
+                country: country_of(row.envelope),
+            })
+            .collect();
+        let inserted_n = counted.len() as u64;
         Ok(WriteOutcome {
             inserted: inserted_n,
             duplicates: duplicates + (rows.len() as u64 - inserted_n),
-            counts,
+            counted,
         })
     }
 }

@@ -1,161 +1,26 @@
-//! Integration tests against a real MariaDB/MySQL server: the server from
-//! `SLUICE_TEST_MYSQL_URL`, else the private one `scripts/mysql.sh` starts.
-//! Every test creates uniquely named databases and drops them at the end.
+//! Ingest integration tests against a real MariaDB/MySQL server (see `common`).
 
-use std::{
-    io::Write,
-    net::SocketAddr,
-    sync::atomic::{AtomicU32, Ordering},
-    time::Duration,
-};
+mod common;
 
-use backend::{catalog, counters, Config, Server};
+use std::io::Write;
+
+use backend::{catalog, counters};
+use common::*;
 use protocol::{Envelope, IngestResponse};
-use reqwest::header::HeaderMap;
 use serde_json::{json, Value};
-use sqlx::{mysql::MySqlPool, Row};
-
-const TOKEN: &str = "test-ingest-token-0123456789abcdef0123456789";
-
-fn server_url() -> String {
-    if let Ok(url) = std::env::var("SLUICE_TEST_MYSQL_URL") {
-        return url.trim_end_matches('/').to_string();
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mysql.sh");
-    let out = std::process::Command::new("bash").arg(script).output().expect("run scripts/mysql.sh");
-    assert!(out.status.success(), "scripts/mysql.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf8").trim().to_string()
-}
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-struct Env {
-    server: String,
-    prefix: String,
-    catalog: MySqlPool,
-    catalog_url: String,
-}
-
-impl Env {
-    async fn new() -> Self {
-        let server = server_url();
-        let prefix = format!(
-            "sluice_t{}_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst),
-            rand::random::<u16>()
-        );
-        let catalog_url = format!("{server}/{prefix}_catalog");
-        backend::db::migrate_catalog(&catalog_url).await.expect("migrate catalog");
-        let catalog = MySqlPool::connect(&catalog_url).await.expect("connect catalog");
-        Self { server, prefix, catalog, catalog_url }
-    }
-
-    fn shard_url(&self, name: &str) -> String {
-        format!("{}/{}_{name}", self.server, self.prefix)
-    }
-
-    async fn add_shard(&self, name: &str) -> u32 {
-        catalog::add_shard(&self.catalog, name, &self.shard_url(name)).await.expect("add shard")
-    }
-
-    async fn shard_pool(&self, name: &str) -> MySqlPool {
-        MySqlPool::connect(&self.shard_url(name)).await.expect("connect shard")
-    }
-
-    fn config(&self) -> Config {
-        let mut config = Config::new(&self.catalog_url, TOKEN);
-        config.shard_timeout_ms = 3000;
-        config
-    }
-
-    async fn start(&self, config: Config) -> (Server, tokio::sync::oneshot::Sender<()>) {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = backend::start(config, async {
-            let _ = rx.await;
-        })
-        .await
-        .expect("start backend");
-        (server, tx)
-    }
-
-    async fn cleanup(self) {
-        let rows = sqlx::query("SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE ?")
-            .bind(format!("{}\\_%", self.prefix))
-            .fetch_all(&self.catalog)
-            .await
-            .expect("list databases");
-        for row in rows {
-            let name: String = row.try_get(0).expect("name");
-            sqlx::query(&format!("DROP DATABASE `{name}`")).execute(&self.catalog).await.expect("drop");
-        }
-    }
-}
-
-async fn stop(server: Server, tx: tokio::sync::oneshot::Sender<()>) {
-    let _ = tx.send(());
-    tokio::time::timeout(Duration::from_secs(15), server.done)
-        .await
-        .expect("graceful shutdown in time")
-        .expect("server task")
-        .expect("server result");
-}
-
-fn envelope(env_id: u32, id: &str, name: &str, ts: i64) -> Value {
-    json!({"id": id, "env_id": env_id, "name": name, "timestamp": ts, "received_at": ts + 5,
-           "user_id": "u1", "session_id": "s1", "properties": {"amount": 3, "sku": "A-1"},
-           "context": {"country": "DE", "colo": "FRA"}})
-}
-
-fn uuid(n: u64) -> String {
-    protocol::uuid_v7(1_700_000_000_000 + n, &[n as u8; 10])
-}
-
-async fn post(addr: SocketAddr, body: Vec<u8>, headers: &[(&str, &str)]) -> (u16, Value, HeaderMap) {
-    let mut request = reqwest::Client::new().post(format!("http://{addr}/v1/ingest")).body(body);
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    let headers = response.headers().clone();
-    let body = response.json::<Value>().await.unwrap_or(Value::Null);
-    (status, body, headers)
-}
-
-async fn ingest(addr: SocketAddr, batch: &Value) -> (u16, Value, HeaderMap) {
-    let auth = format!("Bearer {TOKEN}");
-    let body = serde_json::to_vec(batch).expect("json");
-    post(addr, body, &[("authorization", &auth), ("content-type", "application/json")]).await
-}
-
-async fn count(pool: &MySqlPool, env_id: u32) -> i64 {
-    sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE env_id = ?")
-        .bind(env_id)
-        .fetch_one(pool)
-        .await
-        .expect("count")
-}
-
-async fn counted(pool: &MySqlPool, env_id: u32) -> i64 {
-    sqlx::query_scalar("SELECT CAST(COALESCE(SUM(events), 0) AS SIGNED) FROM event_counts_minute WHERE env_id = ?")
-        .bind(env_id)
-        .fetch_one(pool)
-        .await
-        .expect("counted")
-}
-
-async fn metrics(addr: SocketAddr) -> String {
-    reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
-}
+use sqlx::Row;
 
 #[tokio::test]
 async fn routes_environments_to_their_shards_with_all_fields() {
     let t = Env::new().await;
     t.add_shard("a").await;
     t.add_shard("b").await;
-    let web = catalog::create_environment(&t.catalog, "web", "a").await.unwrap();
-    let app = catalog::create_environment(&t.catalog, "app", "b").await.unwrap();
+    let web = catalog::create_environment(&t.catalog, "web", "a")
+        .await
+        .unwrap();
+    let app = catalog::create_environment(&t.catalog, "app", "b")
+        .await
+        .unwrap();
     let (server, tx) = t.start(t.config()).await;
 
     let batch = json!([
@@ -187,15 +52,23 @@ async fn routes_environments_to_their_shards_with_all_fields() {
     assert_eq!(id, protocol::event_key(&uuid(1)).to_vec());
     assert_eq!(row.get::<String, _>("name"), "purchase");
     assert_eq!(row.get::<String, _>("ts"), "2023-11-14 22:13:20.123000");
-    assert_eq!(row.get::<Option<Vec<u8>>, _>("user_id").as_deref(), Some(&b"u1"[..]));
-    assert_eq!(row.get::<Option<Vec<u8>>, _>("client_id"), None, "UUID ids are not stored twice");
+    assert_eq!(
+        row.get::<Option<Vec<u8>>, _>("user_id").as_deref(),
+        Some(&b"u1"[..])
+    );
+    assert_eq!(
+        row.get::<Option<Vec<u8>>, _>("client_id"),
+        None,
+        "UUID ids are not stored twice"
+    );
     assert_eq!(row.get::<i64, _>("amount"), 3);
     assert_eq!(row.get::<Vec<u8>, _>("country"), b"DE");
-    let client_id: Option<Vec<u8>> = sqlx::query_scalar("SELECT client_id FROM events WHERE env_id = ?")
-        .bind(app)
-        .fetch_one(&b)
-        .await
-        .unwrap();
+    let client_id: Option<Vec<u8>> =
+        sqlx::query_scalar("SELECT client_id FROM events WHERE env_id = ?")
+            .bind(app)
+            .fetch_one(&b)
+            .await
+            .unwrap();
     assert_eq!(client_id.as_deref(), Some(&b"order-42"[..]));
 
     stop(server, tx).await;
@@ -208,35 +81,60 @@ async fn routes_environments_to_their_shards_with_all_fields() {
 async fn repeats_are_ignored_and_counted_as_duplicates() {
     let t = Env::new().await;
     t.add_shard("a").await;
-    let env = catalog::create_environment(&t.catalog, "web", "a").await.unwrap();
+    let env = catalog::create_environment(&t.catalog, "web", "a")
+        .await
+        .unwrap();
     let (server, tx) = t.start(t.config()).await;
     let key = env.to_string();
 
-    let first: Vec<Value> = (0..10).map(|i| envelope(env, &uuid(i), "view", 1_700_000_000_000)).collect();
+    let first: Vec<Value> = (0..10)
+        .map(|i| envelope(env, &uuid(i), "view", 1_700_000_000_000))
+        .collect();
     let (status, body, _) = ingest(server.addr, &json!(first)).await;
     assert_eq!(status, 200);
-    assert_eq!(body["environments"][&key], json!({"inserted": 10, "duplicates": 0}));
+    assert_eq!(
+        body["environments"][&key],
+        json!({"inserted": 10, "duplicates": 0})
+    );
 
     // The same batch again: nothing new.
     let (_, body, _) = ingest(server.addr, &json!(first)).await;
-    assert_eq!(body["environments"][&key], json!({"inserted": 0, "duplicates": 10}));
+    assert_eq!(
+        body["environments"][&key],
+        json!({"inserted": 0, "duplicates": 10})
+    );
 
     // Half old, half new, plus repeats inside the batch: only the new land.
-    let mut mixed: Vec<Value> = (5..15).map(|i| envelope(env, &uuid(i), "view", 1_700_000_000_000)).collect();
+    let mut mixed: Vec<Value> = (5..15)
+        .map(|i| envelope(env, &uuid(i), "view", 1_700_000_000_000))
+        .collect();
     mixed.push(envelope(env, &uuid(14), "view", 1_700_000_000_000));
     mixed.push(envelope(env, "client-key-1", "click", 1_700_000_000_000));
     mixed.push(envelope(env, "client-key-1", "click", 1_700_000_000_000));
     let (_, body, _) = ingest(server.addr, &json!(mixed)).await;
-    assert_eq!(body["environments"][&key], json!({"inserted": 6, "duplicates": 7}));
+    assert_eq!(
+        body["environments"][&key],
+        json!({"inserted": 6, "duplicates": 7})
+    );
 
     let pool = t.shard_pool("a").await;
     assert_eq!(count(&pool, env).await, 16);
     assert_eq!(server.state.flush_counters().await, 0);
-    assert_eq!(counted(&pool, env).await, 16, "counters count inserted rows only");
+    assert_eq!(
+        counted(&pool, env).await,
+        16,
+        "counters count inserted rows only"
+    );
 
     let text = metrics(server.addr).await;
-    assert!(text.contains("sluice_events_inserted_total{shard=\"a\"} 16"), "{text}");
-    assert!(text.contains("sluice_events_duplicate_total{shard=\"a\"} 17"), "{text}");
+    assert!(
+        text.contains("sluice_events_inserted_total{shard=\"a\"} 16"),
+        "{text}"
+    );
+    assert!(
+        text.contains("sluice_events_duplicate_total{shard=\"a\"} 17"),
+        "{text}"
+    );
     assert!(!text.contains(&t.server), "no URLs in metrics");
 
     stop(server, tx).await;
@@ -248,30 +146,69 @@ async fn migration_writes_both_shards_then_promote_moves_primary() {
     let t = Env::new().await;
     t.add_shard("old").await;
     t.add_shard("new").await;
-    let env = catalog::create_environment(&t.catalog, "web", "old").await.unwrap();
+    let env = catalog::create_environment(&t.catalog, "web", "old")
+        .await
+        .unwrap();
     let (server, tx) = t.start(t.config()).await;
     let (old, new) = (t.shard_pool("old").await, t.shard_pool("new").await);
 
-    let (status, ..) = ingest(server.addr, &json!([envelope(env, &uuid(1), "a", 1_700_000_000_000)])).await;
+    let (status, ..) = ingest(
+        server.addr,
+        &json!([envelope(env, &uuid(1), "a", 1_700_000_000_000)]),
+    )
+    .await;
     assert_eq!(status, 200);
 
-    catalog::migrate_environment(&t.catalog, "web", "new").await.unwrap();
-    assert!(catalog::migrate_environment(&t.catalog, "web", "old").await.is_err(), "primary cannot be its own secondary");
+    catalog::migrate_environment(&t.catalog, "web", "new")
+        .await
+        .unwrap();
+    assert!(
+        catalog::migrate_environment(&t.catalog, "web", "old")
+            .await
+            .is_err(),
+        "primary cannot be its own secondary"
+    );
     server.state.catalog.refresh().await.unwrap();
-    let batch = json!([envelope(env, &uuid(2), "a", 1_700_000_000_000), envelope(env, &uuid(3), "b", 1_700_000_000_000)]);
+    let batch = json!([
+        envelope(env, &uuid(2), "a", 1_700_000_000_000),
+        envelope(env, &uuid(3), "b", 1_700_000_000_000)
+    ]);
     let (status, body, _) = ingest(server.addr, &batch).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!((count(&old, env).await, count(&new, env).await), (3, 2), "dual write during migration");
+    assert_eq!(
+        (count(&old, env).await, count(&new, env).await),
+        (3, 2),
+        "dual write during migration"
+    );
 
-    catalog::promote_environment(&t.catalog, "web").await.unwrap();
-    assert!(catalog::promote_environment(&t.catalog, "web").await.is_err(), "nothing left to promote");
+    catalog::promote_environment(&t.catalog, "web")
+        .await
+        .unwrap();
+    assert!(
+        catalog::promote_environment(&t.catalog, "web")
+            .await
+            .is_err(),
+        "nothing left to promote"
+    );
     server.state.catalog.refresh().await.unwrap();
-    let (status, ..) = ingest(server.addr, &json!([envelope(env, &uuid(4), "a", 1_700_000_000_000)])).await;
+    let (status, ..) = ingest(
+        server.addr,
+        &json!([envelope(env, &uuid(4), "a", 1_700_000_000_000)]),
+    )
+    .await;
     assert_eq!(status, 200);
-    assert_eq!((count(&old, env).await, count(&new, env).await), (3, 3), "after promote only the new primary is written");
+    assert_eq!(
+        (count(&old, env).await, count(&new, env).await),
+        (3, 3),
+        "after promote only the new primary is written"
+    );
 
     stop(server, tx).await;
-    assert_eq!(counted(&new, env).await, 3, "each shard counts what it inserted");
+    assert_eq!(
+        counted(&new, env).await,
+        3,
+        "each shard counts what it inserted"
+    );
     t.cleanup().await;
 }
 
@@ -279,17 +216,35 @@ async fn migration_writes_both_shards_then_promote_moves_primary() {
 async fn unreachable_shard_fails_only_its_environments() {
     let t = Env::new().await;
     t.add_shard("up").await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     // Register the dead shard directly: `add_shard` refuses an unreachable URL.
     sqlx::query("INSERT INTO shards (name, url) VALUES ('down', ?)")
-        .bind(format!("mysql://root:hunter2secret@127.0.0.1:{closed}/gone"))
+        .bind(format!(
+            "mysql://root:hunter2secret@127.0.0.1:{closed}/gone"
+        ))
         .execute(&t.catalog)
         .await
         .unwrap();
-    let refused = catalog::add_shard(&t.catalog, "down2", &format!("mysql://root:pw@127.0.0.1:{closed}/gone")).await;
-    assert!(matches!(refused, Err(backend::Error::ShardUnavailable { .. })), "{refused:?}");
-    let good = catalog::create_environment(&t.catalog, "good", "up").await.unwrap();
-    let bad = catalog::create_environment(&t.catalog, "bad", "down").await.unwrap();
+    let refused = catalog::add_shard(
+        &t.catalog,
+        "down2",
+        &format!("mysql://root:pw@127.0.0.1:{closed}/gone"),
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(backend::Error::ShardUnavailable { .. })),
+        "{refused:?}"
+    );
+    let good = catalog::create_environment(&t.catalog, "good", "up")
+        .await
+        .unwrap();
+    let bad = catalog::create_environment(&t.catalog, "bad", "down")
+        .await
+        .unwrap();
     let (server, tx) = t.start(t.config()).await;
 
     let batch = json!([
@@ -304,16 +259,26 @@ async fn unreachable_shard_fails_only_its_environments() {
     assert_eq!(body["environments"][good.to_string()]["inserted"], 1);
     assert_eq!(body["failures"][0]["env_id"], bad);
     assert_eq!(body["failures"][0]["error"], "shard_unavailable");
-    assert!(!body.to_string().contains("hunter2secret"), "no passwords in responses");
+    assert!(
+        !body.to_string().contains("hunter2secret"),
+        "no passwords in responses"
+    );
 
-    let (status, body, headers) = ingest(server.addr, &json!([envelope(bad, &uuid(4), "x", 1_700_000_000_000)])).await;
+    let (status, body, headers) = ingest(
+        server.addr,
+        &json!([envelope(bad, &uuid(4), "x", 1_700_000_000_000)]),
+    )
+    .await;
     assert_eq!(status, 503, "{body}");
     assert!(headers.contains_key("retry-after"));
     assert_eq!(body["retry"], json!([uuid(4)]));
     assert_eq!(count(&t.shard_pool("up").await, good).await, 1);
 
     let text = metrics(server.addr).await;
-    assert!(text.contains("sluice_shard_errors_total{shard=\"down\"} 2"), "{text}");
+    assert!(
+        text.contains("sluice_shard_errors_total{shard=\"down\"} 2"),
+        "{text}"
+    );
     assert!(!text.contains("hunter2secret"));
 
     stop(server, tx).await;
@@ -330,7 +295,9 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 async fn bad_input_gets_the_documented_status_and_lands_nothing() {
     let t = Env::new().await;
     t.add_shard("a").await;
-    let env = catalog::create_environment(&t.catalog, "web", "a").await.unwrap();
+    let env = catalog::create_environment(&t.catalog, "web", "a")
+        .await
+        .unwrap();
     let mut config = t.config();
     config.max_body_bytes = 64 * 1024;
     config.max_batch_events = 50;
@@ -343,7 +310,8 @@ async fn bad_input_gets_the_documented_status_and_lands_nothing() {
     let one = json!([envelope(env, &uuid(1), "x", 1_700_000_000_000)]);
     let too_many: Vec<Value> = (0..51).map(|i| envelope(env, &uuid(i), "x", 0)).collect();
     let huge = json!([{"id": "x", "env_id": env, "name": "x".repeat(70_000), "timestamp": 0, "received_at": 0}]);
-    let wrong_type = json!([{"id": 1, "env_id": env, "name": "x", "timestamp": 0, "received_at": 0}]);
+    let wrong_type =
+        json!([{"id": 1, "env_id": env, "name": "x", "timestamp": 0, "received_at": 0}]);
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes();
     let deep_inside = format!(
         r#"[{{"id":"x","env_id":{env},"name":"x","timestamp":0,"received_at":0,"properties":{{"a":{}{}}}}}]"#,
@@ -355,28 +323,139 @@ async fn bad_input_gets_the_documented_status_and_lands_nothing() {
     type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>, u16, &'a str);
     let cases: Vec<Case> = vec![
         ("no auth", js(one.clone()), vec![ct], 401, "missing_auth"),
-        ("wrong token", js(one.clone()), vec![("authorization", "Bearer wrong"), ct], 401, "invalid_token"),
-        ("basic auth", js(one.clone()), vec![("authorization", "Basic dXNlcjpwYXNz"), ct], 401, "missing_auth"),
-        ("no content type", js(one.clone()), vec![a], 415, "unsupported_content_type"),
-        ("text/plain", js(one.clone()), vec![a, ("content-type", "text/plain")], 415, "unsupported_content_type"),
-        ("brotli", js(one.clone()), vec![a, ct, ("content-encoding", "br")], 415, "unsupported_content_encoding"),
-        ("truncated json", b"[{\"id\":".to_vec(), vec![a, ct], 400, "malformed_json"),
-        ("not json", b"hello".to_vec(), vec![a, ct], 400, "malformed_json"),
-        ("invalid utf-8", b"[\"\xff\xfe\"]".to_vec(), vec![a, ct], 400, "malformed_json"),
-        ("object, not array", b"{}".to_vec(), vec![a, ct], 422, "invalid_batch"),
-        ("wrong field type", js(wrong_type), vec![a, ct], 422, "invalid_batch"),
+        (
+            "wrong token",
+            js(one.clone()),
+            vec![("authorization", "Bearer wrong"), ct],
+            401,
+            "invalid_token",
+        ),
+        (
+            "basic auth",
+            js(one.clone()),
+            vec![("authorization", "Basic dXNlcjpwYXNz"), ct],
+            401,
+            "missing_auth",
+        ),
+        (
+            "no content type",
+            js(one.clone()),
+            vec![a],
+            415,
+            "unsupported_content_type",
+        ),
+        (
+            "text/plain",
+            js(one.clone()),
+            vec![a, ("content-type", "text/plain")],
+            415,
+            "unsupported_content_type",
+        ),
+        (
+            "brotli",
+            js(one.clone()),
+            vec![a, ct, ("content-encoding", "br")],
+            415,
+            "unsupported_content_encoding",
+        ),
+        (
+            "truncated json",
+            b"[{\"id\":".to_vec(),
+            vec![a, ct],
+            400,
+            "malformed_json",
+        ),
+        (
+            "not json",
+            b"hello".to_vec(),
+            vec![a, ct],
+            400,
+            "malformed_json",
+        ),
+        (
+            "invalid utf-8",
+            b"[\"\xff\xfe\"]".to_vec(),
+            vec![a, ct],
+            400,
+            "malformed_json",
+        ),
+        (
+            "object, not array",
+            b"{}".to_vec(),
+            vec![a, ct],
+            422,
+            "invalid_batch",
+        ),
+        (
+            "wrong field type",
+            js(wrong_type),
+            vec![a, ct],
+            422,
+            "invalid_batch",
+        ),
         ("10,000-deep array", deep, vec![a, ct], 422, "invalid_batch"),
-        ("10,000-deep property", deep_inside, vec![a, ct], 400, "malformed_json"),
-        ("empty batch", b"[]".to_vec(), vec![a, ct], 422, "empty_batch"),
-        ("too many envelopes", js(json!(too_many)), vec![a, ct], 413, "too_many_envelopes"),
-        ("body over the limit", js(huge), vec![a, ct], 413, "body_too_large"),
-        ("gzip bomb", gzip(&vec![b' '; 10 * 1024 * 1024]), vec![a, ct, ("content-encoding", "gzip")], 413, "body_too_large"),
-        ("bad gzip", b"not gzip at all".to_vec(), vec![a, ct, ("content-encoding", "gzip")], 400, "invalid_gzip"),
-        ("negative timestamp", js(json!([envelope(env, &uuid(1), "x", -5)])), vec![a, ct], 422, "invalid_envelopes"),
-        ("control char in name", js(json!([envelope(env, &uuid(1), "a\u{7}b", 0)])), vec![a, ct], 422, "invalid_envelopes"),
+        (
+            "10,000-deep property",
+            deep_inside,
+            vec![a, ct],
+            400,
+            "malformed_json",
+        ),
+        (
+            "empty batch",
+            b"[]".to_vec(),
+            vec![a, ct],
+            422,
+            "empty_batch",
+        ),
+        (
+            "too many envelopes",
+            js(json!(too_many)),
+            vec![a, ct],
+            413,
+            "too_many_envelopes",
+        ),
+        (
+            "body over the limit",
+            js(huge),
+            vec![a, ct],
+            413,
+            "body_too_large",
+        ),
+        (
+            "gzip bomb",
+            gzip(&vec![b' '; 10 * 1024 * 1024]),
+            vec![a, ct, ("content-encoding", "gzip")],
+            413,
+            "body_too_large",
+        ),
+        (
+            "bad gzip",
+            b"not gzip at all".to_vec(),
+            vec![a, ct, ("content-encoding", "gzip")],
+            400,
+            "invalid_gzip",
+        ),
+        (
+            "negative timestamp",
+            js(json!([envelope(env, &uuid(1), "x", -5)])),
+            vec![a, ct],
+            422,
+            "invalid_envelopes",
+        ),
+        (
+            "control char in name",
+            js(json!([envelope(env, &uuid(1), "a\u{7}b", 0)])),
+            vec![a, ct],
+            422,
+            "invalid_envelopes",
+        ),
         (
             "unknown environment",
-            js(json!([envelope(env, &uuid(1), "x", 0), envelope(999_999, &uuid(2), "x", 0)])),
+            js(json!([
+                envelope(env, &uuid(1), "x", 0),
+                envelope(999_999, &uuid(2), "x", 0)
+            ])),
             vec![a, ct],
             422,
             "invalid_envelopes",
@@ -386,18 +465,29 @@ async fn bad_input_gets_the_documented_status_and_lands_nothing() {
         let (status, body, _) = post(addr, body, &headers).await;
         assert_eq!(status, expected, "{what}: {body}");
         assert_eq!(body["error"], code, "{what}: {body}");
-        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: {body}"
+        );
     }
 
     // Which envelope failed, and why.
-    let batch = json!([envelope(env, &uuid(1), "ok", 0), envelope(env, &"x".repeat(65), "ok", 0), envelope(env, &uuid(3), "", 0)]);
+    let batch = json!([
+        envelope(env, &uuid(1), "ok", 0),
+        envelope(env, &"x".repeat(65), "ok", 0),
+        envelope(env, &uuid(3), "", 0)
+    ]);
     let (status, body, _) = ingest(addr, &batch).await;
     assert_eq!(status, 422);
     assert_eq!(body["details"][0]["index"], 1);
     assert_eq!(body["details"][1]["index"], 2);
     assert_eq!(body["details"][1]["reason"], "name must not be empty");
 
-    assert_eq!(count(&t.shard_pool("a").await, env).await, 0, "nothing landed from bad requests");
+    assert_eq!(
+        count(&t.shard_pool("a").await, env).await,
+        0,
+        "nothing landed from bad requests"
+    );
     let (status, ..) = ingest(addr, &one).await;
     assert_eq!(status, 200, "the server still serves");
 
@@ -409,15 +499,28 @@ async fn bad_input_gets_the_documented_status_and_lands_nothing() {
 async fn gzip_bodies_and_a_ten_thousand_event_batch_land() {
     let t = Env::new().await;
     t.add_shard("a").await;
-    let env = catalog::create_environment(&t.catalog, "web", "a").await.unwrap();
+    let env = catalog::create_environment(&t.catalog, "web", "a")
+        .await
+        .unwrap();
     let (server, tx) = t.start(t.config()).await;
     let names = ["view", "click", "purchase", "signup", "search"];
     let batch: Vec<Value> = (0..10_000u64)
-        .map(|i| envelope(env, &uuid(i), names[(i % 5) as usize], 1_700_000_000_000 + (i as i64) * 1000))
+        .map(|i| {
+            envelope(
+                env,
+                &uuid(i),
+                names[(i % 5) as usize],
+                1_700_000_000_000 + (i as i64) * 1000,
+            )
+        })
         .collect();
     let auth = format!("Bearer {TOKEN}");
     let body = gzip(&serde_json::to_vec(&batch).unwrap());
-    let headers = [("authorization", auth.as_str()), ("content-type", "application/json"), ("content-encoding", "gzip")];
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+        ("content-encoding", "gzip"),
+    ];
     let (status, body, _) = post(server.addr, body, &headers).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["environments"][env.to_string()]["inserted"], 10_000);
@@ -433,8 +536,13 @@ async fn gzip_bodies_and_a_ten_thousand_event_batch_land() {
     server.state.flush_counters().await;
     assert_eq!(counted(&pool, env).await, 10_000);
     // Wipe the counts; a rebuild from the events table restores them.
-    sqlx::query("DELETE FROM event_counts_minute").execute(&pool).await.unwrap();
-    let rebuilt = counters::rebuild(&pool, env, 1_700_000_000_000).await.unwrap();
+    sqlx::query("DELETE FROM event_counts_minute")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let rebuilt = counters::rebuild(&pool, env, 1_700_000_000_000, 7200)
+        .await
+        .unwrap();
     assert_eq!(rebuilt, 10_000);
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM event_counts_minute WHERE env_id = ?")
         .bind(env)
@@ -454,12 +562,16 @@ async fn a_new_environment_is_routable_at_once_and_health_endpoints_answer() {
     let mut config = t.config();
     config.catalog_refresh_ms = 60_000;
     let (server, tx) = t.start(config).await;
-    let env = catalog::create_environment(&t.catalog, "late", "a").await.unwrap();
+    let env = catalog::create_environment(&t.catalog, "late", "a")
+        .await
+        .unwrap();
     let (status, body, _) = ingest(server.addr, &json!([envelope(env, &uuid(1), "x", 0)])).await;
     assert_eq!(status, 200, "unknown ids force a catalog refresh: {body}");
 
     for path in ["healthz", "readyz"] {
-        let r = reqwest::get(format!("http://{}/{path}", server.addr)).await.unwrap();
+        let r = reqwest::get(format!("http://{}/{path}", server.addr))
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{path}");
     }
     assert!(matches!(

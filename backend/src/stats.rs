@@ -1,0 +1,564 @@
+//! The read API over the counters: summary, zero-filled series, and a live
+//! Server-Sent Events stream. Reads go to the environment's primary shard.
+//! Authorised by per-environment read tokens (`backend env token NAME`).
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{FromRequestParts, Query, State},
+    http::{header, request::Parts, HeaderMap},
+    response::{
+        sse::{Event, KeepAlive, Sse},
+        IntoResponse, Response,
+    },
+    Json,
+};
+use futures::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sqlx::{mysql::MySqlPool, Row};
+use tokio::sync::broadcast;
+
+use crate::{
+    catalog::{self, Environment},
+    counters::datetime,
+    error::{Error, Result},
+    AppState,
+};
+
+/// Read-token lookups are cached this long (positive and negative): the
+/// bound on how late a revocation takes effect.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
+/// The live window a new stream subscriber is sent first, and the most a
+/// reconnect with `Last-Event-ID` is caught up by.
+const BACKFILL_SECS: i64 = 300;
+/// Seconds re-read on every stream tick: counts of a second keep arriving
+/// until every backend process has flushed it.
+const TICK_WINDOW_SECS: i64 = 10;
+const MAX_POINTS: i64 = 10_000;
+
+#[derive(Default)]
+pub struct TokenCache(Mutex<HashMap<[u8; 32], (Option<u32>, Instant)>>);
+
+/// The environment a request may read: its read token matched `?env=`.
+pub struct ReadAuth {
+    pub env: Environment,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+async fn token_env(state: &AppState, token: &str) -> Result<Option<u32>> {
+    let hash = catalog::token_hash(token);
+    if let Some(&(env, at)) = state
+        .stats
+        .tokens
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&hash)
+    {
+        if at.elapsed() < TOKEN_CACHE_TTL {
+            return Ok(env);
+        }
+    }
+    let env = catalog::read_token_env(state.catalog.pool(), &hash)
+        .await
+        .map_err(|e| Error::Catalog(e.to_string()))?;
+    let mut cache = state
+        .stats
+        .tokens
+        .0
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if cache.len() > 10_000 {
+        cache.clear();
+    }
+    cache.insert(hash, (env, Instant::now()));
+    Ok(env)
+}
+
+impl FromRequestParts<AppState> for ReadAuth {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let token = bearer(&parts.headers)
+            .ok_or(Error::MissingAuth)?
+            .to_string();
+        let name = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "env")
+            .map(|(_, v)| v.into_owned())
+            .ok_or_else(|| {
+                Error::InvalidArgument(
+                    "env",
+                    "the env parameter (an environment name) is required".into(),
+                )
+            })?;
+        let token_env = token_env(state, &token).await?.ok_or(Error::BadToken)?;
+        let find = |snapshot: &catalog::Snapshot| {
+            snapshot
+                .environments
+                .values()
+                .find(|e| e.name == name)
+                .cloned()
+        };
+        let env = match find(&state.catalog.snapshot()) {
+            Some(env) => env,
+            None => {
+                state.catalog.refresh().await?;
+                find(&state.catalog.snapshot())
+                    .ok_or_else(|| Error::UnknownEnvironment(name.clone()))?
+            }
+        };
+        if env.id != token_env {
+            return Err(Error::Forbidden);
+        }
+        Ok(ReadAuth { env })
+    }
+}
+
+fn primary_pool(state: &AppState, env: &Environment) -> Result<MySqlPool> {
+    let snapshot = state.catalog.snapshot();
+    let shard = snapshot
+        .shards
+        .get(&env.primary_shard_id)
+        .ok_or_else(|| Error::Catalog(format!("environment {} has no primary shard", env.name)))?;
+    state.shards.pool(shard)
+}
+
+/// RFC 3339 or epoch milliseconds.
+pub fn parse_time(name: &'static str, text: &str) -> Result<i64> {
+    if let Ok(ms) = text.parse::<i64>() {
+        if protocol::timestamp_in_range(ms) {
+            return Ok(ms);
+        }
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| {
+            Error::InvalidArgument(
+                name,
+                format!("{text:?} is neither RFC 3339 nor epoch milliseconds"),
+            )
+        })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RangeParams {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub event: Option<String>,
+    pub interval: Option<String>,
+}
+
+/// The requested range in ms, defaulting to the last 24 hours.
+fn range(params: &RangeParams) -> Result<(i64, i64)> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let to = params
+        .to
+        .as_deref()
+        .map(|t| parse_time("to", t))
+        .transpose()?
+        .unwrap_or(now);
+    let from = params
+        .from
+        .as_deref()
+        .map(|t| parse_time("from", t))
+        .transpose()?
+        .unwrap_or(to - 86_400_000);
+    if from >= to {
+        return Err(Error::InvalidArgument(
+            "range",
+            "from must be before to".into(),
+        ));
+    }
+    Ok((from, to))
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct NamedCount {
+    pub name: String,
+    pub count: u64,
+}
+
+const SUM_MINUTES: &str =
+    "SELECT CAST(COALESCE(SUM(events), 0) AS UNSIGNED) FROM event_counts_minute \
+    WHERE env_id = ? AND minute >= ? AND minute < ?";
+const BY_EVENT: &str =
+    "SELECT n.name, CAST(SUM(c.events) AS UNSIGNED) AS total FROM event_counts_minute c \
+    JOIN event_names n ON n.id = c.name_id WHERE c.env_id = ? AND c.minute >= ? AND c.minute < ? \
+    GROUP BY c.name_id, n.name ORDER BY total DESC, n.name LIMIT 100";
+const BY_COUNTRY: &str = "SELECT country, CAST(SUM(events) AS UNSIGNED) AS total FROM country_counts_minute \
+    WHERE env_id = ? AND minute >= ? AND minute < ? GROUP BY country ORDER BY total DESC, country LIMIT 100";
+
+fn named_counts(rows: Vec<sqlx::mysql::MySqlRow>) -> Result<Vec<NamedCount>> {
+    rows.into_iter()
+        .map(|row| {
+            let name: Vec<u8> = row.try_get(0)?;
+            Ok(NamedCount {
+                name: String::from_utf8_lossy(&name).into_owned(),
+                count: row.try_get(1)?,
+            })
+        })
+        .collect()
+}
+
+/// Minute buckets covering [from, to): from rounded down, to rounded up.
+fn minute_bounds(from: i64, to: i64) -> (chrono::NaiveDateTime, chrono::NaiveDateTime) {
+    let start = from.div_euclid(60_000) * 60;
+    let end = (to + 59_999).div_euclid(60_000) * 60;
+    (datetime(start), datetime(end))
+}
+
+/// `GET /v1/stats/summary?env=&from=&to=`
+pub async fn summary(
+    State(state): State<AppState>,
+    auth: ReadAuth,
+    Query(params): Query<RangeParams>,
+) -> Result<Response> {
+    let (from, to) = range(&params)?;
+    let pool = primary_pool(&state, &auth.env)?;
+    let (start, end) = minute_bounds(from, to);
+    let env_id = auth.env.id;
+    let events: u64 = sqlx::query_scalar(SUM_MINUTES)
+        .bind(env_id)
+        .bind(start)
+        .bind(end)
+        .fetch_one(&pool)
+        .await?;
+    let by_event = named_counts(
+        sqlx::query(BY_EVENT)
+            .bind(env_id)
+            .bind(start)
+            .bind(end)
+            .fetch_all(&pool)
+            .await?,
+    )?;
+    let by_country = named_counts(
+        sqlx::query(BY_COUNTRY)
+            .bind(env_id)
+            .bind(start)
+            .bind(end)
+            .fetch_all(&pool)
+            .await?,
+    )?;
+    Ok(Json(json!({
+        "env": auth.env.name,
+        "from": start.and_utc().timestamp_millis(),
+        "to": end.and_utc().timestamp_millis(),
+        "events": events,
+        "by_event": by_event,
+        "by_country": by_country,
+    }))
+    .into_response())
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Point {
+    pub t: i64,
+    pub value: u64,
+}
+
+/// Fill every bucket of [from, to) in steps of `step` seconds, zero where `sparse` has none.
+pub fn zero_fill(from_s: i64, to_s: i64, step: i64, sparse: &BTreeMap<i64, u64>) -> Vec<Point> {
+    let first = from_s.div_euclid(step) * step;
+    (0..)
+        .map(|i| first + i * step)
+        .take_while(|&t| t < to_s)
+        .map(|t| Point {
+            t: t * 1000,
+            value: sparse.get(&t).copied().unwrap_or(0),
+        })
+        .collect()
+}
+
+/// `GET /v1/stats/series?env=&event=&interval=second|minute|hour|day&from=&to=`
+pub async fn series(
+    State(state): State<AppState>,
+    auth: ReadAuth,
+    Query(params): Query<RangeParams>,
+) -> Result<Response> {
+    let (from, to) = range(&params)?;
+    let interval = params.interval.as_deref().unwrap_or("minute");
+    let (step, table, column) = match interval {
+        "second" => (1, "event_counts_second", "second"),
+        "minute" => (60, "event_counts_minute", "minute"),
+        "hour" => (3600, "event_counts_minute", "minute"),
+        "day" => (86_400, "event_counts_minute", "minute"),
+        other => {
+            return Err(Error::InvalidArgument(
+                "interval",
+                format!("{other:?}: use second, minute, hour or day"),
+            ));
+        }
+    };
+    let (from_s, to_s) = (from.div_euclid(1000), (to + 999).div_euclid(1000));
+    let points = (to_s - from_s.div_euclid(step) * step + step - 1) / step;
+    if points > MAX_POINTS {
+        return Err(Error::InvalidArgument(
+            "range",
+            format!("{points} points of one {interval}; at most {MAX_POINTS} per request"),
+        ));
+    }
+    let pool = primary_pool(&state, &auth.env)?;
+    let env_id = auth.env.id;
+    let name_id: Option<u32> = match &params.event {
+        Some(name) => {
+            let id = sqlx::query_scalar("SELECT id FROM event_names WHERE env_id = ? AND name = ?")
+                .bind(env_id)
+                .bind(name.as_bytes())
+                .fetch_optional(&pool)
+                .await?;
+            match id {
+                Some(id) => Some(id),
+                // A name never seen: every bucket is zero.
+                None => return Ok(Json(json!({"interval": interval, "points": zero_fill(from_s, to_s, step, &BTreeMap::new())})).into_response()),
+            }
+        }
+        None => None,
+    };
+    let bucket_start = from_s.div_euclid(step) * step;
+    let sql = format!(
+        "SELECT CAST(FLOOR(UNIX_TIMESTAMP({column}) / {step}) * {step} AS SIGNED) AS bucket, CAST(SUM(events) AS UNSIGNED) \
+         FROM {table} WHERE env_id = ? AND {column} >= ? AND {column} < ?{} GROUP BY bucket",
+        if name_id.is_some() { " AND name_id = ?" } else { "" }
+    );
+    let mut query = sqlx::query(&sql)
+        .bind(env_id)
+        .bind(datetime(bucket_start))
+        .bind(datetime(to_s));
+    if let Some(id) = name_id {
+        query = query.bind(id);
+    }
+    let mut sparse = BTreeMap::new();
+    for row in query.fetch_all(&pool).await? {
+        sparse.insert(row.try_get::<i64, _>(0)?, row.try_get::<u64, _>(1)?);
+    }
+    Ok(
+        Json(json!({"interval": interval, "points": zero_fill(from_s, to_s, step, &sparse)}))
+            .into_response(),
+    )
+}
+
+/// One second of the live stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct Second {
+    pub t: i64,
+    pub total: u64,
+    pub by_event: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Update {
+    /// Unix seconds of this update; also the SSE event id.
+    pub id: i64,
+    pub seconds: Vec<Second>,
+    pub health: serde_json::Value,
+}
+
+const LIVE_SECONDS: &str =
+    "SELECT CAST(UNIX_TIMESTAMP(c.second) AS SIGNED), n.name, c.events FROM event_counts_second c \
+    JOIN event_names n ON n.id = c.name_id WHERE c.env_id = ? AND c.second >= ? ORDER BY c.second";
+
+async fn read_seconds(
+    pool: &MySqlPool,
+    env_id: u32,
+    since: i64,
+    until: i64,
+) -> Result<Vec<Second>> {
+    let mut by_second: BTreeMap<i64, Second> = (since..until)
+        .map(|t| {
+            (
+                t,
+                Second {
+                    t: t * 1000,
+                    total: 0,
+                    by_event: BTreeMap::new(),
+                },
+            )
+        })
+        .collect();
+    for row in sqlx::query(LIVE_SECONDS)
+        .bind(env_id)
+        .bind(datetime(since))
+        .fetch_all(pool)
+        .await?
+    {
+        let t: i64 = row.try_get(0)?;
+        let name: Vec<u8> = row.try_get(1)?;
+        let n: u32 = row.try_get(2)?;
+        if let Some(second) = by_second.get_mut(&t) {
+            second.total += u64::from(n);
+            *second
+                .by_event
+                .entry(String::from_utf8_lossy(&name).into_owned())
+                .or_default() += u64::from(n);
+        }
+    }
+    Ok(by_second.into_values().collect())
+}
+
+/// Live updates fan out from one poller per environment to every viewer in this process.
+#[derive(Default)]
+pub struct Hub {
+    channels: Mutex<HashMap<u32, broadcast::Sender<Arc<Update>>>>,
+    pub tokens: TokenCache,
+}
+
+fn health(state: &AppState) -> serde_json::Value {
+    let m = &state.metrics;
+    let sum = |c: &prometheus::IntCounterVec| -> u64 {
+        use prometheus::core::Collector;
+        c.collect()
+            .iter()
+            .flat_map(|f| {
+                f.get_metric()
+                    .iter()
+                    .map(|m| m.get_counter().get_value() as u64)
+            })
+            .sum()
+    };
+    json!({
+        "inserted_total": sum(&m.events_inserted),
+        "duplicates_total": sum(&m.events_duplicate),
+        "shard_errors_total": sum(&m.shard_errors),
+    })
+}
+
+async fn poll(state: AppState, env: Environment, sender: broadcast::Sender<Arc<Update>>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if sender.receiver_count() == 0 {
+            let mut channels = state
+                .stats
+                .channels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            // Re-checked under the lock, so a subscriber that just joined is never orphaned.
+            if sender.receiver_count() == 0 {
+                channels.remove(&env.id);
+                return;
+            }
+        }
+        let now = chrono::Utc::now().timestamp();
+        let seconds = match primary_pool(&state, &env) {
+            Ok(pool) => read_seconds(&pool, env.id, now - TICK_WINDOW_SECS, now + 1).await,
+            Err(e) => Err(e),
+        };
+        state.metrics.stats_polls.inc();
+        match seconds {
+            Ok(seconds) => {
+                let _ = sender.send(Arc::new(Update {
+                    id: now,
+                    seconds,
+                    health: health(&state),
+                }));
+            }
+            Err(error) => tracing::warn!(env = %env.name, %error, "live stats read failed"),
+        }
+    }
+}
+
+fn subscribe(state: &AppState, env: &Environment) -> broadcast::Receiver<Arc<Update>> {
+    let mut channels = state
+        .stats
+        .channels
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(sender) = channels.get(&env.id) {
+        return sender.subscribe();
+    }
+    let (sender, receiver) = broadcast::channel(16);
+    channels.insert(env.id, sender.clone());
+    tokio::spawn(poll(state.clone(), env.clone(), sender));
+    receiver
+}
+
+fn event(update: &Update) -> Event {
+    Event::default()
+        .id(update.id.to_string())
+        .event("update")
+        .data(serde_json::to_string(update).unwrap_or_default())
+}
+
+/// `GET /v1/stats/stream?env=`: one `update` event per second with the last
+/// seconds' counts per event name. The first event covers the last five
+/// minutes, or the gap since `Last-Event-ID` on a reconnect.
+pub async fn stream(
+    State(state): State<AppState>,
+    auth: ReadAuth,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
+    let now = chrono::Utc::now().timestamp();
+    let since = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .map(|last| last.clamp(now - BACKFILL_SECS, now) - TICK_WINDOW_SECS)
+        .unwrap_or(now - BACKFILL_SECS);
+    let pool = primary_pool(&state, &auth.env)?;
+    let first = Update {
+        id: now,
+        seconds: read_seconds(&pool, auth.env.id, since, now + 1).await?,
+        health: health(&state),
+    };
+    let receiver = subscribe(&state, &auth.env);
+    let live = futures::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(update) => return Some((Ok(event(&update)), receiver)),
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let stream = futures::stream::once(async move { Ok(event(&first)) }).chain(live);
+    Ok(Sse::new(stream).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("heartbeat"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_fill_covers_the_range() {
+        let sparse = BTreeMap::from([(120, 5), (240, 7)]);
+        let points = zero_fill(100, 300, 60, &sparse);
+        let ts: Vec<i64> = points.iter().map(|p| p.t / 1000).collect();
+        assert_eq!(ts, vec![60, 120, 180, 240]);
+        assert_eq!(
+            points.iter().map(|p| p.value).collect::<Vec<_>>(),
+            vec![0, 5, 0, 7]
+        );
+    }
+
+    #[test]
+    fn times_parse_both_ways() {
+        assert_eq!(
+            parse_time("from", "1700000000000").unwrap(),
+            1_700_000_000_000
+        );
+        assert_eq!(
+            parse_time("from", "2023-11-14T22:13:20Z").unwrap(),
+            1_700_000_000_000
+        );
+        assert!(parse_time("from", "yesterday").is_err());
+        assert!(parse_time("from", "-5").is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! Shared harness of the backend integration tests: a real MariaDB/MySQL
+//! server (`SLUICE_TEST_MYSQL_URL`, else the private one `scripts/mysql.sh`
+//! starts), uniquely named databases per test, dropped at the end.
+#![allow(dead_code)]
+
+use std::{
+    net::SocketAddr,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use backend::{catalog, Config, Server};
+use reqwest::header::HeaderMap;
+use serde_json::{json, Value};
+use sqlx::{mysql::MySqlPool, Row};
+
+pub const TOKEN: &str = "test-ingest-token-0123456789abcdef0123456789";
+
+pub fn server_url() -> String {
+    if let Ok(url) = std::env::var("SLUICE_TEST_MYSQL_URL") {
+        return url.trim_end_matches('/').to_string();
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mysql.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .output()
+        .expect("run scripts/mysql.sh");
+    assert!(
+        out.status.success(),
+        "scripts/mysql.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string()
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct Env {
+    pub server: String,
+    pub prefix: String,
+    pub catalog: MySqlPool,
+    pub catalog_url: String,
+}
+
+impl Env {
+    pub async fn new() -> Self {
+        let server = server_url();
+        let prefix = format!(
+            "sluice_t{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst),
+            rand::random::<u16>()
+        );
+        let catalog_url = format!("{server}/{prefix}_catalog");
+        backend::db::migrate_catalog(&catalog_url)
+            .await
+            .expect("migrate catalog");
+        let catalog = MySqlPool::connect(&catalog_url)
+            .await
+            .expect("connect catalog");
+        Self {
+            server,
+            prefix,
+            catalog,
+            catalog_url,
+        }
+    }
+
+    pub fn shard_url(&self, name: &str) -> String {
+        format!("{}/{}_{name}", self.server, self.prefix)
+    }
+
+    pub async fn add_shard(&self, name: &str) -> u32 {
+        catalog::add_shard(&self.catalog, name, &self.shard_url(name))
+            .await
+            .expect("add shard")
+    }
+
+    pub async fn shard_pool(&self, name: &str) -> MySqlPool {
+        MySqlPool::connect(&self.shard_url(name))
+            .await
+            .expect("connect shard")
+    }
+
+    pub fn config(&self) -> Config {
+        let mut config = Config::new(&self.catalog_url, TOKEN);
+        config.shard_timeout_ms = 3000;
+        config
+    }
+
+    pub async fn start(&self, config: Config) -> (Server, tokio::sync::oneshot::Sender<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = backend::start(config, async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("start backend");
+        (server, tx)
+    }
+
+    pub async fn cleanup(self) {
+        let rows = sqlx::query(
+            "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE ?",
+        )
+        .bind(format!("{}\\_%", self.prefix))
+        .fetch_all(&self.catalog)
+        .await
+        .expect("list databases");
+        for row in rows {
+            let name: String = row.try_get(0).expect("name");
+            sqlx::query(&format!("DROP DATABASE `{name}`"))
+                .execute(&self.catalog)
+                .await
+                .expect("drop");
+        }
+    }
+}
+
+pub async fn stop(server: Server, tx: tokio::sync::oneshot::Sender<()>) {
+    let _ = tx.send(());
+    tokio::time::timeout(Duration::from_secs(15), server.done)
+        .await
+        .expect("graceful shutdown in time")
+        .expect("server task")
+        .expect("server result");
+}
+
+pub fn envelope(env_id: u32, id: &str, name: &str, ts: i64) -> Value {
+    json!({"id": id, "env_id": env_id, "name": name, "timestamp": ts, "received_at": ts + 5,
+           "user_id": "u1", "session_id": "s1", "properties": {"amount": 3, "sku": "A-1"},
+           "context": {"country": "DE", "colo": "FRA"}})
+}
+
+pub fn uuid(n: u64) -> String {
+    protocol::uuid_v7(1_700_000_000_000 + n, &[n as u8; 10])
+}
+
+pub async fn post(
+    addr: SocketAddr,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (u16, Value, HeaderMap) {
+    let mut request = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/ingest"))
+        .body(body);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body, headers)
+}
+
+pub async fn ingest(addr: SocketAddr, batch: &Value) -> (u16, Value, HeaderMap) {
+    let auth = format!("Bearer {TOKEN}");
+    let body = serde_json::to_vec(batch).expect("json");
+    post(
+        addr,
+        body,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+    )
+    .await
+}
+
+pub async fn count(pool: &MySqlPool, env_id: u32) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE env_id = ?")
+        .bind(env_id)
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+pub async fn counted(pool: &MySqlPool, env_id: u32) -> i64 {
+    sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(events), 0) AS SIGNED) FROM event_counts_minute WHERE env_id = ?",
+    )
+    .bind(env_id)
+    .fetch_one(pool)
+    .await
+    .expect("counted")
+}
+
+pub async fn metrics(addr: SocketAddr) -> String {
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}

@@ -1,0 +1,445 @@
+//! Stats API tests: tokens, summary and series exact against the events
+//! table, the live stream and its fan-out, against a real MariaDB.
+
+mod common;
+
+use std::{net::SocketAddr, time::Duration};
+
+use backend::catalog;
+use common::*;
+use serde_json::{json, Value};
+use sqlx::{mysql::MySqlPool, Row};
+
+async fn get(addr: SocketAddr, path: &str, token: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn event(env: u32, n: u64, name: &str, country: &str, ts: i64) -> Value {
+    json!({"id": format!("ev-{n}"), "env_id": env, "name": name, "timestamp": ts, "received_at": ts,
+           "properties": {}, "context": {"country": country}})
+}
+
+#[tokio::test]
+async fn read_tokens_guard_each_environment() {
+    let t = Env::new().await;
+    t.add_shard("a").await;
+    catalog::create_environment(&t.catalog, "shop", "a")
+        .await
+        .unwrap();
+    catalog::create_environment(&t.catalog, "blog", "a")
+        .await
+        .unwrap();
+    let shop = catalog::create_read_token(&t.catalog, "shop")
+        .await
+        .unwrap();
+    let blog = catalog::create_read_token(&t.catalog, "blog")
+        .await
+        .unwrap();
+    assert!(shop.starts_with("srt_") && shop.len() == 36, "{shop}");
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM read_tokens WHERE prefix = ?")
+        .bind(catalog::token_prefix(&shop))
+        .fetch_one(&t.catalog)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+    let in_clear: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM read_tokens WHERE token_hash = ?")
+        .bind(shop.as_bytes())
+        .fetch_one(&t.catalog)
+        .await
+        .unwrap();
+    assert_eq!(in_clear, 0, "only hashes are stored");
+
+    let (server, tx) = t.start(t.config()).await;
+    let addr = server.addr;
+    assert_eq!(get(addr, "/v1/stats/summary?env=shop", &shop).await.0, 200);
+    let (status, body) = get(addr, "/v1/stats/summary?env=shop", &blog).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("forbidden")),
+        "a token never reads another environment"
+    );
+    let (status, body) = get(addr, "/v1/stats/summary?env=shop", TOKEN).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_token")),
+        "the ingest token is not a read token"
+    );
+    let (status, _) = get(addr, "/v1/stats/summary?env=nope", &shop).await;
+    assert_eq!(status, 404);
+    let (status, body) = get(addr, "/v1/stats/summary", &shop).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_argument"))
+    );
+    let response = reqwest::get(format!("http://{addr}/v1/stats/summary?env=shop"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    let listed = catalog::list_read_tokens(&t.catalog, "shop").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].revoked_at.is_none());
+    catalog::revoke_read_token(&t.catalog, "shop", catalog::token_prefix(&shop))
+        .await
+        .unwrap();
+    assert!(
+        catalog::revoke_read_token(&t.catalog, "shop", "srt_nothing")
+            .await
+            .is_err()
+    );
+    tokio::time::sleep(backend::stats::TOKEN_CACHE_TTL + Duration::from_millis(300)).await;
+    assert_eq!(
+        get(addr, "/v1/stats/summary?env=shop", &shop).await.0,
+        401,
+        "revoked within the cache TTL"
+    );
+    assert_eq!(get(addr, "/v1/stats/summary?env=blog", &blog).await.0, 200);
+
+    stop(server, tx).await;
+    t.cleanup().await;
+}
+
+async fn exact_by_name(pool: &MySqlPool, env: u32) -> Vec<(String, u64)> {
+    sqlx::query(
+        "SELECT CAST(n.name AS CHAR), COUNT(*) AS c FROM events e JOIN event_names n ON n.id = e.name_id \
+         WHERE e.env_id = ? GROUP BY n.name ORDER BY c DESC, n.name",
+    )
+    .bind(env)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64))
+    .collect()
+}
+
+#[tokio::test]
+async fn summary_and_series_match_the_events_table_after_a_load_with_duplicates() {
+    let t = Env::new().await;
+    t.add_shard("a").await;
+    let env = catalog::create_environment(&t.catalog, "shop", "a")
+        .await
+        .unwrap();
+    let token = catalog::create_read_token(&t.catalog, "shop")
+        .await
+        .unwrap();
+    let (server, tx) = t.start(t.config()).await;
+    let addr = server.addr;
+
+    // 3.2 hours of events (ending in the past), 4 names, 3 countries (one lower-case, one missing), then the same again (duplicates)
+    // and a batch of half-new ones.
+    let start = (now_ms() - 4 * 3_600_000) / 60_000 * 60_000;
+    let names = [
+        "view", "view", "view", "click", "click", "purchase", "signup",
+    ];
+    let countries = ["DE", "us", "", "FR"];
+    let batch: Vec<Value> = (0..2000u64)
+        .map(|i| {
+            event(
+                env,
+                i,
+                names[(i % 7) as usize],
+                countries[(i % 4) as usize],
+                start + i as i64 * 5000,
+            )
+        })
+        .collect();
+    for chunk in batch.chunks(500) {
+        assert_eq!(ingest(addr, &json!(chunk)).await.0, 200);
+    }
+    assert_eq!(ingest(addr, &json!(batch[..700])).await.0, 200);
+    let extra: Vec<Value> = (1900..2300u64)
+        .map(|i| {
+            event(
+                env,
+                i,
+                names[(i % 7) as usize],
+                countries[(i % 4) as usize],
+                start + i as i64 * 5000,
+            )
+        })
+        .collect();
+    assert_eq!(ingest(addr, &json!(extra)).await.0, 200);
+    assert_eq!(server.state.flush_counters().await, 0);
+
+    let pool = t.shard_pool("a").await;
+    let exact = exact_by_name(&pool, env).await;
+    let total: u64 = exact.iter().map(|(_, c)| c).sum();
+    assert_eq!(total, 2300);
+
+    let (status, summary) = get(addr, "/v1/stats/summary?env=shop", &token).await;
+    assert_eq!(status, 200, "{summary}");
+    assert_eq!(summary["events"], total);
+    let by_event: Vec<(String, u64)> = summary["by_event"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(by_event, exact, "by_event, largest first, exact");
+    let by_country: Value = summary["by_country"].clone();
+    assert_eq!(by_country.as_array().unwrap().len(), 4, "{by_country}");
+    assert!(
+        by_country
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "US"),
+        "codes are upper-cased: {by_country}"
+    );
+    assert!(
+        by_country
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["name"] == "??"),
+        "missing country counted as ??"
+    );
+    let country_total: u64 = by_country
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(country_total, total);
+
+    // A range holding only the first hour.
+    let from = start;
+    let to = start + 3_600_000;
+    let in_range = (0..2300i64).filter(|i| start + i * 5000 < to).count() as u64;
+    let (_, ranged) = get(
+        addr,
+        &format!("/v1/stats/summary?env=shop&from={from}&to={to}"),
+        &token,
+    )
+    .await;
+    assert_eq!(ranged["events"], in_range);
+
+    // Minute series for one event: zero-filled, summing to the exact count.
+    let path = format!(
+        "/v1/stats/series?env=shop&event=purchase&interval=minute&from={start}&to={}",
+        start + 4 * 3_600_000
+    );
+    let (status, series) = get(addr, &path, &token).await;
+    assert_eq!(status, 200, "{series}");
+    let points = series["points"].as_array().unwrap();
+    assert_eq!(points.len(), 240);
+    assert_eq!(points[0]["t"], start);
+    let purchases: u64 = points.iter().map(|p| p["value"].as_u64().unwrap()).sum();
+    assert_eq!(
+        purchases,
+        exact.iter().find(|(n, _)| n == "purchase").unwrap().1
+    );
+    assert!(points.iter().any(|p| p["value"] == 0), "zero-filled");
+
+    let path = format!(
+        "/v1/stats/series?env=shop&interval=hour&from={start}&to={}",
+        start + 4 * 3_600_000
+    );
+    let (_, hourly) = get(addr, &path, &token).await;
+    let hourly_total: u64 = hourly["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_u64().unwrap())
+        .sum();
+    assert_eq!(hourly_total, total);
+
+    let path = format!(
+        "/v1/stats/series?env=shop&event=never&from={start}&to={}",
+        start + 600_000
+    );
+    let (status, none) = get(addr, &path, &token).await;
+    assert_eq!(status, 200);
+    assert_eq!(none["points"].as_array().unwrap().len(), 10);
+    assert!(none["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["value"] == 0));
+
+    for (query, why) in [
+        ("interval=fortnight", "unknown interval"),
+        ("interval=second&from=0&to=86400000", "too many points"),
+        (
+            "from=2024-01-02T00:00:00Z&to=2024-01-01T00:00:00Z",
+            "from after to",
+        ),
+        ("from=yesterday", "unparseable time"),
+    ] {
+        let (status, body) = get(addr, &format!("/v1/stats/series?env=shop&{query}"), &token).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_argument")),
+            "{why}: {body}"
+        );
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+
+    stop(server, tx).await;
+    t.cleanup().await;
+}
+
+/// Reads SSE `update` events from a streaming response.
+struct Sse {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Sse {
+    async fn open(addr: SocketAddr, token: &str, last_event_id: Option<&str>) -> Self {
+        let mut request = reqwest::Client::new()
+            .get(format!("http://{addr}/v1/stats/stream?env=shop"))
+            .bearer_auth(token);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = request.send().await.expect("stream");
+        assert_eq!(response.status(), 200);
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"));
+        Self {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    async fn next(&mut self) -> (String, Value) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let id = frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix("id:"))
+                    .map(|s| s.trim().to_string());
+                let data = frame.lines().find_map(|l| l.strip_prefix("data:"));
+                if let (Some(id), Some(data)) = (id, data) {
+                    return (id, serde_json::from_str(data.trim()).expect("json data"));
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(5), self.response.chunk())
+                .await
+                .expect("an update within 5 s")
+                .expect("chunk")
+                .expect("stream open");
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+fn total_of(update: &Value) -> u64 {
+    update["seconds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["total"].as_u64().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn the_live_stream_shows_new_events_within_two_seconds_and_fans_out() {
+    let t = Env::new().await;
+    t.add_shard("a").await;
+    let env = catalog::create_environment(&t.catalog, "shop", "a")
+        .await
+        .unwrap();
+    let token = catalog::create_read_token(&t.catalog, "shop")
+        .await
+        .unwrap();
+    let (server, tx) = t.start(t.config()).await;
+    let addr = server.addr;
+
+    let mut viewer = Sse::open(addr, &token, None).await;
+    let (_, first) = viewer.next().await;
+    assert_eq!(
+        first["seconds"].as_array().unwrap().len(),
+        301,
+        "the first update back-fills five minutes"
+    );
+    assert_eq!(total_of(&first), 0);
+    let mut second_viewer = Sse::open(addr, &token, None).await;
+    second_viewer.next().await;
+
+    let posted = std::time::Instant::now();
+    let batch: Vec<Value> = (0..25u64)
+        .map(|i| {
+            event(
+                env,
+                i,
+                if i < 20 { "order" } else { "error" },
+                "DE",
+                now_ms(),
+            )
+        })
+        .collect();
+    assert_eq!(ingest(addr, &json!(batch)).await.0, 200);
+    let seen = loop {
+        let (_, update) = viewer.next().await;
+        let seconds = update["seconds"].as_array().unwrap();
+        let orders: u64 = seconds
+            .iter()
+            .filter_map(|s| s["by_event"]["order"].as_u64())
+            .sum();
+        if orders == 20 {
+            assert_eq!(total_of(&update), 25);
+            break posted.elapsed();
+        }
+        assert!(
+            posted.elapsed() < Duration::from_secs(4),
+            "events not on the stream in time: {update}"
+        );
+    };
+    assert!(
+        seen < Duration::from_millis(2500),
+        "event → stream took {seen:?}"
+    );
+
+    // Two viewers, one poller: database reads per second stay at one.
+    let polls_before = server.state.metrics.stats_polls.get();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let polls = server.state.metrics.stats_polls.get() - polls_before;
+    assert!(
+        (2..=4).contains(&polls),
+        "{polls} polls in 3 s for two viewers"
+    );
+    second_viewer.next().await;
+
+    // A reconnect with Last-Event-ID is caught up from that id.
+    let (id, _) = viewer.next().await;
+    let resumed_from: i64 = id.parse::<i64>().unwrap() - 60;
+    let mut resumed = Sse::open(addr, &token, Some(&resumed_from.to_string())).await;
+    let (_, catch_up) = resumed.next().await;
+    let seconds = catch_up["seconds"].as_array().unwrap();
+    assert!(
+        seconds.len() >= 70 && seconds.len() < 80,
+        "{} seconds of catch-up",
+        seconds.len()
+    );
+    assert_eq!(total_of(&catch_up), 25);
+
+    drop((viewer, second_viewer, resumed));
+    stop(server, tx).await;
+    t.cleanup().await;
+}
