@@ -23,6 +23,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stats/summary", get(stats::summary))
         .route("/v1/stats/series", get(stats::series))
         .route("/v1/stats/stream", get(stats::stream))
+        .route("/dashboard", get(|| async { asset("text/html; charset=utf-8", DASHBOARD_HTML) }))
+        .route("/dashboard/", get(|| async { asset("text/html; charset=utf-8", DASHBOARD_HTML) }))
+        .route("/dashboard/app.js", get(|| async { asset("text/javascript; charset=utf-8", DASHBOARD_JS) }))
+        .route("/dashboard/app.css", get(|| async { asset("text/css; charset=utf-8", DASHBOARD_CSS) }))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -39,6 +43,14 @@ pub fn router(state: AppState) -> Router {
             track_in_flight,
         ))
         .with_state(state)
+}
+
+const DASHBOARD_HTML: &str = include_str!("../dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!(concat!(env!("OUT_DIR"), "/dashboard.js"));
+const DASHBOARD_CSS: &str = include_str!(concat!(env!("OUT_DIR"), "/dashboard.css"));
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
 }
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response {

@@ -1,0 +1,133 @@
+// The dashboard in a real browser (Debian's chromium driven by playwright-core)
+// against the real backend and MariaDB: events posted to /v1/ingest appear on
+// the page within 2 seconds; it works at phone width, logs no console errors,
+// and reconnects by itself after a backend restart.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { mkdirSync } from "node:fs";
+import path from "node:path";
+import { chromium } from "playwright-core";
+import { Backend, INGEST_TOKEN, eventually, root } from "../edge/harness.mjs";
+
+// Dashboard latency = counter flush interval + the stream's 1 s poll.
+process.env.SLUICE_COUNTER_FLUSH_MS = "500";
+
+const artifacts = path.join(root, "target/artifacts");
+const backend = new Backend();
+let browser, envId, readToken;
+
+before(async () => {
+  await backend.setup();
+  envId = await backend.createEnv("shop", "a");
+  readToken = (await backend.cli("env", "token", "shop")).trim();
+  await backend.start();
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH || "/usr/bin/chromium",
+    args: [
+      "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  await backend.drop();
+});
+
+async function ingest(events) {
+  const res = await fetch(`${backend.url}/v1/ingest`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${INGEST_TOKEN}`, "content-type": "application/json" },
+    body: JSON.stringify(events),
+  });
+  assert.equal(res.status, 200, await res.text());
+}
+
+let n = 0;
+const events = (count, name, country) =>
+  Array.from({ length: count }, () => {
+    const now = Date.now();
+    return { id: `dash-${n++}`, env_id: envId, name, timestamp: now, received_at: now, properties: {}, context: { country } };
+  });
+
+const number = async (page, testid) => Number((await page.getByTestId(testid).textContent()).replace(/[^0-9.]/g, ""));
+
+test("posted events appear on the page within 2 seconds, live and in the range numbers", async () => {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const problems = [];
+  page.on("console", (m) => m.type() === "error" && problems.push(m.text()));
+  page.on("pageerror", (e) => problems.push(e.message));
+
+  await page.goto(`${backend.url}/dashboard`);
+  await page.fill("#env", "shop");
+  await page.fill("#token", readToken);
+  await page.click("button[type=submit]");
+  await eventually(async () => (await page.getByTestId("status").textContent()) === "live", { ms: 10_000, what: "live status" });
+  await eventually(async () => (await page.getByTestId("live-total").textContent()) === "0", { ms: 5_000, what: "first update" });
+
+  await ingest(events(30, "checkout", "DE"));
+  const posted = Date.now();
+  await eventually(async () => (await number(page, "live-total")) === 30, { ms: 4_000, every: 50, what: "live total 30" });
+  const liveAfter = Date.now() - posted;
+  await eventually(async () => (await number(page, "range-total")) === 30, { ms: 4_000, every: 50, what: "range total 30" });
+  const rangeAfter = Date.now() - posted;
+  console.log(`event → page: live ${liveAfter} ms, range numbers ${rangeAfter} ms`);
+  assert.ok(liveAfter <= 2000, `live number updated after ${liveAfter} ms`);
+  assert.ok(rangeAfter <= 2000, `range number updated after ${rangeAfter} ms`);
+
+  const rows = await page.getByTestId("by-event").locator("tbody tr").allTextContents();
+  assert.deepEqual(rows, ["checkout30"]);
+  const countries = await page.getByTestId("by-country").locator("tbody tr").allTextContents();
+  assert.deepEqual(countries, ["DE30"]);
+  // The live chart drew the second that holds the events.
+  const plotted = await page.evaluate(() => document.querySelectorAll("#live-chart canvas").length);
+  assert.equal(plotted, 1);
+
+  // A second, different event: the table re-sorts, largest first.
+  await ingest([...events(40, "view", "FR")]);
+  await eventually(async () => (await number(page, "range-total")) === 70, { ms: 4_000, what: "range total 70" });
+  await eventually(
+    async () => JSON.stringify(await page.getByTestId("by-event").locator("tbody tr").allTextContents()) === '["view40","checkout30"]',
+    { ms: 4_000, what: "by-event re-sorted" },
+  );
+
+  mkdirSync(artifacts, { recursive: true });
+  await page.screenshot({ path: path.join(artifacts, "dashboard.png"), fullPage: true });
+  if (process.env.SLUICE_UPDATE_SCREENSHOT) await page.screenshot({ path: path.join(root, "docs/dashboard.png"), fullPage: true });
+  assert.deepEqual(problems, [], "no console errors");
+  await page.close();
+});
+
+test("phone width: no horizontal scrolling", async () => {
+  const page = await browser.newPage({ viewport: { width: 390, height: 844 } });
+  await page.goto(`${backend.url}/dashboard`);
+  await page.fill("#env", "shop");
+  await page.fill("#token", readToken);
+  await page.click("button[type=submit]");
+  await eventually(async () => (await page.getByTestId("status").textContent()) === "live", { ms: 10_000, what: "live status" });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `page is ${overflow}px wider than the phone`);
+  await page.screenshot({ path: path.join(artifacts, "dashboard-phone.png"), fullPage: true });
+  await page.close();
+});
+
+test("a wrong token says so; a backend restart is survived", async () => {
+  const page = await browser.newPage();
+  await page.goto(`${backend.url}/dashboard`);
+  await page.fill("#env", "shop");
+  await page.fill("#token", "srt_wrong");
+  await page.click("button[type=submit]");
+  await eventually(async () => (await page.locator("#error").textContent()).includes("not valid"), { ms: 5_000, what: "error shown" });
+
+  await page.fill("#token", readToken);
+  await page.click("button[type=submit]");
+  await eventually(async () => (await page.getByTestId("status").textContent()) === "live", { ms: 10_000, what: "live" });
+  await backend.stop();
+  await eventually(async () => (await page.getByTestId("status").textContent()).startsWith("disconnected"), { ms: 10_000, what: "disconnected shown" });
+  await backend.start();
+  await eventually(async () => (await page.getByTestId("status").textContent()) === "live", { ms: 15_000, what: "reconnected" });
+  await ingest(events(5, "checkout", "DE"));
+  await eventually(async () => (await number(page, "live-total")) === 75, { ms: 5_000, what: "live total after restart" });
+  await page.close();
+});
