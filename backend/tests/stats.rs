@@ -443,3 +443,43 @@ async fn the_live_stream_shows_new_events_within_two_seconds_and_fans_out() {
     stop(server, tx).await;
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn two_backends_add_to_the_same_counters() {
+    let t = Env::new().await;
+    t.add_shard("a").await;
+    let env = catalog::create_environment(&t.catalog, "shop", "a")
+        .await
+        .unwrap();
+    let token = catalog::create_read_token(&t.catalog, "shop")
+        .await
+        .unwrap();
+    let (one, tx_one) = t.start(t.config()).await;
+    let (two, tx_two) = t.start(t.config()).await;
+    let ts = now_ms() - 60_000;
+    let batch: Vec<Value> = (0..600u64)
+        .map(|i| event(env, i, "order", "DE", ts))
+        .collect();
+    // Each backend takes half, and both see a share of repeats of the other's.
+    let (first, second) = (json!(batch[..350]), json!(batch[250..]));
+    let ((sa, ..), (sb, ..)) = tokio::join!(ingest(one.addr, &first), ingest(two.addr, &second));
+    assert_eq!((sa, sb), (200, 200));
+    let (fa, fb) = tokio::join!(one.state.flush_counters(), two.state.flush_counters());
+    assert_eq!((fa, fb), (0, 0));
+    for server in [&one, &two] {
+        let (_, summary) = get(server.addr, "/v1/stats/summary?env=shop", &token).await;
+        assert_eq!(summary["events"], 600, "{summary}");
+    }
+    let pool = t.shard_pool("a").await;
+    let seconds: i64 = sqlx::query_scalar(
+        "SELECT CAST(SUM(events) AS SIGNED) FROM event_counts_second WHERE env_id = ?",
+    )
+    .bind(env)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(seconds, 600);
+    stop(one, tx_one).await;
+    stop(two, tx_two).await;
+    t.cleanup().await;
+}
