@@ -42,8 +42,11 @@ const BACKFILL_SECS: i64 = 300;
 const TICK_WINDOW_SECS: i64 = 10;
 const MAX_POINTS: i64 = 10_000;
 
+/// Token hash → (its environment, or none for an unknown/revoked token; when looked up).
+type TokenEntries = HashMap<[u8; 32], (Option<u32>, Instant)>;
+
 #[derive(Default)]
-pub struct TokenCache(Mutex<HashMap<[u8; 32], (Option<u32>, Instant)>>);
+pub struct TokenCache(Mutex<TokenEntries>);
 
 /// The environment a request may read: its read token matched `?env=`.
 pub struct ReadAuth {

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# `make dev`: install what is missing, start MariaDB, the backend and the edge
+# worker (workerd via `wrangler dev`) with a seeded environment, API key and
+# read token, print a curl that lands an event, and keep running until Ctrl-C.
+#   SLUICE_DEV_BACKEND_PORT (8080), SLUICE_DEV_EDGE_PORT (8787)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+export CARGO_TERM_COLOR=never
+log() { echo "dev: $*" >&2; }
+backend_port=${SLUICE_DEV_BACKEND_PORT:-8080}
+edge_port=${SLUICE_DEV_EDGE_PORT:-8787}
+mkdir -p .dev
+
+scripts/edge-toolchain.sh
+db=$(scripts/mysql.sh)
+log "building the backend and the worker"
+cargo build -p sluice-backend
+scripts/build-edge.sh
+
+export SLUICE_DATABASE_URL=$db/sluice_dev_catalog
+[[ -s .dev/ingest-token ]] || od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > .dev/ingest-token
+export SLUICE_INGEST_TOKEN=$(cat .dev/ingest-token)
+backend=target/debug/backend
+
+# Idempotent seeding: one shard, one environment "dev", a read token, an API key.
+$backend migrate >/dev/null
+$backend shard list | awk 'NR > 1 {print $2}' | grep -qx dev || $backend shard add dev "$db/sluice_dev_shard" >/dev/null
+env_id=$($backend env list | awk '$2 == "dev" {print $1}')
+[[ -n $env_id ]] || env_id=$($backend env create dev --shard dev)
+[[ -s .dev/read-token ]] || $backend env token dev > .dev/read-token
+
+for name in backend edge; do
+  if [[ -f .dev/$name.pid ]]; then kill "$(cat .dev/$name.pid)" 2>/dev/null || true; rm -f ".dev/$name.pid"; fi
+done
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -f .dev/backend.pid .dev/edge.pid
+}
+trap cleanup EXIT
+trap 'exit 0' INT TERM
+
+wait_for() {
+  for _ in $(seq 1 150); do
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  log "$2 did not come up; see $3"; tail -20 "$3" >&2; exit 1
+}
+
+log "starting the backend on 127.0.0.1:$backend_port (log: .dev/backend.log)"
+SLUICE_LISTEN_ADDR=127.0.0.1:$backend_port SLUICE_LOG_FORMAT=text SLUICE_COUNTER_FLUSH_MS=500 \
+  $backend serve > .dev/backend.log 2>&1 &
+pids+=($!); echo $! > .dev/backend.pid
+wait_for "http://127.0.0.1:$backend_port/healthz" backend .dev/backend.log
+
+# Secrets and local overrides for `wrangler dev` (git-ignored).
+printf 'INGEST_TOKEN=%s\nBACKEND_URL=http://127.0.0.1:%s\n' "$SLUICE_INGEST_TOKEN" "$backend_port" > .dev.vars
+[[ -s .dev/api-key ]] || node scripts/key.mjs create --env-id "$env_id" --env-name dev > .dev/api-key
+api_key=$(tail -1 .dev/api-key)
+
+log "starting the edge worker on 127.0.0.1:$edge_port (log: .dev/edge.log)"
+scripts/wrangler.sh dev --ip 127.0.0.1 --port "$edge_port" > .dev/edge.log 2>&1 &
+pids+=($!); echo $! > .dev/edge.pid
+wait_for "http://127.0.0.1:$edge_port/healthz" "wrangler dev" .dev/edge.log
+
+cat <<EOF2
+
+Sluice is running.
+  edge     http://127.0.0.1:$edge_port      (workerd via wrangler dev; log .dev/edge.log)
+  backend  http://127.0.0.1:$backend_port      (log .dev/backend.log; catalog sluice_dev_catalog, shard sluice_dev_shard)
+
+Send an event:
+  curl -s http://127.0.0.1:$edge_port/v1/events -H 'Authorization: Bearer $api_key' \\
+       -H 'Content-Type: application/json' -d '{"event":"signup","user_id":"u1","properties":{"plan":"pro"}}'
+
+See it land:
+  mariadb -h127.0.0.1 -P${db##*:} -usluice -psluice -e 'SELECT HEX(id), ts, user_id, properties FROM sluice_dev_shard.events ORDER BY ts DESC LIMIT 5'
+
+Dashboard: http://127.0.0.1:$backend_port/dashboard   environment: dev   read token: $(cat .dev/read-token)
+
+Ctrl-C stops the backend and the worker; \`make stop\` also stops MariaDB.
+EOF2
+wait
