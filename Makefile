@@ -1,7 +1,7 @@
 # The two commands of the README. Everything they need is installed on first use.
 SHELL := bash
 
-.PHONY: dev test test-backend test-edge build-edge db stop fmt lint
+.PHONY: dev test test-backend bench db stop fmt lint
 
 ## Set up and run the whole pipeline locally (MariaDB, backend, edge worker), print a working curl.
 dev:
@@ -14,6 +14,10 @@ test:
 ## Only the Rust tests (protocol, backend, edge natively, process-level e2e).
 test-backend:
 	@SLUICE_TEST_ONLY=rust scripts/test.sh
+
+## Run the benchmarks (release builds); prints the table and writes BENCHMARKS.md.
+bench:
+	@scripts/bench.sh
 
 ## Print the URL of the MySQL server the scripts use (starting the private one if needed).
 db:

@@ -1,0 +1,417 @@
+//! `sluice-bench`: measures the pipeline's stages against their ceilings and
+//! prints one table (and, with `--write-md FILE`, writes it as Markdown).
+//!
+//! Figures so far (backend side):
+//! 1. events/s committed through `POST /v1/ingest` (2 shards, batches of
+//!    500, ~300-byte events with 5 properties) next to the raw ceiling: the
+//!    same rows written by plain sqlx multi-row INSERTs, same schema, same
+//!    connection count;
+//! 4. bytes per event on disk against a naive schema;
+//! 6. backend peak RSS during figure 1.
+//!
+//! Every run is bounded, seeded, and talks to 127.0.0.1 only.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use futures::{stream, StreamExt};
+use protocol::Envelope;
+use rand::{rngs::SmallRng, Rng, SeedableRng};
+use serde_json::json;
+use sqlx::{mysql::MySqlPoolOptions, MySql, MySqlPool, QueryBuilder};
+
+const TOKEN: &str = "bench-ingest-token-0123456789abcdef0123456789";
+const BATCH: usize = 500;
+const POOL: u32 = 4;
+const COUNTRIES: [&str; 5] = ["DE", "US", "FR", "BR", "JP"];
+const NAMES: [&str; 8] = ["page_view", "click", "signup", "purchase", "search", "add_to_cart", "checkout", "error"];
+
+struct Args {
+    mysql: String,
+    backend: PathBuf,
+    runs: usize,
+    events: usize,
+    storage_events: usize,
+    write_md: Option<PathBuf>,
+    command: String,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        mysql: std::env::var("SLUICE_BENCH_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into()),
+        backend: PathBuf::from("target/release/backend"),
+        runs: 3,
+        events: 200_000,
+        storage_events: 1_000_000,
+        write_md: None,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match flag.as_str() {
+            "--mysql" => a.mysql = value(),
+            "--backend" => a.backend = value().into(),
+            "--runs" => a.runs = value().parse().expect("--runs N"),
+            "--events" => a.events = value().parse().expect("--events N"),
+            "--storage-events" => a.storage_events = value().parse().expect("--storage-events N"),
+            "--write-md" => a.write_md = Some(value().into()),
+            "--command" => a.command = value(),
+            other => panic!("unknown flag {other}; see bench/src/main.rs"),
+        }
+    }
+    a.mysql = a.mysql.trim_end_matches('/').to_string();
+    a
+}
+
+/// ~300-byte events with 5 properties, deterministic for a seed.
+fn events(env_id: u32, n: usize, seed: u64) -> Vec<Envelope> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let base = chrono::Utc::now().timestamp_millis() - 3_600_000;
+    (0..n)
+        .map(|i| {
+            let ts = base + (i as i64) * 3;
+            let random: [u8; 10] = rng.random();
+            let value = json!({
+                "id": protocol::uuid_v7(ts as u64, &random),
+                "env_id": env_id,
+                "name": NAMES[rng.random_range(0..NAMES.len())],
+                "timestamp": ts,
+                "received_at": ts + 40,
+                "user_id": format!("user-{}", rng.random_range(0..50_000)),
+                "session_id": format!("sess-{}", rng.random_range(0..200_000)),
+                "properties": {"amount": rng.random_range(1..50_000) as f64 / 100.0, "currency": "EUR",
+                               "sku": format!("SKU-{}", rng.random_range(0..5000)), "plan": "pro", "step": i % 10},
+                "context": {"country": COUNTRIES[i % 5], "colo": "FRA", "library": "sluice-js/1.0"}
+            });
+            serde_json::from_value(value).expect("valid envelope")
+        })
+        .collect()
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+struct Figure {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    reference: String,
+    ratio: Option<f64>,
+    target: String,
+}
+
+fn cli(args: &Args, catalog: &str, cmd: &[&str]) -> String {
+    let out = Command::new(&args.backend)
+        .args(cmd)
+        .env("SLUICE_DATABASE_URL", catalog)
+        .output()
+        .expect("run backend");
+    assert!(out.status.success(), "backend {cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn peak_rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn post_all(base: &str, bodies: Vec<Vec<u8>>, in_flight: usize) -> Duration {
+    let client = reqwest::Client::new();
+    let started = Instant::now();
+    stream::iter(bodies)
+        .for_each_concurrent(in_flight, |body| {
+            let client = client.clone();
+            async move {
+                let response = client
+                    .post(format!("{base}/v1/ingest"))
+                    .bearer_auth(TOKEN)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("post");
+                assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+            }
+        })
+        .await;
+    started.elapsed()
+}
+
+const INSERT: &str = "INSERT IGNORE INTO events \
+    (env_id, id, name_id, ts, received_at, user_id, anonymous_id, session_id, client_id, properties, context) ";
+
+fn dt(ms: i64) -> chrono::NaiveDateTime {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().naive_utc()
+}
+
+async fn raw_insert(pool: &MySqlPool, rows: &[Envelope]) {
+    let mut q = QueryBuilder::<MySql>::new(INSERT);
+    q.push_values(rows, |mut b, e| {
+        b.push_bind(e.env_id)
+            .push_bind(e.key().to_vec())
+            .push_bind((e.name.len() % 8) as u32 + 1)
+            .push_bind(dt(e.timestamp))
+            .push_bind(dt(e.received_at))
+            .push_bind(e.user_id.clone())
+            .push_bind(e.anonymous_id.clone())
+            .push_bind(e.session_id.clone())
+            .push_bind(None::<String>)
+            .push_bind(serde_json::Value::Object(e.properties.clone()).to_string())
+            .push_bind(serde_json::Value::Object(e.context.clone()).to_string());
+    });
+    q.build().execute(pool).await.expect("raw insert");
+}
+
+/// The same rows, written with plain multi-row INSERTs, `POOL` connections per shard.
+async fn raw_ceiling(pools: &[MySqlPool], per_shard: Vec<Vec<Envelope>>) -> Duration {
+    let started = Instant::now();
+    let jobs = pools.iter().zip(per_shard.iter()).flat_map(|(pool, rows)| rows.chunks(BATCH).map(move |c| (pool, c)));
+    stream::iter(jobs).for_each_concurrent(POOL as usize * pools.len(), |(pool, chunk)| raw_insert(pool, chunk)).await;
+    started.elapsed()
+}
+
+async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
+    let catalog = format!("{}/{prefix}_catalog", args.mysql);
+    cli(args, &catalog, &["migrate"]);
+    let mut env_ids = Vec::new();
+    for shard in ["s1", "s2"] {
+        cli(args, &catalog, &["shard", "add", shard, &format!("{}/{prefix}_{shard}", args.mysql)]);
+        env_ids.push(cli(args, &catalog, &["env", "create", &format!("env_{shard}"), "--shard", shard]).parse::<u32>().expect("id"));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let child = Command::new(&args.backend)
+        .arg("serve")
+        .env("SLUICE_DATABASE_URL", &catalog)
+        .env("SLUICE_INGEST_TOKEN", TOKEN)
+        .env("SLUICE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("SLUICE_SHARD_POOL_SIZE", POOL.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn backend");
+    let server = Server(child);
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if reqwest::get(format!("{base}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut pools: Vec<MySqlPool> = Vec::new();
+    for shard in ["s1", "s2"] {
+        let url = format!("{}/{prefix}_{shard}", args.mysql);
+        pools.push(MySqlPoolOptions::new().max_connections(POOL).connect(&url).await.expect("shard pool"));
+    }
+
+    let per_env = args.events / 2;
+    let (mut backend_rates, mut raw_rates) = (Vec::new(), Vec::new());
+    for run in 0..args.runs {
+        let seed = 1000 + run as u64;
+        // Backend: batches alternate between the two environments (shards).
+        let a = events(env_ids[0], per_env, seed);
+        let b = events(env_ids[1], per_env, seed + 500);
+        let bodies: Vec<Vec<u8>> = a
+            .chunks(BATCH)
+            .zip(b.chunks(BATCH))
+            .flat_map(|(x, y)| [serde_json::to_vec(x).expect("json"), serde_json::to_vec(y).expect("json")])
+            .collect();
+        let took = post_all(&base, bodies, 2 * POOL as usize).await;
+        backend_rates.push((2 * per_env) as f64 / took.as_secs_f64());
+
+        // Raw ceiling: the same kind of rows (other environments ids, fresh keys), straight into the shards.
+        let raw = vec![events(env_ids[0] + 1000, per_env, seed + 7), events(env_ids[1] + 1000, per_env, seed + 9)];
+        let took = raw_ceiling(&pools, raw).await;
+        raw_rates.push((2 * per_env) as f64 / took.as_secs_f64());
+        eprintln!("run {}: backend {:.0} ev/s, raw {:.0} ev/s", run + 1, backend_rates[run], raw_rates[run]);
+    }
+    let rss = peak_rss_mb(server.0.id());
+    let (backend, raw) = (median(backend_rates), median(raw_rates));
+    figures.push(Figure {
+        name: "backend write throughput (2 shards, batches of 500)".into(),
+        value: backend,
+        unit: "events/s",
+        reference: format!("raw sqlx INSERT ceiling {raw:.0}"),
+        ratio: Some(backend / raw),
+        target: "≥ 0.8 × raw and ≥ 50,000".into(),
+    });
+    figures.push(Figure {
+        name: "raw multi-row INSERT ceiling (same schema, 4 conns/shard)".into(),
+        value: raw,
+        unit: "events/s",
+        reference: "-".into(),
+        ratio: None,
+        target: "-".into(),
+    });
+    figures.push(Figure {
+        name: "backend peak RSS during the throughput runs".into(),
+        value: rss,
+        unit: "MB",
+        reference: "target 200".into(),
+        ratio: Some(rss / 200.0),
+        target: "< 200 MB".into(),
+    });
+}
+
+const NAIVE: &str = "CREATE TABLE naive_events (
+    id CHAR(36) NOT NULL PRIMARY KEY, env_id INT UNSIGNED NOT NULL, name VARCHAR(200) NOT NULL,
+    ts DATETIME(3) NOT NULL, received_at DATETIME(3) NOT NULL, user_id VARCHAR(200) NULL,
+    anonymous_id VARCHAR(200) NULL, session_id VARCHAR(200) NULL, properties JSON NOT NULL, context JSON NOT NULL,
+    KEY naive_env_ts (env_id, ts), KEY naive_env_name_ts (env_id, name, ts)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+
+async fn table_bytes(pool: &MySqlPool, tables: &[&str]) -> u64 {
+    let mut total = 0;
+    for table in tables {
+        sqlx::query(&format!("ANALYZE TABLE {table}")).execute(pool).await.expect("analyze");
+        let bytes: u64 = sqlx::query_scalar(
+            "SELECT CAST(data_length + index_length AS UNSIGNED) FROM information_schema.tables \
+             WHERE table_schema = DATABASE() AND table_name = ?",
+        )
+        .bind(table)
+        .fetch_one(pool)
+        .await
+        .expect("size");
+        total += bytes;
+    }
+    total
+}
+
+async fn storage(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
+    let catalog = format!("{}/{prefix}_catalog", args.mysql);
+    let compact_url = format!("{}/{prefix}_compact", args.mysql);
+    cli(args, &catalog, &["shard", "add", "compact", &compact_url]);
+    let compact = MySqlPoolOptions::new().max_connections(POOL).connect(&compact_url).await.expect("compact");
+    sqlx::query(&format!("CREATE DATABASE {prefix}_naive")).execute(&compact).await.expect("naive db");
+    let naive = MySqlPoolOptions::new()
+        .max_connections(POOL)
+        .connect(&format!("{}/{prefix}_naive", args.mysql))
+        .await
+        .expect("naive");
+    sqlx::query(NAIVE).execute(&naive).await.expect("naive table");
+
+    let rows = events(1, args.storage_events, 42);
+    // The compact schema stores names once: fill its lookup table as the backend would.
+    for (i, name) in NAMES.iter().enumerate() {
+        sqlx::query("INSERT IGNORE INTO event_names (id, env_id, name) VALUES (?, 1, ?)")
+            .bind(i as u32 + 1)
+            .bind(name.as_bytes())
+            .execute(&compact)
+            .await
+            .expect("names");
+    }
+    stream::iter(rows.chunks(BATCH)).for_each_concurrent(POOL as usize, |c| raw_insert(&compact, c)).await;
+    stream::iter(rows.chunks(BATCH))
+        .for_each_concurrent(POOL as usize, |chunk| {
+            let naive = naive.clone();
+            async move {
+                let mut q = QueryBuilder::<MySql>::new(
+                    "INSERT IGNORE INTO naive_events (id, env_id, name, ts, received_at, user_id, anonymous_id, session_id, properties, context) ",
+                );
+                q.push_values(chunk, |mut b, e| {
+                    b.push_bind(e.id.clone())
+                        .push_bind(e.env_id)
+                        .push_bind(e.name.clone())
+                        .push_bind(dt(e.timestamp))
+                        .push_bind(dt(e.received_at))
+                        .push_bind(e.user_id.clone())
+                        .push_bind(e.anonymous_id.clone())
+                        .push_bind(e.session_id.clone())
+                        .push_bind(serde_json::Value::Object(e.properties.clone()).to_string())
+                        .push_bind(serde_json::Value::Object(e.context.clone()).to_string());
+                });
+                q.build().execute(&naive).await.expect("naive insert");
+            }
+        })
+        .await;
+    let n = args.storage_events as f64;
+    let ours = table_bytes(&compact, &["events", "event_names"]).await as f64 / n;
+    let theirs = table_bytes(&naive, &["naive_events"]).await as f64 / n;
+    figures.push(Figure {
+        name: format!("storage per event ({} events, data + indexes)", args.storage_events),
+        value: ours,
+        unit: "bytes",
+        reference: format!("naive schema {theirs:.0}"),
+        ratio: Some(ours / theirs),
+        target: "≤ 0.6 × naive".into(),
+    });
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())))
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().to_string())))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0 / 1024.0)
+        .unwrap_or(0.0);
+    format!("{cores} cores ({cpu}), {mem_gib:.0} GiB")
+}
+
+fn table(figures: &[Figure]) -> String {
+    let mut out = String::from("| figure | value | unit | compared with | ratio | target |\n|---|---:|---|---|---:|---|\n");
+    for f in figures {
+        let ratio = f.ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
+        out += &format!("| {} | {:.1} | {} | {} | {} | {} |\n", f.name, f.value, f.unit, f.reference, ratio, f.target);
+    }
+    out
+}
+
+#[tokio::main]
+async fn main() {
+    let args = args();
+    let prefix = format!("sluice_bench_{}", std::process::id());
+    let mut figures = Vec::new();
+    throughput(&args, &prefix, &mut figures).await;
+    storage(&args, &prefix, &mut figures).await;
+
+    let admin = MySqlPool::connect(&args.mysql).await.expect("server");
+    let dbs: Vec<String> = sqlx::query_scalar("SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE ?")
+        .bind(format!("{prefix}%"))
+        .fetch_all(&admin)
+        .await
+        .unwrap_or_default();
+    for db in dbs {
+        let _ = sqlx::query(&format!("DROP DATABASE `{db}`")).execute(&admin).await;
+    }
+
+    let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let header = format!(
+        "Run {} on {}, commit {commit}, median of {} runs.\nCommand: `{}`\n\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        machine(),
+        args.runs,
+        args.command
+    );
+    let report = format!("{header}{}", table(&figures));
+    println!("{report}");
+    if let Some(path) = &args.write_md {
+        let intro = "# Benchmarks\n\nProduced by `make bench` (`scripts/bench.sh` → `sluice-bench`, bench/src/main.rs). \
+            Loopback only, private MariaDB 10.11 started by scripts/mysql.sh (innodb_flush_log_at_trx_commit=2, 512M buffer pool), \
+            release builds. Edge figures (answer latency, freshness, cold start) are not measured yet.\n\n## Latest run\n\n";
+        std::fs::write(path, format!("{intro}{report}")).expect("write markdown");
+    }
+}
