@@ -6,21 +6,34 @@
 use std::{fs, path::PathBuf, process::Command};
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let modules = manifest.join("../node_modules");
     let esbuild = modules.join(".bin/esbuild");
     let uplot_css = modules.join("uplot/dist/uPlot.min.css");
-    for path in ["dashboard/app.js", "dashboard/app.css", "../node_modules/uplot/package.json", "../node_modules/.bin/esbuild"] {
+    for path in [
+        "dashboard/app.js",
+        "dashboard/app.css",
+        "../node_modules/uplot/package.json",
+        "../node_modules/.bin/esbuild",
+    ] {
         println!("cargo:rerun-if-changed={path}");
     }
 
-    let own_css = fs::read_to_string(manifest.join("dashboard/app.css")).expect("dashboard/app.css");
+    let own_css =
+        fs::read_to_string(manifest.join("dashboard/app.css")).expect("dashboard/app.css");
     let bundled = esbuild.exists()
         && uplot_css.exists()
         && Command::new(&esbuild)
             .arg(manifest.join("dashboard/app.js"))
-            .args(["--bundle", "--minify", "--format=iife", "--target=es2020", "--log-level=warning"])
+            .args([
+                "--bundle",
+                "--minify",
+                "--format=iife",
+                "--target=es2020",
+                "--log-level=warning",
+            ])
             .arg(format!("--outfile={}", out.join("dashboard.js").display()))
             .status()
             .is_ok_and(|s| s.success());

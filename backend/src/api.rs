@@ -23,10 +23,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stats/summary", get(stats::summary))
         .route("/v1/stats/series", get(stats::series))
         .route("/v1/stats/stream", get(stats::stream))
-        .route("/dashboard", get(|| async { asset("text/html; charset=utf-8", DASHBOARD_HTML) }))
-        .route("/dashboard/", get(|| async { asset("text/html; charset=utf-8", DASHBOARD_HTML) }))
-        .route("/dashboard/app.js", get(|| async { asset("text/javascript; charset=utf-8", DASHBOARD_JS) }))
-        .route("/dashboard/app.css", get(|| async { asset("text/css; charset=utf-8", DASHBOARD_CSS) }))
+        .route(
+            "/dashboard",
+            get(|| async { asset("text/html; charset=utf-8", DASHBOARD_HTML) }),
+        )
+        .route(
+            "/dashboard/",
+            get(|| async { asset("text/html; charset=utf-8", DASHBOARD_HTML) }),
+        )
+        .route(
+            "/dashboard/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", DASHBOARD_JS) }),
+        )
+        .route(
+            "/dashboard/app.css",
+            get(|| async { asset("text/css; charset=utf-8", DASHBOARD_CSS) }),
+        )
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -50,7 +62,14 @@ const DASHBOARD_JS: &str = include_str!(concat!(env!("OUT_DIR"), "/dashboard.js"
 const DASHBOARD_CSS: &str = include_str!(concat!(env!("OUT_DIR"), "/dashboard.css"));
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
