@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # `make test`: install what is missing, then run every test.
+#   SLUICE_TEST_ONLY=rust   only the cargo tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
 command -v cargo >/dev/null || { echo "test.sh: cargo is required (install Rust with rustup)" >&2; exit 1; }
+
+# npm packages first: the backend bundles its dashboard with them at build time.
+scripts/edge-toolchain.sh
 
 SLUICE_TEST_MYSQL_URL=$(scripts/mysql.sh)
 export SLUICE_TEST_MYSQL_URL
@@ -15,8 +19,12 @@ cargo build -p sluice-backend
 echo "test.sh: Rust tests (protocol, backend against MariaDB, edge natively, e2e processes)"
 cargo test --workspace
 
-if [[ ${SLUICE_TEST_ONLY:-} != rust && -x scripts/test-edge.sh ]]; then
-  echo "test.sh: edge end-to-end tests (workerd via miniflare)"
-  scripts/edge-toolchain.sh
-  scripts/test-edge.sh
-fi
+[[ ${SLUICE_TEST_ONLY:-} == rust ]] && exit 0
+
+echo "test.sh: edge end-to-end tests (workerd via miniflare)"
+scripts/test-edge.sh
+
+echo "test.sh: dashboard in a real browser"
+CHROMIUM_PATH=$(scripts/browser.sh)
+export CHROMIUM_PATH
+timeout --signal=TERM --kill-after=20 600 node --test --test-concurrency=1 tests/dashboard/*.test.mjs

@@ -1,0 +1,239 @@
+//! API keys: where a request carries one, how it is stored (SHA-256 hex only),
+//! and the per-isolate cache in front of KV.
+//!
+//! The cache keeps an answer for `positive` ms when the key is active and
+//! `negative` ms when it is unknown or revoked, so a revoked key keeps working
+//! for at most KV's own propagation delay (~60 s) plus the positive TTL.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::EdgeError;
+
+/// Longest key we bother hashing; anything longer cannot be one of ours.
+pub const MAX_KEY_LEN: usize = 256;
+/// Bound on the cache; past it, expired entries go, then everything.
+pub const MAX_CACHE_ENTRIES: usize = 10_000;
+
+/// Lowercase hex SHA-256 of the key: the KV key of its record.
+pub fn hash_key(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(64);
+    for byte in digest {
+        out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
+    }
+    out
+}
+
+/// The key from `Authorization: Bearer <key>`, else from `?key=` (sendBeacon
+/// cannot set headers).
+pub fn extract_key(
+    authorization: Option<&str>,
+    query_key: Option<&str>,
+) -> Result<String, EdgeError> {
+    let from_header = authorization.and_then(|h| {
+        let (scheme, rest) = h.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    let key = from_header
+        .or(query_key.map(str::trim))
+        .filter(|k| !k.is_empty())
+        .ok_or(EdgeError::MissingKey)?;
+    if key.len() > MAX_KEY_LEN || !key.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(EdgeError::InvalidKey);
+    }
+    Ok(key.to_owned())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+}
+
+/// The KV value stored under [`hash_key`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct KeyRecord {
+    pub env_id: u32,
+    pub name: String,
+    pub status: KeyStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Active { env_id: u32, name: String },
+    Denied,
+}
+
+/// What a KV answer means. A record we cannot read denies, and says why.
+pub fn interpret(kv_value: Option<&str>) -> (Lookup, Option<String>) {
+    let Some(text) = kv_value else {
+        return (Lookup::Denied, None);
+    };
+    match serde_json::from_str::<KeyRecord>(text) {
+        Ok(KeyRecord {
+            env_id,
+            name,
+            status: KeyStatus::Active,
+        }) => (Lookup::Active { env_id, name }, None),
+        Ok(_) => (Lookup::Denied, None),
+        Err(e) => (Lookup::Denied, Some(format!("malformed key record: {e}"))),
+    }
+}
+
+#[derive(Debug)]
+pub struct KeyCache {
+    entries: HashMap<String, (Lookup, u64)>,
+    positive_ms: u64,
+    negative_ms: u64,
+}
+
+impl KeyCache {
+    pub fn new(positive_ms: u64, negative_ms: u64) -> Self {
+        Self {
+            entries: HashMap::new(),
+            positive_ms,
+            negative_ms,
+        }
+    }
+
+    pub fn set_ttls(&mut self, positive_ms: u64, negative_ms: u64) {
+        self.positive_ms = positive_ms;
+        self.negative_ms = negative_ms;
+    }
+
+    pub fn get(&self, hash: &str, now_ms: u64) -> Option<Lookup> {
+        match self.entries.get(hash) {
+            Some((lookup, expires)) if now_ms < *expires => Some(lookup.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn put(&mut self, hash: String, lookup: Lookup, now_ms: u64) {
+        if self.entries.len() >= MAX_CACHE_ENTRIES {
+            self.entries.retain(|_, (_, expires)| now_ms < *expires);
+            if self.entries.len() >= MAX_CACHE_ENTRIES {
+                self.entries.clear();
+            }
+        }
+        let ttl = match lookup {
+            Lookup::Active { .. } => self.positive_ms,
+            Lookup::Denied => self.negative_ms,
+        };
+        self.entries
+            .insert(hash, (lookup, now_ms.saturating_add(ttl)));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_is_sha256_hex() {
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn key_from_header_or_query() {
+        assert_eq!(extract_key(Some("Bearer sk_1"), None).unwrap(), "sk_1");
+        assert_eq!(extract_key(Some("bearer   sk_1 "), None).unwrap(), "sk_1");
+        assert_eq!(extract_key(None, Some("sk_2")).unwrap(), "sk_2");
+        assert_eq!(
+            extract_key(Some("Bearer sk_1"), Some("sk_2")).unwrap(),
+            "sk_1"
+        );
+        // A non-bearer header falls back to the query.
+        assert_eq!(
+            extract_key(Some("Basic abc"), Some("sk_2")).unwrap(),
+            "sk_2"
+        );
+        assert_eq!(
+            extract_key(Some("Basic abc"), None),
+            Err(EdgeError::MissingKey)
+        );
+        assert_eq!(extract_key(None, None), Err(EdgeError::MissingKey));
+        assert_eq!(
+            extract_key(Some("Bearer "), Some("")),
+            Err(EdgeError::MissingKey)
+        );
+        assert_eq!(
+            extract_key(None, Some(&"k".repeat(MAX_KEY_LEN + 1))),
+            Err(EdgeError::InvalidKey)
+        );
+        assert_eq!(
+            extract_key(None, Some("bad key")),
+            Err(EdgeError::InvalidKey)
+        );
+    }
+
+    #[test]
+    fn records_are_interpreted() {
+        assert_eq!(interpret(None), (Lookup::Denied, None));
+        assert_eq!(
+            interpret(Some(r#"{"env_id":7,"name":"web","status":"active"}"#)).0,
+            Lookup::Active {
+                env_id: 7,
+                name: "web".into()
+            }
+        );
+        assert_eq!(
+            interpret(Some(r#"{"env_id":7,"name":"web","status":"revoked"}"#)).0,
+            Lookup::Denied
+        );
+        let (lookup, why) = interpret(Some("{not json"));
+        assert_eq!(lookup, Lookup::Denied);
+        assert!(why.unwrap().contains("malformed"));
+        assert_eq!(
+            interpret(Some(r#"{"env_id":7,"name":"web","status":"paused"}"#)).0,
+            Lookup::Denied
+        );
+    }
+
+    #[test]
+    fn cache_honours_positive_and_negative_ttls() {
+        let mut cache = KeyCache::new(30_000, 10_000);
+        let active = Lookup::Active {
+            env_id: 1,
+            name: "a".into(),
+        };
+        cache.put("h1".into(), active.clone(), 1_000);
+        cache.put("h2".into(), Lookup::Denied, 1_000);
+        assert_eq!(cache.get("h1", 30_999), Some(active));
+        assert_eq!(cache.get("h1", 31_000), None);
+        assert_eq!(cache.get("h2", 10_999), Some(Lookup::Denied));
+        assert_eq!(cache.get("h2", 11_000), None);
+        assert_eq!(cache.get("h3", 0), None);
+    }
+
+    #[test]
+    fn cache_stays_bounded() {
+        let mut cache = KeyCache::new(1_000, 1_000);
+        for i in 0..MAX_CACHE_ENTRIES {
+            cache.put(format!("k{i}"), Lookup::Denied, 0);
+        }
+        assert_eq!(cache.len(), MAX_CACHE_ENTRIES);
+        // All expired by now: they are swept before the insert.
+        cache.put("new".into(), Lookup::Denied, 5_000);
+        assert_eq!(cache.len(), 1);
+        for i in 0..MAX_CACHE_ENTRIES {
+            cache.put(format!("j{i}"), Lookup::Denied, 5_000);
+        }
+        assert!(cache.len() <= MAX_CACHE_ENTRIES);
+    }
+}

@@ -1,0 +1,217 @@
+//! Worker vars (wrangler.toml `[vars]`), read once per invocation from a lookup.
+
+use protocol::{EDGE_MAX_BODY_BYTES, EDGE_MAX_EVENTS, EDGE_MAX_EVENT_BYTES};
+
+use crate::forward::{Backoff, MAX_QUEUE_DELAY_SECONDS};
+
+/// Binding names, looked up on `Env`.
+pub const KEYS_KV: &str = "API_KEYS";
+pub const DEAD_LETTERS_KV: &str = "DEAD_LETTERS";
+pub const EVENTS_QUEUE: &str = "EVENTS";
+pub const DLQ_QUEUE: &str = "EVENTS_DLQ";
+pub const INGEST_TOKEN: &str = "INGEST_TOKEN";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    Any,
+    List(Vec<String>),
+}
+
+impl AllowedOrigins {
+    /// `*`, or a comma-separated list of exact origins (`https://app.example.com`).
+    pub fn parse(text: &str) -> Self {
+        let list: Vec<String> = text
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        if list.iter().any(|o| o == "*") {
+            Self::Any
+        } else {
+            Self::List(list)
+        }
+    }
+
+    pub fn allows(&self, origin: &str) -> bool {
+        match self {
+            Self::Any => true,
+            Self::List(list) => list.iter().any(|o| o == origin),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_event_bytes: usize,
+    pub max_events: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: EDGE_MAX_BODY_BYTES,
+            max_event_bytes: EDGE_MAX_EVENT_BYTES,
+            max_events: EDGE_MAX_EVENTS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub backend_url: String,
+    pub forward_concurrency: usize,
+    pub forward_batch_size: usize,
+    /// Byte cap of one backend request (the backend refuses > 8 MiB by default).
+    pub forward_batch_bytes: usize,
+    pub allowed_origins: AllowedOrigins,
+    pub backoff: Backoff,
+    pub limits: Limits,
+    pub key_cache_positive_ms: u64,
+    pub key_cache_negative_ms: u64,
+    /// Name of the dead-letter queue, to tell its batches from the main queue's.
+    pub dead_letter_queue: String,
+}
+
+pub const DEFAULT_FORWARD_CONCURRENCY: usize = 4;
+pub const DEFAULT_FORWARD_BATCH_SIZE: usize = 500;
+pub const DEFAULT_FORWARD_BATCH_BYTES: usize = 4 * 1024 * 1024;
+pub const DEFAULT_POSITIVE_TTL_MS: u64 = 30_000;
+pub const DEFAULT_NEGATIVE_TTL_MS: u64 = 10_000;
+
+impl Config {
+    /// Whether a batch comes from the dead-letter queue. Besides the configured
+    /// name, any `…-dlq` / `…-dlq-…` name counts: treating a DLQ batch as
+    /// events would send its letters back to the DLQ, forever.
+    pub fn is_dead_letter_queue(&self, name: &str) -> bool {
+        name == self.dead_letter_queue || name.ends_with("-dlq") || name.contains("-dlq-")
+    }
+
+    /// Reads every var through `get`; absent or unparsable values fall back to
+    /// defaults, and limits can only be lowered below the protocol's.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
+        let num = |name: &str| get(name).and_then(|v| v.trim().parse::<u64>().ok());
+        let defaults = Limits::default();
+        let limit =
+            |name: &str, max: usize| num(name).map(|v| (v as usize).clamp(1, max)).unwrap_or(max);
+        Self {
+            backend_url: get("BACKEND_URL")
+                .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            forward_concurrency: num("FORWARD_CONCURRENCY")
+                .map(|v| (v as usize).clamp(1, 32))
+                .unwrap_or(DEFAULT_FORWARD_CONCURRENCY),
+            forward_batch_size: num("FORWARD_BATCH_SIZE")
+                .map(|v| (v as usize).clamp(1, 5_000))
+                .unwrap_or(DEFAULT_FORWARD_BATCH_SIZE),
+            forward_batch_bytes: num("FORWARD_BATCH_BYTES")
+                .map(|v| (v as usize).clamp(64 * 1024, 64 * 1024 * 1024))
+                .unwrap_or(DEFAULT_FORWARD_BATCH_BYTES),
+            allowed_origins: AllowedOrigins::parse(
+                &get("ALLOWED_ORIGINS").unwrap_or_else(|| "*".to_owned()),
+            ),
+            backoff: {
+                let default = Backoff::default();
+                let max_seconds = num("RETRY_MAX_SECONDS")
+                    .map(|v| (v.min(u64::from(MAX_QUEUE_DELAY_SECONDS)) as u32).max(1))
+                    .unwrap_or(default.max_seconds);
+                Backoff {
+                    base_seconds: num("RETRY_BASE_SECONDS")
+                        .map(|v| v.min(3600) as u32)
+                        .unwrap_or(default.base_seconds),
+                    max_seconds,
+                }
+            },
+            limits: Limits {
+                max_body_bytes: limit("MAX_BODY_BYTES", defaults.max_body_bytes),
+                max_event_bytes: limit("MAX_EVENT_BYTES", defaults.max_event_bytes),
+                max_events: limit("MAX_EVENTS", defaults.max_events),
+            },
+            key_cache_positive_ms: num("KEY_CACHE_TTL_SECONDS")
+                .map(|s| s.min(300) * 1000)
+                .unwrap_or(DEFAULT_POSITIVE_TTL_MS),
+            key_cache_negative_ms: num("KEY_CACHE_NEGATIVE_TTL_SECONDS")
+                .map(|s| s.min(300) * 1000)
+                .unwrap_or(DEFAULT_NEGATIVE_TTL_MS),
+            dead_letter_queue: get("DEAD_LETTER_QUEUE")
+                .unwrap_or_else(|| "sluice-events-dlq".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(pairs: &[(&str, &str)]) -> Config {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config(&[]);
+        assert_eq!(c.forward_concurrency, 4);
+        assert_eq!(c.forward_batch_size, 500);
+        assert_eq!(c.forward_batch_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.allowed_origins, AllowedOrigins::Any);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.backoff, Backoff::default());
+        assert_eq!(c.key_cache_positive_ms, 30_000);
+        assert_eq!(c.key_cache_negative_ms, 10_000);
+        assert_eq!(c.dead_letter_queue, "sluice-events-dlq");
+    }
+
+    #[test]
+    fn vars_override_and_are_clamped() {
+        let c = config(&[
+            ("BACKEND_URL", "https://api.example.com/"),
+            ("FORWARD_CONCURRENCY", "1000"),
+            ("FORWARD_BATCH_SIZE", "0"),
+            ("ALLOWED_ORIGINS", "https://a.example, https://b.example/"),
+            ("MAX_BODY_BYTES", "99999999"),
+            ("MAX_EVENTS", "10"),
+            ("MAX_EVENT_BYTES", "junk"),
+            ("KEY_CACHE_TTL_SECONDS", "5"),
+            ("RETRY_BASE_SECONDS", "1"),
+            ("RETRY_MAX_SECONDS", "0"),
+        ]);
+        assert_eq!(
+            c.backoff,
+            Backoff {
+                base_seconds: 1,
+                max_seconds: 1
+            }
+        );
+        assert_eq!(c.backend_url, "https://api.example.com");
+        assert_eq!(c.forward_concurrency, 32);
+        assert_eq!(c.forward_batch_size, 1);
+        assert!(c.allowed_origins.allows("https://b.example"));
+        assert!(!c.allowed_origins.allows("https://evil.example"));
+        assert_eq!(c.limits.max_body_bytes, EDGE_MAX_BODY_BYTES);
+        assert_eq!(c.limits.max_events, 10);
+        assert_eq!(c.limits.max_event_bytes, EDGE_MAX_EVENT_BYTES);
+        assert_eq!(c.key_cache_positive_ms, 5_000);
+    }
+
+    #[test]
+    fn dead_letter_queues_are_recognised() {
+        let c = config(&[("DEAD_LETTER_QUEUE", "graveyard")]);
+        assert!(c.is_dead_letter_queue("graveyard"));
+        assert!(c.is_dead_letter_queue("sluice-events-dlq"));
+        assert!(c.is_dead_letter_queue("sluice-events-dlq-staging"));
+        assert!(!c.is_dead_letter_queue("sluice-events"));
+        assert!(!c.is_dead_letter_queue("sluice-events-staging"));
+    }
+
+    #[test]
+    fn star_anywhere_allows_every_origin() {
+        assert_eq!(AllowedOrigins::parse("https://a, *"), AllowedOrigins::Any);
+        assert_eq!(AllowedOrigins::parse(""), AllowedOrigins::List(vec![]));
+    }
+}

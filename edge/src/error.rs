@@ -1,0 +1,185 @@
+//! The one error type of the edge, and the one place it becomes an HTTP status.
+
+use protocol::ErrorBody;
+use serde::Serialize;
+
+/// Why one event of a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Detail {
+    pub index: usize,
+    pub reason: String,
+}
+
+impl Detail {
+    pub fn new(index: usize, reason: impl Into<String>) -> Self {
+        Self {
+            index,
+            reason: reason.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EdgeError {
+    #[error("missing API key: send `Authorization: Bearer <key>` or `?key=<key>`")]
+    MissingKey,
+    #[error("unknown or revoked API key")]
+    InvalidKey,
+    #[error("Content-Type must be application/json or text/plain, got `{0}`")]
+    UnsupportedMediaType(String),
+    #[error("Content-Encoding must be gzip or identity, got `{0}`")]
+    UnsupportedEncoding(String),
+    #[error("body is not valid gzip")]
+    BadGzip,
+    #[error("body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("more than {0} events in one request")]
+    TooManyEvents(usize),
+    #[error("events are larger than the per-event limit")]
+    EventTooLarge(Vec<Detail>),
+    #[error("body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    InvalidBody(String),
+    #[error("the request holds no events")]
+    EmptyBatch,
+    #[error("some events are invalid; nothing was accepted")]
+    InvalidEvents(Vec<Detail>),
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed { allow: &'static str },
+    #[error("the API key store is unavailable, try again")]
+    KeyStoreUnavailable,
+    #[error("the queue did not accept the events, try again")]
+    QueueUnavailable,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl EdgeError {
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::MissingKey | Self::InvalidKey => 401,
+            Self::NotFound => 404,
+            Self::MethodNotAllowed { .. } => 405,
+            Self::BodyTooLarge(_) | Self::TooManyEvents(_) | Self::EventTooLarge(_) => 413,
+            Self::UnsupportedMediaType(_) | Self::UnsupportedEncoding(_) => 415,
+            Self::BadGzip | Self::InvalidJson(_) | Self::InvalidBody(_) | Self::EmptyBatch => 400,
+            Self::InvalidEvents(_) => 422,
+            Self::Internal(_) => 500,
+            Self::KeyStoreUnavailable | Self::QueueUnavailable => 503,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::MissingKey => "missing_api_key",
+            Self::InvalidKey => "invalid_api_key",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::UnsupportedEncoding(_) => "unsupported_encoding",
+            Self::BadGzip => "invalid_gzip",
+            Self::BodyTooLarge(_) => "body_too_large",
+            Self::TooManyEvents(_) => "too_many_events",
+            Self::EventTooLarge(_) => "event_too_large",
+            Self::InvalidJson(_) => "invalid_json",
+            Self::InvalidBody(_) => "invalid_body",
+            Self::EmptyBatch => "empty_batch",
+            Self::InvalidEvents(_) => "invalid_events",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::KeyStoreUnavailable => "key_store_unavailable",
+            Self::QueueUnavailable => "queue_unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    pub fn body(&self) -> ErrorBody {
+        let details = match self {
+            Self::InvalidEvents(d) | Self::EventTooLarge(d) => serde_json::to_value(d).ok(),
+            _ => None,
+        };
+        // Internal details go to the log, not to the client.
+        let message = match self {
+            Self::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        };
+        ErrorBody {
+            error: self.code().to_owned(),
+            message,
+            details,
+        }
+    }
+
+    /// Headers that belong to this error's response, beyond Content-Type.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::MethodNotAllowed { allow } => vec![("Allow", (*allow).to_owned())],
+            Self::MissingKey | Self::InvalidKey => {
+                vec![("WWW-Authenticate", "Bearer".to_owned())]
+            }
+            Self::QueueUnavailable | Self::KeyStoreUnavailable => {
+                vec![("Retry-After", "1".to_owned())]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_variant_maps_to_a_status_and_code() {
+        let all = [
+            EdgeError::MissingKey,
+            EdgeError::InvalidKey,
+            EdgeError::UnsupportedMediaType("x".into()),
+            EdgeError::UnsupportedEncoding("br".into()),
+            EdgeError::BadGzip,
+            EdgeError::BodyTooLarge(1),
+            EdgeError::TooManyEvents(1),
+            EdgeError::EventTooLarge(vec![]),
+            EdgeError::InvalidJson("x".into()),
+            EdgeError::InvalidBody("x".into()),
+            EdgeError::EmptyBatch,
+            EdgeError::InvalidEvents(vec![]),
+            EdgeError::NotFound,
+            EdgeError::MethodNotAllowed { allow: "POST" },
+            EdgeError::KeyStoreUnavailable,
+            EdgeError::QueueUnavailable,
+            EdgeError::Internal("boom".into()),
+        ];
+        let statuses: Vec<u16> = all.iter().map(EdgeError::status).collect();
+        assert_eq!(
+            statuses,
+            [401, 401, 415, 415, 400, 413, 413, 413, 400, 400, 400, 422, 404, 405, 503, 503, 500]
+        );
+        for e in &all {
+            assert!(!e.code().is_empty());
+        }
+    }
+
+    #[test]
+    fn details_are_listed_and_internal_text_is_hidden() {
+        let e = EdgeError::InvalidEvents(vec![Detail::new(3, "event is required")]);
+        let body = serde_json::to_value(e.body()).unwrap();
+        assert_eq!(body["error"], "invalid_events");
+        assert_eq!(body["details"][0]["index"], 3);
+        assert_eq!(body["details"][0]["reason"], "event is required");
+
+        let e = EdgeError::Internal("secret path /x".into());
+        let body = serde_json::to_value(e.body()).unwrap();
+        assert_eq!(body["message"], "internal error");
+        assert!(body.get("details").is_none());
+    }
+
+    #[test]
+    fn method_not_allowed_names_the_allowed_methods() {
+        let e = EdgeError::MethodNotAllowed {
+            allow: "POST, OPTIONS",
+        };
+        assert_eq!(e.headers(), vec![("Allow", "POST, OPTIONS".to_owned())]);
+    }
+}

@@ -1,0 +1,723 @@
+//! Request body → envelopes: decode, parse, validate (all or nothing), enrich.
+
+use std::io::Read;
+
+use chrono::DateTime;
+use protocol::{timestamp_in_range, uuid_v7, Envelope, MAX_FIELD_LEN, MAX_ID_LEN, MAX_NAME_LEN};
+use serde_json::{Map, Value};
+
+use crate::config::Limits;
+use crate::error::{Detail, EdgeError};
+
+/// At most this many per-event reasons go back to the client.
+pub const MAX_DETAILS: usize = 100;
+
+const EVENT_FIELDS: [&str; 8] = [
+    "event",
+    "id",
+    "timestamp",
+    "user_id",
+    "anonymous_id",
+    "session_id",
+    "properties",
+    "context",
+];
+
+/// What the edge knows about the request beyond its body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    pub env_id: u32,
+    /// Edge receive time, ms since the epoch.
+    pub received_at: i64,
+    pub country: Option<String>,
+    pub colo: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// The events of one request and the client's send time, if it gave one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Payload {
+    pub events: Vec<Value>,
+    pub sent_at: Option<i64>,
+}
+
+/// `application/json` or `text/plain` (what `navigator.sendBeacon` sends for a string).
+pub fn check_content_type(content_type: Option<&str>) -> Result<(), EdgeError> {
+    let raw = content_type.unwrap_or("");
+    let media = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match media.as_str() {
+        "application/json" | "text/plain" => Ok(()),
+        _ => Err(EdgeError::UnsupportedMediaType(
+            raw.chars().take(100).collect(),
+        )),
+    }
+}
+
+/// Rejects a declared length over the limit before the body is read.
+pub fn check_content_length(
+    content_length: Option<&str>,
+    limits: &Limits,
+) -> Result<(), EdgeError> {
+    match content_length.and_then(|v| v.trim().parse::<u64>().ok()) {
+        Some(n) if n > limits.max_body_bytes as u64 => {
+            Err(EdgeError::BodyTooLarge(limits.max_body_bytes))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The body as sent, or gunzipped; never more than `max` bytes either way.
+pub fn decode_body(
+    raw: Vec<u8>,
+    content_encoding: Option<&str>,
+    max: usize,
+) -> Result<Vec<u8>, EdgeError> {
+    if raw.len() > max {
+        return Err(EdgeError::BodyTooLarge(max));
+    }
+    let encoding = content_encoding.unwrap_or("").trim().to_ascii_lowercase();
+    match encoding.as_str() {
+        "" | "identity" => Ok(raw),
+        "gzip" | "x-gzip" => {
+            let mut out = Vec::new();
+            let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+            flate2::read::GzDecoder::new(raw.as_slice())
+                .take(limit)
+                .read_to_end(&mut out)
+                .map_err(|_| EdgeError::BadGzip)?;
+            if out.len() > max {
+                return Err(EdgeError::BodyTooLarge(max));
+            }
+            Ok(out)
+        }
+        other => Err(EdgeError::UnsupportedEncoding(
+            other.chars().take(50).collect(),
+        )),
+    }
+}
+
+/// Accepts one event object, an array of events, or `{"batch": [...], "sentAt": ...}`.
+pub fn parse(body: &[u8], limits: &Limits) -> Result<Payload, EdgeError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| EdgeError::InvalidJson(e.to_string()))?;
+    let payload = match value {
+        Value::Array(events) => Payload {
+            events,
+            sent_at: None,
+        },
+        Value::Object(mut map) if map.contains_key("batch") => {
+            if let Some(key) = map.keys().find(|k| *k != "batch" && *k != "sentAt") {
+                return Err(EdgeError::InvalidBody(format!(
+                    "unknown field `{key}` in batch body (expected `batch`, `sentAt`)"
+                )));
+            }
+            let sent_at = match map.remove("sentAt") {
+                None | Some(Value::Null) => None,
+                Some(v) => Some(parse_time(&v).ok_or_else(|| {
+                    EdgeError::InvalidBody("`sentAt` must be RFC 3339 or epoch milliseconds".into())
+                })?),
+            };
+            match map.remove("batch") {
+                Some(Value::Array(events)) => Payload { events, sent_at },
+                _ => {
+                    return Err(EdgeError::InvalidBody(
+                        "`batch` must be an array of events".into(),
+                    ))
+                }
+            }
+        }
+        event @ Value::Object(_) => Payload {
+            events: vec![event],
+            sent_at: None,
+        },
+        _ => {
+            return Err(EdgeError::InvalidBody(
+                "body must be an event object, an array of events, or {\"batch\": [...]}".into(),
+            ))
+        }
+    };
+    if payload.events.is_empty() {
+        return Err(EdgeError::EmptyBatch);
+    }
+    if payload.events.len() > limits.max_events {
+        return Err(EdgeError::TooManyEvents(limits.max_events));
+    }
+    let too_large: Vec<Detail> = payload
+        .events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let size = serde_json::to_vec(e).map(|v| v.len()).unwrap_or(usize::MAX);
+            (size > limits.max_event_bytes).then(|| {
+                Detail::new(
+                    i,
+                    format!(
+                        "event is {size} bytes, over the {} byte limit",
+                        limits.max_event_bytes
+                    ),
+                )
+            })
+        })
+        .take(MAX_DETAILS)
+        .collect();
+    if !too_large.is_empty() {
+        return Err(EdgeError::EventTooLarge(too_large));
+    }
+    Ok(payload)
+}
+
+/// RFC 3339 text, or epoch milliseconds as a number or a string of digits.
+pub fn parse_time(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.is_finite() && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        }),
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            s.parse().ok()
+        }
+        Value::String(s) => DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.timestamp_millis()),
+        _ => None,
+    }
+}
+
+/// Validates every event and turns them into envelopes; one bad event rejects
+/// the whole request, with a reason per bad event.
+pub fn build(
+    payload: Payload,
+    meta: &Meta,
+    mut random: impl FnMut() -> [u8; 10],
+) -> Result<Vec<Envelope>, EdgeError> {
+    let skew = payload.sent_at.map(|sent| meta.received_at - sent);
+    let mut envelopes = Vec::with_capacity(payload.events.len());
+    let mut details = Vec::new();
+    for (index, event) in payload.events.into_iter().enumerate() {
+        match envelope(event, meta, skew, &mut random) {
+            Ok(env) => envelopes.push(env),
+            Err(reasons) => {
+                details.extend(reasons.into_iter().map(|r| Detail::new(index, r)));
+            }
+        }
+    }
+    if details.is_empty() {
+        Ok(envelopes)
+    } else {
+        details.truncate(MAX_DETAILS);
+        Err(EdgeError::InvalidEvents(details))
+    }
+}
+
+fn envelope(
+    event: Value,
+    meta: &Meta,
+    skew: Option<i64>,
+    random: &mut impl FnMut() -> [u8; 10],
+) -> Result<Envelope, Vec<String>> {
+    let Value::Object(mut map) = event else {
+        return Err(vec!["event must be a JSON object".into()]);
+    };
+    let mut reasons = Vec::new();
+    for key in map.keys().filter(|k| !EVENT_FIELDS.contains(&k.as_str())) {
+        reasons.push(format!("unknown field `{key}`"));
+    }
+
+    let name = match map.remove("event") {
+        Some(Value::String(s)) => check_text(&s, "event", MAX_NAME_LEN, &mut reasons).then_some(s),
+        None | Some(Value::Null) => {
+            reasons.push("`event` is required".into());
+            None
+        }
+        Some(_) => {
+            reasons.push("`event` must be a string".into());
+            None
+        }
+    };
+    let id = match map.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => check_text(&s, "id", MAX_ID_LEN, &mut reasons).then_some(s),
+        Some(_) => {
+            reasons.push("`id` must be a string".into());
+            None
+        }
+    };
+    let timestamp = match map.remove("timestamp") {
+        None | Some(Value::Null) => Some(meta.received_at),
+        Some(v) => match parse_time(&v) {
+            Some(t) => {
+                let corrected = t.saturating_add(skew.unwrap_or(0));
+                if timestamp_in_range(corrected) {
+                    Some(corrected)
+                } else {
+                    reasons
+                        .push("`timestamp` is out of range once corrected for clock skew".into());
+                    None
+                }
+            }
+            None => {
+                reasons.push("`timestamp` must be RFC 3339 text or epoch milliseconds".into());
+                None
+            }
+        },
+    };
+    let user_id = optional_id(map.remove("user_id"), "user_id", &mut reasons);
+    let anonymous_id = optional_id(map.remove("anonymous_id"), "anonymous_id", &mut reasons);
+    let session_id = optional_id(map.remove("session_id"), "session_id", &mut reasons);
+    let properties = object(map.remove("properties"), "properties", &mut reasons);
+    let mut context = object(map.remove("context"), "context", &mut reasons);
+
+    let (Some(name), Some(timestamp)) = (name, timestamp) else {
+        return Err(reasons);
+    };
+    if !reasons.is_empty() {
+        return Err(reasons);
+    }
+    if let Some(country) = &meta.country {
+        context.insert("country".into(), Value::String(country.clone()));
+    }
+    if let Some(colo) = &meta.colo {
+        context.insert("colo".into(), Value::String(colo.clone()));
+    }
+    if let Some(ua) = &meta.user_agent {
+        context
+            .entry("user_agent")
+            .or_insert_with(|| Value::String(ua.clone()));
+    }
+    let id = id.unwrap_or_else(|| uuid_v7(u64::try_from(meta.received_at).unwrap_or(0), &random()));
+    let envelope = Envelope {
+        id,
+        env_id: meta.env_id,
+        name,
+        timestamp,
+        received_at: meta.received_at,
+        user_id,
+        anonymous_id,
+        session_id,
+        properties,
+        context,
+    };
+    envelope.validate().map_err(|e| vec![e.to_string()])?;
+    Ok(envelope)
+}
+
+fn check_text(value: &str, field: &str, max: usize, reasons: &mut Vec<String>) -> bool {
+    let before = reasons.len();
+    if value.is_empty() {
+        reasons.push(format!("`{field}` must not be empty"));
+    } else if value.chars().count() > max {
+        reasons.push(format!("`{field}` is longer than {max} characters"));
+    } else if value.chars().any(char::is_control) {
+        reasons.push(format!("`{field}` contains a control character"));
+    }
+    reasons.len() == before
+}
+
+/// A string, or an integer taken as its decimal text (SDKs send numeric user ids).
+fn optional_id(value: Option<Value>, field: &str, reasons: &mut Vec<String>) -> Option<String> {
+    let text = match value {
+        None | Some(Value::Null) => return None,
+        Some(Value::String(s)) => s,
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+        Some(_) => {
+            reasons.push(format!("`{field}` must be a string"));
+            return None;
+        }
+    };
+    check_text(&text, field, MAX_FIELD_LEN, reasons).then_some(text)
+}
+
+fn object(value: Option<Value>, field: &str, reasons: &mut Vec<String>) -> Map<String, Value> {
+    match value {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(map)) => map,
+        Some(_) => {
+            reasons.push(format!("`{field}` must be an object"));
+            Map::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: i64 = 1_700_000_000_000;
+
+    fn meta() -> Meta {
+        Meta {
+            env_id: 7,
+            received_at: NOW,
+            country: Some("DE".into()),
+            colo: Some("FRA".into()),
+            user_agent: Some("test-agent/1".into()),
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    fn zeros() -> [u8; 10] {
+        [0; 10]
+    }
+
+    fn ingest(body: Value) -> Result<Vec<Envelope>, EdgeError> {
+        let payload = parse(body.to_string().as_bytes(), &limits())?;
+        build(payload, &meta(), zeros)
+    }
+
+    fn details(err: EdgeError) -> Vec<Detail> {
+        match err {
+            EdgeError::InvalidEvents(d) | EdgeError::EventTooLarge(d) => d,
+            other => panic!("expected details, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn content_types() {
+        assert!(check_content_type(Some("application/json")).is_ok());
+        assert!(check_content_type(Some("Application/JSON; charset=utf-8")).is_ok());
+        assert!(check_content_type(Some("text/plain;charset=UTF-8")).is_ok());
+        assert_eq!(
+            check_content_type(Some("application/x-www-form-urlencoded")),
+            Err(EdgeError::UnsupportedMediaType(
+                "application/x-www-form-urlencoded".into()
+            ))
+        );
+        assert!(check_content_type(None).is_err());
+    }
+
+    #[test]
+    fn declared_length_over_limit_is_refused_early() {
+        let l = limits();
+        assert!(check_content_length(Some("100"), &l).is_ok());
+        assert!(check_content_length(None, &l).is_ok());
+        assert!(check_content_length(Some("junk"), &l).is_ok());
+        assert_eq!(
+            check_content_length(Some(&(l.max_body_bytes + 1).to_string()), &l),
+            Err(EdgeError::BodyTooLarge(l.max_body_bytes))
+        );
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    }
+
+    #[test]
+    fn gzip_bodies_are_inflated_within_the_cap() {
+        let body = br#"{"event":"x"}"#.to_vec();
+        assert_eq!(decode_body(gzip(&body), Some("gzip"), 100).unwrap(), body);
+        assert_eq!(decode_body(body.clone(), None, 100).unwrap(), body);
+        assert_eq!(
+            decode_body(body.clone(), Some("identity"), 100).unwrap(),
+            body
+        );
+        // A small bomb: 2 MiB of zeros compress to a few KiB.
+        let bomb = gzip(&vec![b'0'; 2 * 1024 * 1024]);
+        assert!(bomb.len() < 10_000);
+        assert_eq!(
+            decode_body(bomb, Some("gzip"), 1024 * 1024),
+            Err(EdgeError::BodyTooLarge(1024 * 1024))
+        );
+        // Exactly at the cap is fine.
+        let exact = gzip(&vec![b' '; 1000]);
+        assert_eq!(decode_body(exact, Some("gzip"), 1000).unwrap().len(), 1000);
+        assert_eq!(
+            decode_body(b"not gzip".to_vec(), Some("gzip"), 100),
+            Err(EdgeError::BadGzip)
+        );
+        assert_eq!(
+            decode_body(body.clone(), Some("br"), 100),
+            Err(EdgeError::UnsupportedEncoding("br".into()))
+        );
+        assert_eq!(
+            decode_body(vec![b' '; 101], None, 100),
+            Err(EdgeError::BodyTooLarge(100))
+        );
+    }
+
+    #[test]
+    fn three_body_shapes() {
+        let one = parse(br#"{"event":"a"}"#, &limits()).unwrap();
+        assert_eq!(one.events.len(), 1);
+        assert_eq!(one.sent_at, None);
+        let array = parse(br#"[{"event":"a"},{"event":"b"}]"#, &limits()).unwrap();
+        assert_eq!(array.events.len(), 2);
+        let batch = parse(
+            br#"{"batch":[{"event":"a"}],"sentAt":"2023-11-14T22:13:20.000Z"}"#,
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(batch.events.len(), 1);
+        assert_eq!(batch.sent_at, Some(NOW));
+        let batch_ms = parse(
+            br#"{"batch":[{"event":"a"}],"sentAt":1700000000000}"#,
+            &limits(),
+        )
+        .unwrap();
+        assert_eq!(batch_ms.sent_at, Some(NOW));
+    }
+
+    #[test]
+    fn malformed_bodies() {
+        let l = limits();
+        assert!(matches!(parse(b"", &l), Err(EdgeError::InvalidJson(_))));
+        assert!(matches!(parse(b"{", &l), Err(EdgeError::InvalidJson(_))));
+        assert!(matches!(parse(b"42", &l), Err(EdgeError::InvalidBody(_))));
+        assert!(matches!(
+            parse(b"\"x\"", &l),
+            Err(EdgeError::InvalidBody(_))
+        ));
+        assert_eq!(parse(b"[]", &l), Err(EdgeError::EmptyBatch));
+        assert_eq!(parse(br#"{"batch":[]}"#, &l), Err(EdgeError::EmptyBatch));
+        assert!(matches!(
+            parse(br#"{"batch":{}}"#, &l),
+            Err(EdgeError::InvalidBody(_))
+        ));
+        assert!(matches!(
+            parse(br#"{"batch":[{"event":"a"}],"sentAt":"yesterday"}"#, &l),
+            Err(EdgeError::InvalidBody(_))
+        ));
+        assert!(matches!(
+            parse(br#"{"batch":[{"event":"a"}],"extra":1}"#, &l),
+            Err(EdgeError::InvalidBody(_))
+        ));
+    }
+
+    #[test]
+    fn event_count_limit() {
+        let mut l = limits();
+        l.max_events = 3;
+        let ok = json!([{"event":"a"},{"event":"a"},{"event":"a"}]).to_string();
+        assert!(parse(ok.as_bytes(), &l).is_ok());
+        let over = json!([{"event":"a"},{"event":"a"},{"event":"a"},{"event":"a"}]).to_string();
+        assert_eq!(parse(over.as_bytes(), &l), Err(EdgeError::TooManyEvents(3)));
+        let default_over: Vec<Value> = (0..1001).map(|_| json!({"event":"a"})).collect();
+        assert_eq!(
+            parse(Value::Array(default_over).to_string().as_bytes(), &limits()),
+            Err(EdgeError::TooManyEvents(1000))
+        );
+    }
+
+    #[test]
+    fn event_size_limit_names_the_events() {
+        let big = "x".repeat(33 * 1024);
+        let body = json!([{"event":"a"}, {"event":"b","properties":{"blob": big}}]).to_string();
+        let err = parse(body.as_bytes(), &limits()).unwrap_err();
+        assert_eq!(err.status(), 413);
+        let d = details(err);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].index, 1);
+        // Just under the limit passes.
+        let fits = "x".repeat(32 * 1024 - 100);
+        let body = json!({"event":"b","properties":{"blob": fits}}).to_string();
+        assert!(parse(body.as_bytes(), &limits()).is_ok());
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time(&json!(NOW)), Some(NOW));
+        assert_eq!(parse_time(&json!(1_700_000_000_000.7)), Some(NOW));
+        assert_eq!(parse_time(&json!("1700000000000")), Some(NOW));
+        assert_eq!(parse_time(&json!("2023-11-14T22:13:20Z")), Some(NOW));
+        assert_eq!(
+            parse_time(&json!("2023-11-14T23:13:20.000+01:00")),
+            Some(NOW)
+        );
+        assert_eq!(parse_time(&json!("2023-11-14 22:13:20")), None);
+        assert_eq!(parse_time(&json!("")), None);
+        assert_eq!(parse_time(&json!(true)), None);
+        assert_eq!(parse_time(&json!(f64::MAX)), None);
+        assert_eq!(parse_time(&json!({})), None);
+    }
+
+    #[test]
+    fn enriches_a_minimal_event() {
+        let envs = ingest(json!({"event": "signup"})).unwrap();
+        assert_eq!(envs.len(), 1);
+        let e = &envs[0];
+        assert_eq!(e.name, "signup");
+        assert_eq!(e.env_id, 7);
+        assert_eq!(e.timestamp, NOW, "no timestamp means receive time");
+        assert_eq!(e.received_at, NOW);
+        assert_eq!(e.context["country"], "DE");
+        assert_eq!(e.context["colo"], "FRA");
+        assert_eq!(e.context["user_agent"], "test-agent/1");
+        assert!(protocol::is_uuid(&e.id));
+        assert_eq!(&e.id[14..15], "7", "a UUIDv7");
+        assert!(e.properties.is_empty());
+    }
+
+    #[test]
+    fn keeps_every_client_field() {
+        let envs = ingest(json!({
+            "event": "purchase",
+            "id": "order-42",
+            "timestamp": "2023-11-14T22:13:19.500Z",
+            "user_id": 12345,
+            "anonymous_id": "anon",
+            "session_id": "s1",
+            "properties": {"amount": 12.5},
+            "context": {"user_agent": "sdk-ua", "country": "spoofed", "library": "js"}
+        }))
+        .unwrap();
+        let e = &envs[0];
+        assert_eq!(e.id, "order-42");
+        assert_eq!(e.timestamp, NOW - 500);
+        assert_eq!(e.user_id.as_deref(), Some("12345"));
+        assert_eq!(e.anonymous_id.as_deref(), Some("anon"));
+        assert_eq!(e.session_id.as_deref(), Some("s1"));
+        assert_eq!(e.properties["amount"], 12.5);
+        assert_eq!(
+            e.context["user_agent"], "sdk-ua",
+            "a client's own user agent wins"
+        );
+        assert_eq!(e.context["country"], "DE", "the edge's country wins");
+        assert_eq!(e.context["library"], "js");
+    }
+
+    #[test]
+    fn skew_correction_uses_sent_at() {
+        // The client's clock is 10 s behind: it sent at NOW-10s by its clock.
+        let envs = ingest(json!({
+            "sentAt": NOW - 10_000,
+            "batch": [
+                {"event": "a", "timestamp": NOW - 15_000},
+                {"event": "b"}
+            ]
+        }))
+        .unwrap();
+        assert_eq!(envs[0].timestamp, NOW - 5_000);
+        assert_eq!(
+            envs[1].timestamp, NOW,
+            "no timestamp: receive time, no correction"
+        );
+        // A clock ahead of ours corrects the other way.
+        let envs = ingest(json!({
+            "sentAt": "2023-11-14T22:13:30Z",
+            "batch": [{"event": "a", "timestamp": "2023-11-14T22:13:29Z"}]
+        }))
+        .unwrap();
+        assert_eq!(envs[0].timestamp, NOW - 1_000);
+    }
+
+    #[test]
+    fn skew_that_leaves_the_range_is_refused() {
+        let err =
+            ingest(json!({"sentAt": NOW + 10_000, "batch": [{"event": "a", "timestamp": 5}]}))
+                .unwrap_err();
+        assert_eq!(err.status(), 422);
+        assert!(details(err)[0].reason.contains("out of range"));
+    }
+
+    #[test]
+    fn ids_are_random_per_event() {
+        let payload = parse(br#"[{"event":"a"},{"event":"b"}]"#, &limits()).unwrap();
+        let mut n = 0u8;
+        let envs = build(payload, &meta(), || {
+            n += 1;
+            [n; 10]
+        })
+        .unwrap();
+        assert_ne!(envs[0].id, envs[1].id);
+    }
+
+    #[test]
+    fn every_validation_branch_reports_index_and_reason() {
+        let cases: Vec<(Value, &str)> = vec![
+            (json!("string"), "must be a JSON object"),
+            (json!({}), "`event` is required"),
+            (json!({"event": null}), "`event` is required"),
+            (json!({"event": 5}), "`event` must be a string"),
+            (json!({"event": ""}), "`event` must not be empty"),
+            (json!({"event": "x".repeat(201)}), "longer than 200"),
+            (json!({"event": "a\u{7}b"}), "control character"),
+            (json!({"event": "a", "id": 5}), "`id` must be a string"),
+            (json!({"event": "a", "id": ""}), "`id` must not be empty"),
+            (
+                json!({"event": "a", "id": "i".repeat(65)}),
+                "longer than 64",
+            ),
+            (json!({"event": "a", "timestamp": "soon"}), "RFC 3339"),
+            (json!({"event": "a", "timestamp": -1}), "out of range"),
+            (
+                json!({"event": "a", "timestamp": 253_402_300_800_000i64}),
+                "out of range",
+            ),
+            (
+                json!({"event": "a", "user_id": true}),
+                "`user_id` must be a string",
+            ),
+            (
+                json!({"event": "a", "user_id": 1.5}),
+                "`user_id` must be a string",
+            ),
+            (
+                json!({"event": "a", "anonymous_id": "x".repeat(201)}),
+                "longer than 200",
+            ),
+            (
+                json!({"event": "a", "session_id": ""}),
+                "`session_id` must not be empty",
+            ),
+            (
+                json!({"event": "a", "properties": []}),
+                "`properties` must be an object",
+            ),
+            (
+                json!({"event": "a", "context": "x"}),
+                "`context` must be an object",
+            ),
+            (
+                json!({"event": "a", "surprise": 1}),
+                "unknown field `surprise`",
+            ),
+        ];
+        for (bad, expected) in cases {
+            let body = json!([{"event": "fine"}, bad.clone()]);
+            let err = ingest(body).unwrap_err();
+            assert_eq!(err.status(), 422, "{bad}");
+            let d = details(err);
+            assert_eq!(d[0].index, 1, "{bad}");
+            assert!(d[0].reason.contains(expected), "{bad}: {:?}", d[0].reason);
+        }
+    }
+
+    #[test]
+    fn all_or_nothing_with_every_bad_event_listed() {
+        let err = ingest(json!([{"event":"ok"}, {}, {"event":"ok"}, {"event": 1, "context": 2}]))
+            .unwrap_err();
+        let d = details(err);
+        let indices: Vec<usize> = d.iter().map(|d| d.index).collect();
+        assert_eq!(indices, [1, 3, 3]);
+    }
+
+    #[test]
+    fn nulls_mean_absent() {
+        let envs = ingest(json!({
+            "event": "a", "id": null, "timestamp": null, "user_id": null,
+            "properties": null, "context": null
+        }))
+        .unwrap();
+        assert_eq!(envs[0].user_id, None);
+        assert_eq!(envs[0].timestamp, NOW);
+    }
+
+    #[test]
+    fn details_are_capped() {
+        let bad: Vec<Value> = (0..500).map(|_| json!({})).collect();
+        let d = details(ingest(Value::Array(bad)).unwrap_err());
+        assert_eq!(d.len(), MAX_DETAILS);
+    }
+}

@@ -1,0 +1,76 @@
+#!/usr/bin/env node
+// Dead letters the edge's DLQ consumer stored in the DEAD_LETTERS KV namespace
+// (key dlq/<ms>/<message id>, value {reason, attempts, source_queue, body, ...}).
+//
+//   node scripts/dlq.mjs list                       [--remote] [--env production]
+//   node scripts/dlq.mjs show KEY
+//   node scripts/dlq.mjs replay KEY... | --all      --backend-url URL  (token: $SLUICE_INGEST_TOKEN)
+//   node scripts/dlq.mjs delete KEY...
+//
+// replay POSTs a letter's body (a JSON array of envelopes) to the backend's
+// /v1/ingest. Envelope ids are idempotency keys, so replaying what partly
+// landed inserts nothing twice. A letter is deleted only after a 200.
+import { kv, parseArgs } from "./kv.mjs";
+
+function usage(message) {
+  if (message) console.error(`dlq: ${message}`);
+  console.error("usage: dlq.mjs list | show KEY | replay KEY...|--all --backend-url URL | delete KEY...  [--remote] [--env E] [--persist-to DIR]");
+  process.exit(2);
+}
+
+const opts = parseArgs(process.argv.slice(2), ["--env", "--persist-to", "--backend-url"], usage);
+const letters = kv("DEAD_LETTERS", opts);
+const read = (key) => {
+  const text = letters.get(key);
+  return text === null ? null : JSON.parse(text);
+};
+
+switch (opts.command) {
+  case "list":
+    for (const key of letters.list("dlq/")) {
+      const r = read(key);
+      if (r) console.log([key, r.attempts, r.source_queue ?? "-", r.reason].join("\t"));
+    }
+    break;
+  case "show":
+    for (const key of opts.positional) console.log(JSON.stringify(read(key), null, 2));
+    break;
+  case "delete":
+    for (const key of opts.positional) letters.delete(key);
+    break;
+  case "replay": {
+    const backend = (opts.backend_url || process.env.BACKEND_URL || "").replace(/\/$/, "");
+    const token = process.env.SLUICE_INGEST_TOKEN;
+    if (!backend || !token) usage("replay needs --backend-url (or $BACKEND_URL) and $SLUICE_INGEST_TOKEN");
+    const keys = opts.all ? letters.list("dlq/") : opts.positional;
+    let failed = 0;
+    for (const key of keys) {
+      const r = read(key);
+      let envelopes;
+      try {
+        envelopes = JSON.parse(r?.body ?? "");
+        if (!Array.isArray(envelopes)) throw new Error("not an array");
+      } catch {
+        console.error(`dlq: ${key}: body is not a JSON array of envelopes; fix it by hand (show/delete)`);
+        failed++;
+        continue;
+      }
+      const res = await fetch(`${backend}/v1/ingest`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+        body: JSON.stringify(envelopes),
+      });
+      const text = await res.text();
+      if (res.status === 200) {
+        letters.delete(key);
+        console.log(`${key}\treplayed ${envelopes.length} envelopes\t${text}`);
+      } else {
+        console.error(`dlq: ${key}: backend answered ${res.status}: ${text.slice(0, 500)}`);
+        failed++;
+      }
+    }
+    process.exit(failed ? 1 : 0);
+  }
+  default:
+    usage(opts.command ? `unknown command ${opts.command}` : undefined);
+}

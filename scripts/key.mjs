@@ -1,0 +1,75 @@
+#!/usr/bin/env node
+// API keys for the edge worker. A key is shown once, at creation; KV keeps
+// only its SHA-256 hex, under which the record {env_id, name, status} lives.
+//
+//   node scripts/key.mjs create --env-id 7 --env-name web [--remote] [--env production]
+//   node scripts/key.mjs revoke sk_... | --hash <sha256 hex>   [--remote] [--env production]
+//   node scripts/key.mjs list --env-id 7                       [--remote] [--env production]
+//
+// Local by default: wrangler's local KV under .dev/wrangler-state (what
+// `scripts/wrangler.sh dev --persist-to .dev/wrangler-state` serves);
+// --persist-to DIR picks another. --remote writes to Cloudflare.
+import { createHash, randomBytes } from "node:crypto";
+import { kv, parseArgs } from "./kv.mjs";
+
+function usage(message) {
+  if (message) console.error(`key: ${message}`);
+  console.error(
+    "usage: key.mjs create --env-id N --env-name NAME | revoke KEY | revoke --hash HEX | list --env-id N\n" +
+      "       [--remote] [--env staging|production] [--persist-to DIR]",
+  );
+  process.exit(2);
+}
+
+const sha256 = (text) => createHash("sha256").update(text).digest("hex");
+const opts = parseArgs(process.argv.slice(2), ["--env-id", "--env-name", "--env", "--persist-to", "--hash"], usage);
+const keys = kv("API_KEYS", opts);
+
+function record(hash) {
+  try {
+    return JSON.parse(keys.get(hash) ?? "null");
+  } catch {
+    return null;
+  }
+}
+
+function envId(opts) {
+  const id = Number(opts.env_id);
+  if (!Number.isInteger(id) || id < 0 || id > 0xffffffff) usage("--env-id must be an unsigned 32-bit integer");
+  return id;
+}
+
+switch (opts.command) {
+  case "create": {
+    const env_id = envId(opts);
+    if (!opts.env_name) usage("--env-name is required");
+    const key = "sk_" + randomBytes(16).toString("hex"); // 128 random bits
+    const hash = sha256(key);
+    keys.put(hash, JSON.stringify({ env_id, name: opts.env_name, status: "active", created_at: new Date().toISOString() }));
+    console.error(`key: created for env ${env_id} (${opts.env_name}); hash ${hash}. Store the key now: it is not shown again.`);
+    console.log(key);
+    break;
+  }
+  case "revoke": {
+    const hash = opts.hash || (opts.positional[0] && sha256(opts.positional[0]));
+    if (!hash || !/^[0-9a-f]{64}$/.test(hash)) usage("give the key, or --hash with its SHA-256 hex");
+    const current = record(hash);
+    if (!current) {
+      console.error(`key: no key with hash ${hash}`);
+      process.exit(1);
+    }
+    keys.put(hash, JSON.stringify({ ...current, status: "revoked", revoked_at: new Date().toISOString() }));
+    console.error(`key: revoked ${hash} (env ${current.env_id}); edges stop accepting it within ~60 s (KV) + 30 s (isolate cache)`);
+    break;
+  }
+  case "list": {
+    const env_id = envId(opts);
+    for (const hash of keys.list()) {
+      const r = record(hash);
+      if (r && r.env_id === env_id) console.log([hash, r.status, r.name, r.created_at ?? ""].join("\t"));
+    }
+    break;
+  }
+  default:
+    usage(opts.command ? `unknown command ${opts.command}` : undefined);
+}
