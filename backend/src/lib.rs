@@ -104,7 +104,11 @@ fn spawn_background(state: AppState, mut stop: watch::Receiver<bool>) -> JoinHan
     tokio::spawn(async move {
         let mut refresh = tokio::time::interval(state.config.catalog_refresh());
         let mut flush = tokio::time::interval(state.config.counter_flush());
-        let mut prune = tokio::time::interval(std::time::Duration::from_secs(60));
+        // Pruning starts a minute in: nothing is due at start-up, and the
+        // first batches of a process are not raced by a delete.
+        let prune_every = std::time::Duration::from_secs(60);
+        let mut prune =
+            tokio::time::interval_at(tokio::time::Instant::now() + prune_every, prune_every);
         loop {
             tokio::select! {
                 _ = refresh.tick() => {

@@ -48,7 +48,7 @@ pub fn country_of(envelope: &Envelope) -> Vec<u8> {
 /// Lazily created pools, one per shard, and the event-name id cache.
 pub struct Shards {
     pools: Mutex<HashMap<u32, (String, MySqlPool)>>,
-    names: Mutex<HashMap<(u32, u32, String), u32>>,
+    names: Mutex<HashMap<(u32, u32, (u8, String)), u32>>,
     pool_size: u32,
     acquire_timeout: Duration,
     chunk_rows: usize,
@@ -62,6 +62,7 @@ struct Row<'a> {
     envelope: &'a Envelope,
     properties: String,
     context: String,
+    traits: Option<String>,
 }
 
 fn datetime(ms: i64) -> NaiveDateTime {
@@ -72,9 +73,10 @@ fn datetime(ms: i64) -> NaiveDateTime {
 }
 
 const INSERT_EVENTS: &str = "INSERT IGNORE INTO events \
-    (env_id, id, name_id, ts, received_at, user_id, anonymous_id, session_id, client_id, properties, context) ";
-const INSERT_NAMES: &str = "INSERT IGNORE INTO event_names (env_id, name) ";
-const SELECT_NAMES: &str = "SELECT id, name FROM event_names WHERE env_id = ";
+    (env_id, id, name_id, event_type, ts, received_at, user_id, anonymous_id, session_id, client_id, \
+    properties, context, traits, group_id, previous_id) ";
+const INSERT_NAMES: &str = "INSERT IGNORE INTO event_names (env_id, event_type, name) ";
+const SELECT_NAMES: &str = "SELECT id, event_type, name FROM event_names WHERE env_id = ";
 const SELECT_EXISTING: &str = "SELECT id FROM events WHERE env_id = ";
 
 impl Shards {
@@ -112,40 +114,49 @@ impl Shards {
         }
     }
 
-    /// Ids of `names` in the shard's lookup table: cached, else
-    /// `INSERT IGNORE` then read back (no locking upsert).
+    /// Ids of `(type, name)` pairs in the shard's lookup table: cached,
+    /// else `INSERT IGNORE` then read back (no locking upsert).
     async fn name_ids(
         &self,
         shard_id: u32,
         pool: &MySqlPool,
         env_id: u32,
-        names: &BTreeSet<&str>,
-    ) -> Result<HashMap<String, u32>> {
+        names: &BTreeSet<(u8, &str)>,
+    ) -> Result<HashMap<(u8, String), u32>> {
         let mut found = HashMap::new();
         let mut missing = Vec::new();
         {
             let cache = self.names.lock().unwrap_or_else(|p| p.into_inner());
-            for &name in names {
-                match cache.get(&(shard_id, env_id, name.to_string())) {
+            for &(kind, name) in names {
+                let key = (kind, name.to_string());
+                match cache.get(&(shard_id, env_id, key.clone())) {
                     Some(&id) => {
-                        found.insert(name.to_string(), id);
+                        found.insert(key, id);
                     }
-                    None => missing.push(name),
+                    None => missing.push((kind, name)),
                 }
             }
         }
         for chunk in missing.chunks(self.chunk_rows) {
             let mut insert = QueryBuilder::<MySql>::new(INSERT_NAMES);
-            insert.push_values(chunk, |mut b, name| {
-                b.push_bind(env_id).push_bind(name.as_bytes());
+            insert.push_values(chunk, |mut b, (kind, name)| {
+                b.push_bind(env_id)
+                    .push_bind(*kind)
+                    .push_bind(name.as_bytes());
             });
             insert.build().execute(pool).await?;
 
             let mut select = QueryBuilder::<MySql>::new(SELECT_NAMES);
-            select.push_bind(env_id).push(" AND name IN (");
+            select
+                .push_bind(env_id)
+                .push(" AND (event_type, name) IN (");
             let mut list = select.separated(", ");
-            for name in chunk {
-                list.push_bind(name.as_bytes());
+            for (kind, name) in chunk {
+                list.push("(")
+                    .push_bind_unseparated(*kind)
+                    .push_unseparated(", ");
+                list.push_bind_unseparated(name.as_bytes())
+                    .push_unseparated(")");
             }
             select.push(")");
             let rows = select.build().fetch_all(pool).await?;
@@ -155,10 +166,11 @@ impl Shards {
             }
             for row in rows {
                 let id: u32 = row.try_get(0)?;
-                let name: Vec<u8> = row.try_get(1)?;
-                let name = String::from_utf8_lossy(&name).into_owned();
-                cache.insert((shard_id, env_id, name.clone()), id);
-                found.insert(name, id);
+                let kind: u8 = row.try_get(1)?;
+                let name: Vec<u8> = row.try_get(2)?;
+                let key = (kind, String::from_utf8_lossy(&name).into_owned());
+                cache.insert((shard_id, env_id, key.clone()), id);
+                found.insert(key, id);
             }
         }
         Ok(found)
@@ -178,6 +190,7 @@ impl Shards {
                 b.push_bind(env_id)
                     .push_bind(&row.key[..])
                     .push_bind(row.name_id)
+                    .push_bind(e.event_type.code())
                     .push_bind(row.ts)
                     .push_bind(row.received_at)
                     .push_bind(e.user_id.as_deref())
@@ -185,7 +198,10 @@ impl Shards {
                     .push_bind(e.session_id.as_deref())
                     .push_bind((!protocol::is_uuid(&e.id)).then_some(e.id.as_str()))
                     .push_bind(row.properties.as_str())
-                    .push_bind(row.context.as_str());
+                    .push_bind(row.context.as_str())
+                    .push_bind(row.traits.as_deref())
+                    .push_bind(e.group_id.as_deref())
+                    .push_bind(e.previous_id.as_deref());
             });
             affected += insert.build().execute(&mut **tx).await?.rows_affected();
         }
@@ -231,7 +247,10 @@ impl Shards {
         envelopes: &[&Envelope],
     ) -> Result<WriteOutcome> {
         let pool = self.pool(shard)?;
-        let names: BTreeSet<&str> = envelopes.iter().map(|e| e.name.as_str()).collect();
+        let names: BTreeSet<(u8, &str)> = envelopes
+            .iter()
+            .map(|e| (e.event_type.code(), e.name.as_str()))
+            .collect();
         let name_ids = self.name_ids(shard.id, &pool, env_id, &names).await?;
 
         let mut seen = HashSet::with_capacity(envelopes.len());
@@ -243,7 +262,8 @@ impl Shards {
                 duplicates += 1;
                 continue;
             }
-            let Some(&name_id) = name_ids.get(&envelope.name) else {
+            let Some(&name_id) = name_ids.get(&(envelope.event_type.code(), envelope.name.clone()))
+            else {
                 return Err(crate::error::Error::Internal(format!(
                     "event name {:?} has no id on shard {}",
                     envelope.name, shard.name
@@ -257,6 +277,8 @@ impl Shards {
                 envelope,
                 properties: serde_json::Value::Object(envelope.properties.clone()).to_string(),
                 context: serde_json::Value::Object(envelope.context.clone()).to_string(),
+                traits: (!envelope.traits.is_empty())
+                    .then(|| serde_json::Value::Object(envelope.traits.clone()).to_string()),
             });
         }
 

@@ -193,15 +193,22 @@ fn range(params: &RangeParams) -> Result<(i64, i64)> {
 pub struct NamedCount {
     pub name: String,
     pub count: u64,
+    /// The message type, for event names (`track`, `identify`, `page`, ...).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<&'static str>,
 }
 
 const SUM_MINUTES: &str =
     "SELECT CAST(COALESCE(SUM(events), 0) AS UNSIGNED) FROM event_counts_minute \
     WHERE env_id = ? AND minute >= ? AND minute < ?";
 const BY_EVENT: &str =
-    "SELECT n.name, CAST(SUM(c.events) AS UNSIGNED) AS total FROM event_counts_minute c \
+    "SELECT n.name, CAST(SUM(c.events) AS UNSIGNED) AS total, n.event_type FROM event_counts_minute c \
     JOIN event_names n ON n.id = c.name_id WHERE c.env_id = ? AND c.minute >= ? AND c.minute < ? \
-    GROUP BY c.name_id, n.name ORDER BY total DESC, n.name LIMIT 100";
+    GROUP BY c.name_id, n.name, n.event_type ORDER BY total DESC, n.name LIMIT 100";
+const BY_TYPE: &str =
+    "SELECT n.event_type, CAST(SUM(c.events) AS UNSIGNED) AS total FROM event_counts_minute c \
+    JOIN event_names n ON n.id = c.name_id WHERE c.env_id = ? AND c.minute >= ? AND c.minute < ? \
+    GROUP BY n.event_type ORDER BY total DESC";
 const BY_COUNTRY: &str = "SELECT country, CAST(SUM(events) AS UNSIGNED) AS total FROM country_counts_minute \
     WHERE env_id = ? AND minute >= ? AND minute < ? GROUP BY country ORDER BY total DESC, country LIMIT 100";
 
@@ -209,9 +216,16 @@ fn named_counts(rows: Vec<sqlx::mysql::MySqlRow>) -> Result<Vec<NamedCount>> {
     rows.into_iter()
         .map(|row| {
             let name: Vec<u8> = row.try_get(0)?;
+            let event_type = match row.columns().len() {
+                3 => {
+                    protocol::EventType::from_code(row.try_get(2)?).map(protocol::EventType::as_str)
+                }
+                _ => None,
+            };
             Ok(NamedCount {
                 name: String::from_utf8_lossy(&name).into_owned(),
                 count: row.try_get(1)?,
+                event_type,
             })
         })
         .collect()
@@ -256,6 +270,20 @@ pub async fn summary(
             .fetch_all(&pool)
             .await?,
     )?;
+    let mut by_type = Vec::new();
+    for row in sqlx::query(BY_TYPE)
+        .bind(env_id)
+        .bind(start)
+        .bind(end)
+        .fetch_all(&pool)
+        .await?
+    {
+        let code: u8 = row.try_get(0)?;
+        let name = protocol::EventType::from_code(code)
+            .map(protocol::EventType::as_str)
+            .unwrap_or("unknown");
+        by_type.push(json!({"type": name, "count": row.try_get::<u64, _>(1)?}));
+    }
     Ok(Json(json!({
         "env": auth.env.name,
         "from": start.and_utc().timestamp_millis(),
@@ -263,6 +291,7 @@ pub async fn summary(
         "events": events,
         "by_event": by_event,
         "by_country": by_country,
+        "by_type": by_type,
     }))
     .into_response())
 }

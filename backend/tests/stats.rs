@@ -483,3 +483,95 @@ async fn two_backends_add_to_the_same_counters() {
     stop(two, tx_two).await;
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn segment_message_types_are_stored_compactly_and_counted_by_type() {
+    let t = Env::new().await;
+    t.add_shard("a").await;
+    let env = catalog::create_environment(&t.catalog, "shop", "a")
+        .await
+        .unwrap();
+    let token = catalog::create_read_token(&t.catalog, "shop")
+        .await
+        .unwrap();
+    let (server, tx) = t.start(t.config()).await;
+    let ts = now_ms() - 120_000;
+    let mut page_track = event(env, 1, "page", "DE", ts);
+    page_track["type"] = json!("track");
+    let mut page_view = event(env, 2, "page", "DE", ts);
+    page_view["type"] = json!("page");
+    let mut identify = event(env, 3, "identify", "DE", ts);
+    identify["type"] = json!("identify");
+    identify["traits"] = json!({"email": "a@example.com", "plan": "pro"});
+    let mut group = event(env, 4, "group", "DE", ts);
+    group["type"] = json!("group");
+    group["group_id"] = json!("acme");
+    let mut alias = event(env, 5, "alias", "DE", ts);
+    alias["type"] = json!("alias");
+    alias["previous_id"] = json!("anon-1");
+    let (status, body, _) = ingest(
+        server.addr,
+        &json!([page_track, page_view, identify, group, alias]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.state.flush_counters().await, 0);
+
+    let pool = t.shard_pool("a").await;
+    let rows = sqlx::query(
+        "SELECT event_type, CAST(traits AS CHAR), group_id, previous_id FROM events WHERE env_id = ? ORDER BY client_id",
+    )
+    .bind(env)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let stored: Vec<(u8, Option<String>, Option<Vec<u8>>, Option<Vec<u8>>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(stored[0], (0, None, None, None), "track: no traits stored");
+    assert_eq!(stored[1].0, 2);
+    assert_eq!(stored[2].0, 1);
+    let traits: Value = serde_json::from_str(stored[2].1.as_deref().unwrap()).unwrap();
+    assert_eq!(traits, json!({"email": "a@example.com", "plan": "pro"}));
+    assert_eq!(
+        (stored[3].0, stored[3].2.as_deref()),
+        (4, Some(&b"acme"[..]))
+    );
+    assert_eq!(
+        (stored[4].0, stored[4].3.as_deref()),
+        (5, Some(&b"anon-1"[..]))
+    );
+
+    let (_, summary) = get(server.addr, "/v1/stats/summary?env=shop", &token).await;
+    let pages: Vec<&Value> = summary["by_event"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["name"] == "page")
+        .collect();
+    assert_eq!(
+        pages.len(),
+        2,
+        "a 'page' track event and page views stay apart: {summary}"
+    );
+    let by_type: std::collections::BTreeMap<String, u64> = summary["by_type"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["type"].as_str().unwrap().to_string(),
+                t["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: std::collections::BTreeMap<String, u64> =
+        ["alias", "group", "identify", "page", "track"]
+            .iter()
+            .map(|t| (t.to_string(), 1))
+            .collect();
+    assert_eq!(by_type, expected);
+    stop(server, tx).await;
+    t.cleanup().await;
+}

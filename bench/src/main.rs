@@ -27,7 +27,16 @@ const TOKEN: &str = "bench-ingest-token-0123456789abcdef0123456789";
 const BATCH: usize = 500;
 const POOL: u32 = 4;
 const COUNTRIES: [&str; 5] = ["DE", "US", "FR", "BR", "JP"];
-const NAMES: [&str; 8] = ["page_view", "click", "signup", "purchase", "search", "add_to_cart", "checkout", "error"];
+const NAMES: [&str; 8] = [
+    "page_view",
+    "click",
+    "signup",
+    "purchase",
+    "search",
+    "add_to_cart",
+    "checkout",
+    "error",
+];
 
 struct Args {
     mysql: String,
@@ -41,7 +50,8 @@ struct Args {
 
 fn args() -> Args {
     let mut a = Args {
-        mysql: std::env::var("SLUICE_BENCH_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into()),
+        mysql: std::env::var("SLUICE_BENCH_MYSQL_URL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into()),
         backend: PathBuf::from("target/release/backend"),
         runs: 3,
         events: 200_000,
@@ -112,7 +122,11 @@ fn cli(args: &Args, catalog: &str, cmd: &[&str]) -> String {
         .env("SLUICE_DATABASE_URL", catalog)
         .output()
         .expect("run backend");
-    assert!(out.status.success(), "backend {cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "backend {cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -149,7 +163,12 @@ async fn post_all(base: &str, bodies: Vec<Vec<u8>>, in_flight: usize) -> Duratio
                     .send()
                     .await
                     .expect("post");
-                assert_eq!(response.status(), 200, "{}", response.text().await.unwrap_or_default());
+                assert_eq!(
+                    response.status(),
+                    200,
+                    "{}",
+                    response.text().await.unwrap_or_default()
+                );
             }
         })
         .await;
@@ -160,7 +179,9 @@ const INSERT: &str = "INSERT IGNORE INTO events \
     (env_id, id, name_id, ts, received_at, user_id, anonymous_id, session_id, client_id, properties, context) ";
 
 fn dt(ms: i64) -> chrono::NaiveDateTime {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().naive_utc()
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .naive_utc()
 }
 
 async fn raw_insert(pool: &MySqlPool, rows: &[Envelope]) {
@@ -184,8 +205,15 @@ async fn raw_insert(pool: &MySqlPool, rows: &[Envelope]) {
 /// The same rows, written with plain multi-row INSERTs, `POOL` connections per shard.
 async fn raw_ceiling(pools: &[MySqlPool], per_shard: Vec<Vec<Envelope>>) -> Duration {
     let started = Instant::now();
-    let jobs = pools.iter().zip(per_shard.iter()).flat_map(|(pool, rows)| rows.chunks(BATCH).map(move |c| (pool, c)));
-    stream::iter(jobs).for_each_concurrent(POOL as usize * pools.len(), |(pool, chunk)| raw_insert(pool, chunk)).await;
+    let jobs = pools
+        .iter()
+        .zip(per_shard.iter())
+        .flat_map(|(pool, rows)| rows.chunks(BATCH).map(move |c| (pool, c)));
+    stream::iter(jobs)
+        .for_each_concurrent(POOL as usize * pools.len(), |(pool, chunk)| {
+            raw_insert(pool, chunk)
+        })
+        .await;
     started.elapsed()
 }
 
@@ -194,10 +222,31 @@ async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
     cli(args, &catalog, &["migrate"]);
     let mut env_ids = Vec::new();
     for shard in ["s1", "s2"] {
-        cli(args, &catalog, &["shard", "add", shard, &format!("{}/{prefix}_{shard}", args.mysql)]);
-        env_ids.push(cli(args, &catalog, &["env", "create", &format!("env_{shard}"), "--shard", shard]).parse::<u32>().expect("id"));
+        cli(
+            args,
+            &catalog,
+            &[
+                "shard",
+                "add",
+                shard,
+                &format!("{}/{prefix}_{shard}", args.mysql),
+            ],
+        );
+        env_ids.push(
+            cli(
+                args,
+                &catalog,
+                &["env", "create", &format!("env_{shard}"), "--shard", shard],
+            )
+            .parse::<u32>()
+            .expect("id"),
+        );
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
     let child = Command::new(&args.backend)
         .arg("serve")
         .env("SLUICE_DATABASE_URL", &catalog)
@@ -212,7 +261,10 @@ async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
     let server = Server(child);
     let base = format!("http://127.0.0.1:{port}");
     for _ in 0..200 {
-        if reqwest::get(format!("{base}/healthz")).await.is_ok_and(|r| r.status().is_success()) {
+        if reqwest::get(format!("{base}/healthz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -220,7 +272,13 @@ async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
     let mut pools: Vec<MySqlPool> = Vec::new();
     for shard in ["s1", "s2"] {
         let url = format!("{}/{prefix}_{shard}", args.mysql);
-        pools.push(MySqlPoolOptions::new().max_connections(POOL).connect(&url).await.expect("shard pool"));
+        pools.push(
+            MySqlPoolOptions::new()
+                .max_connections(POOL)
+                .connect(&url)
+                .await
+                .expect("shard pool"),
+        );
     }
 
     let per_env = args.events / 2;
@@ -233,16 +291,29 @@ async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
         let bodies: Vec<Vec<u8>> = a
             .chunks(BATCH)
             .zip(b.chunks(BATCH))
-            .flat_map(|(x, y)| [serde_json::to_vec(x).expect("json"), serde_json::to_vec(y).expect("json")])
+            .flat_map(|(x, y)| {
+                [
+                    serde_json::to_vec(x).expect("json"),
+                    serde_json::to_vec(y).expect("json"),
+                ]
+            })
             .collect();
         let took = post_all(&base, bodies, 2 * POOL as usize).await;
         backend_rates.push((2 * per_env) as f64 / took.as_secs_f64());
 
         // Raw ceiling: the same kind of rows (other environments ids, fresh keys), straight into the shards.
-        let raw = vec![events(env_ids[0] + 1000, per_env, seed + 7), events(env_ids[1] + 1000, per_env, seed + 9)];
+        let raw = vec![
+            events(env_ids[0] + 1000, per_env, seed + 7),
+            events(env_ids[1] + 1000, per_env, seed + 9),
+        ];
         let took = raw_ceiling(&pools, raw).await;
         raw_rates.push((2 * per_env) as f64 / took.as_secs_f64());
-        eprintln!("run {}: backend {:.0} ev/s, raw {:.0} ev/s", run + 1, backend_rates[run], raw_rates[run]);
+        eprintln!(
+            "run {}: backend {:.0} ev/s, raw {:.0} ev/s",
+            run + 1,
+            backend_rates[run],
+            raw_rates[run]
+        );
     }
     let rss = peak_rss_mb(server.0.id());
     let (backend, raw) = (median(backend_rates), median(raw_rates));
@@ -282,7 +353,10 @@ const NAIVE: &str = "CREATE TABLE naive_events (
 async fn table_bytes(pool: &MySqlPool, tables: &[&str]) -> u64 {
     let mut total = 0;
     for table in tables {
-        sqlx::query(&format!("ANALYZE TABLE {table}")).execute(pool).await.expect("analyze");
+        sqlx::query(&format!("ANALYZE TABLE {table}"))
+            .execute(pool)
+            .await
+            .expect("analyze");
         let bytes: u64 = sqlx::query_scalar(
             "SELECT CAST(data_length + index_length AS UNSIGNED) FROM information_schema.tables \
              WHERE table_schema = DATABASE() AND table_name = ?",
@@ -300,14 +374,24 @@ async fn storage(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
     let catalog = format!("{}/{prefix}_catalog", args.mysql);
     let compact_url = format!("{}/{prefix}_compact", args.mysql);
     cli(args, &catalog, &["shard", "add", "compact", &compact_url]);
-    let compact = MySqlPoolOptions::new().max_connections(POOL).connect(&compact_url).await.expect("compact");
-    sqlx::query(&format!("CREATE DATABASE {prefix}_naive")).execute(&compact).await.expect("naive db");
+    let compact = MySqlPoolOptions::new()
+        .max_connections(POOL)
+        .connect(&compact_url)
+        .await
+        .expect("compact");
+    sqlx::query(&format!("CREATE DATABASE {prefix}_naive"))
+        .execute(&compact)
+        .await
+        .expect("naive db");
     let naive = MySqlPoolOptions::new()
         .max_connections(POOL)
         .connect(&format!("{}/{prefix}_naive", args.mysql))
         .await
         .expect("naive");
-    sqlx::query(NAIVE).execute(&naive).await.expect("naive table");
+    sqlx::query(NAIVE)
+        .execute(&naive)
+        .await
+        .expect("naive table");
 
     let rows = events(1, args.storage_events, 42);
     // The compact schema stores names once: fill its lookup table as the backend would.
@@ -319,7 +403,9 @@ async fn storage(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
             .await
             .expect("names");
     }
-    stream::iter(rows.chunks(BATCH)).for_each_concurrent(POOL as usize, |c| raw_insert(&compact, c)).await;
+    stream::iter(rows.chunks(BATCH))
+        .for_each_concurrent(POOL as usize, |c| raw_insert(&compact, c))
+        .await;
     stream::iter(rows.chunks(BATCH))
         .for_each_concurrent(POOL as usize, |chunk| {
             let naive = naive.clone();
@@ -347,7 +433,10 @@ async fn storage(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
     let ours = table_bytes(&compact, &["events", "event_names"]).await as f64 / n;
     let theirs = table_bytes(&naive, &["naive_events"]).await as f64 / n;
     figures.push(Figure {
-        name: format!("storage per event ({} events, data + indexes)", args.storage_events),
+        name: format!(
+            "storage per event ({} events, data + indexes)",
+            args.storage_events
+        ),
         value: ours,
         unit: "bytes",
         reference: format!("naive schema {theirs:.0}"),
@@ -359,12 +448,24 @@ async fn storage(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+            })
+        })
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches("kB").trim().to_string())))
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:")
+                    .map(|v| v.trim().trim_end_matches("kB").trim().to_string())
+            })
+        })
         .and_then(|kb| kb.parse::<f64>().ok())
         .map(|kb| kb / 1024.0 / 1024.0)
         .unwrap_or(0.0);
@@ -372,10 +473,18 @@ fn machine() -> String {
 }
 
 fn table(figures: &[Figure]) -> String {
-    let mut out = String::from("| figure | value | unit | compared with | ratio | target |\n|---|---:|---|---|---:|---|\n");
+    let mut out = String::from(
+        "| figure | value | unit | compared with | ratio | target |\n|---|---:|---|---|---:|---|\n",
+    );
     for f in figures {
-        let ratio = f.ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into());
-        out += &format!("| {} | {:.1} | {} | {} | {} | {} |\n", f.name, f.value, f.unit, f.reference, ratio, f.target);
+        let ratio = f
+            .ratio
+            .map(|r| format!("{r:.2}"))
+            .unwrap_or_else(|| "-".into());
+        out += &format!(
+            "| {} | {:.1} | {} | {} | {} | {} |\n",
+            f.name, f.value, f.unit, f.reference, ratio, f.target
+        );
     }
     out
 }
@@ -389,16 +498,24 @@ async fn main() {
     storage(&args, &prefix, &mut figures).await;
 
     let admin = MySqlPool::connect(&args.mysql).await.expect("server");
-    let dbs: Vec<String> = sqlx::query_scalar("SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE ?")
-        .bind(format!("{prefix}%"))
-        .fetch_all(&admin)
-        .await
-        .unwrap_or_default();
+    let dbs: Vec<String> = sqlx::query_scalar(
+        "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE ?",
+    )
+    .bind(format!("{prefix}%"))
+    .fetch_all(&admin)
+    .await
+    .unwrap_or_default();
     for db in dbs {
-        let _ = sqlx::query(&format!("DROP DATABASE `{db}`")).execute(&admin).await;
+        let _ = sqlx::query(&format!("DROP DATABASE `{db}`"))
+            .execute(&admin)
+            .await;
     }
 
-    let commit = Command::new("git").args(["rev-parse", "--short", "HEAD"]).output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let header = format!(
         "Run {} on {}, commit {commit}, median of {} runs.\nCommand: `{}`\n\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),

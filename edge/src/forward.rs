@@ -310,6 +310,7 @@ mod tests {
             session_id: None,
             properties: Map::new(),
             context: Map::new(),
+            ..Envelope::default()
         }
     }
 

@@ -302,6 +302,7 @@ fn envelope(
         session_id,
         properties,
         context,
+        ..Envelope::default()
     };
     envelope.validate().map_err(|e| vec![e.to_string()])?;
     Ok(envelope)

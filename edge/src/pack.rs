@@ -94,6 +94,7 @@ mod tests {
             session_id: None,
             properties,
             context: Map::new(),
+            ..Envelope::default()
         }
     }
 

@@ -24,8 +24,58 @@ pub const EDGE_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const EDGE_MAX_EVENT_BYTES: usize = 32 * 1024;
 pub const EDGE_MAX_EVENTS: usize = 1000;
 
+/// The kind of message, after Segment's spec; native `/v1/events` events are `track`.
+/// Stored as a tiny integer ([`EventType::code`]).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    #[default]
+    Track,
+    Identify,
+    Page,
+    Screen,
+    Group,
+    Alias,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 6] = [
+        Self::Track,
+        Self::Identify,
+        Self::Page,
+        Self::Screen,
+        Self::Group,
+        Self::Alias,
+    ];
+
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(code as usize).copied()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Track => "track",
+            Self::Identify => "identify",
+            Self::Page => "page",
+            Self::Screen => "screen",
+            Self::Group => "group",
+            Self::Alias => "alias",
+        }
+    }
+
+    fn is_track(&self) -> bool {
+        *self == Self::Track
+    }
+}
+
 /// One accepted event as it travels from edge to backend.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
     /// UUIDv7 assigned at the edge, or the client's own id (the idempotency key).
@@ -47,6 +97,18 @@ pub struct Envelope {
     /// Enrichment: `country`, `colo`, `user_agent`, `library`, ...
     #[serde(default)]
     pub context: Map<String, Value>,
+    /// Message type (Segment-compatible API); absent means `track`.
+    #[serde(default, rename = "type", skip_serializing_if = "EventType::is_track")]
+    pub event_type: EventType,
+    /// Identify and group traits.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub traits: Map<String, Value>,
+    /// The group of a `group` call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// The former id of an `alias` call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_id: Option<String>,
 }
 
 /// Why an envelope is not acceptable.
@@ -130,6 +192,8 @@ impl Envelope {
         check_optional(&self.user_id, "user_id")?;
         check_optional(&self.anonymous_id, "anonymous_id")?;
         check_optional(&self.session_id, "session_id")?;
+        check_optional(&self.group_id, "group_id")?;
+        check_optional(&self.previous_id, "previous_id")?;
         Ok(())
     }
 
@@ -228,6 +292,29 @@ mod tests {
         assert!(!text.contains("anonymous_id"));
         assert_eq!(serde_json::from_str::<Envelope>(&text).unwrap(), env);
         assert!(env.validate().is_ok());
+    }
+
+    #[test]
+    fn segment_fields_round_trip_and_track_is_the_default() {
+        let mut value = serde_json::to_value(sample()).unwrap();
+        assert!(value.get("type").is_none(), "track is not written");
+        value["type"] = json!("group");
+        value["group_id"] = json!("acme");
+        value["traits"] = json!({"plan": "enterprise"});
+        let env: Envelope = serde_json::from_value(value).unwrap();
+        assert_eq!(env.event_type, EventType::Group);
+        assert_eq!(env.event_type.code(), 4);
+        assert_eq!(EventType::from_code(4), Some(EventType::Group));
+        assert_eq!(EventType::from_code(6), None);
+        let text = serde_json::to_string(&env).unwrap();
+        assert!(text.contains("\"type\":\"group\""), "{text}");
+        assert_eq!(serde_json::from_str::<Envelope>(&text).unwrap(), env);
+        let mut bad = env.clone();
+        bad.previous_id = Some("p".repeat(201));
+        assert_eq!(
+            bad.validate(),
+            Err(EnvelopeError::FieldTooLong("previous_id"))
+        );
     }
 
     #[test]

@@ -20,26 +20,49 @@ pub fn mysql_server() -> String {
     if let Ok(url) = std::env::var("SLUICE_TEST_MYSQL_URL") {
         return url.trim_end_matches('/').to_string();
     }
-    let out = Command::new("bash").arg(repo_root().join("scripts/mysql.sh")).output().expect("run scripts/mysql.sh");
-    assert!(out.status.success(), "scripts/mysql.sh: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/mysql.sh"))
+        .output()
+        .expect("run scripts/mysql.sh");
+    assert!(
+        out.status.success(),
+        "scripts/mysql.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string()
 }
 
 /// The backend binary built by `cargo build -p sluice-backend` (the Makefile does).
 pub fn backend_bin() -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| repo_root().join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("target"));
     let bin = target.join("debug/backend");
-    assert!(bin.exists(), "{} is missing: run `cargo build -p sluice-backend` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p sluice-backend` first",
+        bin.display()
+    );
     bin
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A unique database-name prefix for one test.
 pub fn unique_prefix(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!("sluice_e2e_{tag}_{}_{nanos}", std::process::id())
 }
 
@@ -73,7 +96,11 @@ impl Backend {
     /// Run an admin command that must succeed; its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.run(args);
-        assert!(out.status.success(), "backend {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "backend {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).expect("utf8")
     }
 
@@ -88,10 +115,15 @@ impl Backend {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn backend serve");
-        let serving = Serving { child, base: format!("http://127.0.0.1:{port}") };
+        let serving = Serving {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if reqwest::blocking::get(format!("{}/healthz", serving.base)).is_ok_and(|r| r.status().is_success()) {
+            if reqwest::blocking::get(format!("{}/healthz", serving.base))
+                .is_ok_and(|r| r.status().is_success())
+            {
                 return serving;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -126,7 +158,10 @@ impl Serving {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status;
             }
-            assert!(Instant::now() < deadline, "backend did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "backend did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -143,12 +178,24 @@ impl Drop for Serving {
 pub fn sql(server: &str, query: &str) -> String {
     let url = reqwest::Url::parse(server).expect("server url");
     let out = Command::new("mariadb")
-        .args(["-h", url.host_str().unwrap_or("127.0.0.1"), "-P", &url.port().unwrap_or(3306).to_string()])
+        .args([
+            "-h",
+            url.host_str().unwrap_or("127.0.0.1"),
+            "-P",
+            &url.port().unwrap_or(3306).to_string(),
+        ])
         .args(["-u", url.username()])
         .arg(format!("-p{}", url.password().unwrap_or("")))
         .args(["-N", "-B", "-e", query])
         .output()
         .expect("mariadb client");
-    assert!(out.status.success(), "{query}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("utf8").trim().to_string()
+    assert!(
+        out.status.success(),
+        "{query}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("utf8")
+        .trim()
+        .to_string()
 }

@@ -21,23 +21,55 @@ fn operator_flow_from_cli_to_graceful_shutdown() {
     let backend = Backend::new(&format!("{server}/{prefix}_catalog"));
 
     backend.ok(&["migrate"]);
-    assert_eq!(backend.ok(&["shard", "add", "one", &format!("{server}/{prefix}_one")]).trim(), "1");
-    assert_eq!(backend.ok(&["shard", "add", "two", &format!("{server}/{prefix}_two")]).trim(), "2");
-    let web: u32 = backend.ok(&["env", "create", "web", "--shard", "one"]).trim().parse().expect("env id");
+    assert_eq!(
+        backend
+            .ok(&["shard", "add", "one", &format!("{server}/{prefix}_one")])
+            .trim(),
+        "1"
+    );
+    assert_eq!(
+        backend
+            .ok(&["shard", "add", "two", &format!("{server}/{prefix}_two")])
+            .trim(),
+        "2"
+    );
+    let web: u32 = backend
+        .ok(&["env", "create", "web", "--shard", "one"])
+        .trim()
+        .parse()
+        .expect("env id");
     let listing = backend.ok(&["shard", "list"]);
-    assert!(listing.contains("one") && listing.contains("two"), "{listing}");
+    assert!(
+        listing.contains("one") && listing.contains("two"),
+        "{listing}"
+    );
     if server.contains(':') && reqwest::Url::parse(&server).is_ok_and(|u| u.password().is_some()) {
         assert!(listing.contains("***"), "passwords are redacted: {listing}");
     }
 
     // Clear errors for what does not exist or exists already.
     for (args, expected) in [
-        (vec!["env", "create", "web", "--shard", "one"], "already exists"),
-        (vec!["env", "create", "api", "--shard", "nope"], "unknown shard"),
+        (
+            vec!["env", "create", "web", "--shard", "one"],
+            "already exists",
+        ),
+        (
+            vec!["env", "create", "api", "--shard", "nope"],
+            "unknown shard",
+        ),
         (vec!["env", "promote", "web"], "no secondary"),
-        (vec!["env", "migrate", "ghost", "--to", "two"], "unknown environment"),
-        (vec!["shard", "add", "one", "mysql://x@127.0.0.1:1/db"], "already exists"),
-        (vec!["shard", "add", "three", "mysql://x@127.0.0.1:1/db"], "unreachable"),
+        (
+            vec!["env", "migrate", "ghost", "--to", "two"],
+            "unknown environment",
+        ),
+        (
+            vec!["shard", "add", "one", "mysql://x@127.0.0.1:1/db"],
+            "already exists",
+        ),
+        (
+            vec!["shard", "add", "three", "mysql://x@127.0.0.1:1/db"],
+            "unreachable",
+        ),
     ] {
         let out = backend.run(&args);
         assert!(!out.status.success(), "{args:?} should fail");
@@ -46,7 +78,11 @@ fn operator_flow_from_cli_to_graceful_shutdown() {
     }
 
     // Refuses to serve with a short token.
-    let out = backend.command(&["serve"]).env("SLUICE_INGEST_TOKEN", "short").output().expect("run");
+    let out = backend
+        .command(&["serve"])
+        .env("SLUICE_INGEST_TOKEN", "short")
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32 bytes"));
 
@@ -65,7 +101,8 @@ fn operator_flow_from_cli_to_graceful_shutdown() {
 
     // SIGTERM while a batch is in flight: it finishes, counters flush, exit 0.
     let base = serving.base.clone();
-    let body = serde_json::to_vec(&batch(web, 20_000).as_array().expect("array")[5000..]).expect("json");
+    let body =
+        serde_json::to_vec(&batch(web, 20_000).as_array().expect("array")[5000..]).expect("json");
     let in_flight = std::thread::spawn(move || {
         reqwest::blocking::Client::new()
             .post(format!("{base}/v1/ingest"))
@@ -80,21 +117,52 @@ fn operator_flow_from_cli_to_graceful_shutdown() {
     assert!(status.success(), "exit status {status:?}");
     let answered = in_flight.join().expect("thread");
     eprintln!("in-flight request during SIGTERM: {answered:?}");
-    let stored = |db: &str| sql(&server, &format!("SELECT COUNT(*) FROM {prefix}_{db}.events"));
-    let counted = |db: &str| sql(&server, &format!("SELECT COALESCE(SUM(events), 0) FROM {prefix}_{db}.event_counts_minute"));
+    let stored = |db: &str| {
+        sql(
+            &server,
+            &format!("SELECT COUNT(*) FROM {prefix}_{db}.events"),
+        )
+    };
+    let counted = |db: &str| {
+        sql(
+            &server,
+            &format!("SELECT COALESCE(SUM(events), 0) FROM {prefix}_{db}.event_counts_minute"),
+        )
+    };
     match answered {
         Ok(200) => assert_eq!(stored("one"), "20000", "the in-flight batch finished"),
         // The request may have been refused before it was accepted: then none of it is stored.
-        other => assert_eq!(stored("one"), "5000", "in-flight request answered {other:?}: nothing half-written"),
+        other => assert_eq!(
+            stored("one"),
+            "5000",
+            "in-flight request answered {other:?}: nothing half-written"
+        ),
     }
     for db in ["one", "two"] {
-        assert_eq!(stored(db), counted(db), "counters of shard {db} flushed before exit");
+        assert_eq!(
+            stored(db),
+            counted(db),
+            "counters of shard {db} flushed before exit"
+        );
     }
 
     backend.ok(&["env", "promote", "web"]);
-    sql(&server, &format!("DELETE FROM {prefix}_two.event_counts_minute"));
-    let rebuilt = backend.ok(&["counters", "rebuild", "--env", "web", "--since", "2023-01-01T00:00:00Z"]);
-    assert!(rebuilt.contains(&format!("{} events counted", stored("two"))), "{rebuilt}");
+    sql(
+        &server,
+        &format!("DELETE FROM {prefix}_two.event_counts_minute"),
+    );
+    let rebuilt = backend.ok(&[
+        "counters",
+        "rebuild",
+        "--env",
+        "web",
+        "--since",
+        "2023-01-01T00:00:00Z",
+    ]);
+    assert!(
+        rebuilt.contains(&format!("{} events counted", stored("two"))),
+        "{rebuilt}"
+    );
     assert_eq!(counted("two"), stored("two"));
 
     drop_databases(&server, &prefix);
