@@ -43,6 +43,8 @@ pub struct Environment {
 pub struct Snapshot {
     pub shards: HashMap<u32, Shard>,
     pub environments: HashMap<u32, Environment>,
+    /// Each environment's metrics.
+    pub metrics: HashMap<u32, Vec<Metric>>,
 }
 
 impl Snapshot {
@@ -73,9 +75,17 @@ pub async fn list_environments(pool: &MySqlPool) -> Result<Vec<Environment>> {
 async fn load(pool: &MySqlPool) -> Result<Snapshot> {
     let shards = list_shards(pool).await?;
     let environments = list_environments(pool).await?;
+    let mut metrics: HashMap<u32, Vec<Metric>> = HashMap::new();
+    for metric in sqlx::query_as::<_, Metric>(SELECT_METRICS)
+        .fetch_all(pool)
+        .await?
+    {
+        metrics.entry(metric.env_id).or_default().push(metric);
+    }
     Ok(Snapshot {
         shards: shards.into_iter().map(|s| (s.id, s)).collect(),
         environments: environments.into_iter().map(|e| (e.id, e)).collect(),
+        metrics,
     })
 }
 
@@ -359,4 +369,124 @@ pub async fn read_token_env(pool: &MySqlPool, hash: &[u8; 32]) -> Result<Option<
     .bind(&hash[..])
     .fetch_optional(pool)
     .await?)
+}
+
+// ---- metrics ----
+
+/// A named aggregate over one event name: `sum`/`avg` of a numeric
+/// property, or `count`.
+#[derive(Debug, Clone, PartialEq, FromRow)]
+pub struct Metric {
+    pub id: u32,
+    pub env_id: u32,
+    pub name: String,
+    pub event_name: String,
+    pub aggregate: String,
+    pub property: Option<String>,
+}
+
+impl Metric {
+    /// What one event adds to this metric: `Some(value)` when it counts.
+    pub fn contribution(
+        &self,
+        properties: &serde_json::Map<String, serde_json::Value>,
+    ) -> Option<f64> {
+        match self.aggregate.as_str() {
+            "count" => Some(1.0),
+            _ => properties
+                .get(self.property.as_deref()?)?
+                .as_f64()
+                .filter(|v| v.is_finite()),
+        }
+    }
+
+    /// The reported value from (events, total).
+    pub fn value(&self, events: u64, total: f64) -> Option<f64> {
+        match self.aggregate.as_str() {
+            "count" => Some(events as f64),
+            "sum" => Some(total),
+            _ if events == 0 => None,
+            _ => Some(total / events as f64),
+        }
+    }
+}
+
+const SELECT_METRICS: &str =
+    "SELECT id, env_id, name, event_name, aggregate, property FROM metrics ORDER BY id";
+
+pub async fn add_metric(
+    pool: &MySqlPool,
+    env_name: &str,
+    name: &str,
+    event_name: &str,
+    aggregate: &str,
+    property: Option<&str>,
+) -> Result<u32> {
+    check_name("metric name", name)?;
+    let env = environment_by_name(pool, env_name).await?;
+    if !matches!(aggregate, "sum" | "avg" | "count") {
+        return Err(Error::InvalidArgument(
+            "aggregate",
+            format!("{aggregate:?}: use sum, avg or count"),
+        ));
+    }
+    if aggregate != "count" {
+        let ok = property.is_some_and(|p| {
+            !p.is_empty()
+                && p.len() <= 64
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        });
+        if !ok {
+            return Err(Error::InvalidArgument(
+                "property",
+                "a 1-64 character property name of [A-Za-z0-9_-]".into(),
+            ));
+        }
+    }
+    if event_name.is_empty() || event_name.chars().count() > protocol::MAX_NAME_LEN {
+        return Err(Error::InvalidArgument(
+            "event",
+            "an event name of 1-200 characters".into(),
+        ));
+    }
+    let inserted = sqlx::query("INSERT INTO metrics (env_id, name, event_name, aggregate, property) VALUES (?, ?, ?, ?, ?)")
+        .bind(env.id)
+        .bind(name)
+        .bind(event_name)
+        .bind(aggregate)
+        .bind(property.filter(|_| aggregate != "count"))
+        .execute(pool)
+        .await;
+    match inserted {
+        Ok(done) => Ok(done.last_insert_id() as u32),
+        Err(e) if unique_violation(&e) => Err(Error::AlreadyExists("metric", name.into())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn list_metrics(pool: &MySqlPool, env_name: &str) -> Result<Vec<Metric>> {
+    let env = environment_by_name(pool, env_name).await?;
+    Ok(sqlx::query_as(
+        "SELECT id, env_id, name, event_name, aggregate, property FROM metrics WHERE env_id = ? ORDER BY name",
+    )
+    .bind(env.id)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn remove_metric(pool: &MySqlPool, env_name: &str, name: &str) -> Result<()> {
+    let env = environment_by_name(pool, env_name).await?;
+    let done = sqlx::query("DELETE FROM metrics WHERE env_id = ? AND name = ?")
+        .bind(env.id)
+        .bind(name)
+        .execute(pool)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(Error::InvalidArgument(
+            "metric",
+            format!("{name:?} is not a metric of {env_name:?}"),
+        ));
+    }
+    Ok(())
 }

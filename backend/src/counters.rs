@@ -25,11 +25,29 @@ struct Deltas {
     minute: BTreeMap<(u32, i64, u32), u64>,
     second: BTreeMap<(u32, i64, u32), u64>,
     country: BTreeMap<(u32, i64, Vec<u8>), u64>,
+    /// (env, bucket, metric id) → (events, total)
+    metric_minute: BTreeMap<(u32, i64, u32), (u64, f64)>,
+    metric_second: BTreeMap<(u32, i64, u32), (u64, f64)>,
+}
+
+fn add_metric(
+    map: &mut BTreeMap<(u32, i64, u32), (u64, f64)>,
+    key: (u32, i64, u32),
+    events: u64,
+    total: f64,
+) {
+    let entry = map.entry(key).or_default();
+    entry.0 += events;
+    entry.1 += total;
 }
 
 impl Deltas {
     fn is_empty(&self) -> bool {
-        self.minute.is_empty() && self.second.is_empty() && self.country.is_empty()
+        self.minute.is_empty()
+            && self.second.is_empty()
+            && self.country.is_empty()
+            && self.metric_minute.is_empty()
+            && self.metric_second.is_empty()
     }
 
     fn merge(&mut self, other: Deltas) {
@@ -41,6 +59,12 @@ impl Deltas {
         }
         for (k, n) in other.country {
             *self.country.entry(k).or_default() += n;
+        }
+        for (k, (events, total)) in other.metric_minute {
+            add_metric(&mut self.metric_minute, k, events, total);
+        }
+        for (k, (events, total)) in other.metric_second {
+            add_metric(&mut self.metric_second, k, events, total);
         }
     }
 }
@@ -55,7 +79,13 @@ pub struct Counters {
 const UPSERT_MINUTE: &str = "INSERT INTO event_counts_minute (env_id, minute, name_id, events) ";
 const UPSERT_SECOND: &str = "INSERT INTO event_counts_second (env_id, second, name_id, events) ";
 const UPSERT_COUNTRY: &str = "INSERT INTO country_counts_minute (env_id, minute, country, events) ";
+const UPSERT_METRIC_MINUTE: &str =
+    "INSERT INTO metric_values_minute (env_id, minute, metric_id, events, total) ";
+const UPSERT_METRIC_SECOND: &str =
+    "INSERT INTO metric_values_second (env_id, second, metric_id, events, total) ";
 const ON_DUPLICATE: &str = " ON DUPLICATE KEY UPDATE events = events + VALUES(events)";
+const ON_DUPLICATE_METRIC: &str =
+    " ON DUPLICATE KEY UPDATE events = events + VALUES(events), total = total + VALUES(total)";
 
 pub fn datetime(unix_seconds: i64) -> NaiveDateTime {
     DateTime::from_timestamp(unix_seconds, 0)
@@ -99,11 +129,28 @@ impl Counters {
                 .country
                 .entry((env_id, minute, row.country.clone()))
                 .or_default() += 1;
-            if second >= live_since {
+            let live = second >= live_since;
+            if live {
                 *deltas
                     .second
                     .entry((env_id, second, row.name_id))
                     .or_default() += 1;
+            }
+            for &(metric, value) in &row.metrics {
+                add_metric(
+                    &mut deltas.metric_minute,
+                    (env_id, minute, metric),
+                    1,
+                    value,
+                );
+                if live {
+                    add_metric(
+                        &mut deltas.metric_second,
+                        (env_id, second, metric),
+                        1,
+                        value,
+                    );
+                }
             }
         }
     }
@@ -111,7 +158,13 @@ impl Counters {
     pub fn pending_len(&self) -> usize {
         self.lock()
             .values()
-            .map(|d| d.minute.len() + d.second.len() + d.country.len())
+            .map(|d| {
+                d.minute.len()
+                    + d.second.len()
+                    + d.country.len()
+                    + d.metric_minute.len()
+                    + d.metric_second.len()
+            })
             .sum()
     }
 
@@ -145,64 +198,77 @@ impl Counters {
     }
 }
 
-async fn upsert_rows<K, F>(
+async fn upsert_rows<K, V, F>(
     tx: &mut Transaction<'_, MySql>,
     head: &str,
-    rows: &BTreeMap<K, u64>,
+    on_duplicate: &str,
+    rows: &BTreeMap<K, V>,
     bind: F,
 ) -> Result<()>
 where
-    F: Fn(&mut sqlx::query_builder::Separated<'_, '_, MySql, &'static str>, &K, u64),
+    F: Fn(&mut sqlx::query_builder::Separated<'_, '_, MySql, &'static str>, &K, &V),
 {
     let rows: Vec<_> = rows.iter().collect();
     for chunk in rows.chunks(1000) {
         let mut q = QueryBuilder::<MySql>::new(head);
-        q.push_values(chunk, |mut b, (k, &n)| bind(&mut b, k, n));
-        q.push(ON_DUPLICATE);
+        q.push_values(chunk, |mut b, (k, v)| bind(&mut b, k, v));
+        q.push(on_duplicate);
         q.build().execute(&mut **tx).await?;
     }
     Ok(())
 }
 
-async fn upsert(pool: &MySqlPool, deltas: &Deltas) -> Result<()> {
+async fn upsert(pool: &MySqlPool, d: &Deltas) -> Result<()> {
     // One transaction, so a failure restores all of a shard's deltas without
     // double counting; keys are sorted (BTreeMap), so flushers of several
     // backend processes lock rows in the same order and do not deadlock.
     let mut tx = pool.begin().await?;
-    upsert_rows(
-        &mut tx,
-        UPSERT_MINUTE,
-        &deltas.minute,
-        |b, &(env, minute, name), n| {
-            b.push_bind(env)
-                .push_bind(datetime(minute))
-                .push_bind(name)
-                .push_bind(n);
-        },
-    )
-    .await?;
-    upsert_rows(
-        &mut tx,
-        UPSERT_SECOND,
-        &deltas.second,
-        |b, &(env, second, name), n| {
-            b.push_bind(env)
-                .push_bind(datetime(second))
-                .push_bind(name)
-                .push_bind(n);
-        },
-    )
-    .await?;
+    let count = |b: &mut sqlx::query_builder::Separated<'_, '_, MySql, &'static str>,
+                 &(env, t, id): &(u32, i64, u32),
+                 n: &u64| {
+        b.push_bind(env)
+            .push_bind(datetime(t))
+            .push_bind(id)
+            .push_bind(*n);
+    };
+    upsert_rows(&mut tx, UPSERT_MINUTE, ON_DUPLICATE, &d.minute, count).await?;
+    upsert_rows(&mut tx, UPSERT_SECOND, ON_DUPLICATE, &d.second, count).await?;
     upsert_rows(
         &mut tx,
         UPSERT_COUNTRY,
-        &deltas.country,
+        ON_DUPLICATE,
+        &d.country,
         |b, (env, minute, country), n| {
             b.push_bind(*env)
                 .push_bind(datetime(*minute))
                 .push_bind(country.clone())
-                .push_bind(n);
+                .push_bind(*n);
         },
+    )
+    .await?;
+    let metric = |b: &mut sqlx::query_builder::Separated<'_, '_, MySql, &'static str>,
+                  &(env, t, id): &(u32, i64, u32),
+                  &(events, total): &(u64, f64)| {
+        b.push_bind(env)
+            .push_bind(datetime(t))
+            .push_bind(id)
+            .push_bind(events)
+            .push_bind(total);
+    };
+    upsert_rows(
+        &mut tx,
+        UPSERT_METRIC_MINUTE,
+        ON_DUPLICATE_METRIC,
+        &d.metric_minute,
+        metric,
+    )
+    .await?;
+    upsert_rows(
+        &mut tx,
+        UPSERT_METRIC_SECOND,
+        ON_DUPLICATE_METRIC,
+        &d.metric_second,
+        metric,
     )
     .await?;
     tx.commit().await?;
@@ -212,14 +278,16 @@ async fn upsert(pool: &MySqlPool, deltas: &Deltas) -> Result<()> {
 /// Delete per-second counts older than `second_cutoff` and per-minute counts
 /// older than `minute_cutoff`, in small batches so no long lock is held.
 pub async fn prune(pool: &MySqlPool, second_cutoff: i64, minute_cutoff: i64) -> Result<u64> {
-    const STATEMENTS: [&str; 3] = [
+    const STATEMENTS: [&str; 5] = [
         "DELETE FROM event_counts_second WHERE second < ? LIMIT 5000",
+        "DELETE FROM metric_values_second WHERE second < ? LIMIT 5000",
         "DELETE FROM event_counts_minute WHERE minute < ? LIMIT 5000",
         "DELETE FROM country_counts_minute WHERE minute < ? LIMIT 5000",
+        "DELETE FROM metric_values_minute WHERE minute < ? LIMIT 5000",
     ];
     let mut deleted = 0;
     for (i, statement) in STATEMENTS.iter().enumerate() {
-        let cutoff = datetime(if i == 0 { second_cutoff } else { minute_cutoff });
+        let cutoff = datetime(if i < 2 { second_cutoff } else { minute_cutoff });
         loop {
             let n = sqlx::query(statement)
                 .bind(cutoff)

@@ -8,7 +8,12 @@ use futures::future::join_all;
 use protocol::{EnvCounts, EnvFailure, Envelope, IngestResponse};
 use serde_json::json;
 
-use crate::{catalog::Shard, error::Error, shards::WriteOutcome, AppState};
+use crate::{
+    catalog::{Metric, Shard},
+    error::Error,
+    shards::WriteOutcome,
+    AppState,
+};
 
 /// Envelopes grouped by environment id.
 pub fn group(envelopes: &[Envelope]) -> BTreeMap<u32, Vec<&Envelope>> {
@@ -46,6 +51,7 @@ async fn write_one(
     shard: &Shard,
     env_id: u32,
     group: &[&Envelope],
+    metrics: &[Metric],
 ) -> Result<WriteOutcome, Error> {
     if !shard.is_writable() {
         return Err(Error::ShardUnavailable {
@@ -56,7 +62,7 @@ async fn write_one(
     let started = Instant::now();
     let result = tokio::time::timeout(
         state.config.shard_timeout(),
-        state.shards.write(shard, env_id, group),
+        state.shards.write(shard, env_id, group, metrics),
     )
     .await;
     let result = match result {
@@ -100,6 +106,11 @@ pub async fn land(state: &AppState, envelopes: &[Envelope]) -> IngestResponse {
 
     let jobs = groups.iter().map(|(&env_id, group)| {
         let targets = snapshot.targets(env_id).unwrap_or_default();
+        let metrics = snapshot
+            .metrics
+            .get(&env_id)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         async move {
             if targets.is_empty() {
                 return (env_id, Err(Error::UnknownEnvironment(env_id.to_string())));
@@ -107,7 +118,7 @@ pub async fn land(state: &AppState, envelopes: &[Envelope]) -> IngestResponse {
             let results = join_all(
                 targets
                     .iter()
-                    .map(|shard| write_one(state, shard, env_id, group)),
+                    .map(|shard| write_one(state, shard, env_id, group, metrics)),
             )
             .await;
             let mut primary = None;

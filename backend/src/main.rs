@@ -28,6 +28,33 @@ enum Command {
     /// Derived counts.
     #[command(subcommand)]
     Counters(CountersCommand),
+    /// Named aggregates over an event's property (e.g. revenue = sum of amount over purchase).
+    #[command(subcommand)]
+    Metric(MetricCommand),
+}
+
+#[derive(Subcommand)]
+enum MetricCommand {
+    /// Define a metric: exactly one of --sum PROPERTY, --avg PROPERTY, --count.
+    Add {
+        env: String,
+        name: String,
+        #[arg(long)]
+        event: String,
+        #[arg(long, group = "aggregate")]
+        sum: Option<String>,
+        #[arg(long, group = "aggregate")]
+        avg: Option<String>,
+        #[arg(long, group = "aggregate")]
+        count: bool,
+    },
+    List {
+        env: String,
+    },
+    Remove {
+        env: String,
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -242,6 +269,58 @@ async fn run(cli: Cli) -> Result<()> {
                             secondary
                         );
                     }
+                }
+            }
+        }
+        Command::Metric(cmd) => {
+            db::migrate_catalog(&config.database_url).await?;
+            let pool = catalog_pool()?;
+            match cmd {
+                MetricCommand::Add {
+                    env,
+                    name,
+                    event,
+                    sum,
+                    avg,
+                    count,
+                } => {
+                    let (aggregate, property) = match (sum, avg, count) {
+                        (Some(p), None, false) => ("sum", Some(p)),
+                        (None, Some(p), false) => ("avg", Some(p)),
+                        (None, None, true) => ("count", None),
+                        _ => {
+                            return Err(Error::InvalidArgument(
+                                "metric",
+                                "give one of --sum PROPERTY, --avg PROPERTY, --count".into(),
+                            ))
+                        }
+                    };
+                    let id = catalog::add_metric(
+                        &pool,
+                        &env,
+                        &name,
+                        &event,
+                        aggregate,
+                        property.as_deref(),
+                    )
+                    .await?;
+                    println!("{id}");
+                }
+                MetricCommand::List { env } => {
+                    println!("{:<24} {:<8} {:<24} property", "name", "kind", "event");
+                    for m in catalog::list_metrics(&pool, &env).await? {
+                        println!(
+                            "{:<24} {:<8} {:<24} {}",
+                            m.name,
+                            m.aggregate,
+                            m.event_name,
+                            m.property.as_deref().unwrap_or("-")
+                        );
+                    }
+                }
+                MetricCommand::Remove { env, name } => {
+                    catalog::remove_metric(&pool, &env, &name).await?;
+                    println!("removed {name}");
                 }
             }
         }

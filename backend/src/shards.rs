@@ -7,21 +7,27 @@ use std::{
 };
 
 use chrono::{DateTime, NaiveDateTime};
-use protocol::Envelope;
+use protocol::{Envelope, EventType};
 use sqlx::{mysql::MySqlPool, MySql, QueryBuilder, Row as _, Transaction};
 
-use crate::{catalog::Shard, db, error::Result};
+use crate::{
+    catalog::{Metric, Shard},
+    db,
+    error::Result,
+};
 
 /// Event-name ids cached per process; cleared whole when it grows past this
 /// (a client inventing names per event must not grow memory without bound).
 const NAME_CACHE_LIMIT: usize = 200_000;
 
 /// What the counters need of one inserted row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Counted {
     pub name_id: u32,
     pub timestamp: i64,
     pub country: Vec<u8>,
+    /// (metric id, value) for every metric this event contributes to.
+    pub metrics: Vec<(u32, f64)>,
 }
 
 #[derive(Debug, Default)]
@@ -45,10 +51,13 @@ pub fn country_of(envelope: &Envelope) -> Vec<u8> {
     }
 }
 
+/// (shard id, env id, (event type, name)) → the name's id on that shard.
+type NameKey = (u32, u32, (u8, String));
+
 /// Lazily created pools, one per shard, and the event-name id cache.
 pub struct Shards {
     pools: Mutex<HashMap<u32, (String, MySqlPool)>>,
-    names: Mutex<HashMap<(u32, u32, (u8, String)), u32>>,
+    names: Mutex<HashMap<NameKey, u32>>,
     pool_size: u32,
     acquire_timeout: Duration,
     chunk_rows: usize,
@@ -245,6 +254,7 @@ impl Shards {
         shard: &Shard,
         env_id: u32,
         envelopes: &[&Envelope],
+        metrics: &[Metric],
     ) -> Result<WriteOutcome> {
         let pool = self.pool(shard)?;
         let names: BTreeSet<(u8, &str)> = envelopes
@@ -314,6 +324,14 @@ impl Shards {
                 name_id: row.name_id,
                 timestamp: row.envelope.timestamp,
                 country: country_of(row.envelope),
+                metrics: metrics
+                    .iter()
+                    .filter(|m| {
+                        row.envelope.event_type == EventType::Track
+                            && m.event_name == row.envelope.name
+                    })
+                    .filter_map(|m| Some((m.id, m.contribution(&row.envelope.properties)?)))
+                    .collect(),
             })
             .collect();
         let inserted_n = counted.len() as u64;

@@ -162,7 +162,49 @@ pub struct RangeParams {
     pub from: Option<String>,
     pub to: Option<String>,
     pub event: Option<String>,
+    pub metric: Option<String>,
     pub interval: Option<String>,
+}
+
+fn env_metrics(state: &AppState, env_id: u32) -> Vec<catalog::Metric> {
+    state
+        .catalog
+        .snapshot()
+        .metrics
+        .get(&env_id)
+        .cloned()
+        .unwrap_or_default()
+}
+
+const METRIC_TOTALS: &str =
+    "SELECT metric_id, CAST(SUM(events) AS UNSIGNED), SUM(total) FROM metric_values_minute \
+    WHERE env_id = ? AND minute >= ? AND minute < ? GROUP BY metric_id";
+
+/// Each metric's value over a range (every metric listed; `null` for an average of nothing).
+async fn metric_values(
+    pool: &MySqlPool,
+    metrics: &[catalog::Metric],
+    env_id: u32,
+    start: chrono::NaiveDateTime,
+    end: chrono::NaiveDateTime,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut sums: HashMap<u32, (u64, f64)> = HashMap::new();
+    for row in sqlx::query(METRIC_TOTALS)
+        .bind(env_id)
+        .bind(start)
+        .bind(end)
+        .fetch_all(pool)
+        .await?
+    {
+        sums.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
+    }
+    Ok(metrics
+        .iter()
+        .map(|m| {
+            let (events, total) = sums.get(&m.id).copied().unwrap_or_default();
+            (m.name.clone(), json!(m.value(events, total)))
+        })
+        .collect())
 }
 
 /// The requested range in ms, defaulting to the last 24 hours.
@@ -292,6 +334,7 @@ pub async fn summary(
         "by_event": by_event,
         "by_country": by_country,
         "by_type": by_type,
+        "metrics": metric_values(&pool, &env_metrics(&state, env_id), env_id, start, end).await?,
     }))
     .into_response())
 }
@@ -345,6 +388,50 @@ pub async fn series(
     }
     let pool = primary_pool(&state, &auth.env)?;
     let env_id = auth.env.id;
+    if let Some(name) = &params.metric {
+        let metric = env_metrics(&state, env_id)
+            .into_iter()
+            .find(|m| &m.name == name)
+            .ok_or_else(|| {
+                Error::InvalidArgument(
+                    "metric",
+                    format!("{name:?} is not a metric of {}", auth.env.name),
+                )
+            })?;
+        let (table, column) = if step == 1 {
+            ("metric_values_second", "second")
+        } else {
+            ("metric_values_minute", "minute")
+        };
+        let bucket_start = from_s.div_euclid(step) * step;
+        let sql = format!(
+            "SELECT CAST(FLOOR(UNIX_TIMESTAMP({column}) / {step}) * {step} AS SIGNED) AS bucket, \
+             CAST(SUM(events) AS UNSIGNED), SUM(total) FROM {table} \
+             WHERE env_id = ? AND metric_id = ? AND {column} >= ? AND {column} < ? GROUP BY bucket"
+        );
+        let mut sparse: HashMap<i64, (u64, f64)> = HashMap::new();
+        for row in sqlx::query(&sql)
+            .bind(env_id)
+            .bind(metric.id)
+            .bind(datetime(bucket_start))
+            .bind(datetime(to_s))
+            .fetch_all(&pool)
+            .await?
+        {
+            sparse.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
+        }
+        let points: Vec<serde_json::Value> = zero_fill(from_s, to_s, step, &BTreeMap::new())
+            .into_iter()
+            .map(|p| {
+                let (events, total) = sparse.get(&(p.t / 1000)).copied().unwrap_or_default();
+                json!({"t": p.t, "value": metric.value(events, total)})
+            })
+            .collect();
+        return Ok(
+            Json(json!({"interval": interval, "metric": metric.name, "points": points}))
+                .into_response(),
+        );
+    }
     let name_id: Option<u32> = match &params.event {
         Some(name) => {
             let id = sqlx::query_scalar("SELECT id FROM event_names WHERE env_id = ? AND name = ?")
@@ -389,7 +476,13 @@ pub struct Second {
     pub t: i64,
     pub total: u64,
     pub by_event: BTreeMap<String, u64>,
+    /// Each metric's value in this second (absent when no event contributed).
+    pub metrics: BTreeMap<String, f64>,
 }
+
+const LIVE_METRICS: &str =
+    "SELECT CAST(UNIX_TIMESTAMP(second) AS SIGNED), metric_id, events, total \
+    FROM metric_values_second WHERE env_id = ? AND second >= ?";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Update {
@@ -406,6 +499,7 @@ const LIVE_SECONDS: &str =
 async fn read_seconds(
     pool: &MySqlPool,
     env_id: u32,
+    metrics: &[catalog::Metric],
     since: i64,
     until: i64,
 ) -> Result<Vec<Second>> {
@@ -417,6 +511,7 @@ async fn read_seconds(
                     t: t * 1000,
                     total: 0,
                     by_event: BTreeMap::new(),
+                    metrics: BTreeMap::new(),
                 },
             )
         })
@@ -436,6 +531,27 @@ async fn read_seconds(
                 .by_event
                 .entry(String::from_utf8_lossy(&name).into_owned())
                 .or_default() += u64::from(n);
+        }
+    }
+    if !metrics.is_empty() {
+        for row in sqlx::query(LIVE_METRICS)
+            .bind(env_id)
+            .bind(datetime(since))
+            .fetch_all(pool)
+            .await?
+        {
+            let (t, id, events, total): (i64, u32, u32, f64) = (
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+            );
+            let metric = metrics.iter().find(|m| m.id == id);
+            if let (Some(second), Some(metric)) = (by_second.get_mut(&t), metric) {
+                if let Some(value) = metric.value(u64::from(events), total) {
+                    second.metrics.insert(metric.name.clone(), value);
+                }
+            }
         }
     }
     Ok(by_second.into_values().collect())
@@ -486,7 +602,10 @@ async fn poll(state: AppState, env: Environment, sender: broadcast::Sender<Arc<U
         }
         let now = chrono::Utc::now().timestamp();
         let seconds = match primary_pool(&state, &env) {
-            Ok(pool) => read_seconds(&pool, env.id, now - TICK_WINDOW_SECS, now + 1).await,
+            Ok(pool) => {
+                let metrics = env_metrics(&state, env.id);
+                read_seconds(&pool, env.id, &metrics, now - TICK_WINDOW_SECS, now + 1).await
+            }
             Err(e) => Err(e),
         };
         state.metrics.stats_polls.inc();
@@ -543,7 +662,14 @@ pub async fn stream(
     let pool = primary_pool(&state, &auth.env)?;
     let first = Update {
         id: now,
-        seconds: read_seconds(&pool, auth.env.id, since, now + 1).await?,
+        seconds: read_seconds(
+            &pool,
+            auth.env.id,
+            &env_metrics(&state, auth.env.id),
+            since,
+            now + 1,
+        )
+        .await?,
         health: health(&state),
     };
     let receiver = subscribe(&state, &auth.env);

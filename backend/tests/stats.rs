@@ -525,7 +525,8 @@ async fn segment_message_types_are_stored_compactly_and_counted_by_type() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    let stored: Vec<(u8, Option<String>, Option<Vec<u8>>, Option<Vec<u8>>)> = rows
+    type Stored = (u8, Option<String>, Option<Vec<u8>>, Option<Vec<u8>>);
+    let stored: Vec<Stored> = rows
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
         .collect();
@@ -572,6 +573,173 @@ async fn segment_message_types_are_stored_compactly_and_counted_by_type() {
             .map(|t| (t.to_string(), 1))
             .collect();
     assert_eq!(by_type, expected);
+    stop(server, tx).await;
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn metrics_are_maintained_like_counts() {
+    let t = Env::new().await;
+    t.add_shard("a").await;
+    let env = catalog::create_environment(&t.catalog, "shop", "a")
+        .await
+        .unwrap();
+    let token = catalog::create_read_token(&t.catalog, "shop")
+        .await
+        .unwrap();
+    catalog::add_metric(
+        &t.catalog,
+        "shop",
+        "revenue",
+        "purchase",
+        "sum",
+        Some("amount"),
+    )
+    .await
+    .unwrap();
+    catalog::add_metric(&t.catalog, "shop", "orders", "purchase", "count", None)
+        .await
+        .unwrap();
+    catalog::add_metric(
+        &t.catalog,
+        "shop",
+        "basket",
+        "purchase",
+        "avg",
+        Some("amount"),
+    )
+    .await
+    .unwrap();
+    catalog::add_metric(
+        &t.catalog,
+        "shop",
+        "refunds",
+        "refund",
+        "sum",
+        Some("amount"),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        catalog::add_metric(
+            &t.catalog,
+            "shop",
+            "revenue",
+            "purchase",
+            "sum",
+            Some("amount")
+        )
+        .await,
+        Err(backend::Error::AlreadyExists(..))
+    ));
+    assert!(catalog::add_metric(
+        &t.catalog,
+        "shop",
+        "x",
+        "purchase",
+        "median",
+        Some("amount")
+    )
+    .await
+    .is_err());
+    assert!(
+        catalog::add_metric(&t.catalog, "shop", "x", "purchase", "sum", None)
+            .await
+            .is_err()
+    );
+    assert!(catalog::add_metric(
+        &t.catalog,
+        "shop",
+        "x",
+        "purchase",
+        "sum",
+        Some("a'); DROP")
+    )
+    .await
+    .is_err());
+    let (server, tx) = t.start(t.config()).await;
+
+    let ts = now_ms() - 30_000;
+    let mut batch = Vec::new();
+    for i in 0..100u64 {
+        let mut e = event(env, i, "purchase", "DE", ts + i as i64 * 100);
+        e["properties"] = if i % 10 == 9 {
+            json!({"note": "no amount"})
+        } else {
+            json!({"amount": (i as f64) * 1.5})
+        };
+        batch.push(e);
+    }
+    batch.push(event(env, 500, "view", "DE", ts));
+    assert_eq!(ingest(server.addr, &json!(batch)).await.0, 200);
+    assert_eq!(
+        ingest(server.addr, &json!(batch[..50])).await.0,
+        200,
+        "duplicates add nothing"
+    );
+    assert_eq!(server.state.flush_counters().await, 0);
+
+    let expected_sum: f64 = (0..100u64)
+        .filter(|i| i % 10 != 9)
+        .map(|i| i as f64 * 1.5)
+        .sum();
+    let (_, summary) = get(server.addr, "/v1/stats/summary?env=shop", &token).await;
+    let metrics = &summary["metrics"];
+    assert!(
+        (metrics["revenue"].as_f64().unwrap() - expected_sum).abs() < 1e-6,
+        "{summary}"
+    );
+    assert_eq!(metrics["orders"], 100.0);
+    assert!((metrics["basket"].as_f64().unwrap() - expected_sum / 90.0).abs() < 1e-6);
+    assert_eq!(metrics["refunds"], 0.0);
+
+    let from = ts - 60_000;
+    let path = format!(
+        "/v1/stats/series?env=shop&metric=revenue&interval=minute&from={from}&to={}",
+        now_ms() + 60_000
+    );
+    let (status, series) = get(server.addr, &path, &token).await;
+    assert_eq!(status, 200, "{series}");
+    let total: f64 = series["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap())
+        .sum();
+    assert!((total - expected_sum).abs() < 1e-6);
+    let (status, body) = get(server.addr, "/v1/stats/series?env=shop&metric=nope", &token).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_argument"))
+    );
+
+    let path = format!(
+        "/v1/stats/series?env=shop&metric=orders&interval=second&from={}&to={}",
+        ts - 1000,
+        ts + 11_000
+    );
+    let (_, per_second) = get(server.addr, &path, &token).await;
+    let orders: f64 = per_second["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["value"].as_f64().unwrap())
+        .sum();
+    assert_eq!(orders, 100.0);
+
+    catalog::remove_metric(&t.catalog, "shop", "refunds")
+        .await
+        .unwrap();
+    assert!(catalog::remove_metric(&t.catalog, "shop", "refunds")
+        .await
+        .is_err());
+    assert_eq!(
+        catalog::list_metrics(&t.catalog, "shop")
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     stop(server, tx).await;
     t.cleanup().await;
 }
