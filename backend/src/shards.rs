@@ -28,6 +28,9 @@ pub struct Counted {
     pub country: Vec<u8>,
     /// (metric id, value) for every metric this event contributes to.
     pub metrics: Vec<(u32, f64)>,
+    /// Who: `user_id`, else `anonymous_id`.
+    pub user: Option<String>,
+    pub session: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -324,6 +327,12 @@ impl Shards {
                 name_id: row.name_id,
                 timestamp: row.envelope.timestamp,
                 country: country_of(row.envelope),
+                user: row
+                    .envelope
+                    .user_id
+                    .clone()
+                    .or_else(|| row.envelope.anonymous_id.clone()),
+                session: row.envelope.session_id.clone(),
                 metrics: metrics
                     .iter()
                     .filter(|m| {

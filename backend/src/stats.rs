@@ -26,7 +26,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     catalog::{self, Environment},
-    counters::datetime,
+    counters::{self, datetime},
     error::{Error, Result},
     AppState,
 };
@@ -273,6 +273,44 @@ fn named_counts(rows: Vec<sqlx::mysql::MySqlRow>) -> Result<Vec<NamedCount>> {
         .collect()
 }
 
+const SKETCHES: &str =
+    "SELECT sketch FROM unique_sketches WHERE env_id = ? AND period = ? AND kind = ? AND start >= ? AND start < ?";
+
+/// Approximate distinct users and sessions in [from, to): hourly sketches
+/// merged for ranges up to two days, daily ones beyond (the range is widened
+/// to whole hours or days).
+async fn uniques(pool: &MySqlPool, env_id: u32, from: i64, to: i64) -> Result<(u64, u64)> {
+    let (period, length) = if to - from <= 2 * 86_400_000 {
+        (counters::PERIOD_HOUR, 3600)
+    } else {
+        (counters::PERIOD_DAY, 86_400)
+    };
+    let start = datetime(from.div_euclid(1000).div_euclid(length) * length);
+    let end = datetime(to.div_euclid(1000));
+    let mut out = [0u64; 2];
+    for (slot, kind) in [counters::KIND_USERS, counters::KIND_SESSIONS]
+        .into_iter()
+        .enumerate()
+    {
+        let mut merged = counters::Sketch::default();
+        let blobs: Vec<Vec<u8>> = sqlx::query_scalar(SKETCHES)
+            .bind(env_id)
+            .bind(period)
+            .bind(kind)
+            .bind(start)
+            .bind(end)
+            .fetch_all(pool)
+            .await?;
+        for blob in blobs {
+            if let Some(sketch) = counters::decode_sketch(&blob) {
+                merged.merge(&sketch);
+            }
+        }
+        out[slot] = merged.estimate() as u64;
+    }
+    Ok((out[0], out[1]))
+}
+
 /// Minute buckets covering [from, to): from rounded down, to rounded up.
 fn minute_bounds(from: i64, to: i64) -> (chrono::NaiveDateTime, chrono::NaiveDateTime) {
     let start = from.div_euclid(60_000) * 60;
@@ -312,6 +350,7 @@ pub async fn summary(
             .fetch_all(&pool)
             .await?,
     )?;
+    let (users, sessions) = uniques(&pool, env_id, from, to).await?;
     let mut by_type = Vec::new();
     for row in sqlx::query(BY_TYPE)
         .bind(env_id)
@@ -334,6 +373,8 @@ pub async fn summary(
         "by_event": by_event,
         "by_country": by_country,
         "by_type": by_type,
+        "users": users,
+        "sessions": sessions,
         "metrics": metric_values(&pool, &env_metrics(&state, env_id), env_id, start, end).await?,
     }))
     .into_response())

@@ -458,7 +458,12 @@ async fn two_backends_add_to_the_same_counters() {
     let (two, tx_two) = t.start(t.config()).await;
     let ts = now_ms() - 60_000;
     let batch: Vec<Value> = (0..600u64)
-        .map(|i| event(env, i, "order", "DE", ts))
+        .map(|i| {
+            let mut e = event(env, i, "order", "DE", ts);
+            e["user_id"] = json!(format!("user-{}", i % 250));
+            e["session_id"] = json!(format!("session-{}", i % 400));
+            e
+        })
         .collect();
     // Each backend takes half, and both see a share of repeats of the other's.
     let (first, second) = (json!(batch[..350]), json!(batch[250..]));
@@ -469,6 +474,18 @@ async fn two_backends_add_to_the_same_counters() {
     for server in [&one, &two] {
         let (_, summary) = get(server.addr, "/v1/stats/summary?env=shop", &token).await;
         assert_eq!(summary["events"], 600, "{summary}");
+        let (users, sessions) = (
+            summary["users"].as_f64().unwrap(),
+            summary["sessions"].as_f64().unwrap(),
+        );
+        assert!(
+            (users - 250.0).abs() / 250.0 <= 0.02,
+            "users {users}, exactly 250"
+        );
+        assert!(
+            (sessions - 400.0).abs() / 400.0 <= 0.02,
+            "sessions {sessions}, exactly 400"
+        );
     }
     let pool = t.shard_pool("a").await;
     let seconds: i64 = sqlx::query_scalar(
