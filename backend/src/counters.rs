@@ -204,6 +204,7 @@ impl Counters {
                     + d.country.len()
                     + d.metric_minute.len()
                     + d.metric_second.len()
+                    + d.sketches.len()
             })
             .sum()
     }
