@@ -68,7 +68,7 @@ function renderTable(id, rows) {
     const a = document.createElement("td");
     const b = document.createElement("td");
     a.textContent = name;
-    b.textContent = fmt.format(count);
+    b.textContent = typeof count === "number" ? fmt.format(count) : count;
     tr.append(a, b);
     return tr;
   }));
@@ -87,6 +87,11 @@ async function loadSummary() {
   $("range-label").textContent = `events in the last ${$("range").selectedOptions[0].textContent}`;
   renderTable("by-event", summary.by_event);
   renderTable("by-country", summary.by_country);
+  $("users").textContent = fmt.format(summary.users);
+  const metrics = Object.entries(summary.metrics || {});
+  renderTable("metrics", metrics.length
+    ? metrics.map(([name, value]) => ({ name, count: value === null ? "–" : value }))
+    : [{ name: "none defined", count: "" }]);
   $("series-title").textContent = `Events per ${interval}`;
   seriesChart.setData([series.points.map((p) => p.t / 1000), series.points.map((p) => p.value)]);
 }

@@ -20,6 +20,7 @@ before(async () => {
   await backend.setup();
   envId = await backend.createEnv("shop", "a");
   readToken = (await backend.cli("env", "token", "shop")).trim();
+  await backend.cli("metric", "add", "shop", "revenue", "--event", "checkout", "--sum", "amount");
   await backend.start();
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM_PATH || "/usr/bin/chromium",
@@ -48,7 +49,9 @@ let n = 0;
 const events = (count, name, country) =>
   Array.from({ length: count }, () => {
     const now = Date.now();
-    return { id: `dash-${n++}`, env_id: envId, name, timestamp: now, received_at: now, properties: {}, context: { country } };
+    const i = n++;
+    return { id: `dash-${i}`, env_id: envId, name, timestamp: now, received_at: now, user_id: `user-${i % 3}`,
+             properties: { amount: 20 }, context: { country } };
   });
 
 const number = async (page, testid) => Number((await page.getByTestId(testid).textContent()).replace(/[^0-9.]/g, ""));
@@ -78,6 +81,9 @@ test("posted events appear on the page within 2 seconds, live and in the range n
 
   const rows = await page.getByTestId("by-event").locator("tbody tr").allTextContents();
   assert.deepEqual(rows, ["checkout30"]);
+  assert.equal(await number(page, "users"), 3, "three distinct users");
+  const metrics = await page.getByTestId("metrics").locator("tbody tr").allTextContents();
+  assert.deepEqual(metrics, ["revenue600"], "revenue = 30 checkouts × 20");
   const countries = await page.getByTestId("by-country").locator("tbody tr").allTextContents();
   assert.deepEqual(countries, ["DE30"]);
   // The live chart drew the second that holds the events.
