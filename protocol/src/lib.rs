@@ -19,6 +19,10 @@ pub const MAX_FIELD_LEN: usize = 200;
 /// Latest representable timestamp: 9999-12-31T23:59:59.999Z (the end of `DATETIME`).
 pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
 
+/// Largest `properties` + `context` + `traits`, serialized, of one envelope
+/// (the edge admits 32 KiB per event; enrichment adds a little).
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+
 /// Edge limits: request body after decompression, one event, events per request.
 pub const EDGE_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const EDGE_MAX_EVENT_BYTES: usize = 32 * 1024;
@@ -121,6 +125,7 @@ pub enum EnvelopeError {
     FieldTooLong(&'static str),
     TimestampOutOfRange(&'static str),
     ControlCharacter(&'static str),
+    PayloadTooLarge(usize),
 }
 
 impl std::fmt::Display for EnvelopeError {
@@ -140,6 +145,9 @@ impl std::fmt::Display for EnvelopeError {
                 )
             }
             Self::ControlCharacter(field) => write!(f, "{field} contains a control character"),
+            Self::PayloadTooLarge(n) => {
+                write!(f, "properties, context and traits take {n} bytes; at most {MAX_PAYLOAD_BYTES} are accepted")
+            }
         }
     }
 }
@@ -194,7 +202,32 @@ impl Envelope {
         check_optional(&self.session_id, "session_id")?;
         check_optional(&self.group_id, "group_id")?;
         check_optional(&self.previous_id, "previous_id")?;
+        let payload = self.payload_bytes();
+        if payload > MAX_PAYLOAD_BYTES {
+            return Err(EnvelopeError::PayloadTooLarge(payload));
+        }
         Ok(())
+    }
+
+    /// Serialized size of `properties`, `context` and `traits`, counted
+    /// without building the text.
+    pub fn payload_bytes(&self) -> usize {
+        struct Count(usize);
+        impl std::io::Write for Count {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut count = Count(0);
+        for map in [&self.properties, &self.context, &self.traits] {
+            // Writing into a counter cannot fail.
+            let _ = serde_json::to_writer(&mut count, map);
+        }
+        count.0
     }
 
     /// The 16-byte storage key of this envelope's id; see [`event_key`].
@@ -351,6 +384,14 @@ mod tests {
         e.timestamp = 0;
         e.session_id = Some("s".repeat(201));
         assert_eq!(e.validate(), Err(EnvelopeError::FieldTooLong("session_id")));
+        e.session_id = None;
+        e.properties
+            .insert("blob".into(), json!("x".repeat(MAX_PAYLOAD_BYTES)));
+        assert!(
+            matches!(e.validate(), Err(EnvelopeError::PayloadTooLarge(n)) if n > MAX_PAYLOAD_BYTES)
+        );
+        e.properties.insert("blob".into(), json!("x".repeat(1000)));
+        assert!(e.validate().is_ok());
     }
 
     #[test]

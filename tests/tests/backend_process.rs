@@ -87,20 +87,35 @@ fn operator_flow_from_cli_to_graceful_shutdown() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least 32 bytes"));
 
     // Metrics and read tokens from the CLI.
-    backend.ok(&["metric", "add", "web", "revenue", "--event", "purchase", "--sum", "amount"]);
-    backend.ok(&["metric", "add", "web", "orders", "--event", "purchase", "--count"]);
-    let out = backend.run(&["metric", "add", "web", "bad", "--event", "purchase", "--sum", "a", "--count"]);
+    backend.ok(&[
+        "metric", "add", "web", "revenue", "--event", "purchase", "--sum", "amount",
+    ]);
+    backend.ok(&[
+        "metric", "add", "web", "orders", "--event", "purchase", "--count",
+    ]);
+    let out = backend.run(&[
+        "metric", "add", "web", "bad", "--event", "purchase", "--sum", "a", "--count",
+    ]);
     assert!(!out.status.success(), "two aggregates at once are refused");
     let metrics = backend.ok(&["metric", "list", "web"]);
-    assert!(metrics.contains("revenue") && metrics.contains("amount") && metrics.contains("orders"), "{metrics}");
+    assert!(
+        metrics.contains("revenue") && metrics.contains("amount") && metrics.contains("orders"),
+        "{metrics}"
+    );
     backend.ok(&["metric", "remove", "web", "orders"]);
     assert!(!backend.ok(&["metric", "list", "web"]).contains("orders"));
     let token = backend.ok(&["env", "token", "web"]);
     assert!(token.starts_with("srt_"), "{token}");
     let tokens = backend.ok(&["env", "tokens", "web"]);
-    assert!(tokens.contains(&token[..12]) && !tokens.contains(&token[12..]), "only the prefix is listed: {tokens}");
+    assert!(
+        tokens.contains(&token[..12]) && !tokens.contains(&token[12..]),
+        "only the prefix is listed: {tokens}"
+    );
     backend.ok(&["env", "token-revoke", "web", &token[..12]]);
-    assert!(!backend.run(&["env", "token-revoke", "web", &token[..12]]).status.success());
+    assert!(!backend
+        .run(&["env", "token-revoke", "web", &token[..12]])
+        .status
+        .success());
 
     backend.ok(&["env", "migrate", "web", "--to", "two"]);
     assert!(backend.ok(&["env", "list"]).contains("two"));
