@@ -23,6 +23,10 @@ export SLUICE_TEST_MYSQL_URL
 echo "test-edge: building the worker"
 scripts/build-edge.sh
 
+# tests/edge/segment.test.mjs drives @segment/analytics-next in Chromium.
+CHROMIUM_PATH=${CHROMIUM_PATH:-$(scripts/browser.sh)}
+export CHROMIUM_PATH
+
 echo "test-edge: end-to-end tests"
 # Each file bounds its own waits; this bounds the whole run, and the harness
 # kills the backend and workerd it started when it is stopped.

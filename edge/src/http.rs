@@ -2,12 +2,17 @@
 
 use crate::config::AllowedOrigins;
 use crate::error::EdgeError;
+use crate::segment;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
     Events,
     Health,
     Preflight,
+    /// A Segment-compatible endpoint (`/v1/track`, `/v1/t`, `/v1/batch`, ...).
+    Segment(segment::Endpoint),
+    /// `GET /v1/projects/{writeKey}/settings`, for the browser SDK.
+    SegmentSettings(String),
 }
 
 const EVENTS_ALLOW: &str = "POST, OPTIONS";
@@ -29,7 +34,27 @@ pub fn route(method: &str, path: &str) -> Result<Route, EdgeError> {
         ("/healthz", _) => Err(EdgeError::MethodNotAllowed {
             allow: HEALTH_ALLOW,
         }),
-        _ => Err(EdgeError::NotFound),
+        (p, m) => {
+            if let Some(endpoint) = segment::endpoint(p) {
+                return match m {
+                    "POST" => Ok(Route::Segment(endpoint)),
+                    "OPTIONS" => Ok(Route::Preflight),
+                    _ => Err(EdgeError::MethodNotAllowed {
+                        allow: EVENTS_ALLOW,
+                    }),
+                };
+            }
+            if let Some(key) = segment::settings_key(p) {
+                return match m {
+                    "GET" | "HEAD" => Ok(Route::SegmentSettings(key.to_owned())),
+                    "OPTIONS" => Ok(Route::Preflight),
+                    _ => Err(EdgeError::MethodNotAllowed {
+                        allow: HEALTH_ALLOW,
+                    }),
+                };
+            }
+            Err(EdgeError::NotFound)
+        }
     }
 }
 
@@ -52,7 +77,7 @@ pub fn cors_headers(
             ("Access-Control-Allow-Methods", EVENTS_ALLOW.to_owned()),
             (
                 "Access-Control-Allow-Headers",
-                "Authorization, Content-Type, Content-Encoding, Prefer".to_owned(),
+                "Authorization, Content-Type, Content-Encoding, Prefer, X-Retry-Count".to_owned(),
             ),
             ("Access-Control-Max-Age", "86400".to_owned()),
         ]);
@@ -105,6 +130,31 @@ mod tests {
         );
         assert_eq!(route("GET", "/"), Err(EdgeError::NotFound));
         assert_eq!(route("POST", "/v1/eventsx"), Err(EdgeError::NotFound));
+        assert_eq!(
+            route("POST", "/v1/t"),
+            Ok(Route::Segment(segment::Endpoint::Single(
+                protocol::EventType::Track
+            )))
+        );
+        assert_eq!(
+            route("POST", "/v1/batch/"),
+            Ok(Route::Segment(segment::Endpoint::Batch))
+        );
+        assert_eq!(route("OPTIONS", "/v1/b"), Ok(Route::Preflight));
+        assert_eq!(
+            route("GET", "/v1/batch"),
+            Err(EdgeError::MethodNotAllowed {
+                allow: "POST, OPTIONS"
+            })
+        );
+        assert_eq!(
+            route("GET", "/v1/projects/sk_1/settings"),
+            Ok(Route::SegmentSettings("sk_1".into()))
+        );
+        assert_eq!(
+            route("POST", "/v1/projects/sk_1/settings"),
+            Err(EdgeError::MethodNotAllowed { allow: "GET, HEAD" })
+        );
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub struct Meta {
     pub country: Option<String>,
     pub colo: Option<String>,
     pub user_agent: Option<String>,
+    /// The client's address (`CF-Connecting-IP`); used by the Segment API only.
+    pub ip: Option<String>,
 }
 
 /// The events of one request and the client's send time, if it gave one.
@@ -359,6 +361,7 @@ mod tests {
             country: Some("DE".into()),
             colo: Some("FRA".into()),
             user_agent: Some("test-agent/1".into()),
+            ip: None,
         }
     }
 

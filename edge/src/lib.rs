@@ -11,6 +11,7 @@ pub mod http;
 pub mod ingest;
 pub mod log;
 pub mod pack;
+pub mod segment;
 
 #[cfg(target_arch = "wasm32")]
 mod bindings;
@@ -32,7 +33,7 @@ mod entry {
     use crate::error::EdgeError;
     use crate::forward::{self, Decision, Outcome};
     use crate::http::{self, Route};
-    use crate::{deadletter, ingest, pack};
+    use crate::{deadletter, ingest, pack, segment};
 
     #[event(start)]
     fn start() {
@@ -45,8 +46,11 @@ mod entry {
         let origin = req.headers().get("Origin").ok().flatten();
         let route = http::route(req.method().as_ref(), &req.path());
         let preflight = route == Ok(Route::Preflight);
+        let is_segment = matches!(route, Ok(Route::Segment(_) | Route::SegmentSettings(_)));
         let result = match route {
             Ok(Route::Events) => events(req, &env, &ctx, &config).await,
+            Ok(Route::Segment(endpoint)) => segment_api(req, endpoint, &env, &config).await,
+            Ok(Route::SegmentSettings(key)) => segment_settings(&req, &key, &env, &config).await,
             Ok(Route::Health) => Ok((200, Some(json!({"status": "ok"})))),
             Ok(Route::Preflight) => Ok((204, None)),
             Err(e) => Err(e),
@@ -62,7 +66,12 @@ mod entry {
                     );
                 }
                 headers.extend(e.headers());
-                (e.status(), serde_json::to_value(e.body()).ok())
+                let status = if is_segment {
+                    segment::status(&e)
+                } else {
+                    e.status()
+                };
+                (status, serde_json::to_value(e.body()).ok())
             }
         };
         let mut builder = Response::builder().with_status(status);
@@ -105,6 +114,7 @@ mod entry {
             country: rt::cf_field(&req, "country"),
             colo: rt::cf_field(&req, "colo"),
             user_agent: header("User-Agent").map(|ua| ua.chars().take(512).collect()),
+            ip: None,
         };
         let encoding = header("Content-Encoding");
         let raw = req.bytes().await.map_err(internal)?;
@@ -126,6 +136,84 @@ mod entry {
             });
         }
         Ok((202, Some(json!({"accepted": accepted}))))
+    }
+
+    /// The Segment-compatible endpoints (see `segment.rs`): 200 once the valid
+    /// messages are queued (the SDKs retry 5xx, and messageIds make a retry land once).
+    async fn segment_api(
+        mut req: Request,
+        endpoint: segment::Endpoint,
+        env: &Env,
+        config: &Config,
+    ) -> std::result::Result<(u16, Option<Value>), EdgeError> {
+        let internal = |e: worker::Error| EdgeError::Internal(e.to_string());
+        let header = |name: &str| req.headers().get(name).ok().flatten();
+        segment::check_content_length(header("Content-Length").as_deref())?;
+        let authorization = header("Authorization");
+        let encoding = header("Content-Encoding");
+        let received_at = rt::now_ms();
+        let ua = header("User-Agent").map(|ua| ua.chars().take(512).collect());
+        let ip = header("CF-Connecting-IP");
+        let raw = req.bytes().await.map_err(internal)?;
+        let body = ingest::decode_body(raw, encoding.as_deref(), segment::MAX_REQUEST_BYTES)?;
+        let request = segment::parse(&body, endpoint)?;
+        let key = segment::write_key(authorization.as_deref(), request.write_key.as_deref())?;
+        let Lookup::Active { env_id, .. } = rt::authenticate(env, &key, config).await? else {
+            return Err(EdgeError::InvalidKey);
+        };
+        let meta = ingest::Meta {
+            env_id,
+            received_at,
+            country: rt::cf_field(&req, "country"),
+            colo: rt::cf_field(&req, "colo"),
+            user_agent: ua,
+            ip,
+        };
+        let outcome = match segment::build(request, &meta, rt::random10) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                rt::info(
+                    "segment_messages_rejected",
+                    json!({"env_id": env_id, "accepted": 0, "error": e.code()}),
+                );
+                return Err(e);
+            }
+        };
+        if outcome.rejected_count > 0 {
+            rt::info(
+                "segment_messages_rejected",
+                json!({"env_id": env_id, "accepted": outcome.envelopes.len(), "rejected": outcome.rejected_count,
+                       "first": outcome.rejected.first().map(|d| d.reason.clone())}),
+            );
+        }
+        let messages =
+            pack::messages(&outcome.envelopes).map_err(|e| EdgeError::Internal(e.to_string()))?;
+        let queue = env.queue(config::EVENTS_QUEUE).map_err(internal)?;
+        if rt::enqueue(&queue, pack::batches(messages), env_id).await > 0 {
+            return Err(EdgeError::QueueUnavailable);
+        }
+        Ok((200, Some(outcome.body())))
+    }
+
+    /// `GET /v1/projects/{writeKey}/settings`: the browser SDK's settings,
+    /// sending back to this edge; 404 for an unknown or revoked key.
+    async fn segment_settings(
+        req: &Request,
+        key: &str,
+        env: &Env,
+        config: &Config,
+    ) -> std::result::Result<(u16, Option<Value>), EdgeError> {
+        let url = req.url().map_err(|e| EdgeError::Internal(e.to_string()))?;
+        let key = segment::write_key(None, Some(key)).map_err(|_| EdgeError::NotFound)?;
+        let Lookup::Active { .. } = rt::authenticate(env, &key, config).await? else {
+            return Err(EdgeError::NotFound);
+        };
+        let host = match url.port() {
+            Some(port) => format!("{}:{port}", url.host_str().unwrap_or("")),
+            None => url.host_str().unwrap_or("").to_owned(),
+        };
+        let protocol = url.scheme().trim_end_matches(':').to_owned();
+        Ok((200, Some(segment::settings(&key, &protocol, &host))))
     }
 
     /// The queue entry point, written out by hand rather than with
