@@ -21,6 +21,15 @@ fn main() {
         println!("cargo:rerun-if-changed={path}");
     }
 
+    // A container build bundles the assets in a node stage and points here.
+    println!("cargo:rerun-if-env-changed=SLUICE_DASHBOARD_DIST");
+    if let Ok(dist) = std::env::var("SLUICE_DASHBOARD_DIST") {
+        for file in ["dashboard.js", "dashboard.css"] {
+            fs::copy(PathBuf::from(&dist).join(file), out.join(file)).expect("prebuilt dashboard asset");
+        }
+        return;
+    }
+
     let own_css =
         fs::read_to_string(manifest.join("dashboard/app.css")).expect("dashboard/app.css");
     let bundled = esbuild.exists()
