@@ -25,7 +25,8 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SLUICE_DASHBOARD_DIST");
     if let Ok(dist) = std::env::var("SLUICE_DASHBOARD_DIST") {
         for file in ["dashboard.js", "dashboard.css"] {
-            fs::copy(PathBuf::from(&dist).join(file), out.join(file)).expect("prebuilt dashboard asset");
+            fs::copy(PathBuf::from(&dist).join(file), out.join(file))
+                .expect("prebuilt dashboard asset");
         }
         return;
     }

@@ -11,9 +11,11 @@
 use std::{collections::BTreeMap, sync::Mutex};
 
 use chrono::{DateTime, NaiveDateTime};
-use sqlx::{mysql::MySqlPool, MySql, QueryBuilder, Transaction};
+use futures::TryStreamExt;
+use sqlx::{mysql::MySqlPool, MySql, QueryBuilder, Row, Transaction};
 
 use crate::{
+    catalog::Metric,
     catalog::Snapshot,
     error::Result,
     shards::{Counted, Shards},
@@ -381,6 +383,7 @@ pub async fn rebuild(
     env_id: u32,
     since_ms: i64,
     second_retention_secs: i64,
+    metrics: &[Metric],
 ) -> Result<u64> {
     let since = datetime(since_ms.div_euclid(60_000) * 60);
     let live_since = datetime((now_secs() - second_retention_secs).max(since_ms.div_euclid(1000)));
@@ -409,9 +412,81 @@ pub async fn rebuild(
     .bind(since)
     .fetch_one(&mut *tx)
     .await?;
+
+    // Metric values and sketches need each row's properties and ids: read
+    // the rows once and rebuild them in memory (sketches from the start of
+    // `since`'s day, so whole hour and day buckets are replaced).
+    let day_start = since_ms.div_euclid(1000).div_euclid(86_400) * 86_400;
+    let live_from = now_secs() - second_retention_secs;
+    let mut d = Deltas::default();
+    let mut rows = sqlx::query(REBUILD_ROWS)
+        .bind(env_id)
+        .bind(datetime(day_start))
+        .fetch(pool);
+    while let Some(row) = rows.try_next().await? {
+        let ts: i64 = row.try_get(0)?;
+        let name: Vec<u8> = row.try_get(1)?;
+        let event_type: u8 = row.try_get(2)?;
+        let (second, minute) = (ts.div_euclid(1000), ts.div_euclid(60_000) * 60);
+        let who: [(u8, Option<Vec<u8>>); 2] = [
+            (KIND_USERS, row.try_get(4)?),
+            (KIND_SESSIONS, row.try_get(5)?),
+        ];
+        for (kind, id) in who {
+            let Some(id) = id else { continue };
+            let id = String::from_utf8_lossy(&id);
+            for (period, length) in [(PERIOD_HOUR, 3600), (PERIOD_DAY, 86_400)] {
+                d.sketches
+                    .entry((env_id, period, kind, second.div_euclid(length) * length))
+                    .or_default()
+                    .insert(&id);
+            }
+        }
+        let name = String::from_utf8_lossy(&name);
+        if ts < since_ms || event_type != 0 || !metrics.iter().any(|m| m.event_name == name) {
+            continue;
+        }
+        let properties: Vec<u8> = row.try_get(3)?;
+        let properties: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&properties).unwrap_or_default();
+        for metric in metrics.iter().filter(|m| m.event_name == name) {
+            if let Some(value) = metric.contribution(&properties) {
+                add_metric(&mut d.metric_minute, (env_id, minute, metric.id), 1, value);
+                if second >= live_from {
+                    add_metric(&mut d.metric_second, (env_id, second, metric.id), 1, value);
+                }
+            }
+        }
+    }
+    drop(rows);
+    for (sql, from) in [
+        (
+            "DELETE FROM metric_values_minute WHERE env_id = ? AND minute >= ?",
+            since,
+        ),
+        (
+            "DELETE FROM metric_values_second WHERE env_id = ? AND second >= ?",
+            since,
+        ),
+        (
+            "DELETE FROM unique_sketches WHERE env_id = ? AND start >= ?",
+            datetime(day_start),
+        ),
+    ] {
+        sqlx::query(sql)
+            .bind(env_id)
+            .bind(from)
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
+    upsert(pool, &d).await?;
     Ok(total)
 }
+
+const REBUILD_ROWS: &str = "SELECT CAST(UNIX_TIMESTAMP(e.ts) * 1000 AS SIGNED), n.name, e.event_type, e.properties, \
+    COALESCE(e.user_id, e.anonymous_id), e.session_id FROM events e JOIN event_names n ON n.id = e.name_id \
+    WHERE e.env_id = ? AND e.ts >= ?";
 
 #[cfg(test)]
 mod tests {

@@ -328,6 +328,7 @@ async fn run(cli: Cli) -> Result<()> {
             let since_ms = parse_time(&since)?;
             let pool = catalog_pool()?;
             let environment = catalog::environment_by_name(&pool, &env).await?;
+            let metrics = catalog::list_metrics(&pool, &env).await?;
             let shards = catalog::list_shards(&pool).await?;
             let targets =
                 std::iter::once(environment.primary_shard_id).chain(environment.secondary_shard_id);
@@ -335,12 +336,14 @@ async fn run(cli: Cli) -> Result<()> {
                 let Some(shard) = shards.iter().find(|s| s.id == shard_id) else {
                     continue;
                 };
-                let shard_pool = db::lazy_pool(&shard.url, 1, std::time::Duration::from_secs(10))?;
+                // Two connections: the rebuild transaction, and the row scan beside it.
+                let shard_pool = db::lazy_pool(&shard.url, 2, std::time::Duration::from_secs(10))?;
                 let counted = counters::rebuild(
                     &shard_pool,
                     environment.id,
                     since_ms,
                     config.second_retention_secs(),
+                    &metrics,
                 )
                 .await?;
                 println!(

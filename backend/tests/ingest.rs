@@ -540,7 +540,7 @@ async fn gzip_bodies_and_a_ten_thousand_event_batch_land() {
         .execute(&pool)
         .await
         .unwrap();
-    let rebuilt = counters::rebuild(&pool, env, 1_700_000_000_000, 7200)
+    let rebuilt = counters::rebuild(&pool, env, 1_700_000_000_000, 7200, &[])
         .await
         .unwrap();
     assert_eq!(rebuilt, 10_000);

@@ -685,6 +685,7 @@ async fn metrics_are_maintained_like_counts() {
         } else {
             json!({"amount": (i as f64) * 1.5})
         };
+        e["user_id"] = json!(format!("u{}", i % 7));
         batch.push(e);
     }
     batch.push(event(env, 500, "view", "DE", ts));
@@ -709,6 +710,35 @@ async fn metrics_are_maintained_like_counts() {
     assert_eq!(metrics["orders"], 100.0);
     assert!((metrics["basket"].as_f64().unwrap() - expected_sum / 90.0).abs() < 1e-6);
     assert_eq!(metrics["refunds"], 0.0);
+    assert_eq!(summary["users"], 7);
+
+    // Wipe the derived metric values and sketches; a rebuild restores them.
+    let pool = t.shard_pool("a").await;
+    for table in [
+        "metric_values_minute",
+        "metric_values_second",
+        "unique_sketches",
+    ] {
+        sqlx::query(&format!("DELETE FROM {table}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let (_, wiped) = get(server.addr, "/v1/stats/summary?env=shop", &token).await;
+    assert_eq!(
+        (wiped["metrics"]["orders"].as_f64(), wiped["users"].as_u64()),
+        (Some(0.0), Some(0))
+    );
+    let defined = catalog::list_metrics(&t.catalog, "shop").await.unwrap();
+    backend::counters::rebuild(&pool, env, ts - 60_000, 7200, &defined)
+        .await
+        .unwrap();
+    let (_, rebuilt) = get(server.addr, "/v1/stats/summary?env=shop", &token).await;
+    assert_eq!(
+        rebuilt["metrics"], summary["metrics"],
+        "rebuilt metric values"
+    );
+    assert_eq!(rebuilt["users"], 7, "rebuilt sketches");
 
     let from = ts - 60_000;
     let path = format!(
