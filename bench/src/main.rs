@@ -17,6 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod edge;
+
 use futures::{stream, StreamExt};
 use protocol::Envelope;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
@@ -217,7 +219,84 @@ async fn raw_ceiling(pools: &[MySqlPool], per_shard: Vec<Vec<Envelope>>) -> Dura
     started.elapsed()
 }
 
-async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
+/// `backend serve` on a free port, once healthy: the process and its port.
+async fn start_backend(args: &Args, catalog: &str) -> (Server, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let child = Command::new(&args.backend)
+        .arg("serve")
+        .env("SLUICE_DATABASE_URL", catalog)
+        .env("SLUICE_INGEST_TOKEN", TOKEN)
+        .env("SLUICE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("SLUICE_SHARD_POOL_SIZE", POOL.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn backend");
+    let server = Server(child);
+    for _ in 0..200 {
+        if reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (server, port)
+}
+
+/// p50/p99 of the stats API over the events the throughput runs stored
+/// (counters maintained by the backend as it ingested).
+async fn stats_latency(
+    args: &Args,
+    catalog: &str,
+    base: &str,
+    events: usize,
+    figures: &mut Vec<Figure>,
+) {
+    let token = cli(args, catalog, &["env", "token", "env_s1"]);
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the last counter flush
+    let client = reqwest::Client::new();
+    for (what, path) in [
+        ("24-hour summary", "/v1/stats/summary?env=env_s1"),
+        (
+            "24-hour minute series",
+            "/v1/stats/series?env=env_s1&interval=minute",
+        ),
+    ] {
+        let mut ms = Vec::new();
+        for _ in 0..200 {
+            let started = Instant::now();
+            let response = client
+                .get(format!("{base}{path}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .expect("stats");
+            assert_eq!(response.status(), 200);
+            let _ = response.bytes().await;
+            ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        ms.sort_by(|a, b| a.total_cmp(b));
+        let (p50, p99) = (ms[ms.len() / 2], ms[(ms.len() * 99) / 100]);
+        figures.push(Figure {
+            name: format!("stats {what} p99 ({events} events in the environment; p50 {p50:.1} ms)"),
+            value: p99,
+            unit: "ms",
+            reference: "target 50".into(),
+            ratio: Some(p99 / 50.0),
+            target: "p99 < 50 ms".into(),
+        });
+    }
+}
+
+/// Figures 1 and 6; returns the environment ids it created (one per shard).
+async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) -> Vec<u32> {
     let catalog = format!("{}/{prefix}_catalog", args.mysql);
     cli(args, &catalog, &["migrate"]);
     let mut env_ids = Vec::new();
@@ -242,33 +321,8 @@ async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
             .expect("id"),
         );
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let child = Command::new(&args.backend)
-        .arg("serve")
-        .env("SLUICE_DATABASE_URL", &catalog)
-        .env("SLUICE_INGEST_TOKEN", TOKEN)
-        .env("SLUICE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("SLUICE_SHARD_POOL_SIZE", POOL.to_string())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn backend");
-    let server = Server(child);
+    let (server, port) = start_backend(args, &catalog).await;
     let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..200 {
-        if reqwest::get(format!("{base}/healthz"))
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let mut pools: Vec<MySqlPool> = Vec::new();
     for shard in ["s1", "s2"] {
         let url = format!("{}/{prefix}_{shard}", args.mysql);
@@ -316,6 +370,7 @@ async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
         );
     }
     let rss = peak_rss_mb(server.0.id());
+    stats_latency(args, &catalog, &base, args.runs * per_env, figures).await;
     let (backend, raw) = (median(backend_rates), median(raw_rates));
     figures.push(Figure {
         name: "backend write throughput (2 shards, batches of 500)".into(),
@@ -341,6 +396,7 @@ async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
         ratio: Some(rss / 200.0),
         target: "< 200 MB".into(),
     });
+    env_ids
 }
 
 const NAIVE: &str = "CREATE TABLE naive_events (
@@ -494,8 +550,13 @@ async fn main() {
     let args = args();
     let prefix = format!("sluice_bench_{}", std::process::id());
     let mut figures = Vec::new();
-    throughput(&args, &prefix, &mut figures).await;
+    let env_ids = throughput(&args, &prefix, &mut figures).await;
     storage(&args, &prefix, &mut figures).await;
+    {
+        let (_backend, port) =
+            start_backend(&args, &format!("{}/{prefix}_catalog", args.mysql)).await;
+        edge::figures(port, env_ids[0], args.runs, &mut figures).await;
+    }
 
     let admin = MySqlPool::connect(&args.mysql).await.expect("server");
     let dbs: Vec<String> = sqlx::query_scalar(
@@ -528,7 +589,12 @@ async fn main() {
     if let Some(path) = &args.write_md {
         let intro = "# Benchmarks\n\nProduced by `make bench` (`scripts/bench.sh` → `sluice-bench`, bench/src/main.rs). \
             Loopback only, private MariaDB 10.11 started by scripts/mysql.sh (innodb_flush_log_at_trx_commit=2, 512M buffer pool), \
-            release builds. Edge figures (answer latency, freshness, cold start) are not measured yet.\n\n## Latest run\n\n";
-        std::fs::write(path, format!("{intro}{report}")).expect("write markdown");
+            release builds. Not measured yet: freshness (202 → row visible), event → SSE latency, 200 SSE viewers.\n\n## Latest run\n\n";
+        // Hand-written notes below the table survive a new run.
+        let notes = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|old| old.find("\n## Notes").map(|i| old[i..].to_string()))
+            .unwrap_or_default();
+        std::fs::write(path, format!("{intro}{report}{notes}")).expect("write markdown");
     }
 }
