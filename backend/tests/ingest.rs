@@ -79,11 +79,7 @@ async fn routes_environments_to_their_shards_with_all_fields() {
 
 #[tokio::test]
 async fn repeats_are_ignored_and_counted_as_duplicates() {
-    let t = Env::new().await;
-    t.add_shard("a").await;
-    let env = catalog::create_environment(&t.catalog, "web", "a")
-        .await
-        .unwrap();
+    let (t, env) = Env::with_environment("web").await;
     let (server, tx) = t.start(t.config()).await;
     let key = env.to_string();
 
@@ -293,11 +289,7 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn bad_input_gets_the_documented_status_and_lands_nothing() {
-    let t = Env::new().await;
-    t.add_shard("a").await;
-    let env = catalog::create_environment(&t.catalog, "web", "a")
-        .await
-        .unwrap();
+    let (t, env) = Env::with_environment("web").await;
     let mut config = t.config();
     config.max_body_bytes = 64 * 1024;
     config.max_batch_events = 50;
@@ -497,11 +489,7 @@ async fn bad_input_gets_the_documented_status_and_lands_nothing() {
 
 #[tokio::test]
 async fn gzip_bodies_and_a_ten_thousand_event_batch_land() {
-    let t = Env::new().await;
-    t.add_shard("a").await;
-    let env = catalog::create_environment(&t.catalog, "web", "a")
-        .await
-        .unwrap();
+    let (t, env) = Env::with_environment("web").await;
     let (server, tx) = t.start(t.config()).await;
     let names = ["view", "click", "purchase", "signup", "search"];
     let batch: Vec<Value> = (0..10_000u64)

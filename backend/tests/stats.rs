@@ -129,14 +129,7 @@ async fn exact_by_name(pool: &MySqlPool, env: u32) -> Vec<(String, u64)> {
 
 #[tokio::test]
 async fn summary_and_series_match_the_events_table_after_a_load_with_duplicates() {
-    let t = Env::new().await;
-    t.add_shard("a").await;
-    let env = catalog::create_environment(&t.catalog, "shop", "a")
-        .await
-        .unwrap();
-    let token = catalog::create_read_token(&t.catalog, "shop")
-        .await
-        .unwrap();
+    let (t, env, token) = Env::with_reader("shop").await;
     let (server, tx) = t.start(t.config()).await;
     let addr = server.addr;
 
@@ -360,14 +353,7 @@ fn total_of(update: &Value) -> u64 {
 
 #[tokio::test]
 async fn the_live_stream_shows_new_events_within_two_seconds_and_fans_out() {
-    let t = Env::new().await;
-    t.add_shard("a").await;
-    let env = catalog::create_environment(&t.catalog, "shop", "a")
-        .await
-        .unwrap();
-    let token = catalog::create_read_token(&t.catalog, "shop")
-        .await
-        .unwrap();
+    let (t, env, token) = Env::with_reader("shop").await;
     let (server, tx) = t.start(t.config()).await;
     let addr = server.addr;
 
@@ -446,14 +432,7 @@ async fn the_live_stream_shows_new_events_within_two_seconds_and_fans_out() {
 
 #[tokio::test]
 async fn two_backends_add_to_the_same_counters() {
-    let t = Env::new().await;
-    t.add_shard("a").await;
-    let env = catalog::create_environment(&t.catalog, "shop", "a")
-        .await
-        .unwrap();
-    let token = catalog::create_read_token(&t.catalog, "shop")
-        .await
-        .unwrap();
+    let (t, env, token) = Env::with_reader("shop").await;
     let (one, tx_one) = t.start(t.config()).await;
     let (two, tx_two) = t.start(t.config()).await;
     let ts = now_ms() - 60_000;
@@ -503,14 +482,7 @@ async fn two_backends_add_to_the_same_counters() {
 
 #[tokio::test]
 async fn segment_message_types_are_stored_compactly_and_counted_by_type() {
-    let t = Env::new().await;
-    t.add_shard("a").await;
-    let env = catalog::create_environment(&t.catalog, "shop", "a")
-        .await
-        .unwrap();
-    let token = catalog::create_read_token(&t.catalog, "shop")
-        .await
-        .unwrap();
+    let (t, env, token) = Env::with_reader("shop").await;
     let (server, tx) = t.start(t.config()).await;
     let ts = now_ms() - 120_000;
     let mut page_track = event(env, 1, "page", "DE", ts);
@@ -596,14 +568,7 @@ async fn segment_message_types_are_stored_compactly_and_counted_by_type() {
 
 #[tokio::test]
 async fn metrics_are_maintained_like_counts() {
-    let t = Env::new().await;
-    t.add_shard("a").await;
-    let env = catalog::create_environment(&t.catalog, "shop", "a")
-        .await
-        .unwrap();
-    let token = catalog::create_read_token(&t.catalog, "shop")
-        .await
-        .unwrap();
+    let (t, env, token) = Env::with_reader("shop").await;
     catalog::add_metric(
         &t.catalog,
         "shop",

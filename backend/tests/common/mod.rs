@@ -69,6 +69,25 @@ impl Env {
         }
     }
 
+    /// A fresh catalog with shard "a" and one environment on it.
+    pub async fn with_environment(name: &str) -> (Self, u32) {
+        let t = Self::new().await;
+        t.add_shard("a").await;
+        let env = catalog::create_environment(&t.catalog, name, "a")
+            .await
+            .expect("environment");
+        (t, env)
+    }
+
+    /// Like `with_environment`, plus a read token for it.
+    pub async fn with_reader(name: &str) -> (Self, u32, String) {
+        let (t, env) = Self::with_environment(name).await;
+        let token = catalog::create_read_token(&t.catalog, name)
+            .await
+            .expect("read token");
+        (t, env, token)
+    }
+
     pub fn shard_url(&self, name: &str) -> String {
         format!("{}/{}_{name}", self.server, self.prefix)
     }
