@@ -110,7 +110,22 @@ fn events(n: usize) -> Vec<u8> {
     serde_json::to_vec(&list).expect("json")
 }
 
-pub async fn figures(backend_port: u16, env_id: u32, runs: usize, figures: &mut Vec<Figure>) {
+pub struct Target<'a> {
+    pub backend_port: u16,
+    pub backend_pid: u32,
+    pub env_id: u32,
+    pub env_name: &'a str,
+    pub read_token: &'a str,
+}
+
+pub async fn figures(target: Target<'_>, runs: usize, figures: &mut Vec<Figure>) {
+    let Target {
+        backend_port,
+        backend_pid,
+        env_id,
+        env_name,
+        read_token,
+    } = target;
     // Size of what `wrangler deploy` uploads.
     let wasm =
         std::fs::read("build/index_bg.wasm").expect("build/index_bg.wasm (scripts/build-edge.sh)");
@@ -264,4 +279,205 @@ pub async fn figures(backend_port: u16, env_id: u32, runs: usize, figures: &mut 
             });
         }
     }
+    live(
+        &edge,
+        &key,
+        &format!("http://127.0.0.1:{backend_port}"),
+        backend_pid,
+        env_name,
+        read_token,
+        figures,
+    )
+    .await;
+}
+
+/// Event → dashboard: probe events sent through the edge once a second under
+/// a steady 2,000 events/s load; the time from each probe's 202 to the first
+/// SSE update on the backend that counts it. Then 200 viewers of one
+/// environment: database reads per second, backend CPU and memory.
+pub async fn live(
+    edge: &str,
+    key: &str,
+    backend: &str,
+    backend_pid: u32,
+    env_name: &str,
+    read_token: &str,
+    figures: &mut Vec<Figure>,
+) {
+    use std::{collections::HashMap, sync::Arc};
+    use tokio::sync::Mutex;
+
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let stream_url = format!("{backend}/v1/stats/stream?env={env_name}");
+    let mut response = reqwest::Client::new()
+        .get(&stream_url)
+        .bearer_auth(read_token)
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(response.status(), 200);
+    let reader = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut buffer = String::new();
+            while let Ok(Some(chunk)) = response.chunk().await {
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = buffer.find("\n\n") {
+                    let frame: String = buffer.drain(..end + 2).collect();
+                    let Some(data) = frame.lines().find_map(|l| l.strip_prefix("data:")) else {
+                        continue;
+                    };
+                    let Ok(update) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
+                        continue;
+                    };
+                    let now = Instant::now();
+                    let mut seen = seen.lock().await;
+                    for second in update["seconds"].as_array().into_iter().flatten() {
+                        for name in second["by_event"]
+                            .as_object()
+                            .into_iter()
+                            .flatten()
+                            .map(|(k, _)| k)
+                        {
+                            if name.starts_with("probe-") {
+                                seen.entry(name.clone()).or_insert(now);
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    };
+
+    let client = reqwest::Client::new();
+    let url = format!("{edge}/v1/events");
+    let load_body = events(20);
+    let load = {
+        let (client, url, key) = (client.clone(), url.clone(), key.to_string());
+        tokio::spawn(async move {
+            // 100 requests of 20 events per second = 2,000 events/s, for 30 s.
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for _ in 0..3000 {
+                tick.tick().await;
+                let (client, url, key, body) =
+                    (client.clone(), url.clone(), key.clone(), load_body.clone());
+                tokio::spawn(async move {
+                    let _ = client
+                        .post(url)
+                        .bearer_auth(key)
+                        .header("content-type", "application/json")
+                        .body(body)
+                        .send()
+                        .await;
+                });
+            }
+        })
+    };
+    let mut sent = Vec::new();
+    for k in 0..30 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let name = format!("probe-{k}");
+        let body = serde_json::to_vec(&json!({"event": name})).expect("json");
+        let response = client
+            .post(&url)
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await;
+        if response.is_ok_and(|r| r.status() == 202) {
+            sent.push((name, Instant::now()));
+        }
+    }
+    let _ = load.await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    reader.abort();
+    let seen = seen.lock().await;
+    let mut ms: Vec<f64> = sent
+        .iter()
+        .filter_map(|(name, at)| {
+            seen.get(name)
+                .map(|t| t.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    let missing = sent.len() - ms.len();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    if !ms.is_empty() {
+        let p50 = percentile(&ms, 0.5);
+        let p99 = percentile(&ms, 0.99);
+        figures.push(Figure {
+            name: format!(
+                "edge 202 → SSE update p99 at 2,000 ev/s ({} probes, p50 {p50:.0} ms, {missing} not seen within 8 s)",
+                ms.len()
+            ),
+            value: p99,
+            unit: "ms",
+            reference: "target 2000".into(),
+            ratio: Some(p99 / 2000.0),
+            target: "p99 ≤ 2 s".into(),
+        });
+    }
+
+    // 200 viewers on one environment.
+    let polls = || async {
+        let text = reqwest::get(format!("{backend}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix("sluice_stats_stream_polls_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu_ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{backend_pid}/stat")).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        fields
+            .get(11)
+            .and_then(|u| u.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            + fields
+                .get(12)
+                .and_then(|s| s.parse::<f64>().ok())
+                .unwrap_or(0.0)
+    };
+    let mut viewers = Vec::new();
+    for _ in 0..200 {
+        let response = client
+            .get(&stream_url)
+            .bearer_auth(read_token)
+            .send()
+            .await
+            .expect("viewer");
+        viewers.push(response);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (polls_before, ticks_before, started) = (polls().await, cpu_ticks(), Instant::now());
+    let readers: Vec<_> = viewers
+        .into_iter()
+        .map(|mut r| tokio::spawn(async move { while let Ok(Some(_)) = r.chunk().await {} }))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let secs = started.elapsed().as_secs_f64();
+    let reads_per_sec = (polls().await - polls_before) / secs;
+    let cpu = (cpu_ticks() - ticks_before) / 100.0 / secs * 100.0;
+    for r in readers {
+        r.abort();
+    }
+    let rss = crate::peak_rss_mb(backend_pid);
+    figures.push(Figure {
+        name: format!("200 SSE viewers of one environment: database reads/s (backend CPU {cpu:.0}% of a core, peak RSS {rss:.0} MB)"),
+        value: reads_per_sec,
+        unit: "reads/s",
+        reference: "one per environment".into(),
+        ratio: Some(reads_per_sec),
+        target: "1 read/s".into(),
+    });
 }

@@ -295,6 +295,46 @@ async fn stats_latency(
     }
 }
 
+/// Distinct users from the sketches against an exact COUNT(DISTINCT).
+async fn sketch_error(
+    args: &Args,
+    catalog: &str,
+    base: &str,
+    shard: &MySqlPool,
+    env_id: u32,
+    figures: &mut Vec<Figure>,
+) {
+    let token = cli(args, catalog, &["env", "token", "env_s1"]);
+    let summary: serde_json::Value = reqwest::Client::new()
+        .get(format!("{base}/v1/stats/summary?env=env_s1"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("summary")
+        .json()
+        .await
+        .expect("json");
+    let (events, exact): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COUNT(DISTINCT COALESCE(user_id, anonymous_id)) FROM events WHERE env_id = ?",
+    )
+    .bind(env_id)
+    .fetch_one(shard)
+    .await
+    .expect("exact");
+    let estimate = summary["users"].as_f64().unwrap_or(f64::NAN);
+    let error = (estimate - exact as f64).abs() / exact as f64 * 100.0;
+    figures.push(Figure {
+        name: format!(
+            "unique users: sketch {estimate:.0} vs COUNT(DISTINCT) {exact} over {events} events"
+        ),
+        value: error,
+        unit: "% error",
+        reference: "target 2".into(),
+        ratio: Some(error / 2.0),
+        target: "≤ 2%".into(),
+    });
+}
+
 /// Figures 1 and 6; returns the environment ids it created (one per shard).
 async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) -> Vec<u32> {
     let catalog = format!("{}/{prefix}_catalog", args.mysql);
@@ -371,6 +411,7 @@ async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) -> Vec
     }
     let rss = peak_rss_mb(server.0.id());
     stats_latency(args, &catalog, &base, args.runs * per_env, figures).await;
+    sketch_error(args, &catalog, &base, &pools[0], env_ids[0], figures).await;
     let (backend, raw) = (median(backend_rates), median(raw_rates));
     figures.push(Figure {
         name: "backend write throughput (2 shards, batches of 500)".into(),
@@ -555,7 +596,16 @@ async fn main() {
     {
         let (_backend, port) =
             start_backend(&args, &format!("{}/{prefix}_catalog", args.mysql)).await;
-        edge::figures(port, env_ids[0], args.runs, &mut figures).await;
+        let catalog = format!("{}/{prefix}_catalog", args.mysql);
+        let read_token = cli(&args, &catalog, &["env", "token", "env_s1"]);
+        let target = edge::Target {
+            backend_port: port,
+            backend_pid: _backend.0.id(),
+            env_id: env_ids[0],
+            env_name: "env_s1",
+            read_token: &read_token,
+        };
+        edge::figures(target, args.runs, &mut figures).await;
     }
 
     let admin = MySqlPool::connect(&args.mysql).await.expect("server");
