@@ -50,7 +50,7 @@ wait_for() {
 }
 
 log "starting the backend on 127.0.0.1:$backend_port (log: .dev/backend.log)"
-SLUICE_LISTEN_ADDR=127.0.0.1:$backend_port SLUICE_LOG_FORMAT=text SLUICE_COUNTER_FLUSH_MS=500 \
+SLUICE_LISTEN_ADDR=127.0.0.1:$backend_port SLUICE_LOG_FORMAT=text \
   $backend serve > .dev/backend.log 2>&1 &
 pids+=($!); echo $! > .dev/backend.pid
 wait_for "http://127.0.0.1:$backend_port/healthz" backend .dev/backend.log

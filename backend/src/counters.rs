@@ -3,9 +3,10 @@
 //! live window, kept `SLUICE_SECOND_COUNTS_RETENTION_HOURS`), and per country
 //! per minute. All by event time.
 //!
-//! Writers add in-memory deltas; a background task flushes them every
-//! second, per shard in one transaction of multi-row upserts. A crash between
-//! an insert and the next flush loses at most that second's deltas;
+//! Also metric values and user/session sketches. Writers add in-memory
+//! deltas; a background task flushes them every `SLUICE_COUNTER_FLUSH_MS`
+//! (500 ms), per shard in one transaction of multi-row upserts. A crash
+//! between an insert and the next flush loses at most those deltas;
 //! `backend counters rebuild` recomputes them from the events table.
 
 use std::{collections::BTreeMap, sync::Mutex};

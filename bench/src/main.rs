@@ -232,6 +232,7 @@ async fn start_backend(args: &Args, catalog: &str) -> (Server, u16) {
         .env("SLUICE_INGEST_TOKEN", TOKEN)
         .env("SLUICE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("SLUICE_SHARD_POOL_SIZE", POOL.to_string())
+        .env("SLUICE_COUNTER_FLUSH_MS", "500")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -410,7 +411,17 @@ async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) -> Vec
         );
     }
     let rss = peak_rss_mb(server.0.id());
-    stats_latency(args, &catalog, &base, args.runs * per_env, figures).await;
+    // Stats figures are taken over `--storage-events` events in one environment: top it up.
+    let mut stored = args.runs * per_env;
+    let mut seed = 9000;
+    while stored < args.storage_events {
+        let n = (args.storage_events - stored).min(50_000);
+        let bodies = events(env_ids[0], n, seed).chunks(BATCH).map(|c| serde_json::to_vec(c).expect("json")).collect();
+        post_all(&base, bodies, 2 * POOL as usize).await;
+        stored += n;
+        seed += 1;
+    }
+    stats_latency(args, &catalog, &base, stored, figures).await;
     sketch_error(args, &catalog, &base, &pools[0], env_ids[0], figures).await;
     let (backend, raw) = (median(backend_rates), median(raw_rates));
     figures.push(Figure {
