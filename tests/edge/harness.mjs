@@ -156,6 +156,16 @@ export class Backend {
     );
   }
 
+  /** SIGKILL: no draining, no counter flush. */
+  async kill() {
+    const proc = this.proc;
+    if (!proc) return;
+    const exited = new Promise((resolve) => proc.once("exit", resolve));
+    proc.kill("SIGKILL");
+    await exited;
+    this.proc = null;
+  }
+
   async stop() {
     const proc = this.proc;
     if (!proc) return;
