@@ -16,14 +16,15 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo_ apt-get install -y -qq "$@" >&2
 }
 
-if [[ -n "${SLUICE_DATABASE_URL:-}" ]]; then
+if [[ -n "${SLUICE_DATABASE_URL:-}" && -z "${SLUICE_MYSQL_DIR:-}" ]]; then
   command -v mariadb >/dev/null || command -v mysql >/dev/null || apt_install mariadb-client
   # Strip the database path: callers create their own databases.
   sed -E 's#^([a-z]+://[^/]*).*#\1#' <<<"$SLUICE_DATABASE_URL"
   exit 0
 fi
 
-dir=$root/.dev/mariadb
+# SLUICE_MYSQL_DIR: another private instance (the fault tests run a second one).
+dir=${SLUICE_MYSQL_DIR:-$root/.dev/mariadb}
 data=$dir/data
 sock=$dir/mysqld.sock
 url() { echo "mysql://sluice:sluice@127.0.0.1:$(cat "$dir/port")"; }
@@ -52,7 +53,14 @@ if [[ ! -d $data/mysql ]]; then
     --skip-test-db "${user_args[@]}" >"$dir/install.log" 2>&1 || { cat "$dir/install.log" >&2; exit 1; }
 fi
 
-port=$(node -e 'const s=require("net").createServer(); s.listen(0,"127.0.0.1",()=>{console.log(s.address().port); s.close()})')
+# The same port as last time when it is free (URLs in a catalog keep working
+# across restarts), else any free one.
+port=$(node -e '
+  const net = require("net"), want = Number(process.argv[1]) || 0;
+  const listen = (p, fallback) => { const s = net.createServer();
+    s.once("error", () => fallback ? listen(0, false) : process.exit(1));
+    s.listen(p, "127.0.0.1", () => { console.log(s.address().port); s.close(); }); };
+  listen(want, want !== 0);' "$(cat "$dir/port" 2>/dev/null || echo 0)")
 echo "$port" >"$dir/port"
 log "starting private MariaDB on 127.0.0.1:$port"
 # innodb_flush_log_at_trx_commit=2: see README (every event is retried from

@@ -59,12 +59,22 @@ async fn write_one(
             message: format!("status is {}", shard.status),
         });
     }
+    if state.shards.recently_down(shard.id) {
+        state.metrics.shard_errors.with_label_values(&[&shard.name]).inc();
+        return Err(Error::ShardUnavailable {
+            shard: shard.name.clone(),
+            message: "unreachable moments ago; retry shortly".into(),
+        });
+    }
     let started = Instant::now();
     let result = tokio::time::timeout(
         state.config.shard_timeout(),
         state.shards.write(shard, env_id, group, metrics),
     )
     .await;
+    if let Ok(written) = &result {
+        state.shards.note_result(shard.id, written);
+    }
     let result = match result {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(e)) => Err(Error::ShardUnavailable {

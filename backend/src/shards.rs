@@ -64,7 +64,16 @@ pub struct Shards {
     pool_size: u32,
     acquire_timeout: Duration,
     chunk_rows: usize,
+    /// Shards that just failed to connect: until when writes fail fast
+    /// instead of each waiting out the connect timeout (which would hold up
+    /// every batch that also carries healthy environments).
+    down_until: Mutex<HashMap<u32, std::time::Instant>>,
 }
+
+/// How long a shard that failed to connect is skipped before the next try.
+pub const SHARD_BACKOFF: Duration = Duration::from_secs(2);
+/// Connecting (or waiting for a free connection) gives up after this.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
 struct Row<'a> {
     key: [u8; 16],
@@ -97,7 +106,8 @@ impl Shards {
             pools: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             pool_size,
-            acquire_timeout,
+            acquire_timeout: acquire_timeout.min(ACQUIRE_TIMEOUT),
+            down_until: Mutex::new(HashMap::new()),
             chunk_rows: chunk_rows.max(1),
         }
     }
@@ -113,6 +123,28 @@ impl Shards {
         let pool = db::lazy_pool(&shard.url, self.pool_size, self.acquire_timeout)?;
         pools.insert(shard.id, (shard.url.clone(), pool.clone()));
         Ok(pool)
+    }
+
+    /// Whether the shard failed to connect within the last [`SHARD_BACKOFF`].
+    pub fn recently_down(&self, shard_id: u32) -> bool {
+        let down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        down.get(&shard_id).is_some_and(|until| *until > std::time::Instant::now())
+    }
+
+    /// Record a write's outcome: connection-level failures open the backoff window.
+    pub fn note_result<T>(&self, shard_id: u32, result: &std::result::Result<T, crate::error::Error>) {
+        let mut down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(_) => {
+                down.remove(&shard_id);
+            }
+            Err(crate::error::Error::Database(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_),
+            )) => {
+                down.insert(shard_id, std::time::Instant::now() + SHARD_BACKOFF);
+            }
+            Err(_) => {}
+        }
     }
 
     /// Close every pool (graceful shutdown).

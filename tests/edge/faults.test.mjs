@@ -5,7 +5,13 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
-import { Backend, startWorker, seedKey, newKey, post, sql, eventually, deadLetters } from "./harness.mjs";
+import { execFile } from "node:child_process";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { promisify } from "node:util";
+import { Backend, startWorker, seedKey, newKey, post, sql, eventually, deadLetters, root } from "./harness.mjs";
+
+const run = promisify(execFile);
 
 const EVENTS = Number(process.env.SLUICE_FAULT_EVENTS || 20_000);
 const PER_REQUEST = 100;
@@ -30,7 +36,7 @@ after(async () => {
 });
 
 /** Posts EVENTS events named `name` (8 requests in flight); `during(done)` runs alongside. Returns accepted ids. */
-async function load(name, during) {
+async function load(name, during, apiKey = key) {
   const requests = EVENTS / PER_REQUEST;
   let next = 0;
   let done = 0;
@@ -39,7 +45,7 @@ async function load(name, during) {
     while (next < requests) {
       const r = next++;
       const body = Array.from({ length: PER_REQUEST }, (_, i) => ({ event: name, id: `${name}-${r * PER_REQUEST + i}`, properties: { r, i } }));
-      const res = await post(mf, "/v1/events?wait=1", { key, body });
+      const res = await post(mf, "/v1/events?wait=1", { key: apiKey, body });
       if (res.status === 202) for (const e of body) accepted.add(e.id);
       done++;
     }
@@ -48,20 +54,21 @@ async function load(name, during) {
   return accepted;
 }
 
-async function verify(scenario, name, accepted) {
+async function verify(scenario, name, accepted, shardDb = backend.shards.a, server) {
   await eventually(
     async () => {
-      const [[n]] = await sql(`SELECT COUNT(*) FROM events e JOIN event_names n ON n.id = e.name_id WHERE n.name = '${name}'`, backend.shards.a);
+      const [[n]] = await sql(`SELECT COUNT(*) FROM events e JOIN event_names n ON n.id = e.name_id WHERE n.name = '${name}'`, shardDb, server);
       return Number(n) >= accepted.size;
     },
-    { ms: 120_000, every: 500, what: `${scenario}: all accepted events landed` },
+    { ms: 120_000, every: 500, what: `${scenario}: all accepted events landed (dead letters: ${(await deadLetters(mf)).length})` },
   );
   await sleep(2_000); // anything still in flight
   const [[rows, distinct]] = await sql(
     `SELECT COUNT(*), COUNT(DISTINCT e.client_id) FROM events e JOIN event_names n ON n.id = e.name_id WHERE n.name = '${name}'`,
-    backend.shards.a,
+    shardDb,
+    server,
   );
-  const ids = new Set((await sql(`SELECT e.client_id FROM events e JOIN event_names n ON n.id = e.name_id WHERE n.name = '${name}'`, backend.shards.a)).map(([id]) => id));
+  const ids = new Set((await sql(`SELECT e.client_id FROM events e JOIN event_names n ON n.id = e.name_id WHERE n.name = '${name}'`, shardDb, server)).map(([id]) => id));
   const lost = [...accepted].filter((id) => !ids.has(id)).length;
   const result = { scenario, accepted: accepted.size, rows: Number(rows), lost, duplicated: Number(rows) - Number(distinct) };
   results.push(result);
@@ -120,4 +127,52 @@ test("poison messages mixed into a healthy stream", async () => {
   });
   await verify("10 poison messages in the stream", "poisoned", accepted);
   await eventually(async () => (await deadLetters(mf)).length - before >= 10, { ms: 60_000, what: "10 dead letters" });
+});
+
+test("one shard's server down for 20 s: other environments keep landing, the affected one catches up", async () => {
+  const dir = path.join(root, ".dev/mariadb-faults");
+  const startSecond = async () =>
+    (await run("bash", [path.join(root, "scripts/mysql.sh")], { env: { ...process.env, SLUICE_MYSQL_DIR: dir } })).stdout.trim();
+  const second = await startSecond();
+  const farDb = `${backend.prefix}_far`;
+  try {
+    await backend.cli("shard", "add", "far", `${second}/${farDb}`);
+    const farEnv = await backend.createEnv("far", "far");
+    const farKey = newKey();
+    await seedKey(mf, farKey, { env_id: farEnv, name: "far", status: "active" });
+    const pid = Number(readFileSync(path.join(dir, "pid"), "utf8"));
+    let nearDuringOutage = 0;
+    const nearCount = async () => Number((await sql(`SELECT COUNT(*) FROM events e JOIN event_names n ON n.id = e.name_id WHERE n.name = 'near-during'`, backend.shards.a))[0][0]);
+    const [near, far] = await Promise.all([
+      load("near", async () => {}),
+      load(
+        "far",
+        async (progress) => {
+          await when(progress, 0.2);
+          process.kill(pid, "SIGTERM");
+          await eventually(() => { try { process.kill(pid, 0); return false; } catch { return true; } }, { ms: 30_000, what: "the shard's server to stop" });
+          const outageStarted = Date.now();
+          // Events for the healthy shard, sent and landed while the other is down.
+          for (let r = 0; r < 10; r++) {
+            const body = Array.from({ length: PER_REQUEST }, (_, i) => ({ event: "near-during", id: `near-during-${r * PER_REQUEST + i}` }));
+            assert.equal((await post(mf, "/v1/events?wait=1", { key, body })).status, 202);
+          }
+          await eventually(async () => (await nearCount()) === 1000, { ms: 15_000, what: "healthy shard landing during the outage" });
+          nearDuringOutage = await nearCount();
+          await sleep(Math.max(0, 20_000 - (Date.now() - outageStarted)));
+          await startSecond();
+        },
+        farKey,
+      ),
+    ]);
+    await verify("shard server down 20 s: environment on it", "far", far, farDb, second);
+    await verify("shard server down 20 s: environment on another shard", "near", near);
+    assert.equal(nearDuringOutage, 1000, "the healthy shard kept landing during the outage");
+    results.push({ scenario: "shard server down 20 s: events sent to the healthy shard during the outage", accepted: 1000, rows: nearDuringOutage, lost: 1000 - nearDuringOutage, duplicated: 0 });
+  } finally {
+    await sql(`DROP DATABASE IF EXISTS \`${farDb}\``, undefined, second).catch(() => {});
+    try {
+      process.kill(Number(readFileSync(path.join(dir, "pid"), "utf8")), "SIGTERM");
+    } catch {}
+  }
 });

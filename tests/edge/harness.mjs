@@ -67,10 +67,11 @@ export function dbUrl(database) {
   return u.href;
 }
 
-/** Runs SQL with the `mariadb` client; returns rows as arrays of strings (NULL → null). */
-export async function sql(statement, database) {
-  const args = ["-h", serverUrl.hostname, "-P", serverUrl.port || "3306", "-u", decodeURIComponent(serverUrl.username || "root"), "-N", "-B", "--raw"];
-  if (serverUrl.password) args.push(`-p${decodeURIComponent(serverUrl.password)}`);
+/** Runs SQL with the `mariadb` client (on `server`, default the test server); returns rows as arrays of strings (NULL → null). */
+export async function sql(statement, database, server) {
+  const url = server ? new URL(server) : serverUrl;
+  const args = ["-h", url.hostname, "-P", url.port || "3306", "-u", decodeURIComponent(url.username || "root"), "-N", "-B", "--raw"];
+  if (url.password) args.push(`-p${decodeURIComponent(url.password)}`);
   if (database) args.push("-D", database);
   args.push("-e", statement);
   const { stdout } = await run("mariadb", args, { timeout: 30_000, maxBuffer: 64 << 20 });
