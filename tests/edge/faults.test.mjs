@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
 import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
+import { createServer } from "node:http";
 import path from "node:path";
 import { promisify } from "node:util";
 import { Backend, startWorker, seedKey, newKey, post, sql, eventually, deadLetters, root } from "./harness.mjs";
@@ -174,5 +175,53 @@ test("one shard's server down for 20 s: other environments keep landing, the aff
     try {
       process.kill(Number(readFileSync(path.join(dir, "pid"), "utf8")), "SIGTERM");
     } catch {}
+  }
+});
+
+test("backend commits but the answer is lost: the retried batch lands once", async () => {
+  // A proxy in front of the backend that forwards every request, lets the
+  // backend commit, and then drops the connection instead of answering for
+  // the first 20 requests: the consumer must retry work already stored.
+  let dropped = 0;
+  const proxy = createServer(async (req, res) => {
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    const upstream = await fetch(`${backend.url}${req.url}`, { method: req.method, headers: req.headers, body: Buffer.concat(chunks) });
+    const body = Buffer.from(await upstream.arrayBuffer());
+    if (dropped < 20) {
+      dropped++;
+      req.socket.destroy();
+      return;
+    }
+    res.writeHead(upstream.status, Object.fromEntries(upstream.headers));
+    res.end(body);
+  });
+  await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+  const lossy = await startWorker({ backendUrl: `http://127.0.0.1:${proxy.address().port}`, vars: { RETRY_BASE_SECONDS: "1", RETRY_MAX_SECONDS: "2" } });
+  try {
+    const duplicates = async () => {
+      const text = await (await fetch(`${backend.url}/metrics`)).text();
+      return Number(/^sluice_events_duplicate_total\{shard="a"\} (\d+)/m.exec(text)?.[1] ?? 0);
+    };
+    const duplicatesBefore = await duplicates();
+    const lossyKey = newKey();
+    await seedKey(lossy, lossyKey, { env_id: envId, name: "faults", status: "active" });
+    const accepted = new Set();
+    const requests = EVENTS / PER_REQUEST;
+    for (let r = 0; r < requests; r += 8) {
+      await Promise.all(
+        Array.from({ length: Math.min(8, requests - r) }, async (_, j) => {
+          const body = Array.from({ length: PER_REQUEST }, (_, i) => ({ event: "lost-answer", id: `lost-answer-${(r + j) * PER_REQUEST + i}` }));
+          const res = await post(lossy, "/v1/events?wait=1", { key: lossyKey, body });
+          if (res.status === 202) for (const e of body) accepted.add(e.id);
+        }),
+      );
+    }
+    await verify("backend commits, answer lost (20 times)", "lost-answer", accepted);
+    assert.equal(dropped, 20, "the proxy dropped 20 answers");
+    assert.ok((await duplicates()) > duplicatesBefore, "retries re-sent stored events, which the backend counted as duplicates");
+  } finally {
+    await lossy.dispose();
+    proxy.close();
   }
 });
