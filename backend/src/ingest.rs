@@ -60,7 +60,11 @@ async fn write_one(
         });
     }
     if state.shards.recently_down(shard.id) {
-        state.metrics.shard_errors.with_label_values(&[&shard.name]).inc();
+        state
+            .metrics
+            .shard_errors
+            .with_label_values(&[&shard.name])
+            .inc();
         return Err(Error::ShardUnavailable {
             shard: shard.name.clone(),
             message: "unreachable moments ago; retry shortly".into(),

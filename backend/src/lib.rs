@@ -48,7 +48,7 @@ impl AppState {
         db::migrate_catalog(&config.database_url).await?;
         let pool = db::lazy_pool(&config.database_url, 4, config.shard_timeout())?;
         let catalog = catalog::Catalog::open(pool).await?;
-        let config_second_retention = config.second_retention_secs();
+        let counters = counters::Counters::new(config.second_retention_secs());
         let shards = shards::Shards::new(
             config.shard_pool_size,
             config.shard_timeout(),
@@ -58,7 +58,7 @@ impl AppState {
             config,
             catalog,
             shards,
-            counters: counters::Counters::new(config_second_retention),
+            counters,
             metrics: metrics::Metrics::new(),
             stats: stats::Hub::default(),
         })))

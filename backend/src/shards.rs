@@ -128,18 +128,26 @@ impl Shards {
     /// Whether the shard failed to connect within the last [`SHARD_BACKOFF`].
     pub fn recently_down(&self, shard_id: u32) -> bool {
         let down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
-        down.get(&shard_id).is_some_and(|until| *until > std::time::Instant::now())
+        down.get(&shard_id)
+            .is_some_and(|until| *until > std::time::Instant::now())
     }
 
     /// Record a write's outcome: connection-level failures open the backoff window.
-    pub fn note_result<T>(&self, shard_id: u32, result: &std::result::Result<T, crate::error::Error>) {
+    pub fn note_result<T>(
+        &self,
+        shard_id: u32,
+        result: &std::result::Result<T, crate::error::Error>,
+    ) {
         let mut down = self.down_until.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(_) => {
                 down.remove(&shard_id);
             }
             Err(crate::error::Error::Database(
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_),
+                sqlx::Error::Io(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_),
             )) => {
                 down.insert(shard_id, std::time::Instant::now() + SHARD_BACKOFF);
             }

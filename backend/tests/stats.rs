@@ -140,8 +140,8 @@ async fn summary_and_series_match_the_events_table_after_a_load_with_duplicates(
         "view", "view", "view", "click", "click", "purchase", "signup",
     ];
     let countries = ["DE", "us", "", "FR"];
-    let batch: Vec<Value> = (0..2000u64)
-        .map(|i| {
+    let events = |ids: std::ops::Range<u64>| -> Vec<Value> {
+        ids.map(|i| {
             event(
                 env,
                 i,
@@ -150,22 +150,14 @@ async fn summary_and_series_match_the_events_table_after_a_load_with_duplicates(
                 start + i as i64 * 5000,
             )
         })
-        .collect();
+        .collect()
+    };
+    let batch = events(0..2000);
     for chunk in batch.chunks(500) {
         assert_eq!(ingest(addr, &json!(chunk)).await.0, 200);
     }
     assert_eq!(ingest(addr, &json!(batch[..700])).await.0, 200);
-    let extra: Vec<Value> = (1900..2300u64)
-        .map(|i| {
-            event(
-                env,
-                i,
-                names[(i % 7) as usize],
-                countries[(i % 4) as usize],
-                start + i as i64 * 5000,
-            )
-        })
-        .collect();
+    let extra = events(1900..2300);
     assert_eq!(ingest(addr, &json!(extra)).await.0, 200);
     assert_eq!(server.state.flush_counters().await, 0);
 
