@@ -97,6 +97,9 @@ impl Deltas {
 
 pub struct Counters {
     pending: Mutex<BTreeMap<u32, Deltas>>,
+    /// One flush at a time: a flush that returns has written everything
+    /// counted before it started, even while the background one was running.
+    flushing: tokio::sync::Mutex<()>,
     second_retention_secs: i64,
 }
 
@@ -132,6 +135,7 @@ impl Counters {
     pub fn new(second_retention_secs: i64) -> Self {
         Self {
             pending: Mutex::new(BTreeMap::new()),
+            flushing: tokio::sync::Mutex::new(()),
             second_retention_secs,
         }
     }
@@ -215,6 +219,7 @@ impl Counters {
     /// Write all pending deltas; a shard that fails keeps its deltas for the
     /// next flush. Returns the names of the shards that failed.
     pub async fn flush(&self, snapshot: &Snapshot, shards: &Shards) -> Vec<String> {
+        let _one_at_a_time = self.flushing.lock().await;
         let taken = std::mem::take(&mut *self.lock());
         let mut failed = Vec::new();
         for (shard_id, deltas) in taken {

@@ -615,6 +615,9 @@ async fn main() {
             env_id: env_ids[0],
             env_name: "env_s1",
             read_token: &read_token,
+            shard: MySqlPool::connect(&format!("{}/{prefix}_s1", args.mysql))
+                .await
+                .expect("shard s1"),
         };
         edge::figures(target, args.runs, &mut figures).await;
     }
@@ -650,7 +653,7 @@ async fn main() {
     if let Some(path) = &args.write_md {
         let intro = "# Benchmarks\n\nProduced by `make bench` (`scripts/bench.sh` → `sluice-bench`, bench/src/main.rs). \
             Loopback only, private MariaDB 10.11 started by scripts/mysql.sh (innodb_flush_log_at_trx_commit=2, 512M buffer pool), \
-            release builds. Not measured yet: freshness as 202 → row visible in MySQL (the 202 → SSE figure includes it).\n\n## Latest run\n\n";
+            release builds.\n\n## Latest run\n\n";
         // Hand-written notes below the table survive a new run.
         let notes = std::fs::read_to_string(path)
             .ok()

@@ -69,6 +69,28 @@ pub enum Lookup {
     Denied,
 }
 
+/// The environment a request may write to: the key must be active, then
+/// within its rate limit (`within_limit` is the limiter's answer for the
+/// key's hash). A refusal says when the limiter's current window ends.
+pub fn admit(
+    lookup: Lookup,
+    within_limit: bool,
+    now_ms: u64,
+    period_seconds: u32,
+) -> Result<u32, EdgeError> {
+    let Lookup::Active { env_id, .. } = lookup else {
+        return Err(EdgeError::InvalidKey);
+    };
+    if !within_limit {
+        let period = u64::from(period_seconds.max(1));
+        let left = period - (now_ms / 1000) % period;
+        return Err(EdgeError::RateLimited {
+            retry_after: left.clamp(1, period) as u32,
+        });
+    }
+    Ok(env_id)
+}
+
 /// What a KV answer means. A record we cannot read denies, and says why.
 pub fn interpret(kv_value: Option<&str>) -> (Lookup, Option<String>) {
     let Some(text) = kv_value else {
@@ -140,6 +162,24 @@ impl KeyCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admit_checks_the_key_then_the_limit() {
+        let active = || Lookup::Active {
+            env_id: 7,
+            name: "web".into(),
+        };
+        assert_eq!(admit(active(), true, 0, 10), Ok(7));
+        assert_eq!(admit(Lookup::Denied, true, 0, 10), Err(EdgeError::InvalidKey));
+        // An unknown key is a 401 even when the limiter also said no.
+        assert_eq!(admit(Lookup::Denied, false, 0, 10), Err(EdgeError::InvalidKey));
+        // Retry-After: what is left of the current window, at least 1 s.
+        let limited = |now_ms, period| admit(active(), false, now_ms, period);
+        assert_eq!(limited(20_000, 10), Err(EdgeError::RateLimited { retry_after: 10 }));
+        assert_eq!(limited(23_500, 10), Err(EdgeError::RateLimited { retry_after: 7 }));
+        assert_eq!(limited(29_999, 10), Err(EdgeError::RateLimited { retry_after: 1 }));
+        assert_eq!(limited(61_000, 60), Err(EdgeError::RateLimited { retry_after: 59 }));
+    }
 
     #[test]
     fn hash_is_sha256_hex() {

@@ -91,14 +91,38 @@ pub fn cf_field(req: &Request, name: &str) -> Option<String> {
         .as_string()
 }
 
-/// The key's record, from the isolate cache or KV.
-pub async fn authenticate(env: &Env, key: &str, config: &Config) -> Result<Lookup, EdgeError> {
+/// The environment `key` writes to, if the key is active and within its rate
+/// limit. The KV lookup and the limiter run side by side.
+pub async fn admit(env: &Env, key: &str, config: &Config) -> Result<u32, EdgeError> {
     let hash = auth::hash_key(key);
+    let (lookup, within_limit) =
+        futures_util::future::join(authenticate(env, &hash, config), within_rate_limit(env, &hash))
+            .await;
+    auth::admit(lookup?, within_limit, now_ms().max(0) as u64, config.rate_limit_period_seconds)
+}
+
+/// The limiter's answer for a key hash. No binding means no limit, and a
+/// failing limiter lets the request through: it must not stop ingest.
+async fn within_rate_limit(env: &Env, key_hash: &str) -> bool {
+    let Ok(limiter) = env.rate_limiter(config::KEY_RATE_LIMIT) else {
+        return true;
+    };
+    match limiter.limit(key_hash.to_owned()).await {
+        Ok(outcome) => outcome.success,
+        Err(e) => {
+            error("rate_limit_failed", json!({"error": e.to_string()}));
+            true
+        }
+    }
+}
+
+/// The record of the key with this hash, from the isolate cache or KV.
+pub async fn authenticate(env: &Env, hash: &str, config: &Config) -> Result<Lookup, EdgeError> {
     let now = now_ms().max(0) as u64;
     let cached = KEY_CACHE.with(|c| {
         let mut cache = c.borrow_mut();
         cache.set_ttls(config.key_cache_positive_ms, config.key_cache_negative_ms);
-        cache.get(&hash, now)
+        cache.get(hash, now)
     });
     if let Some(lookup) = cached {
         return Ok(lookup);
@@ -106,7 +130,7 @@ pub async fn authenticate(env: &Env, key: &str, config: &Config) -> Result<Looku
     let kv = env
         .kv(config::KEYS_KV)
         .map_err(|e| EdgeError::Internal(e.to_string()))?;
-    let value = kv.get(&hash).text().await.map_err(|e| {
+    let value = kv.get(hash).text().await.map_err(|e| {
         error("key_lookup_failed", json!({"error": e.to_string()}));
         EdgeError::KeyStoreUnavailable
     })?;
@@ -117,7 +141,7 @@ pub async fn authenticate(env: &Env, key: &str, config: &Config) -> Result<Looku
             json!({"key_hash": hash, "error": problem}),
         );
     }
-    KEY_CACHE.with(|c| c.borrow_mut().put(hash, lookup.clone(), now));
+    KEY_CACHE.with(|c| c.borrow_mut().put(hash.to_owned(), lookup.clone(), now));
     Ok(lookup)
 }
 

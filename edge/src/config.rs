@@ -10,6 +10,8 @@ pub const DEAD_LETTERS_KV: &str = "DEAD_LETTERS";
 pub const EVENTS_QUEUE: &str = "EVENTS";
 pub const DLQ_QUEUE: &str = "EVENTS_DLQ";
 pub const INGEST_TOKEN: &str = "INGEST_TOKEN";
+/// The Workers rate-limiting binding counting requests per API key; absent, nothing is limited.
+pub const KEY_RATE_LIMIT: &str = "KEY_RATE_LIMIT";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllowedOrigins {
@@ -71,6 +73,8 @@ pub struct Config {
     pub key_cache_negative_ms: u64,
     /// Name of the dead-letter queue, to tell its batches from the main queue's.
     pub dead_letter_queue: String,
+    /// The `period` of the `KEY_RATE_LIMIT` binding (10 or 60), for `Retry-After`.
+    pub rate_limit_period_seconds: u32,
 }
 
 pub const DEFAULT_FORWARD_CONCURRENCY: usize = 4;
@@ -136,6 +140,10 @@ impl Config {
                 .unwrap_or(DEFAULT_NEGATIVE_TTL_MS),
             dead_letter_queue: get("DEAD_LETTER_QUEUE")
                 .unwrap_or_else(|| "sluice-events-dlq".into()),
+            rate_limit_period_seconds: match num("RATE_LIMIT_PERIOD_SECONDS") {
+                Some(60) => 60,
+                _ => 10,
+            },
         }
     }
 }
@@ -165,6 +173,10 @@ mod tests {
         assert_eq!(c.key_cache_positive_ms, 30_000);
         assert_eq!(c.key_cache_negative_ms, 10_000);
         assert_eq!(c.dead_letter_queue, "sluice-events-dlq");
+        assert_eq!(c.rate_limit_period_seconds, 10);
+        assert_eq!(config(&[("RATE_LIMIT_PERIOD_SECONDS", "60")]).rate_limit_period_seconds, 60);
+        // The binding only knows 10 and 60.
+        assert_eq!(config(&[("RATE_LIMIT_PERIOD_SECONDS", "30")]).rate_limit_period_seconds, 10);
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub enum EdgeError {
     NotFound,
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
+    #[error("too many requests for this API key; retry after {retry_after} s")]
+    RateLimited { retry_after: u32 },
     #[error("the API key store is unavailable, try again")]
     KeyStoreUnavailable,
     #[error("the queue did not accept the events, try again")]
@@ -67,6 +69,7 @@ impl EdgeError {
             Self::UnsupportedMediaType(_) | Self::UnsupportedEncoding(_) => 415,
             Self::BadGzip | Self::InvalidJson(_) | Self::InvalidBody(_) | Self::EmptyBatch => 400,
             Self::InvalidEvents(_) => 422,
+            Self::RateLimited { .. } => 429,
             Self::Internal(_) => 500,
             Self::KeyStoreUnavailable | Self::QueueUnavailable => 503,
         }
@@ -88,6 +91,7 @@ impl EdgeError {
             Self::InvalidEvents(_) => "invalid_events",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::RateLimited { .. } => "rate_limited",
             Self::KeyStoreUnavailable => "key_store_unavailable",
             Self::QueueUnavailable => "queue_unavailable",
             Self::Internal(_) => "internal",
@@ -121,6 +125,7 @@ impl EdgeError {
             Self::QueueUnavailable | Self::KeyStoreUnavailable => {
                 vec![("Retry-After", "1".to_owned())]
             }
+            Self::RateLimited { retry_after } => vec![("Retry-After", retry_after.to_string())],
             _ => Vec::new(),
         }
     }
@@ -145,6 +150,7 @@ mod tests {
             EdgeError::InvalidBody("x".into()),
             EdgeError::EmptyBatch,
             EdgeError::InvalidEvents(vec![]),
+            EdgeError::RateLimited { retry_after: 10 },
             EdgeError::NotFound,
             EdgeError::MethodNotAllowed { allow: "POST" },
             EdgeError::KeyStoreUnavailable,
@@ -154,7 +160,7 @@ mod tests {
         let statuses: Vec<u16> = all.iter().map(EdgeError::status).collect();
         assert_eq!(
             statuses,
-            [401, 401, 415, 415, 400, 413, 413, 413, 400, 400, 400, 422, 404, 405, 503, 503, 500]
+            [401, 401, 415, 415, 400, 413, 413, 413, 400, 400, 400, 422, 429, 404, 405, 503, 503, 500]
         );
         for e in &all {
             assert!(!e.code().is_empty());
@@ -181,5 +187,14 @@ mod tests {
             allow: "POST, OPTIONS",
         };
         assert_eq!(e.headers(), vec![("Allow", "POST, OPTIONS".to_owned())]);
+    }
+
+    #[test]
+    fn rate_limited_says_when_to_retry() {
+        let e = EdgeError::RateLimited { retry_after: 60 };
+        assert_eq!(e.headers(), vec![("Retry-After", "60".to_owned())]);
+        let body = serde_json::to_value(e.body()).unwrap();
+        assert_eq!(body["error"], "rate_limited");
+        assert!(body["message"].as_str().unwrap().contains("60 s"));
     }
 }

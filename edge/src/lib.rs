@@ -99,9 +99,7 @@ mod entry {
             header("Authorization").as_deref(),
             http::query_param(url.query(), "key").as_deref(),
         )?;
-        let Lookup::Active { env_id, .. } = rt::authenticate(env, &key, config).await? else {
-            return Err(EdgeError::InvalidKey);
-        };
+        let env_id = rt::admit(env, &key, config).await?;
         ingest::check_content_type(header("Content-Type").as_deref())?;
         ingest::check_content_length(header("Content-Length").as_deref(), &config.limits)?;
         let wait = http::wants_wait(
@@ -158,9 +156,7 @@ mod entry {
         let body = ingest::decode_body(raw, encoding.as_deref(), segment::MAX_REQUEST_BYTES)?;
         let request = segment::parse(&body, endpoint)?;
         let key = segment::write_key(authorization.as_deref(), request.write_key.as_deref())?;
-        let Lookup::Active { env_id, .. } = rt::authenticate(env, &key, config).await? else {
-            return Err(EdgeError::InvalidKey);
-        };
+        let env_id = rt::admit(env, &key, config).await?;
         let meta = ingest::Meta {
             env_id,
             received_at,
@@ -205,7 +201,8 @@ mod entry {
     ) -> std::result::Result<(u16, Option<Value>), EdgeError> {
         let url = req.url().map_err(|e| EdgeError::Internal(e.to_string()))?;
         let key = segment::write_key(None, Some(key)).map_err(|_| EdgeError::NotFound)?;
-        let Lookup::Active { .. } = rt::authenticate(env, &key, config).await? else {
+        let Lookup::Active { .. } = rt::authenticate(env, &auth::hash_key(&key), config).await?
+        else {
             return Err(EdgeError::NotFound);
         };
         let host = match url.port() {

@@ -221,7 +221,8 @@ export const hashKey = (key) => createHash("sha256").update(key).digest("hex");
 export const newKey = () => "sk_" + randomBytes(16).toString("hex");
 
 /** The built worker (build/index.js + index_bg.wasm) in Miniflare. */
-export async function startWorker({ backendUrl, vars = {}, maxRetries = 100, kvPersist, log = !!process.env.EDGE_TEST_LOG } = {}) {
+/** Miniflare running build/ like wrangler.toml does; `rateLimit` is the KEY_RATE_LIMIT budget per key per 10 s. */
+export async function startWorker({ backendUrl, vars = {}, maxRetries = 100, kvPersist, rateLimit = 1_000_000, log = !!process.env.EDGE_TEST_LOG } = {}) {
   const workerLogs = [];
   const mf = new Miniflare({
     modules: true,
@@ -237,6 +238,7 @@ export async function startWorker({ backendUrl, vars = {}, maxRetries = 100, kvP
     kvNamespaces: { API_KEYS: "00000000000000000000000000000001", DEAD_LETTERS: "00000000000000000000000000000002" },
     ...(kvPersist ? { kvPersist } : {}),
     queueProducers: { EVENTS: { queueName: QUEUE }, EVENTS_DLQ: { queueName: DLQ } },
+    ratelimits: { KEY_RATE_LIMIT: { simple: { limit: rateLimit, period: 10 } } },
     queueConsumers: {
       [QUEUE]: { maxBatchSize: 50, maxBatchTimeout: 1, maxRetries, deadLetterQueue: DLQ },
       [DLQ]: { maxBatchSize: 10, maxBatchTimeout: 1, maxRetries: 10 },
@@ -248,6 +250,7 @@ export async function startWorker({ backendUrl, vars = {}, maxRetries = 100, kvP
       FORWARD_BATCH_SIZE: "100",
       ALLOWED_ORIGINS: "https://app.example",
       DEAD_LETTER_QUEUE: DLQ,
+      RATE_LIMIT_PERIOD_SECONDS: "10",
       ...vars,
     },
     handleRuntimeStdio(stdout, stderr) {

@@ -8,15 +8,17 @@ import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
-import { root, startWorker, post, eventually } from "./harness.mjs";
+import { setTimeout as sleep } from "node:timers/promises";
+import { root, startWorker, post, eventually, seedKey, newKey } from "./harness.mjs";
 
 const run = promisify(execFile);
 const dir = await mkdtemp(path.join(tmpdir(), "sluice-keys-"));
 const keyCmd = (...args) => run("node", [path.join(root, "scripts/key.mjs"), ...args, "--persist-to", dir], { timeout: 60_000 });
-let mf;
+let mf, limited;
 
 after(async () => {
   await mf?.dispose().catch(() => {});
+  await limited?.dispose().catch(() => {});
   await rm(dir, { recursive: true, force: true });
 });
 
@@ -56,4 +58,37 @@ test("create, use, list and revoke a key", async () => {
     ms: 10_000,
     what: "the revoked key to be refused",
   });
+});
+
+test("per-key rate limit: 429 with Retry-After past the budget, other keys unaffected, open again next window", async () => {
+  const budget = 5;
+  limited = await startWorker({ backendUrl: "http://127.0.0.1:9", rateLimit: budget });
+  const [busy, quiet] = [newKey(), newKey()];
+  await seedKey(limited, busy, { env_id: 1, name: "busy", status: "active" });
+  await seedKey(limited, quiet, { env_id: 1, name: "quiet", status: "active" });
+  // Start at the beginning of a 10 s window so the whole burst falls in one.
+  await sleep(10_000 - (Date.now() % 10_000) + 50);
+
+  const statuses = [];
+  for (let i = 0; i < budget; i++) statuses.push((await post(limited, "/v1/events", { key: busy, body: { event: "r" } })).status);
+  assert.deepEqual(statuses, Array(budget).fill(202));
+
+  const refused = await post(limited, "/v1/events", { key: busy, body: { event: "r" } });
+  assert.equal(refused.status, 429, refused.text);
+  assert.equal(refused.json.error, "rate_limited");
+  const retryAfter = Number(refused.headers.get("Retry-After"));
+  assert.ok(retryAfter >= 1 && retryAfter <= 10, `Retry-After ${retryAfter}`);
+
+  // The Segment endpoints share the key's budget.
+  const basic = "Basic " + Buffer.from(`${busy}:`).toString("base64");
+  const segment = await post(limited, "/v1/track", { body: { event: "r", userId: "u" }, headers: { Authorization: basic } });
+  assert.equal(segment.status, 429, segment.text);
+
+  // An unknown key is still told it is unknown, and another key has its own budget.
+  assert.equal((await post(limited, "/v1/events", { key: newKey(), body: { event: "r" } })).status, 401);
+  assert.equal((await post(limited, "/v1/events", { key: quiet, body: { event: "r" } })).status, 202);
+
+  await sleep(retryAfter * 1000 + 100);
+  const again = await post(limited, "/v1/events", { key: busy, body: { event: "r" } });
+  assert.equal(again.status, 202, again.text);
 });
