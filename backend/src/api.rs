@@ -106,6 +106,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
+/// The token of `Authorization: Bearer <token>`; the scheme is matched
+/// case-insensitively (RFC 7235). Used by the ingest and the stats APIs.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// Proof that the request carried the ingest token (compared in constant time).
 pub struct IngestAuth;
 
@@ -113,16 +122,7 @@ impl FromRequestParts<AppState> for IngestAuth {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .ok_or(Error::MissingAuth)?;
+        let presented = bearer(&parts.headers).ok_or(Error::MissingAuth)?;
         let expected = state.config.ingest_token.as_bytes();
         if bool::from(presented.as_bytes().ct_eq(expected)) {
             Ok(IngestAuth)
@@ -270,4 +270,26 @@ async fn ingest_batch(
         .with_label_values(&[response.status().as_str()])
         .inc();
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_auth(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_the_token_required() {
+        assert_eq!(bearer(&with_auth("Bearer abc")), Some("abc"));
+        assert_eq!(bearer(&with_auth("bearer abc")), Some("abc"));
+        assert_eq!(bearer(&with_auth("BEARER  abc ")), Some("abc"));
+        assert_eq!(bearer(&with_auth("Basic abc")), None);
+        assert_eq!(bearer(&with_auth("Bearer ")), None);
+        assert_eq!(bearer(&with_auth("Bearerabc")), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
 }

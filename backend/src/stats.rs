@@ -11,7 +11,7 @@ use std::{
 
 use axum::{
     extract::{FromRequestParts, Query, State},
-    http::{header, request::Parts, HeaderMap},
+    http::{request::Parts, HeaderMap},
     response::{
         sse::{Event, KeepAlive, Sse},
         IntoResponse, Response,
@@ -53,15 +53,6 @@ pub struct ReadAuth {
     pub env: Environment,
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
 async fn token_env(state: &AppState, token: &str) -> Result<Option<u32>> {
     let hash = catalog::token_hash(token);
     if let Some(&(env, at)) = state
@@ -96,7 +87,7 @@ impl FromRequestParts<AppState> for ReadAuth {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let token = bearer(&parts.headers)
+        let token = crate::api::bearer(&parts.headers)
             .ok_or(Error::MissingAuth)?
             .to_string();
         let name = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
