@@ -86,6 +86,11 @@ struct Row<'a> {
     traits: Option<String>,
 }
 
+fn json_text(map: &serde_json::Map<String, serde_json::Value>) -> String {
+    // A map of JSON values always serializes.
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned())
+}
+
 fn datetime(ms: i64) -> NaiveDateTime {
     // Envelopes are validated to 0..=MAX_TIMESTAMP_MS, which chrono represents.
     DateTime::from_timestamp_millis(ms)
@@ -168,22 +173,21 @@ impl Shards {
 
     /// Ids of `(type, name)` pairs in the shard's lookup table: cached,
     /// else `INSERT IGNORE` then read back (no locking upsert).
-    async fn name_ids(
+    async fn name_ids<'a>(
         &self,
         shard_id: u32,
         pool: &MySqlPool,
         env_id: u32,
-        names: &BTreeSet<(u8, &str)>,
-    ) -> Result<HashMap<(u8, String), u32>> {
+        names: &BTreeSet<(u8, &'a str)>,
+    ) -> Result<HashMap<(u8, &'a str), u32>> {
         let mut found = HashMap::new();
         let mut missing = Vec::new();
         {
             let cache = self.names.lock().unwrap_or_else(|p| p.into_inner());
             for &(kind, name) in names {
-                let key = (kind, name.to_string());
-                match cache.get(&(shard_id, env_id, key.clone())) {
+                match cache.get(&(shard_id, env_id, (kind, name.to_string()))) {
                     Some(&id) => {
-                        found.insert(key, id);
+                        found.insert((kind, name), id);
                     }
                     None => missing.push((kind, name)),
                 }
@@ -216,13 +220,21 @@ impl Shards {
             if cache.len() > NAME_CACHE_LIMIT {
                 cache.clear();
             }
+            let mut fetched: HashMap<u8, HashMap<Vec<u8>, u32>> = HashMap::new();
             for row in rows {
                 let id: u32 = row.try_get(0)?;
                 let kind: u8 = row.try_get(1)?;
                 let name: Vec<u8> = row.try_get(2)?;
-                let key = (kind, String::from_utf8_lossy(&name).into_owned());
-                cache.insert((shard_id, env_id, key.clone()), id);
-                found.insert(key, id);
+                cache.insert(
+                    (shard_id, env_id, (kind, String::from_utf8_lossy(&name).into_owned())),
+                    id,
+                );
+                fetched.entry(kind).or_default().insert(name, id);
+            }
+            for &(kind, name) in chunk {
+                if let Some(&id) = fetched.get(&kind).and_then(|m| m.get(name.as_bytes())) {
+                    found.insert((kind, name), id);
+                }
             }
         }
         Ok(found)
@@ -315,7 +327,7 @@ impl Shards {
                 duplicates += 1;
                 continue;
             }
-            let Some(&name_id) = name_ids.get(&(envelope.event_type.code(), envelope.name.clone()))
+            let Some(&name_id) = name_ids.get(&(envelope.event_type.code(), envelope.name.as_str()))
             else {
                 return Err(crate::error::Error::Internal(format!(
                     "event name {:?} has no id on shard {}",
@@ -328,10 +340,9 @@ impl Shards {
                 ts: datetime(envelope.timestamp),
                 received_at: datetime(envelope.received_at),
                 envelope,
-                properties: serde_json::Value::Object(envelope.properties.clone()).to_string(),
-                context: serde_json::Value::Object(envelope.context.clone()).to_string(),
-                traits: (!envelope.traits.is_empty())
-                    .then(|| serde_json::Value::Object(envelope.traits.clone()).to_string()),
+                properties: json_text(&envelope.properties),
+                context: json_text(&envelope.context),
+                traits: (!envelope.traits.is_empty()).then(|| json_text(&envelope.traits)),
             });
         }
 
