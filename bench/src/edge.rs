@@ -103,6 +103,31 @@ async fn latencies(url: &str, key: &str, body: &[u8], n: usize, concurrency: usi
     (percentile(&ms, 0.5), percentile(&ms, 0.99))
 }
 
+/// wrangler.toml's local part with `main` pointing at `main_js`, without the
+/// build step and without queue consumers.
+fn ingest_only_config(wrangler_toml: &str, main_js: &str) -> String {
+    let local = wrangler_toml.split("\n[env.").next().unwrap_or(wrangler_toml);
+    let mut out = String::new();
+    let mut skipping = false;
+    for line in local.lines() {
+        if line.starts_with('[') {
+            skipping = line == "[build]" || line == "[[queues.consumers]]";
+        }
+        if skipping {
+            continue;
+        }
+        if line.starts_with("main = ") {
+            out.push_str(&format!("main = {main_js:?}\n"));
+        } else if line.starts_with("name = \"sluice-edge\"") {
+            out.push_str("name = \"sluice-edge-ingest-only\"\n");
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
 fn events(n: usize) -> Vec<u8> {
     let list: Vec<_> = (0..n)
         .map(|i| json!({"event": "page_view", "user_id": format!("u{i}"), "properties": {"path": "/pricing", "ref": "ad", "plan": "pro", "amount": 12.5, "step": i}}))
@@ -282,6 +307,55 @@ pub async fn figures(target: Target<'_>, runs: usize, figures: &mut Vec<Figure>)
             });
         }
     }
+    // The same worker without the queue consumer: in wrangler dev the consumer
+    // runs on the isolate's thread, and its bursts (once per batch timeout)
+    // show in the answer tail. On Cloudflare the consumer can be its own Worker.
+    let ingest_only = Path::new(".dev/bench-ingest-only");
+    std::fs::create_dir_all(ingest_only).expect("dir");
+    let main_js = std::fs::canonicalize("build/index.js").expect("build/index.js");
+    std::fs::write(
+        ingest_only.join("wrangler.toml"),
+        ingest_only_config(
+            &std::fs::read_to_string("wrangler.toml").expect("wrangler.toml"),
+            &main_js.to_string_lossy(),
+        ),
+    )
+    .expect("ingest-only config");
+    let ingest_port = free_port();
+    let config = ingest_only.join("wrangler.toml");
+    let _ingest = wrangler(&[
+        "dev",
+        "--config",
+        config.to_str().unwrap_or_default(),
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        &ingest_port.to_string(),
+    ]);
+    let ingest_url = format!("http://127.0.0.1:{ingest_port}");
+    wait_ready(&format!("{ingest_url}/healthz"), Duration::from_secs(120)).await;
+    for (concurrency, n) in [(1usize, 300usize), (32, 2000)] {
+        let body = events(1);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            ours.push(latencies(&format!("{ingest_url}/v1/events"), &key, &body, n, concurrency).await);
+            theirs.push(
+                latencies(&format!("{trivial_url}/v1/events"), &key, &body, n, concurrency).await,
+            );
+        }
+        let p99 = crate::median(ours.iter().map(|x| x.1).collect());
+        let t99 = crate::median(theirs.iter().map(|x| x.1).collect());
+        figures.push(Figure {
+            name: format!("edge answer p99, 1-event, concurrency {concurrency}, no queue consumer in the same workerd"),
+            value: p99,
+            unit: "ms",
+            reference: format!("trivial worker {t99:.2} (overhead {:.2})", p99 - t99),
+            ratio: Some(p99 / t99),
+            target: "overhead ≤ 1 ms".into(),
+        });
+    }
+    drop(_ingest);
+
     live(
         &edge,
         &key,
