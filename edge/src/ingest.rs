@@ -198,7 +198,9 @@ pub fn build(
     meta: &Meta,
     mut random: impl FnMut() -> [u8; 10],
 ) -> Result<Vec<Envelope>, EdgeError> {
-    let skew = payload.sent_at.map(|sent| meta.received_at - sent);
+    let skew = payload
+        .sent_at
+        .map(|sent| meta.received_at.saturating_sub(sent));
     let mut envelopes = Vec::with_capacity(payload.events.len());
     let mut details = Vec::new();
     for (index, event) in payload.events.into_iter().enumerate() {
@@ -622,6 +624,17 @@ mod tests {
             ingest(json!({"sentAt": NOW + 10_000, "batch": [{"event": "a", "timestamp": 5}]}))
                 .unwrap_err();
         assert_eq!(err.status(), 422);
+        assert!(details(err)[0].reason.contains("out of range"));
+    }
+
+    /// Found by `fuzz/` (edge_request): `received_at - sentAt` overflowed
+    /// (a panic with overflow checks, a wrapped skew without).
+    #[test]
+    fn extreme_sent_at_is_refused_not_overflowed() {
+        let body = br#"{"sentAt":-9223372036854775808,"batch":[{"event":"a","timestamp":1}]}"#;
+        let payload = parse(body, &limits()).unwrap();
+        assert_eq!(payload.sent_at, Some(i64::MIN));
+        let err = build(payload, &meta(), zeros).unwrap_err();
         assert!(details(err)[0].reason.contains("out of range"));
     }
 

@@ -411,4 +411,24 @@ mod tests {
         assert!(a < b);
         assert_eq!(Uuid::parse_str(&a).unwrap().get_version_num(), 7);
     }
+
+    /// Found by `fuzz/` (edge_request): serde_json's default float parser may be
+    /// off by one ULP, so a number changed on every hop (edge → queue → backend).
+    /// The `float_roundtrip` feature (protocol/Cargo.toml) parses floats exactly.
+    #[test]
+    fn float_properties_round_trip_exactly() {
+        let text = r#"{"id":"x","env_id":7,"name":"gz","timestamp":0,"received_at":0,"properties":{"n":922337203368547758070}}"#;
+        let env: Envelope = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            env.properties["n"].as_f64(),
+            Some(922_337_203_368_547_758_070.0)
+        );
+        let again: Envelope = serde_json::from_str(&serde_json::to_string(&env).unwrap()).unwrap();
+        assert_eq!(again, env);
+        for f in [9.223_372_033_685_477e20, 0.1, 1e-300, f64::MAX, 5e-324] {
+            let value = json!({ "f": f });
+            let back: Value = serde_json::from_str(&value.to_string()).unwrap();
+            assert_eq!(back, value, "{f:e}");
+        }
+    }
 }
