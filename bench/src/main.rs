@@ -416,7 +416,10 @@ async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) -> Vec
     let mut seed = 9000;
     while stored < args.storage_events {
         let n = (args.storage_events - stored).min(50_000);
-        let bodies = events(env_ids[0], n, seed).chunks(BATCH).map(|c| serde_json::to_vec(c).expect("json")).collect();
+        let bodies = events(env_ids[0], n, seed)
+            .chunks(BATCH)
+            .map(|c| serde_json::to_vec(c).expect("json"))
+            .collect();
         post_all(&base, bodies, 2 * POOL as usize).await;
         stored += n;
         seed += 1;
