@@ -226,7 +226,11 @@ impl Shards {
                 let kind: u8 = row.try_get(1)?;
                 let name: Vec<u8> = row.try_get(2)?;
                 cache.insert(
-                    (shard_id, env_id, (kind, String::from_utf8_lossy(&name).into_owned())),
+                    (
+                        shard_id,
+                        env_id,
+                        (kind, String::from_utf8_lossy(&name).into_owned()),
+                    ),
                     id,
                 );
                 fetched.entry(kind).or_default().insert(name, id);
@@ -327,7 +331,8 @@ impl Shards {
                 duplicates += 1;
                 continue;
             }
-            let Some(&name_id) = name_ids.get(&(envelope.event_type.code(), envelope.name.as_str()))
+            let Some(&name_id) =
+                name_ids.get(&(envelope.event_type.code(), envelope.name.as_str()))
             else {
                 return Err(crate::error::Error::Internal(format!(
                     "event name {:?} has no id on shard {}",

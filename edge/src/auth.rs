@@ -170,15 +170,33 @@ mod tests {
             name: "web".into(),
         };
         assert_eq!(admit(active(), true, 0, 10), Ok(7));
-        assert_eq!(admit(Lookup::Denied, true, 0, 10), Err(EdgeError::InvalidKey));
+        assert_eq!(
+            admit(Lookup::Denied, true, 0, 10),
+            Err(EdgeError::InvalidKey)
+        );
         // An unknown key is a 401 even when the limiter also said no.
-        assert_eq!(admit(Lookup::Denied, false, 0, 10), Err(EdgeError::InvalidKey));
+        assert_eq!(
+            admit(Lookup::Denied, false, 0, 10),
+            Err(EdgeError::InvalidKey)
+        );
         // Retry-After: what is left of the current window, at least 1 s.
         let limited = |now_ms, period| admit(active(), false, now_ms, period);
-        assert_eq!(limited(20_000, 10), Err(EdgeError::RateLimited { retry_after: 10 }));
-        assert_eq!(limited(23_500, 10), Err(EdgeError::RateLimited { retry_after: 7 }));
-        assert_eq!(limited(29_999, 10), Err(EdgeError::RateLimited { retry_after: 1 }));
-        assert_eq!(limited(61_000, 60), Err(EdgeError::RateLimited { retry_after: 59 }));
+        assert_eq!(
+            limited(20_000, 10),
+            Err(EdgeError::RateLimited { retry_after: 10 })
+        );
+        assert_eq!(
+            limited(23_500, 10),
+            Err(EdgeError::RateLimited { retry_after: 7 })
+        );
+        assert_eq!(
+            limited(29_999, 10),
+            Err(EdgeError::RateLimited { retry_after: 1 })
+        );
+        assert_eq!(
+            limited(61_000, 60),
+            Err(EdgeError::RateLimited { retry_after: 59 })
+        );
     }
 
     #[test]

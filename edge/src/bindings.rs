@@ -95,10 +95,17 @@ pub fn cf_field(req: &Request, name: &str) -> Option<String> {
 /// limit. The KV lookup and the limiter run side by side.
 pub async fn admit(env: &Env, key: &str, config: &Config) -> Result<u32, EdgeError> {
     let hash = auth::hash_key(key);
-    let (lookup, within_limit) =
-        futures_util::future::join(authenticate(env, &hash, config), within_rate_limit(env, &hash))
-            .await;
-    auth::admit(lookup?, within_limit, now_ms().max(0) as u64, config.rate_limit_period_seconds)
+    let (lookup, within_limit) = futures_util::future::join(
+        authenticate(env, &hash, config),
+        within_rate_limit(env, &hash),
+    )
+    .await;
+    auth::admit(
+        lookup?,
+        within_limit,
+        now_ms().max(0) as u64,
+        config.rate_limit_period_seconds,
+    )
 }
 
 /// The limiter's answer for a key hash. No binding means no limit, and a

@@ -174,9 +174,15 @@ mod tests {
         assert_eq!(c.key_cache_negative_ms, 10_000);
         assert_eq!(c.dead_letter_queue, "sluice-events-dlq");
         assert_eq!(c.rate_limit_period_seconds, 10);
-        assert_eq!(config(&[("RATE_LIMIT_PERIOD_SECONDS", "60")]).rate_limit_period_seconds, 60);
+        assert_eq!(
+            config(&[("RATE_LIMIT_PERIOD_SECONDS", "60")]).rate_limit_period_seconds,
+            60
+        );
         // The binding only knows 10 and 60.
-        assert_eq!(config(&[("RATE_LIMIT_PERIOD_SECONDS", "30")]).rate_limit_period_seconds, 10);
+        assert_eq!(
+            config(&[("RATE_LIMIT_PERIOD_SECONDS", "30")]).rate_limit_period_seconds,
+            10
+        );
     }
 
     #[test]

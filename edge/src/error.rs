@@ -160,7 +160,10 @@ mod tests {
         let statuses: Vec<u16> = all.iter().map(EdgeError::status).collect();
         assert_eq!(
             statuses,
-            [401, 401, 415, 415, 400, 413, 413, 413, 400, 400, 400, 422, 429, 404, 405, 503, 503, 500]
+            [
+                401, 401, 415, 415, 400, 413, 413, 413, 400, 400, 400, 422, 429, 404, 405, 503,
+                503, 500
+            ]
         );
         for e in &all {
             assert!(!e.code().is_empty());

@@ -205,21 +205,39 @@ fn two_backend_processes_keep_one_set_of_counters() {
     let prefix = unique_prefix("two");
     let backend = Backend::new(&format!("{server}/{prefix}_catalog"));
     backend.ok(&["shard", "add", "one", &format!("{server}/{prefix}_one")]);
-    let web: u32 = backend.ok(&["env", "create", "web", "--shard", "one"]).trim().parse().expect("env id");
+    let web: u32 = backend
+        .ok(&["env", "create", "web", "--shard", "one"])
+        .trim()
+        .parse()
+        .expect("env id");
     let (a, b) = (backend.serve(&[]), backend.serve(&[]));
     let all = batch(web, 4000);
     let all = all.as_array().expect("array");
     let client = reqwest::blocking::Client::new();
     // Overlapping halves: ids 1500..2500 go to both processes.
     for (serving, part) in [(&a, &all[..2500]), (&b, &all[1500..])] {
-        let response = client.post(format!("{}/v1/ingest", serving.base)).bearer_auth(TOKEN).json(&part).send().expect("post");
+        let response = client
+            .post(format!("{}/v1/ingest", serving.base))
+            .bearer_auth(TOKEN)
+            .json(&part)
+            .send()
+            .expect("post");
         assert_eq!(response.status(), 200);
     }
     assert!(a.terminate().success());
     assert!(b.terminate().success());
-    let stored = sql(&server, &format!("SELECT COUNT(*) FROM {prefix}_one.events"));
-    let counted = sql(&server, &format!("SELECT COALESCE(SUM(events), 0) FROM {prefix}_one.event_counts_minute"));
+    let stored = sql(
+        &server,
+        &format!("SELECT COUNT(*) FROM {prefix}_one.events"),
+    );
+    let counted = sql(
+        &server,
+        &format!("SELECT COALESCE(SUM(events), 0) FROM {prefix}_one.event_counts_minute"),
+    );
     assert_eq!(stored, "4000");
-    assert_eq!(counted, "4000", "each row counted once across the two processes");
+    assert_eq!(
+        counted, "4000",
+        "each row counted once across the two processes"
+    );
     drop_databases(&server, &prefix);
 }
