@@ -36,8 +36,9 @@ after(async () => {
   await backend.drop();
 });
 
-/** Posts EVENTS events named `name` (8 requests in flight); `during(done)` runs alongside. Returns accepted ids. */
-async function load(name, during, apiKey = key) {
+/** Posts EVENTS events named `name` (8 requests in flight, each worker pausing `paceMs` between
+ * requests); `during(done)` runs alongside. Returns accepted ids. */
+async function load(name, during, apiKey = key, paceMs = 0) {
   const requests = EVENTS / PER_REQUEST;
   let next = 0;
   let done = 0;
@@ -49,6 +50,7 @@ async function load(name, during, apiKey = key) {
       const res = await post(mf, "/v1/events?wait=1", { key: apiKey, body });
       if (res.status === 202) for (const e of body) accepted.add(e.id);
       done++;
+      if (paceMs) await sleep(paceMs);
     }
   };
   await Promise.all([...Array.from({ length: 8 }, worker), during(() => done / requests)]);
@@ -56,13 +58,18 @@ async function load(name, during, apiKey = key) {
 }
 
 async function verify(scenario, name, accepted, shardDb = backend.shards.a, server) {
-  await eventually(
-    async () => {
-      const [[n]] = await sql(`SELECT COUNT(*) FROM events e JOIN event_names n ON n.id = e.name_id WHERE n.name = '${name}'`, shardDb, server);
-      return Number(n) >= accepted.size;
-    },
-    { ms: 120_000, every: 500, what: `${scenario}: all accepted events landed (dead letters: ${(await deadLetters(mf)).length})` },
-  );
+  try {
+    await eventually(
+      async () => {
+        const [[n]] = await sql(`SELECT COUNT(*) FROM events e JOIN event_names n ON n.id = e.name_id WHERE n.name = '${name}'`, shardDb, server);
+        return Number(n) >= accepted.size;
+      },
+      { ms: 120_000, every: 500, what: `${scenario}: all accepted events landed` },
+    );
+  } catch (e) {
+    const letters = (await deadLetters(mf)).filter(({ record }) => JSON.stringify(record).includes(`${name}-`));
+    throw new Error(`${e.message}; ${letters.length} dead letters of this scenario (${JSON.stringify(letters[0]?.record ?? null).slice(0, 800)})`);
+  }
   await sleep(2_000); // anything still in flight
   const [[rows, distinct]] = await sql(
     `SELECT COUNT(*), COUNT(DISTINCT e.client_id) FROM events e JOIN event_names n ON n.id = e.name_id WHERE n.name = '${name}'`,
@@ -232,29 +239,40 @@ test("environment migrating during load, then promoted: events written in the wi
   await seedKey(mf, migKey, { env_id: migEnv, name: "migrating", status: "active" });
   let migratedAt = 0;
   let promotedAt = 0;
+  const rowsOf = async (db) => {
+    const rows = await sql(`SELECT e.client_id, UNIX_TIMESTAMP(e.received_at)*1000 FROM events e WHERE e.env_id = ${migEnv}`, db);
+    return rows.map(([id, at]) => [String(id), Number(at)]);
+  };
   const accepted = await load(
     "migrating",
     async (progress) => {
       await when(progress, 0.25);
       await backend.cli("env", "migrate", "migrating", "--to", "b");
       migratedAt = Date.now();
+      // The window must outlast the backend's catalog refresh (1 s) however fast the machine is.
+      await eventually(async () => (await rowsOf(backend.shards.b)).length > 0, { ms: 30_000, what: "the first writes to the new shard" });
       await when(progress, 0.75);
       await backend.cli("env", "promote", "migrating");
       promotedAt = Date.now();
     },
     migKey,
+    // 8 workers × 25 requests × 500 ms: the load lasts ≥ 12 s, the window ≥ 6 s.
+    500,
   );
-  const rowsOf = async (db) => {
-    const rows = await sql(`SELECT e.client_id, UNIX_TIMESTAMP(e.received_at)*1000 FROM events e WHERE e.env_id = ${migEnv}`, db);
-    return rows.map(([id, at]) => [String(id), Number(at)]);
-  };
-  await eventually(
-    async () => {
-      const ids = new Set([...(await rowsOf(backend.shards.a)), ...(await rowsOf(backend.shards.b))].map(([id]) => id));
-      return [...accepted].every((id) => ids.has(id));
-    },
-    { ms: 120_000, every: 1_000, what: "every accepted event on one shard or the other" },
-  );
+  let missing = accepted.size;
+  try {
+    await eventually(
+      async () => {
+        const ids = new Set([...(await rowsOf(backend.shards.a)), ...(await rowsOf(backend.shards.b))].map(([id]) => id));
+        missing = [...accepted].filter((id) => !ids.has(id)).length;
+        return missing === 0;
+      },
+      { ms: 120_000, every: 1_000, what: "every accepted event on one shard or the other" },
+    );
+  } catch (e) {
+    const letters = (await deadLetters(mf)).filter(({ record }) => JSON.stringify(record).includes("migrating-"));
+    throw new Error(`${e.message}; ${missing} missing, ${letters.length} dead letters of this scenario (${JSON.stringify(letters[0]?.record ?? null).slice(0, 600)}); backend log tail: ${backend.logs.slice(-5).join("")}`);
+  }
   await sleep(2_000); // anything still in flight
   const [a, b] = [await rowsOf(backend.shards.a), await rowsOf(backend.shards.b)];
   const inA = new Map(a);
