@@ -6,7 +6,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
 
@@ -93,7 +93,9 @@ async fn load(pool: &MySqlPool) -> Result<Snapshot> {
 pub struct Catalog {
     pool: MySqlPool,
     snapshot: RwLock<Arc<Snapshot>>,
-    last_forced: Mutex<Option<Instant>>,
+    /// When the last forced refresh that succeeded started. Held across the
+    /// refresh, so concurrent requests for a new environment wait for it.
+    last_forced: tokio::sync::Mutex<Option<Instant>>,
 }
 
 /// Forced refreshes (for unknown environment ids) happen at most this often,
@@ -108,7 +110,7 @@ impl Catalog {
         Ok(Self {
             pool,
             snapshot: RwLock::new(Arc::new(snapshot)),
-            last_forced: Mutex::new(None),
+            last_forced: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -136,7 +138,10 @@ impl Catalog {
         Ok(())
     }
 
-    /// Refresh now if `env_ids` holds an id the snapshot does not know.
+    /// A snapshot read after this call began if `env_ids` holds an id the
+    /// current one does not know; else the current one. Concurrent callers
+    /// share one refresh: a refresh that started after a caller asked answers
+    /// it, and no two start within [`FORCED_REFRESH_GAP`].
     pub async fn refresh_for(
         &self,
         env_ids: impl IntoIterator<Item = u32>,
@@ -148,17 +153,17 @@ impl Catalog {
         {
             return Ok(snapshot);
         }
-        let due = {
-            let mut last = self.last_forced.lock().unwrap_or_else(|p| p.into_inner());
-            let due = last.is_none_or(|t| t.elapsed() >= FORCED_REFRESH_GAP);
-            if due {
-                *last = Some(Instant::now());
+        let asked = Instant::now();
+        let mut last = self.last_forced.lock().await;
+        if let Some(started) = *last {
+            if started >= asked {
+                return Ok(self.snapshot());
             }
-            due
-        };
-        if due {
-            self.refresh().await?;
+            tokio::time::sleep(FORCED_REFRESH_GAP.saturating_sub(started.elapsed())).await;
         }
+        let started = Instant::now();
+        self.refresh().await?;
+        *last = Some(started);
         Ok(self.snapshot())
     }
 

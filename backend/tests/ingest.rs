@@ -556,6 +556,27 @@ async fn a_new_environment_is_routable_at_once_and_health_endpoints_answer() {
     let (status, body, _) = ingest(server.addr, &json!([envelope(env, &uuid(1), "x", 0)])).await;
     assert_eq!(status, 200, "unknown ids force a catalog refresh: {body}");
 
+    // A forced refresh has just run (for an id that does not exist); batches
+    // for an environment created right after it must wait for the next one,
+    // not answer 422 from the old snapshot (the queue consumer would
+    // dead-letter them).
+    let (status, _, _) = ingest(
+        server.addr,
+        &json!([envelope(4_000_000, &uuid(99), "x", 0)]),
+    )
+    .await;
+    assert_eq!(status, 422, "an environment nobody created is refused");
+    let later = catalog::create_environment(&t.catalog, "later", "a")
+        .await
+        .unwrap();
+    let batches: Vec<_> = (0..8u64)
+        .map(|i| json!([envelope(later, &uuid(100 + i), "x", 0)]))
+        .collect();
+    let answers = futures::future::join_all(batches.iter().map(|b| ingest(server.addr, b))).await;
+    for (status, body, _) in answers {
+        assert_eq!(status, 200, "every concurrent first batch lands: {body}");
+    }
+
     for path in ["healthz", "readyz"] {
         let r = reqwest::get(format!("http://{}/{path}", server.addr))
             .await
