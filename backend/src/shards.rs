@@ -1,13 +1,14 @@
 //! Shard pools and the batched, idempotent event writer.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::Mutex,
     time::Duration,
 };
 
 use chrono::{DateTime, NaiveDateTime};
 use protocol::{Envelope, EventType};
+use sha2::{Digest, Sha256};
 use sqlx::{mysql::MySqlPool, MySql, QueryBuilder, Row as _, Transaction};
 
 use crate::{
@@ -19,6 +20,35 @@ use crate::{
 /// Event-name ids cached per process; cleared whole when it grows past this
 /// (a client inventing names per event must not grow memory without bound).
 const NAME_CACHE_LIMIT: usize = 200_000;
+/// The same bound for shared-context ids.
+const CONTEXT_CACHE_LIMIT: usize = 200_000;
+
+/// Context keys whose values change from event to event; they stay in the
+/// event's row. The rest of a context (library, user agent, device, os, app,
+/// locale, country, colo, ...) repeats across a user's events and is stored
+/// once per environment in `contexts` (migrations/shard/*_contexts.sql).
+pub const PER_EVENT_CONTEXT_KEYS: [&str; 6] =
+    ["campaign", "ip", "location", "page", "referrer", "traits"];
+
+/// A context split into its shared part and its per-event part, as JSON text.
+pub fn split_context(context: &serde_json::Map<String, serde_json::Value>) -> (String, String) {
+    let (per_event, shared): (BTreeMap<&str, _>, BTreeMap<&str, _>) = context
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .partition(|(k, _)| PER_EVENT_CONTEXT_KEYS.contains(k));
+    // Maps of JSON values always serialize.
+    let text = |m: BTreeMap<&str, _>| serde_json::to_string(&m).unwrap_or_else(|_| "{}".into());
+    (text(shared), text(per_event))
+}
+
+/// The key of a shared context in `contexts`: the first 16 bytes of the
+/// SHA-256 of its JSON text (keys sorted, so equal contexts hash equal).
+pub fn context_hash(shared: &str) -> [u8; 16] {
+    let digest = Sha256::digest(shared.as_bytes());
+    let mut hash = [0u8; 16];
+    hash.copy_from_slice(&digest[..16]);
+    hash
+}
 
 /// What the counters need of one inserted row.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,11 +86,14 @@ pub fn country_of(envelope: &Envelope) -> Vec<u8> {
 
 /// (shard id, env id, (event type, name)) → the name's id on that shard.
 type NameKey = (u32, u32, (u8, String));
+/// (shard id, env id, shared-context hash) → its id on that shard.
+type ContextKey = (u32, u32, [u8; 16]);
 
 /// Lazily created pools, one per shard, and the event-name id cache.
 pub struct Shards {
     pools: Mutex<HashMap<u32, (String, MySqlPool)>>,
     names: Mutex<HashMap<NameKey, u32>>,
+    contexts: Mutex<HashMap<ContextKey, u32>>,
     pool_size: u32,
     acquire_timeout: Duration,
     chunk_rows: usize,
@@ -82,6 +115,10 @@ struct Row<'a> {
     received_at: NaiveDateTime,
     envelope: &'a Envelope,
     properties: String,
+    /// The shared part's hash, `None` when it is empty (context_id 0).
+    shared_context: Option<[u8; 16]>,
+    context_id: u32,
+    /// The per-event part of the context.
     context: String,
     traits: Option<String>,
 }
@@ -100,8 +137,10 @@ fn datetime(ms: i64) -> NaiveDateTime {
 
 const INSERT_EVENTS: &str = "INSERT IGNORE INTO events \
     (env_id, id, name_id, event_type, ts, received_at, user_id, anonymous_id, session_id, client_id, \
-    properties, context, traits, group_id, previous_id) ";
+    properties, context_id, context, traits, group_id, previous_id) ";
 const INSERT_NAMES: &str = "INSERT IGNORE INTO event_names (env_id, event_type, name) ";
+const INSERT_CONTEXTS: &str = "INSERT IGNORE INTO contexts (env_id, hash, context) ";
+const SELECT_CONTEXTS: &str = "SELECT id, hash FROM contexts WHERE env_id = ";
 const SELECT_NAMES: &str = "SELECT id, event_type, name FROM event_names WHERE env_id = ";
 const SELECT_EXISTING: &str = "SELECT id FROM events WHERE env_id = ";
 
@@ -110,6 +149,7 @@ impl Shards {
         Self {
             pools: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
+            contexts: Mutex::new(HashMap::new()),
             pool_size,
             acquire_timeout: acquire_timeout.min(ACQUIRE_TIMEOUT),
             down_until: Mutex::new(HashMap::new()),
@@ -244,6 +284,61 @@ impl Shards {
         Ok(found)
     }
 
+    /// Ids of shared contexts (by hash) in the shard's `contexts` table:
+    /// cached, else `INSERT IGNORE` then read back, like names.
+    async fn context_ids(
+        &self,
+        shard_id: u32,
+        pool: &MySqlPool,
+        env_id: u32,
+        shared: &BTreeMap<[u8; 16], String>,
+    ) -> Result<HashMap<[u8; 16], u32>> {
+        let mut found = HashMap::with_capacity(shared.len());
+        let mut missing = Vec::new();
+        {
+            let cache = self.contexts.lock().unwrap_or_else(|p| p.into_inner());
+            for (hash, text) in shared {
+                match cache.get(&(shard_id, env_id, *hash)) {
+                    Some(&id) => {
+                        found.insert(*hash, id);
+                    }
+                    None => missing.push((hash, text)),
+                }
+            }
+        }
+        for chunk in missing.chunks(self.chunk_rows) {
+            let mut insert = QueryBuilder::<MySql>::new(INSERT_CONTEXTS);
+            insert.push_values(chunk, |mut b, (hash, text)| {
+                b.push_bind(env_id)
+                    .push_bind(&hash[..])
+                    .push_bind(text.as_str());
+            });
+            insert.build().execute(pool).await?;
+
+            let mut select = QueryBuilder::<MySql>::new(SELECT_CONTEXTS);
+            select.push_bind(env_id).push(" AND hash IN (");
+            let mut list = select.separated(", ");
+            for (hash, _) in chunk {
+                list.push_bind(&hash[..]);
+            }
+            select.push(")");
+            let rows = select.build().fetch_all(pool).await?;
+            let mut cache = self.contexts.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() > CONTEXT_CACHE_LIMIT {
+                cache.clear();
+            }
+            for row in rows {
+                let id: u32 = row.try_get(0)?;
+                let hash: Vec<u8> = row.try_get(1)?;
+                if let Ok(hash) = <[u8; 16]>::try_from(hash.as_slice()) {
+                    cache.insert((shard_id, env_id, hash), id);
+                    found.insert(hash, id);
+                }
+            }
+        }
+        Ok(found)
+    }
+
     async fn insert(
         &self,
         tx: &mut Transaction<'_, MySql>,
@@ -266,6 +361,7 @@ impl Shards {
                     .push_bind(e.session_id.as_deref())
                     .push_bind((!protocol::is_uuid(&e.id)).then_some(e.id.as_str()))
                     .push_bind(row.properties.as_str())
+                    .push_bind(row.context_id)
                     .push_bind(row.context.as_str())
                     .push_bind(row.traits.as_deref())
                     .push_bind(e.group_id.as_deref())
@@ -325,6 +421,7 @@ impl Shards {
         let mut seen = HashSet::with_capacity(envelopes.len());
         let mut rows = Vec::with_capacity(envelopes.len());
         let mut duplicates = 0;
+        let mut shared_contexts: BTreeMap<[u8; 16], String> = BTreeMap::new();
         for &envelope in envelopes {
             let key = envelope.key();
             if !seen.insert(key) {
@@ -339,6 +436,12 @@ impl Shards {
                     envelope.name, shard.name
                 )));
             };
+            let (shared, context) = split_context(&envelope.context);
+            let shared_context = (shared != "{}").then(|| {
+                let hash = context_hash(&shared);
+                shared_contexts.entry(hash).or_insert(shared);
+                hash
+            });
             rows.push(Row {
                 key,
                 name_id,
@@ -346,9 +449,25 @@ impl Shards {
                 received_at: datetime(envelope.received_at),
                 envelope,
                 properties: json_text(&envelope.properties),
-                context: json_text(&envelope.context),
+                shared_context,
+                context_id: 0,
+                context,
                 traits: (!envelope.traits.is_empty()).then(|| json_text(&envelope.traits)),
             });
+        }
+
+        let context_ids = self
+            .context_ids(shard.id, &pool, env_id, &shared_contexts)
+            .await?;
+        for row in &mut rows {
+            if let Some(hash) = row.shared_context {
+                row.context_id = *context_ids.get(&hash).ok_or_else(|| {
+                    crate::error::Error::Internal(format!(
+                        "a shared context has no id on shard {}",
+                        shard.name
+                    ))
+                })?;
+            }
         }
 
         let all: Vec<&Row> = rows.iter().collect();
@@ -405,5 +524,34 @@ impl Shards {
             duplicates: duplicates + (rows.len() as u64 - inserted_n),
             counted,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn map(v: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn context_splits_into_shared_and_per_event_parts() {
+        let (shared, per_event) = split_context(&map(json!({
+            "page": {"url": "/a"}, "library": {"name": "js"}, "ip": null, "country": "DE"
+        })));
+        assert_eq!(shared, r#"{"country":"DE","library":{"name":"js"}}"#);
+        assert_eq!(per_event, r#"{"ip":null,"page":{"url":"/a"}}"#);
+        assert_eq!(split_context(&map(json!({}))), ("{}".into(), "{}".into()));
+    }
+
+    #[test]
+    fn equal_shared_parts_hash_equal_whatever_the_per_event_part() {
+        let a = split_context(&map(json!({"country": "DE", "page": {"url": "/a"}}))).0;
+        let b = split_context(&map(json!({"page": {"url": "/b"}, "country": "DE"}))).0;
+        let c = split_context(&map(json!({"country": "FR"}))).0;
+        assert_eq!(context_hash(&a), context_hash(&b));
+        assert_ne!(context_hash(&a), context_hash(&c));
     }
 }

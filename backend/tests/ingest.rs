@@ -39,10 +39,10 @@ async fn routes_environments_to_their_shards_with_all_fields() {
     assert_eq!((count(&b, web).await, count(&b, app).await), (0, 1));
 
     let row = sqlx::query(
-        "SELECT e.id, CAST(n.name AS CHAR) AS name, DATE_FORMAT(e.ts, '%Y-%m-%d %H:%i:%s.%f') AS ts, \
-         e.user_id, e.client_id, CAST(JSON_EXTRACT(e.properties, '$.amount') AS SIGNED) AS amount, \
-         JSON_UNQUOTE(JSON_EXTRACT(e.context, '$.country')) AS country \
-         FROM events e JOIN event_names n ON n.id = e.name_id WHERE e.env_id = ?",
+        "SELECT id, CAST(name AS CHAR) AS name, DATE_FORMAT(ts, '%Y-%m-%d %H:%i:%s.%f') AS ts, \
+         user_id, client_id, CAST(JSON_EXTRACT(properties, '$.amount') AS SIGNED) AS amount, \
+         JSON_UNQUOTE(JSON_EXTRACT(context, '$.country')) AS country \
+         FROM events_full WHERE env_id = ?",
     )
     .bind(web)
     .fetch_one(&a)
@@ -484,6 +484,102 @@ async fn bad_input_gets_the_documented_status_and_lands_nothing() {
     assert_eq!(status, 200, "the server still serves");
 
     stop(server, tx).await;
+    t.cleanup().await;
+}
+
+#[tokio::test]
+async fn shared_contexts_are_stored_once_and_read_back_whole() {
+    let (t, env) = Env::with_environment("web").await;
+    let contexts = [
+        json!({"country": "DE", "library": {"name": "js", "version": "1.0"}, "page": {"url": "/a"}}),
+        json!({"country": "DE", "library": {"name": "js", "version": "1.0"}, "page": {"url": "/b"}, "ip": null}),
+        json!({"library": {"name": "js", "version": "1.0"}, "country": "DE"}),
+        json!({"country": "FR", "library": {"name": "js", "version": "1.0"}}),
+        json!({"page": {"url": "/only-per-event"}, "campaign": {"source": "x"}}),
+        json!({}),
+    ];
+    let batch = |first: u64| -> Value {
+        contexts
+            .iter()
+            .enumerate()
+            .map(|(i, context)| {
+                let mut e = envelope(env, &uuid(first + i as u64), "view", 1_700_000_000_000);
+                e["context"] = context.clone();
+                e
+            })
+            .collect()
+    };
+    // Twice through one backend (the second batch hits its cache), then
+    // through a fresh one (the rows exist, its cache is empty).
+    let (server, tx) = t.start(t.config()).await;
+    for first in [0, 100] {
+        let (status, body, _) = ingest(server.addr, &batch(first)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    stop(server, tx).await;
+    let (server, tx) = t.start(t.config()).await;
+    let (status, body, _) = ingest(server.addr, &batch(200)).await;
+    assert_eq!(status, 200, "{body}");
+    stop(server, tx).await;
+
+    let pool = t.shard_pool("a").await;
+    let shared: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM contexts WHERE env_id = ?")
+        .bind(env)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(shared, 2, "DE+js and FR+js, each stored once");
+    let without: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE env_id = ? AND context_id = 0")
+            .bind(env)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        without, 6,
+        "contexts with only per-event keys share nothing"
+    );
+
+    for first in [0u64, 100, 200] {
+        for (i, context) in contexts.iter().enumerate() {
+            let key = protocol::event_key(&uuid(first + i as u64)).to_vec();
+            let stored: String = sqlx::query_scalar(
+                "SELECT CAST(context AS CHAR) FROM events_full WHERE env_id = ? AND id = ?",
+            )
+            .bind(env)
+            .bind(key)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            let stored: Value = serde_json::from_str(&stored).unwrap();
+            assert_eq!(&stored, context, "event {}", first + i as u64);
+        }
+    }
+
+    // The country counts rebuild reads the whole context through the view.
+    sqlx::query("DELETE FROM country_counts_minute")
+        .execute(&pool)
+        .await
+        .unwrap();
+    counters::rebuild(&pool, env, 1_700_000_000_000, 7200, &[])
+        .await
+        .unwrap();
+    let countries: Vec<(Vec<u8>, i64)> = sqlx::query_as(
+        "SELECT country, CAST(SUM(events) AS SIGNED) FROM country_counts_minute \
+         WHERE env_id = ? GROUP BY country ORDER BY country",
+    )
+    .bind(env)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        countries,
+        vec![
+            (b"??".to_vec(), 6),
+            (b"DE".to_vec(), 9),
+            (b"FR".to_vec(), 3)
+        ]
+    );
     t.cleanup().await;
 }
 

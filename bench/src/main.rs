@@ -178,7 +178,7 @@ async fn post_all(base: &str, bodies: Vec<Vec<u8>>, in_flight: usize) -> Duratio
 }
 
 const INSERT: &str = "INSERT IGNORE INTO events \
-    (env_id, id, name_id, ts, received_at, user_id, anonymous_id, session_id, client_id, properties, context) ";
+    (env_id, id, name_id, ts, received_at, user_id, anonymous_id, session_id, client_id, properties, context_id, context) ";
 
 fn dt(ms: i64) -> chrono::NaiveDateTime {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -186,9 +186,17 @@ fn dt(ms: i64) -> chrono::NaiveDateTime {
         .naive_utc()
 }
 
+/// Rows as the backend writes them, with the lookup ids already known:
+/// name ids from the name's length, shared-context ids from the country.
 async fn raw_insert(pool: &MySqlPool, rows: &[Envelope]) {
     let mut q = QueryBuilder::<MySql>::new(INSERT);
     q.push_values(rows, |mut b, e| {
+        let (_, per_event) = backend::shards::split_context(&e.context);
+        let country = e.context.get("country").and_then(|c| c.as_str());
+        let context_id = COUNTRIES
+            .iter()
+            .position(|c| Some(*c) == country)
+            .map_or(0, |i| i as u32 + 1);
         b.push_bind(e.env_id)
             .push_bind(e.key().to_vec())
             .push_bind((e.name.len() % 8) as u32 + 1)
@@ -199,7 +207,8 @@ async fn raw_insert(pool: &MySqlPool, rows: &[Envelope]) {
             .push_bind(e.session_id.clone())
             .push_bind(None::<String>)
             .push_bind(serde_json::Value::Object(e.properties.clone()).to_string())
-            .push_bind(serde_json::Value::Object(e.context.clone()).to_string());
+            .push_bind(context_id)
+            .push_bind(per_event);
     });
     q.build().execute(pool).await.expect("raw insert");
 }
@@ -485,6 +494,13 @@ async fn storage(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
     let catalog = format!("{}/{prefix}_catalog", args.mysql);
     let compact_url = format!("{}/{prefix}_compact", args.mysql);
     cli(args, &catalog, &["shard", "add", "compact", &compact_url]);
+    let env_id: u32 = cli(
+        args,
+        &catalog,
+        &["env", "create", "env_compact", "--shard", "compact"],
+    )
+    .parse()
+    .expect("id");
     let compact = MySqlPoolOptions::new()
         .max_connections(POOL)
         .connect(&compact_url)
@@ -504,19 +520,21 @@ async fn storage(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
         .await
         .expect("naive table");
 
-    let rows = events(1, args.storage_events, 42);
-    // The compact schema stores names once: fill its lookup table as the backend would.
-    for (i, name) in NAMES.iter().enumerate() {
-        sqlx::query("INSERT IGNORE INTO event_names (id, env_id, name) VALUES (?, 1, ?)")
-            .bind(i as u32 + 1)
-            .bind(name.as_bytes())
-            .execute(&compact)
-            .await
-            .expect("names");
-    }
-    stream::iter(rows.chunks(BATCH))
-        .for_each_concurrent(POOL as usize, |c| raw_insert(&compact, c))
+    // Ours: written by the backend itself, through POST /v1/ingest.
+    let rows = events(env_id, args.storage_events, 42);
+    {
+        let (_server, port) = start_backend(args, &catalog).await;
+        let bodies = rows
+            .chunks(BATCH)
+            .map(|c| serde_json::to_vec(c).expect("json"))
+            .collect();
+        post_all(
+            &format!("http://127.0.0.1:{port}"),
+            bodies,
+            2 * POOL as usize,
+        )
         .await;
+    }
     stream::iter(rows.chunks(BATCH))
         .for_each_concurrent(POOL as usize, |chunk| {
             let naive = naive.clone();
@@ -541,7 +559,7 @@ async fn storage(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
         })
         .await;
     let n = args.storage_events as f64;
-    let ours = table_bytes(&compact, &["events", "event_names"]).await as f64 / n;
+    let ours = table_bytes(&compact, &["events", "event_names", "contexts"]).await as f64 / n;
     let theirs = table_bytes(&naive, &["naive_events"]).await as f64 / n;
     figures.push(Figure {
         name: format!(

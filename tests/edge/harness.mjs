@@ -185,12 +185,12 @@ export class Backend {
     }
   }
 
-  /** Rows of `events` in a shard, with the event name and JSON columns as text. */
+  /** Rows of `events_full` in a shard (names resolved, context whole), JSON columns as text. */
   async events(shard, envId) {
     const rows = await sql(
-      `SELECT HEX(e.id), n.name, e.env_id, UNIX_TIMESTAMP(e.ts)*1000, UNIX_TIMESTAMP(e.received_at)*1000,
+      `SELECT HEX(e.id), e.name, e.env_id, UNIX_TIMESTAMP(e.ts)*1000, UNIX_TIMESTAMP(e.received_at)*1000,
               e.user_id, e.anonymous_id, e.session_id, e.client_id, e.properties, e.context
-         FROM events e JOIN event_names n ON n.id = e.name_id
+         FROM events_full e
         WHERE e.env_id = ${Number(envId)} ORDER BY e.ts, e.id`,
       this.shards[shard],
     );

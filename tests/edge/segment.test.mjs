@@ -80,9 +80,9 @@ const basic = (key) => "Basic " + Buffer.from(`${key}:`).toString("base64");
 /** Rows of the Segment columns, keyed by client id (the messageId). */
 async function rows(shard, envId, where = "1=1") {
   const out = await sql(
-    `SELECT e.client_id, e.event_type, n.name, e.user_id, e.anonymous_id, e.group_id, e.previous_id,
+    `SELECT e.client_id, e.event_type, e.name, e.user_id, e.anonymous_id, e.group_id, e.previous_id,
             e.properties, e.traits, e.context, UNIX_TIMESTAMP(e.ts)*1000, UNIX_TIMESTAMP(e.received_at)*1000
-       FROM events e JOIN event_names n ON n.id = e.name_id
+       FROM events_full e
       WHERE e.env_id = ${Number(envId)} AND ${where}`,
     backend.shards[shard],
   );
