@@ -3,6 +3,9 @@ use std::process::ExitCode;
 use backend::{catalog, counters, db, Config, Error, Result};
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Sluice backend: the ingest service and its admin commands.
 #[derive(Parser)]
 #[command(name = "backend", version)]
