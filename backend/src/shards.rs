@@ -89,7 +89,7 @@ type NameKey = (u32, u32, (u8, String));
 /// (shard id, env id, shared-context hash) → its id on that shard.
 type ContextKey = (u32, u32, [u8; 16]);
 
-/// Lazily created pools, one per shard, and the event-name id cache.
+/// Lazily created pools, one per shard, and the name and shared-context id caches.
 pub struct Shards {
     pools: Mutex<HashMap<u32, (String, MySqlPool)>>,
     names: Mutex<HashMap<NameKey, u32>>,
