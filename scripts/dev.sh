@@ -76,7 +76,7 @@ Send an event:
        -H 'Content-Type: application/json' -d '{"event":"signup","user_id":"u1","properties":{"plan":"pro"}}'
 
 See it land:
-  mariadb -h127.0.0.1 -P${db##*:} -usluice -psluice -e 'SELECT HEX(id), ts, user_id, properties FROM sluice_dev_shard.events ORDER BY ts DESC LIMIT 5'
+  mariadb -h127.0.0.1 -P${db##*:} -usluice -psluice -e 'SELECT name, ts, user_id, properties, context FROM sluice_dev_shard.events_full ORDER BY ts DESC LIMIT 5'
 
 Dashboard: http://127.0.0.1:$backend_port/dashboard   environment: dev   read token: $(cat .dev/read-token)
 
