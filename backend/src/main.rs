@@ -84,6 +84,12 @@ enum EnvCommand {
         #[arg(long)]
         to: String,
     },
+    /// Copy the history from the primary shard to the secondary (during a
+    /// migration, before `env promote`); rows already there are skipped, so
+    /// it is safe alongside the dual writes and safe to run again.
+    Backfill {
+        name: String,
+    },
     /// Make the secondary shard the primary.
     Promote {
         name: String,
@@ -221,7 +227,46 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 EnvCommand::Migrate { name, to } => {
                     catalog::migrate_environment(&pool, &name, &to).await?;
-                    println!("{name}: writes now go to its primary and to {to}; run `backend env promote {name}` once {to} holds the history");
+                    println!("{name}: writes now go to its primary and to {to}; copy the history with `backend env backfill {name}`, then `backend env promote {name}`");
+                }
+                EnvCommand::Backfill { name } => {
+                    let environment = catalog::environment_by_name(&pool, &name).await?;
+                    let Some(secondary) = environment.secondary_shard_id else {
+                        return Err(Error::InvalidArgument(
+                            "environment",
+                            format!("{name} is not migrating; run `backend env migrate {name} --to SHARD` first"),
+                        ));
+                    };
+                    let all = catalog::list_shards(&pool).await?;
+                    let shard = |id: u32| {
+                        all.iter().find(|s| s.id == id).ok_or_else(|| {
+                            Error::Internal(format!("shard {id} is not in the catalog"))
+                        })
+                    };
+                    let (from, to) = (shard(environment.primary_shard_id)?, shard(secondary)?);
+                    let metrics = catalog::list_metrics(&pool, &name).await?;
+                    let shards = backend::shards::Shards::new(
+                        2,
+                        std::time::Duration::from_secs(10),
+                        config.insert_chunk_rows,
+                    );
+                    let counters = counters::Counters::new(config.second_retention_secs());
+                    let copied = shards
+                        .copy_history(from, to, environment.id, &metrics, &counters)
+                        .await?;
+                    let snapshot = catalog::Catalog::open(pool.clone()).await?.snapshot();
+                    let failed = counters.flush(&snapshot, &shards).await;
+                    shards.close().await;
+                    if !failed.is_empty() {
+                        return Err(Error::Internal(format!(
+                            "events copied, but counting them failed on {}; run `backend counters rebuild --env {name} --since 0`",
+                            failed.join(", ")
+                        )));
+                    }
+                    println!(
+                        "{name}: {} events read on {}, {} inserted on {} (the rest were there); `backend env promote {name}` when ready",
+                        copied.read, from.name, copied.inserted, to.name
+                    );
                 }
                 EnvCommand::Promote { name } => {
                     catalog::promote_environment(&pool, &name).await?;

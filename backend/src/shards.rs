@@ -527,6 +527,105 @@ impl Shards {
     }
 }
 
+/// One page of an environment's events on a shard, whole (through the
+/// `events_full` view), in primary-key order after `after`.
+const SELECT_HISTORY: &str = "SELECT id, client_id, event_type, name, ts, received_at, \
+    user_id, anonymous_id, session_id, group_id, previous_id, \
+    CAST(properties AS CHAR), CAST(traits AS CHAR), CAST(context AS CHAR) \
+    FROM events_full WHERE env_id = ? AND id > ? ORDER BY id LIMIT ?";
+
+/// What `copy_history` did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CopyOutcome {
+    pub read: u64,
+    pub inserted: u64,
+}
+
+/// A nullable text column as the writer stored it (`VARCHAR ... utf8mb4_bin`
+/// columns decode as bytes).
+fn text(row: &sqlx::mysql::MySqlRow, index: usize) -> Result<Option<String>> {
+    let bytes: Option<Vec<u8>> = row.try_get(index)?;
+    Ok(bytes.map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+fn json_map(text: Option<String>) -> Result<serde_json::Map<String, serde_json::Value>> {
+    match text {
+        None => Ok(serde_json::Map::new()),
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| crate::error::Error::Internal(format!("stored JSON unreadable: {e}"))),
+    }
+}
+
+impl Shards {
+    /// Copy an environment's history from one shard to another (the
+    /// backfill before `env promote`): rows are read back whole and written
+    /// through [`Shards::write`], so names and shared contexts get the target
+    /// shard's own ids, and rows already there (dual writes, an earlier run)
+    /// are skipped. Counts of what this inserted go to `counters`.
+    pub async fn copy_history(
+        &self,
+        from: &Shard,
+        to: &Shard,
+        env_id: u32,
+        metrics: &[Metric],
+        counters: &crate::counters::Counters,
+    ) -> Result<CopyOutcome> {
+        let source = self.pool(from)?;
+        let mut after: Vec<u8> = Vec::new();
+        let mut outcome = CopyOutcome::default();
+        loop {
+            let rows = sqlx::query(SELECT_HISTORY)
+                .bind(env_id)
+                .bind(&after)
+                .bind(self.chunk_rows as u64)
+                .fetch_all(&source)
+                .await?;
+            let Some(last) = rows.last() else {
+                return Ok(outcome);
+            };
+            after = last.try_get(0)?;
+            let mut envelopes = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let key: Vec<u8> = row.try_get(0)?;
+                let client_id = text(row, 1)?;
+                let id = match (client_id, <[u8; 16]>::try_from(key.as_slice())) {
+                    (Some(id), _) => id,
+                    (None, Ok(key)) => protocol::uuid_of_key(key),
+                    (None, Err(_)) => {
+                        return Err(crate::error::Error::Internal(
+                            "a stored event id is not 16 bytes".into(),
+                        ))
+                    }
+                };
+                let name: Vec<u8> = row.try_get(3)?;
+                let ts: NaiveDateTime = row.try_get(4)?;
+                let received_at: NaiveDateTime = row.try_get(5)?;
+                envelopes.push(Envelope {
+                    id,
+                    env_id,
+                    name: String::from_utf8_lossy(&name).into_owned(),
+                    timestamp: ts.and_utc().timestamp_millis(),
+                    received_at: received_at.and_utc().timestamp_millis(),
+                    user_id: text(row, 6)?,
+                    anonymous_id: text(row, 7)?,
+                    session_id: text(row, 8)?,
+                    group_id: text(row, 9)?,
+                    previous_id: text(row, 10)?,
+                    properties: json_map(row.try_get(11)?)?,
+                    traits: json_map(row.try_get(12)?)?,
+                    context: json_map(row.try_get(13)?)?,
+                    event_type: EventType::from_code(row.try_get(2)?).unwrap_or_default(),
+                });
+            }
+            let refs: Vec<&Envelope> = envelopes.iter().collect();
+            let written = self.write(to, env_id, &refs, metrics).await?;
+            counters.record(to.id, env_id, &written.counted);
+            outcome.read += envelopes.len() as u64;
+            outcome.inserted += written.inserted;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -253,6 +253,12 @@ pub fn is_uuid(id: &str) -> bool {
     Uuid::try_parse(id).is_ok()
 }
 
+/// The UUID a stored key is the bytes of (for rows whose `client_id` is
+/// empty, i.e. whose id was a UUID): `event_key` of it gives `key` back.
+pub fn uuid_of_key(key: [u8; 16]) -> String {
+    Uuid::from_bytes(key).hyphenated().to_string()
+}
+
 /// A UUIDv7 for `unix_ms` with caller-supplied randomness (the edge takes it
 /// from `crypto.getRandomValues`; this crate has no source of its own).
 pub fn uuid_v7(unix_ms: u64, random: &[u8; 10]) -> String {
