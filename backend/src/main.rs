@@ -231,20 +231,25 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 EnvCommand::Backfill { name } => {
                     let environment = catalog::environment_by_name(&pool, &name).await?;
-                    let Some(secondary) = environment.secondary_shard_id else {
+                    if environment.secondary_shard_id.is_none() {
                         return Err(Error::InvalidArgument(
                             "environment",
                             format!("{name} is not migrating; run `backend env migrate {name} --to SHARD` first"),
                         ));
+                    }
+                    let snapshot = catalog::Catalog::open(pool.clone()).await?.snapshot();
+                    let Some([from, to]) = snapshot
+                        .targets(environment.id)
+                        .and_then(|t| <[&catalog::Shard; 2]>::try_from(t).ok())
+                    else {
+                        return Err(Error::Internal(format!(
+                            "{name}: its shards are not both in the catalog"
+                        )));
                     };
-                    let all = catalog::list_shards(&pool).await?;
-                    let shard = |id: u32| {
-                        all.iter().find(|s| s.id == id).ok_or_else(|| {
-                            Error::Internal(format!("shard {id} is not in the catalog"))
-                        })
-                    };
-                    let (from, to) = (shard(environment.primary_shard_id)?, shard(secondary)?);
-                    let metrics = catalog::list_metrics(&pool, &name).await?;
+                    let metrics = snapshot
+                        .metrics
+                        .get(&environment.id)
+                        .map_or(&[][..], Vec::as_slice);
                     let shards = backend::shards::Shards::new(
                         2,
                         std::time::Duration::from_secs(10),
@@ -252,9 +257,8 @@ async fn run(cli: Cli) -> Result<()> {
                     );
                     let counters = counters::Counters::new(config.second_retention_secs());
                     let copied = shards
-                        .copy_history(from, to, environment.id, &metrics, &counters)
+                        .copy_history(from, to, environment.id, metrics, &counters)
                         .await?;
-                    let snapshot = catalog::Catalog::open(pool.clone()).await?.snapshot();
                     let failed = counters.flush(&snapshot, &shards).await;
                     shards.close().await;
                     if !failed.is_empty() {

@@ -204,6 +204,18 @@ async fn against_trivial(
     (medians(&ours), medians(&theirs))
 }
 
+/// An edge p99 next to the same p99 of a trivial worker, and the difference.
+fn p99_figure(name: String, p99: f64, trivial: &str, t99: f64, target: &str) -> Figure {
+    Figure {
+        name,
+        value: p99,
+        unit: "ms",
+        reference: format!("{trivial} {t99:.2} (overhead {:.2})", p99 - t99),
+        ratio: Some(p99 / t99),
+        target: target.into(),
+    }
+}
+
 /// The "202 → seen within 2 s" figure: ms from each start to when its key
 /// was seen; `name(count, p50, missing)` describes it. None if nothing was seen.
 fn two_second_figure<K: Eq + std::hash::Hash>(
@@ -367,18 +379,17 @@ pub async fn figures(target: Target<'_>, runs: usize, figures: &mut Vec<Figure>)
                 ratio: Some(p50 / t50),
                 target: "-".into(),
             });
-            figures.push(Figure {
-                name: format!("edge answer p99, {label}, concurrency {concurrency}"),
-                value: p99,
-                unit: "ms",
-                reference: format!("trivial worker {t99:.2} (overhead {:.2})", p99 - t99),
-                ratio: Some(p99 / t99),
-                target: if label == "1-event" {
-                    "overhead ≤ 1 ms".into()
+            figures.push(p99_figure(
+                format!("edge answer p99, {label}, concurrency {concurrency}"),
+                p99,
+                "trivial worker",
+                t99,
+                if label == "1-event" {
+                    "overhead ≤ 1 ms"
                 } else {
-                    "-".into()
+                    "-"
                 },
-            });
+            ));
         }
     }
     // The same worker without the queue consumer: in wrangler dev the consumer
@@ -397,14 +408,13 @@ pub async fn figures(target: Target<'_>, runs: usize, figures: &mut Vec<Figure>)
             runs,
         )
         .await;
-        figures.push(Figure {
-            name: format!("edge answer p99, 1-event, concurrency {concurrency}, no queue consumer in the same workerd"),
-            value: p99,
-            unit: "ms",
-            reference: format!("trivial worker {t99:.2} (overhead {:.2})", p99 - t99),
-            ratio: Some(p99 / t99),
-            target: "overhead ≤ 1 ms".into(),
-        });
+        figures.push(p99_figure(
+            format!("edge answer p99, 1-event, concurrency {concurrency}, no queue consumer in the same workerd"),
+            p99,
+            "trivial worker",
+            t99,
+            "overhead ≤ 1 ms",
+        ));
     }
     drop(_ingest);
 
@@ -415,14 +425,13 @@ pub async fn figures(target: Target<'_>, runs: usize, figures: &mut Vec<Figure>)
     for (concurrency, n) in [(1usize, 300usize), (32, 2000)] {
         let ((p50, p99), (t50, t99)) =
             against_trivial(&edge, &reader_url, &key, &events(1), n, concurrency, runs).await;
-        figures.push(Figure {
-            name: format!("edge answer p50/p99, 1-event, concurrency {concurrency}, against a trivial worker that reads the body (p50 {p50:.2} vs {t50:.2})"),
-            value: p99,
-            unit: "ms",
-            reference: format!("body-reading trivial worker {t99:.2} (overhead {:.2})", p99 - t99),
-            ratio: Some(p99 / t99),
-            target: "-".into(),
-        });
+        figures.push(p99_figure(
+            format!("edge answer p50/p99, 1-event, concurrency {concurrency}, against a trivial worker that reads the body (p50 {p50:.2} vs {t50:.2})"),
+            p99,
+            "body-reading trivial worker",
+            t99,
+            "-",
+        ));
     }
     drop(_reader);
 
