@@ -85,19 +85,15 @@ fn args() -> Args {
 /// appends to the end of the time-ordered keys instead of filling in an
 /// hour that earlier runs already wrote.
 fn events(env_id: u32, n: usize, seed: u64) -> Vec<Envelope> {
-    static CLOCKS: std::sync::Mutex<Vec<(u32, i64)>> = std::sync::Mutex::new(Vec::new());
+    static CLOCKS: std::sync::Mutex<std::collections::BTreeMap<u32, i64>> =
+        std::sync::Mutex::new(std::collections::BTreeMap::new());
     let base = {
         let mut clocks = CLOCKS.lock().unwrap_or_else(|p| p.into_inner());
-        let start = chrono::Utc::now().timestamp_millis() - 2 * 3_600_000;
-        let i = match clocks.iter().position(|(id, _)| *id == env_id) {
-            Some(i) => i,
-            None => {
-                clocks.push((env_id, start));
-                clocks.len() - 1
-            }
-        };
-        let base = clocks[i].1;
-        clocks[i].1 += n as i64 * 3;
+        let clock = clocks
+            .entry(env_id)
+            .or_insert_with(|| chrono::Utc::now().timestamp_millis() - 2 * 3_600_000);
+        let base = *clock;
+        *clock += n as i64 * 3;
         base
     };
     let mut rng = SmallRng::seed_from_u64(seed);
