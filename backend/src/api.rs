@@ -19,7 +19,13 @@ use crate::{error::Error, ingest, stats, AppState};
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/ingest", post(ingest_batch))
+        .route(
+            "/v1/ingest",
+            post(ingest_batch).route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                count_ingest_requests,
+            )),
+        )
         .route("/v1/stats/summary", get(stats::summary))
         .route("/v1/stats/series", get(stats::series))
         .route("/v1/stats/stream", get(stats::stream))
@@ -52,7 +58,7 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(middleware::from_fn_with_state(
             state.clone(),
-            track_in_flight,
+            every_response,
         ))
         .with_state(state)
 }
@@ -76,26 +82,62 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
     (status, Json(json!({"error": code, "message": message}))).into_response()
 }
 
-async fn track_in_flight(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// The in-flight gauge, and the one place `Retry-After` is set: on every
+/// 503, and on a 207 (some environments must be sent again), from
+/// `SLUICE_RETRY_AFTER_SECS`.
+async fn every_response(State(state): State<AppState>, request: Request, next: Next) -> Response {
     state.metrics.in_flight.inc();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     state.metrics.in_flight.dec();
+    let status = response.status();
+    if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::MULTI_STATUS {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(state.config.retry_after_secs),
+        );
+    }
     response
 }
 
+/// `sluice_ingest_requests_total{status}`: every answer of `/v1/ingest`,
+/// refusals by the token check included.
+async fn count_ingest_requests(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    state
+        .metrics
+        .requests
+        .with_label_values(&[response.status().as_str()])
+        .inc();
+    response
+}
+
+/// Ready while the process serves: a catalog outage does not take a backend
+/// out of its load balancer (ingest goes on with the last snapshot), it
+/// shows as `"catalog": "stale"` with the snapshot's age.
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.catalog.ping().await {
-        Json(json!({"status": "ready"})).into_response()
+    let catalog = if state.catalog.is_fresh() {
+        "fresh"
     } else {
-        json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "catalog_unavailable",
-            "the catalog database does not answer",
-        )
-    }
+        "stale"
+    };
+    Json(json!({
+        "status": "ready",
+        "catalog": catalog,
+        "catalog_age_seconds": state.catalog.snapshot().age().as_secs_f64(),
+        "catalog_max_age_seconds": state.catalog.max_age().as_secs_f64(),
+    }))
+    .into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    state
+        .metrics
+        .catalog_snapshot_age
+        .set(state.catalog.snapshot().age().as_secs_f64());
     (
         [(
             header::CONTENT_TYPE,
@@ -239,12 +281,12 @@ async fn ingest_batch(
         })
         .await
         .map_err(|e| Error::Internal(format!("decoder task failed: {e}")))??;
-        ingest::check_environments(&state, &envelopes).await?;
-        Ok::<_, Error>(ingest::land(&state, &envelopes).await)
+        let snapshot = ingest::route(&state, &envelopes).await?;
+        Ok::<_, Error>(ingest::land(&state, &snapshot, &envelopes).await)
     }
     .await;
 
-    let response = match result {
+    match result {
         Ok(outcome) => {
             let status = if outcome.retry.is_empty() {
                 StatusCode::OK
@@ -253,23 +295,10 @@ async fn ingest_batch(
             } else {
                 StatusCode::MULTI_STATUS
             };
-            let mut response = (status, Json(outcome)).into_response();
-            if status != StatusCode::OK {
-                if let Ok(value) = HeaderValue::from_str(&state.config.retry_after_secs.to_string())
-                {
-                    response.headers_mut().insert(header::RETRY_AFTER, value);
-                }
-            }
-            response
+            (status, Json(outcome)).into_response()
         }
         Err(error) => error.into_response(),
-    };
-    state
-        .metrics
-        .requests
-        .with_label_values(&[response.status().as_str()])
-        .inc();
-    response
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,13 @@
 //! The catalog: which shards exist and where each environment's events go.
 //!
-//! Routing reads an in-memory snapshot refreshed every
-//! `SLUICE_CATALOG_REFRESH_MS`; an environment id the snapshot does not know
-//! forces an early refresh, so a new environment is routable at once.
+//! Routing reads an in-memory snapshot. Its age is bounded by the write path
+//! itself, not by a timer: a write whose snapshot is older than
+//! `SLUICE_CATALOG_REFRESH_MS` waits for one shared refresh before routing
+//! ([`Catalog::routing_snapshot`]); a background task refreshes at half that
+//! interval so writes rarely wait. An environment id the snapshot does not
+//! know forces a refresh too, so a new environment is routable at once. When
+//! the catalog cannot be read, routing goes on with the last snapshot
+//! (ingest must not stop) and its age shows in `/readyz` and `/metrics`.
 
 use std::{
     collections::HashMap,
@@ -39,17 +44,39 @@ pub struct Environment {
     pub secondary_shard_id: Option<u32>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Snapshot {
     pub shards: HashMap<u32, Shard>,
     pub environments: HashMap<u32, Environment>,
     /// Each environment's metrics.
     pub metrics: HashMap<u32, Vec<Metric>>,
+    /// When the read that produced this snapshot started: it reflects the
+    /// catalog as of then, so its age is measured from here.
+    pub read_at: Instant,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Self {
+            shards: HashMap::new(),
+            environments: HashMap::new(),
+            metrics: HashMap::new(),
+            read_at: Instant::now(),
+        }
+    }
 }
 
 impl Snapshot {
     /// The shards an environment's events are written to: its primary, then
     /// its secondary while it migrates.
+    pub fn age(&self) -> Duration {
+        self.read_at.elapsed()
+    }
+
+    fn knows(&self, env_ids: &[u32]) -> bool {
+        env_ids.iter().all(|id| self.environments.contains_key(id))
+    }
+
     pub fn targets(&self, env_id: u32) -> Option<Vec<&Shard>> {
         let env = self.environments.get(&env_id)?;
         let mut targets = vec![self.shards.get(&env.primary_shard_id)?];
@@ -73,6 +100,7 @@ pub async fn list_environments(pool: &MySqlPool) -> Result<Vec<Environment>> {
 }
 
 async fn load(pool: &MySqlPool) -> Result<Snapshot> {
+    let read_at = Instant::now();
     let shards = list_shards(pool).await?;
     let environments = list_environments(pool).await?;
     let mut metrics: HashMap<u32, Vec<Metric>> = HashMap::new();
@@ -86,6 +114,7 @@ async fn load(pool: &MySqlPool) -> Result<Snapshot> {
         shards: shards.into_iter().map(|s| (s.id, s)).collect(),
         environments: environments.into_iter().map(|e| (e.id, e)).collect(),
         metrics,
+        read_at,
     })
 }
 
@@ -93,24 +122,51 @@ async fn load(pool: &MySqlPool) -> Result<Snapshot> {
 pub struct Catalog {
     pool: MySqlPool,
     snapshot: RwLock<Arc<Snapshot>>,
-    /// When the last forced refresh that succeeded started. Held across the
-    /// refresh, so concurrent requests for a new environment wait for it.
-    last_forced: tokio::sync::Mutex<Option<Instant>>,
+    /// The routing bound: no write routes with a snapshot older than this
+    /// while the catalog answers.
+    max_age: Duration,
+    /// One refresh at a time (single flight): callers that queue behind a
+    /// refresh use its result instead of starting their own.
+    refreshing: tokio::sync::Mutex<Attempts>,
 }
 
-/// Forced refreshes (for unknown environment ids) happen at most this often,
-/// so a stream of envelopes for a deleted environment cannot hammer the catalog.
-const FORCED_REFRESH_GAP: Duration = Duration::from_millis(200);
+/// When refreshes started, to space them out.
+#[derive(Default)]
+struct Attempts {
+    /// The last refresh forced by an unknown environment id.
+    forced: Option<Instant>,
+    /// The last refresh that failed.
+    failed: Option<Instant>,
+}
+
+/// Refreshes forced by unknown environment ids, and retries after a failed
+/// refresh, happen at most this often: a stream of envelopes for a deleted
+/// environment, or a catalog outage, cannot turn into a query per request.
+pub const REFRESH_GAP: Duration = Duration::from_millis(200);
+
+/// A catalog read that takes longer is abandoned: writers waiting for it go
+/// on with the last snapshot.
+const REFRESH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a caller needs a fresher snapshot than the current one.
+#[derive(Clone, Copy, PartialEq)]
+enum Need {
+    /// It names an environment id the snapshot does not know.
+    Unknown,
+    /// The snapshot is older than the given age.
+    OlderThan(Duration),
+}
 
 impl Catalog {
-    pub async fn open(pool: MySqlPool) -> Result<Self> {
+    pub async fn open(pool: MySqlPool, max_age: Duration) -> Result<Self> {
         let snapshot = load(&pool)
             .await
             .map_err(|e| Error::Catalog(e.to_string()))?;
         Ok(Self {
             pool,
             snapshot: RwLock::new(Arc::new(snapshot)),
-            last_forced: tokio::sync::Mutex::new(None),
+            max_age,
+            refreshing: tokio::sync::Mutex::new(Attempts::default()),
         })
     }
 
@@ -118,6 +174,12 @@ impl Catalog {
         &self.pool
     }
 
+    /// The routing bound (`SLUICE_CATALOG_REFRESH_MS`).
+    pub fn max_age(&self) -> Duration {
+        self.max_age
+    }
+
+    /// The current snapshot, however old (for reads that do not route).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         match self.snapshot.read() {
             Ok(guard) => guard.clone(),
@@ -125,51 +187,104 @@ impl Catalog {
         }
     }
 
+    /// Whether the current snapshot is within the routing bound.
+    pub fn is_fresh(&self) -> bool {
+        self.snapshot().age() <= self.max_age
+    }
+
+    /// Read the catalog now and replace the snapshot.
     pub async fn refresh(&self) -> Result<()> {
-        let fresh = Arc::new(
-            load(&self.pool)
-                .await
-                .map_err(|e| Error::Catalog(e.to_string()))?,
-        );
-        match self.snapshot.write() {
-            Ok(mut guard) => *guard = fresh,
-            Err(poisoned) => *poisoned.into_inner() = fresh,
+        let fresh = match tokio::time::timeout(REFRESH_TIMEOUT, load(&self.pool)).await {
+            Ok(Ok(snapshot)) => Arc::new(snapshot),
+            Ok(Err(e)) => return Err(Error::Catalog(e.to_string())),
+            Err(_) => return Err(Error::Catalog("reading the catalog timed out".into())),
+        };
+        let mut guard = match self.snapshot.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // A slow read must not replace a newer one that finished first.
+        if fresh.read_at >= guard.read_at {
+            *guard = fresh;
         }
         Ok(())
     }
 
-    /// A snapshot read after this call began if `env_ids` holds an id the
-    /// current one does not know; else the current one. Concurrent callers
-    /// share one refresh: a refresh that started after a caller asked answers
-    /// it, and no two start within [`FORCED_REFRESH_GAP`].
-    pub async fn refresh_for(
-        &self,
-        env_ids: impl IntoIterator<Item = u32>,
-    ) -> Result<Arc<Snapshot>> {
-        let snapshot = self.snapshot();
-        if env_ids
-            .into_iter()
-            .all(|id| snapshot.environments.contains_key(&id))
-        {
-            return Ok(snapshot);
+    /// The snapshot a write routes with: one no older than the routing bound
+    /// that knows every id in `env_ids`. Concurrent callers share one
+    /// refresh. When the catalog cannot be read, a caller whose ids are all
+    /// known goes on with the last snapshot (ingest must not stop; its age is
+    /// visible in `/readyz` and `/metrics`); one that names an unknown id gets
+    /// the error, so its envelopes are retried rather than refused.
+    pub async fn routing_snapshot(&self, env_ids: &[u32]) -> Result<Arc<Snapshot>> {
+        let current = self.snapshot();
+        if !current.knows(env_ids) {
+            return self.refreshed(Need::Unknown, env_ids).await;
         }
-        let asked = Instant::now();
-        let mut last = self.last_forced.lock().await;
-        if let Some(started) = *last {
-            if started >= asked {
-                return Ok(self.snapshot());
-            }
-            tokio::time::sleep(FORCED_REFRESH_GAP.saturating_sub(started.elapsed())).await;
+        if current.age() <= self.max_age {
+            return Ok(current);
         }
-        let started = Instant::now();
-        self.refresh().await?;
-        *last = Some(started);
-        Ok(self.snapshot())
+        match self.refreshed(Need::OlderThan(self.max_age), env_ids).await {
+            Ok(snapshot) => Ok(snapshot),
+            Err(_) => Ok(self.snapshot()),
+        }
     }
 
-    /// Whether the catalog database answers (for `/readyz`).
-    pub async fn ping(&self) -> bool {
-        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    /// The background refresh: keeps the snapshot younger than `age` so
+    /// writes seldom wait; shares the single flight with writers.
+    pub async fn refresh_if_older(&self, age: Duration) -> Result<()> {
+        self.refreshed(Need::OlderThan(age), &[]).await.map(|_| ())
+    }
+
+    async fn refreshed(&self, need: Need, env_ids: &[u32]) -> Result<Arc<Snapshot>> {
+        let asked = Instant::now();
+        let satisfied = |s: &Snapshot| match need {
+            Need::Unknown => s.knows(env_ids) || s.read_at >= asked,
+            Need::OlderThan(age) => s.age() <= age,
+        };
+        let mut attempts = self.refreshing.lock().await;
+        let current = self.snapshot();
+        if satisfied(&current) {
+            return Ok(current);
+        }
+        if let Some(failed) = attempts.failed.filter(|f| f.elapsed() < REFRESH_GAP) {
+            if failed >= asked || need != Need::Unknown {
+                return Err(Error::Catalog(
+                    "the catalog could not be read moments ago".into(),
+                ));
+            }
+        }
+        if need == Need::Unknown {
+            if let Some(started) = attempts.forced {
+                tokio::time::sleep(REFRESH_GAP.saturating_sub(started.elapsed())).await;
+            }
+            attempts.forced = Some(Instant::now());
+        }
+        match self.refresh().await {
+            Ok(()) => {
+                attempts.failed = None;
+                Ok(self.snapshot())
+            }
+            Err(error) => {
+                attempts.failed = Some(Instant::now());
+                tracing::warn!(
+                    %error,
+                    snapshot_age_ms = self.snapshot().age().as_millis() as u64,
+                    "catalog refresh failed; routing with the previous snapshot"
+                );
+                Err(error)
+            }
+        }
+    }
+
+    /// The environment with this id, refreshing (throttled, single flight)
+    /// when the snapshot does not know it yet.
+    pub async fn environment(&self, env_id: u32) -> Result<Option<Environment>> {
+        let snapshot = match self.routing_snapshot(&[env_id]).await {
+            Ok(snapshot) => snapshot,
+            Err(_) => self.snapshot(),
+        };
+        Ok(snapshot.environments.get(&env_id).cloned())
     }
 }
 

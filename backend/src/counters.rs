@@ -233,7 +233,7 @@ impl Counters {
                 );
                 continue;
             };
-            let result = match shards.pool(shard) {
+            let result = match shards.background_pool(shard) {
                 Ok(pool) => upsert(&pool, &deltas).await,
                 Err(e) => Err(e),
             };
@@ -272,6 +272,13 @@ async fn upsert(pool: &MySqlPool, d: &Deltas) -> Result<()> {
     // double counting; keys are sorted (BTreeMap), so flushers of several
     // backend processes lock rows in the same order and do not deadlock.
     let mut tx = pool.begin().await?;
+    add_deltas(&mut tx, d).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Add `d` to the stored counts, inside the caller's transaction.
+async fn add_deltas(tx: &mut Transaction<'_, MySql>, d: &Deltas) -> Result<()> {
     let count = |b: &mut sqlx::query_builder::Separated<'_, '_, MySql, &'static str>,
                  &(env, t, id): &(u32, i64, u32),
                  n: &u64| {
@@ -280,10 +287,10 @@ async fn upsert(pool: &MySqlPool, d: &Deltas) -> Result<()> {
             .push_bind(id)
             .push_bind(*n);
     };
-    upsert_rows(&mut tx, UPSERT_MINUTE, ON_DUPLICATE, &d.minute, count).await?;
-    upsert_rows(&mut tx, UPSERT_SECOND, ON_DUPLICATE, &d.second, count).await?;
+    upsert_rows(tx, UPSERT_MINUTE, ON_DUPLICATE, &d.minute, count).await?;
+    upsert_rows(tx, UPSERT_SECOND, ON_DUPLICATE, &d.second, count).await?;
     upsert_rows(
-        &mut tx,
+        tx,
         UPSERT_COUNTRY,
         ON_DUPLICATE,
         &d.country,
@@ -305,7 +312,7 @@ async fn upsert(pool: &MySqlPool, d: &Deltas) -> Result<()> {
             .push_bind(total);
     };
     upsert_rows(
-        &mut tx,
+        tx,
         UPSERT_METRIC_MINUTE,
         ON_DUPLICATE_METRIC,
         &d.metric_minute,
@@ -313,7 +320,7 @@ async fn upsert(pool: &MySqlPool, d: &Deltas) -> Result<()> {
     )
     .await?;
     upsert_rows(
-        &mut tx,
+        tx,
         UPSERT_METRIC_SECOND,
         ON_DUPLICATE_METRIC,
         &d.metric_second,
@@ -329,7 +336,7 @@ async fn upsert(pool: &MySqlPool, d: &Deltas) -> Result<()> {
             .bind(period)
             .bind(kind)
             .bind(datetime(start))
-            .fetch_optional(&mut *tx)
+            .fetch_optional(&mut **tx)
             .await?;
         let mut merged = stored
             .as_deref()
@@ -342,10 +349,9 @@ async fn upsert(pool: &MySqlPool, d: &Deltas) -> Result<()> {
             .bind(kind)
             .bind(datetime(start))
             .bind(encode_sketch(&merged))
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 
@@ -485,8 +491,10 @@ pub async fn rebuild(
             .execute(&mut *tx)
             .await?;
     }
+    // The new metric values and sketches go in with the deletes: a failure
+    // anywhere leaves the previous counts in place, never empty ones.
+    add_deltas(&mut tx, &d).await?;
     tx.commit().await?;
-    upsert(pool, &d).await?;
     Ok(total)
 }
 

@@ -42,12 +42,38 @@ fn options(url: &str) -> Result<MySqlConnectOptions> {
 /// A pool that connects on first use; `acquire_timeout` keeps an
 /// unreachable server from stalling a request for long.
 pub fn lazy_pool(url: &str, size: u32, acquire_timeout: Duration) -> Result<MySqlPool> {
-    Ok(MySqlPoolOptions::new()
+    Ok(pool_options(size, acquire_timeout).connect_lazy_with(options(url)?))
+}
+
+/// Like [`lazy_pool`], but a statement waiting for a lock (row or table)
+/// fails after `lock_wait` seconds instead of the server's default (50 s for
+/// rows, up to a year for table locks).
+pub fn lazy_pool_with_lock_wait(
+    url: &str,
+    size: u32,
+    acquire_timeout: Duration,
+    lock_wait: u32,
+) -> Result<MySqlPool> {
+    let set = format!(
+        "SET SESSION innodb_lock_wait_timeout = {lock_wait}, lock_wait_timeout = {lock_wait}"
+    );
+    Ok(pool_options(size, acquire_timeout)
+        .after_connect(move |conn, _| {
+            let set = set.clone();
+            Box::pin(async move {
+                conn.execute(set.as_str()).await?;
+                Ok(())
+            })
+        })
+        .connect_lazy_with(options(url)?))
+}
+
+fn pool_options(size: u32, acquire_timeout: Duration) -> MySqlPoolOptions {
+    MySqlPoolOptions::new()
         .max_connections(size)
         .min_connections(0)
         .acquire_timeout(acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
-        .connect_lazy_with(options(url)?))
 }
 
 /// Create the URL's database if it does not exist yet.

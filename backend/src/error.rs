@@ -124,14 +124,8 @@ impl IntoResponse for Error {
             message: self.to_string(),
             details,
         };
-        let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("5"),
-            );
-        }
-        response
+        // Retry-After is added to every 503 by the router (api.rs), from config.
+        (status, Json(body)).into_response()
     }
 }
 

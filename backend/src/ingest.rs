@@ -2,14 +2,14 @@
 //! catalog, write every group to its shards concurrently, report per
 //! environment what landed and which envelope ids must be sent again.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
 use futures::future::join_all;
 use protocol::{EnvCounts, EnvFailure, Envelope, IngestResponse};
 use serde_json::json;
 
 use crate::{
-    catalog::{Metric, Shard},
+    catalog::{Metric, Shard, Snapshot},
     error::Error,
     shards::WriteOutcome,
     AppState,
@@ -24,13 +24,13 @@ pub fn group(envelopes: &[Envelope]) -> BTreeMap<u32, Vec<&Envelope>> {
     groups
 }
 
-/// Reject envelopes for environments the catalog does not know (after a
-/// forced refresh): like any invalid envelope, they would never land.
-pub async fn check_environments(state: &AppState, envelopes: &[Envelope]) -> Result<(), Error> {
-    let snapshot = state
-        .catalog
-        .refresh_for(envelopes.iter().map(|e| e.env_id))
-        .await?;
+/// The snapshot to route `envelopes` with (no older than the routing
+/// bound while the catalog answers, see [`crate::catalog::Catalog::routing_snapshot`]).
+/// Envelopes for environments the catalog does not know, even after a
+/// refresh, are refused: like any invalid envelope, they would never land.
+pub async fn route(state: &AppState, envelopes: &[Envelope]) -> Result<Arc<Snapshot>, Error> {
+    let env_ids: Vec<u32> = group(envelopes).into_keys().collect();
+    let snapshot = state.catalog.routing_snapshot(&env_ids).await?;
     let unknown: Vec<_> = envelopes
         .iter()
         .enumerate()
@@ -40,7 +40,7 @@ pub async fn check_environments(state: &AppState, envelopes: &[Envelope]) -> Res
         })
         .collect();
     if unknown.is_empty() {
-        Ok(())
+        Ok(snapshot)
     } else {
         Err(Error::InvalidEnvelopes(unknown))
     }
@@ -114,8 +114,7 @@ async fn write_one(
 
 /// Write every group to all of its target shards. An environment has landed
 /// when every target (primary, and secondary while migrating) has its rows.
-pub async fn land(state: &AppState, envelopes: &[Envelope]) -> IngestResponse {
-    let snapshot = state.catalog.snapshot();
+pub async fn land(state: &AppState, snapshot: &Snapshot, envelopes: &[Envelope]) -> IngestResponse {
     let groups = group(envelopes);
 
     let jobs = groups.iter().map(|(&env_id, group)| {

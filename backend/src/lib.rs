@@ -16,7 +16,7 @@ pub mod metrics;
 pub mod shards;
 pub mod stats;
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
@@ -47,7 +47,7 @@ impl AppState {
     pub async fn new(config: Config) -> Result<Self> {
         db::migrate_catalog(&config.database_url).await?;
         let pool = db::lazy_pool(&config.database_url, 4, config.shard_timeout())?;
-        let catalog = catalog::Catalog::open(pool).await?;
+        let catalog = catalog::Catalog::open(pool, config.catalog_refresh()).await?;
         let counters = counters::Counters::new(config.second_retention_secs());
         let shards = shards::Shards::new(
             config.shard_pool_size,
@@ -69,7 +69,7 @@ impl AppState {
         let now = chrono::Utc::now().timestamp();
         let snapshot = self.catalog.snapshot();
         for shard in snapshot.shards.values() {
-            let Ok(pool) = self.shards.pool(shard) else {
+            let Ok(pool) = self.shards.background_pool(shard) else {
                 continue;
             };
             let cutoffs = (
@@ -99,33 +99,64 @@ impl AppState {
     }
 }
 
-/// Catalog refresh and counter flush, until `stop` turns true.
-fn spawn_background(state: AppState, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+/// Run `job` every `period` (first after `delay`) in a task of its own,
+/// until `stop` turns true.
+fn every<F, Fut>(
+    state: &AppState,
+    stop: &watch::Receiver<bool>,
+    (period, delay): (Duration, Duration),
+    job: F,
+) -> JoinHandle<()>
+where
+    F: Fn(AppState) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let (state, mut stop) = (state.clone(), stop.clone());
     tokio::spawn(async move {
-        let mut refresh = tokio::time::interval(state.config.catalog_refresh());
-        let mut flush = tokio::time::interval(state.config.counter_flush());
-        // Pruning starts a minute in: nothing is due at start-up, and the
-        // first batches of a process are not raced by a delete.
-        let prune_every = std::time::Duration::from_secs(60);
-        let mut prune =
-            tokio::time::interval_at(tokio::time::Instant::now() + prune_every, prune_every);
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + delay, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = refresh.tick() => {
-                    if let Err(error) = state.catalog.refresh().await {
-                        tracing::warn!(%error, "catalog refresh failed; routing with the previous snapshot");
-                    }
-                }
-                _ = flush.tick() => {
-                    state.flush_counters().await;
-                }
-                _ = prune.tick() => {
-                    state.prune_counters().await;
-                }
+                _ = ticks.tick() => job(state.clone()).await,
                 _ = stop.changed() => break,
             }
         }
     })
+}
+
+/// The background jobs, each in a task of its own so that none can hold up
+/// another: a flush waiting on a locked shard delays neither the catalog
+/// refresh nor pruning (and writes bound their routing snapshot's age
+/// themselves, see [`catalog::Catalog::routing_snapshot`]).
+fn spawn_background(state: &AppState, stop: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    // Refreshing at half the bound keeps writes from waiting for one.
+    let half_bound = state.config.catalog_refresh() / 2;
+    // Pruning starts a minute in: nothing is due at start-up, and the first
+    // batches of a process are not raced by a delete.
+    let minute = Duration::from_secs(60);
+    vec![
+        every(
+            state,
+            stop,
+            (half_bound, half_bound),
+            move |state| async move {
+                // A failure is logged by the catalog; routing goes on with the
+                // previous snapshot, whose age `/readyz` and `/metrics` report.
+                let _ = state.catalog.refresh_if_older(half_bound).await;
+            },
+        ),
+        every(
+            state,
+            stop,
+            (state.config.counter_flush(), Duration::ZERO),
+            |state| async move {
+                state.flush_counters().await;
+            },
+        ),
+        every(state, stop, (minute, minute), |state| async move {
+            state.prune_counters().await;
+        }),
+    ]
 }
 
 /// A running server: its address, and the handle that ends when it has
@@ -150,7 +181,7 @@ pub async fn start(
         .map_err(|e| Error::Internal(e.to_string()))?;
     let state = AppState::new(config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
-    let background = spawn_background(state.clone(), stop_rx);
+    let background = spawn_background(&state, &stop_rx);
     let app = api::router(state.clone());
     let server_state = state.clone();
     let done = tokio::spawn(async move {
@@ -158,7 +189,9 @@ pub async fn start(
             .with_graceful_shutdown(shutdown)
             .await;
         let _ = stop_tx.send(true);
-        let _ = background.await;
+        for job in background {
+            let _ = job.await;
+        }
         let mut failed = server_state.flush_counters().await;
         for _ in 0..3 {
             if failed == 0 {

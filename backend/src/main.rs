@@ -237,7 +237,9 @@ async fn run(cli: Cli) -> Result<()> {
                             format!("{name} is not migrating; run `backend env migrate {name} --to SHARD` first"),
                         ));
                     }
-                    let snapshot = catalog::Catalog::open(pool.clone()).await?.snapshot();
+                    let snapshot = catalog::Catalog::open(pool.clone(), config.catalog_refresh())
+                        .await?
+                        .snapshot();
                     let Some([from, to]) = snapshot
                         .targets(environment.id)
                         .and_then(|t| <[&catalog::Shard; 2]>::try_from(t).ok())

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub counter_flush_failures: IntCounterVec,
     pub stats_polls: prometheus::IntCounter,
+    /// Set from the catalog when `/metrics` is read.
+    pub catalog_snapshot_age: prometheus::Gauge,
 }
 
 impl Metrics {
@@ -82,7 +84,16 @@ impl Metrics {
         registry
             .register(Box::new(stats_polls.clone()))
             .expect("unique metric");
+        let catalog_snapshot_age = prometheus::Gauge::new(
+            "sluice_catalog_snapshot_age_seconds",
+            "Age of the catalog snapshot writes route with (above SLUICE_CATALOG_REFRESH_MS: the catalog cannot be read)",
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(catalog_snapshot_age.clone()))
+            .expect("unique metric");
         Self {
+            catalog_snapshot_age,
             stats_polls,
             registry,
             events_inserted,

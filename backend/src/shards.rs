@@ -91,7 +91,12 @@ type ContextKey = (u32, u32, [u8; 16]);
 
 /// Lazily created pools, one per shard, and the name and shared-context id caches.
 pub struct Shards {
-    pools: Mutex<HashMap<u32, (String, MySqlPool)>>,
+    /// The write path's pools.
+    pools: Pools,
+    /// Small pools of their own for counter flushes and pruning, whose lock
+    /// waits are short: a stuck flush can neither take the write path's
+    /// connections nor wait for long.
+    background: Pools,
     names: Mutex<HashMap<NameKey, u32>>,
     contexts: Mutex<HashMap<ContextKey, u32>>,
     pool_size: u32,
@@ -101,6 +106,30 @@ pub struct Shards {
     /// instead of each waiting out the connect timeout (which would hold up
     /// every batch that also carries healthy environments).
     down_until: Mutex<HashMap<u32, std::time::Instant>>,
+}
+
+/// Connections per shard for background work: a flush and a prune.
+const BACKGROUND_POOL_SIZE: u32 = 2;
+/// How long background work waits for a lock before it fails (and its
+/// counter deltas are kept for the next flush).
+const BACKGROUND_LOCK_WAIT_SECS: u32 = 5;
+
+type Pools = Mutex<HashMap<u32, (String, MySqlPool)>>;
+
+fn pool_of(
+    pools: &Pools,
+    shard: &Shard,
+    create: impl FnOnce() -> Result<MySqlPool>,
+) -> Result<MySqlPool> {
+    let mut pools = pools.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((url, pool)) = pools.get(&shard.id) {
+        if *url == shard.url {
+            return Ok(pool.clone());
+        }
+    }
+    let pool = create()?;
+    pools.insert(shard.id, (shard.url.clone(), pool.clone()));
+    Ok(pool)
 }
 
 /// How long a shard that failed to connect is skipped before the next try.
@@ -148,6 +177,7 @@ impl Shards {
     pub fn new(pool_size: u32, acquire_timeout: Duration, chunk_rows: usize) -> Self {
         Self {
             pools: Mutex::new(HashMap::new()),
+            background: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             contexts: Mutex::new(HashMap::new()),
             pool_size,
@@ -157,17 +187,24 @@ impl Shards {
         }
     }
 
-    /// The shard's pool, created on first use and replaced if its URL changed.
+    /// The shard's pool for writes and reads, created on first use and
+    /// replaced if its URL changed.
     pub fn pool(&self, shard: &Shard) -> Result<MySqlPool> {
-        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((url, pool)) = pools.get(&shard.id) {
-            if *url == shard.url {
-                return Ok(pool.clone());
-            }
-        }
-        let pool = db::lazy_pool(&shard.url, self.pool_size, self.acquire_timeout)?;
-        pools.insert(shard.id, (shard.url.clone(), pool.clone()));
-        Ok(pool)
+        pool_of(&self.pools, shard, || {
+            db::lazy_pool(&shard.url, self.pool_size, self.acquire_timeout)
+        })
+    }
+
+    /// The shard's pool for background work (counter flushes, pruning).
+    pub fn background_pool(&self, shard: &Shard) -> Result<MySqlPool> {
+        pool_of(&self.background, shard, || {
+            db::lazy_pool_with_lock_wait(
+                &shard.url,
+                BACKGROUND_POOL_SIZE,
+                self.acquire_timeout,
+                BACKGROUND_LOCK_WAIT_SECS,
+            )
+        })
     }
 
     /// Whether the shard failed to connect within the last [`SHARD_BACKOFF`].
@@ -202,10 +239,11 @@ impl Shards {
 
     /// Close every pool (graceful shutdown).
     pub async fn close(&self) {
-        let pools: Vec<MySqlPool> = {
-            let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-            pools.values().map(|(_, p)| p.clone()).collect()
-        };
+        let mut pools: Vec<MySqlPool> = Vec::new();
+        for map in [&self.pools, &self.background] {
+            let map = map.lock().unwrap_or_else(|p| p.into_inner());
+            pools.extend(map.values().map(|(_, p)| p.clone()));
+        }
         for pool in pools {
             pool.close().await;
         }

@@ -78,8 +78,15 @@ async fn read_tokens_guard_each_environment() {
         (401, Some("invalid_token")),
         "the ingest token is not a read token"
     );
-    let (status, _) = get(addr, "/v1/stats/summary?env=nope", &shop).await;
-    assert_eq!(status, 404);
+    // Another environment that exists and one that does not get the same
+    // answer, so a token holder cannot enumerate environment names.
+    let other = get(addr, "/v1/stats/summary?env=blog", &shop).await;
+    let missing = get(addr, "/v1/stats/summary?env=nope", &shop).await;
+    assert_eq!(other.0, 403);
+    assert_eq!(
+        other, missing,
+        "existing and missing environments answer alike"
+    );
     let (status, body) = get(addr, "/v1/stats/summary", &shop).await;
     assert_eq!(
         (status, body["error"].as_str()),
@@ -125,6 +132,44 @@ async fn exact_by_name(pool: &MySqlPool, env: u32) -> Vec<(String, u64)> {
     .into_iter()
     .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1) as u64))
     .collect()
+}
+
+#[tokio::test]
+async fn unknown_environment_names_force_no_catalog_reads() {
+    let (t, _env, token) = Env::with_reader("shop").await;
+    let mut config = t.config();
+    config.catalog_refresh_ms = 600_000;
+    let (server, tx) = t.start(config).await;
+    let before = server.state.catalog.snapshot().read_at;
+    for i in 0..30 {
+        let (status, _) = get(
+            server.addr,
+            &format!("/v1/stats/summary?env=nope{i}"),
+            &token,
+        )
+        .await;
+        assert_eq!(status, 403);
+    }
+    assert!(
+        server.state.catalog.snapshot().read_at == before,
+        "asking for names that do not exist reloaded the catalog"
+    );
+    // An environment (and token) created after start-up is found by the
+    // token's own environment id: one refresh.
+    catalog::create_environment(&t.catalog, "late", "a")
+        .await
+        .unwrap();
+    let late = catalog::create_read_token(&t.catalog, "late")
+        .await
+        .unwrap();
+    assert_eq!(
+        get(server.addr, "/v1/stats/summary?env=late", &late)
+            .await
+            .0,
+        200
+    );
+    stop(server, tx).await;
+    t.cleanup().await;
 }
 
 #[tokio::test]
@@ -696,6 +741,34 @@ async fn metrics_are_maintained_like_counts() {
         "rebuilt metric values"
     );
     assert_eq!(rebuilt["users"], 7, "rebuilt sketches");
+
+    // A rebuild that fails part-way (here: the shard refuses sketch rows)
+    // leaves the previous counts in place, never empty ones.
+    sqlx::Executor::execute(
+        &pool,
+        "CREATE TRIGGER refuse_sketches BEFORE INSERT ON unique_sketches FOR EACH ROW \
+         SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'test: sketch rows refused'",
+    )
+    .await
+    .unwrap();
+    let failed = backend::counters::rebuild(&pool, env, ts - 60_000, 7200, &defined).await;
+    sqlx::Executor::execute(&pool, "DROP TRIGGER refuse_sketches")
+        .await
+        .unwrap();
+    assert!(failed.is_err(), "the trigger makes the rebuild fail");
+    let (_, after_failure) = get(server.addr, "/v1/stats/summary?env=shop", &token).await;
+    assert_eq!(
+        after_failure["metrics"], summary["metrics"],
+        "a failed rebuild keeps the metric values"
+    );
+    assert_eq!(
+        after_failure["users"], 7,
+        "a failed rebuild keeps the sketches"
+    );
+    assert_eq!(
+        after_failure["events"], summary["events"],
+        "and the event counts"
+    );
 
     let from = ts - 60_000;
     let path = format!(
