@@ -137,19 +137,71 @@ pub const SHARD_BACKOFF: Duration = Duration::from_secs(2);
 /// Connecting (or waiting for a free connection) gives up after this.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
-struct Row<'a> {
-    key: [u8; 16],
-    name_id: u32,
-    ts: NaiveDateTime,
-    received_at: NaiveDateTime,
-    envelope: &'a Envelope,
-    properties: String,
-    /// The shared part's hash, `None` when it is empty (context_id 0).
-    shared_context: Option<[u8; 16]>,
-    context_id: u32,
+/// One `events` row: every column's value. With [`events_insert`] the one
+/// definition of how an envelope is stored (the bench's raw INSERT ceiling
+/// writes its rows through both, so "same schema" holds by construction).
+pub struct EventRow<'a> {
+    pub envelope: &'a Envelope,
+    pub key: [u8; 16],
+    pub name_id: u32,
+    pub ts: NaiveDateTime,
+    pub received_at: NaiveDateTime,
+    pub properties: String,
+    /// The shared part of the context, stored once in `contexts` (0: none).
+    pub context_id: u32,
     /// The per-event part of the context.
-    context: String,
-    traits: Option<String>,
+    pub context: String,
+    pub traits: Option<String>,
+}
+
+impl<'a> EventRow<'a> {
+    /// The row of `envelope`, with its name's id and its context's shared
+    /// part's id on the shard; `context` is the per-event part.
+    pub fn new(envelope: &'a Envelope, name_id: u32, context_id: u32, context: String) -> Self {
+        Self {
+            envelope,
+            key: envelope.key(),
+            name_id,
+            ts: datetime(envelope.timestamp),
+            received_at: datetime(envelope.received_at),
+            properties: json_text(&envelope.properties),
+            context_id,
+            context,
+            traits: (!envelope.traits.is_empty()).then(|| json_text(&envelope.traits)),
+        }
+    }
+}
+
+/// One multi-row `INSERT IGNORE` of `rows` into `events`.
+pub fn events_insert<'q>(rows: &'q [&EventRow<'_>]) -> QueryBuilder<'q, MySql> {
+    let mut insert = QueryBuilder::<MySql>::new(INSERT_EVENTS);
+    insert.push_values(rows, |mut b, row| {
+        let e = row.envelope;
+        b.push_bind(e.env_id)
+            .push_bind(&row.key[..])
+            .push_bind(row.name_id)
+            .push_bind(e.event_type.code())
+            .push_bind(row.ts)
+            .push_bind(row.received_at)
+            .push_bind(e.user_id.as_deref())
+            .push_bind(e.anonymous_id.as_deref())
+            .push_bind(e.session_id.as_deref())
+            .push_bind((!protocol::is_uuid(&e.id)).then_some(e.id.as_str()))
+            .push_bind(row.properties.as_str())
+            .push_bind(row.context_id)
+            .push_bind(row.context.as_str())
+            .push_bind(row.traits.as_deref())
+            .push_bind(e.group_id.as_deref())
+            .push_bind(e.previous_id.as_deref());
+    });
+    insert
+}
+
+/// A row being written, and the hash of its context's shared part (`None`
+/// when that part is empty) until its id is known.
+struct Row<'a> {
+    event: EventRow<'a>,
+    shared_context: Option<[u8; 16]>,
 }
 
 fn json_text(map: &serde_json::Map<String, serde_json::Value>) -> String {
@@ -377,35 +429,10 @@ impl Shards {
         Ok(found)
     }
 
-    async fn insert(
-        &self,
-        tx: &mut Transaction<'_, MySql>,
-        env_id: u32,
-        rows: &[&Row<'_>],
-    ) -> Result<u64> {
+    async fn insert(&self, tx: &mut Transaction<'_, MySql>, rows: &[&EventRow<'_>]) -> Result<u64> {
         let mut affected = 0;
         for chunk in rows.chunks(self.chunk_rows) {
-            let mut insert = QueryBuilder::<MySql>::new(INSERT_EVENTS);
-            insert.push_values(chunk, |mut b, row| {
-                let e = row.envelope;
-                b.push_bind(env_id)
-                    .push_bind(&row.key[..])
-                    .push_bind(row.name_id)
-                    .push_bind(e.event_type.code())
-                    .push_bind(row.ts)
-                    .push_bind(row.received_at)
-                    .push_bind(e.user_id.as_deref())
-                    .push_bind(e.anonymous_id.as_deref())
-                    .push_bind(e.session_id.as_deref())
-                    .push_bind((!protocol::is_uuid(&e.id)).then_some(e.id.as_str()))
-                    .push_bind(row.properties.as_str())
-                    .push_bind(row.context_id)
-                    .push_bind(row.context.as_str())
-                    .push_bind(row.traits.as_deref())
-                    .push_bind(e.group_id.as_deref())
-                    .push_bind(e.previous_id.as_deref());
-            });
-            affected += insert.build().execute(&mut **tx).await?.rows_affected();
+            affected += events_insert(chunk).build().execute(&mut **tx).await?.rows_affected();
         }
         Ok(affected)
     }
@@ -414,7 +441,7 @@ impl Shards {
         &self,
         pool: &MySqlPool,
         env_id: u32,
-        rows: &[Row<'_>],
+        rows: &[&EventRow<'_>],
     ) -> Result<HashSet<[u8; 16]>> {
         let mut existing = HashSet::new();
         for chunk in rows.chunks(self.chunk_rows) {
@@ -481,16 +508,8 @@ impl Shards {
                 hash
             });
             rows.push(Row {
-                key,
-                name_id,
-                ts: datetime(envelope.timestamp),
-                received_at: datetime(envelope.received_at),
-                envelope,
-                properties: json_text(&envelope.properties),
+                event: EventRow::new(envelope, name_id, 0, context),
                 shared_context,
-                context_id: 0,
-                context,
-                traits: (!envelope.traits.is_empty()).then(|| json_text(&envelope.traits)),
             });
         }
 
@@ -499,7 +518,7 @@ impl Shards {
             .await?;
         for row in &mut rows {
             if let Some(hash) = row.shared_context {
-                row.context_id = *context_ids.get(&hash).ok_or_else(|| {
+                row.event.context_id = *context_ids.get(&hash).ok_or_else(|| {
                     crate::error::Error::Internal(format!(
                         "a shared context has no id on shard {}",
                         shard.name
@@ -508,10 +527,10 @@ impl Shards {
             }
         }
 
-        let all: Vec<&Row> = rows.iter().collect();
+        let all: Vec<&EventRow> = rows.iter().map(|r| &r.event).collect();
         let mut tx = pool.begin().await?;
-        let affected = self.insert(&mut tx, env_id, &all).await?;
-        let inserted: Vec<&Row> = if affected == all.len() as u64 || affected == 0 {
+        let affected = self.insert(&mut tx, &all).await?;
+        let inserted: Vec<&EventRow> = if affected == all.len() as u64 || affected == 0 {
             tx.commit().await?;
             if affected == 0 {
                 Vec::new()
@@ -520,10 +539,13 @@ impl Shards {
             }
         } else {
             tx.rollback().await?;
-            let existing = self.existing_keys(&pool, env_id, &rows).await?;
-            let fresh: Vec<&Row> = rows.iter().filter(|r| !existing.contains(&r.key)).collect();
+            let existing = self.existing_keys(&pool, env_id, &all).await?;
+            let fresh: Vec<&EventRow> = all
+                .into_iter()
+                .filter(|r| !existing.contains(&r.key))
+                .collect();
             let mut tx = pool.begin().await?;
-            let affected = self.insert(&mut tx, env_id, &fresh).await?;
+            let affected = self.insert(&mut tx, &fresh).await?;
             tx.commit().await?;
             if affected != fresh.len() as u64 {
                 // A concurrent writer stored some of the same ids in between;

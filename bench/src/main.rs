@@ -19,6 +19,7 @@ use std::{
 
 mod edge;
 
+use backend::shards::{events_insert, EventRow};
 use futures::{stream, StreamExt};
 use protocol::Envelope;
 use rand::{rngs::SmallRng, Rng, SeedableRng};
@@ -209,9 +210,6 @@ async fn post_all(base: &str, bodies: Vec<Vec<u8>>, in_flight: usize) -> Duratio
     started.elapsed()
 }
 
-const INSERT: &str = "INSERT IGNORE INTO events \
-    (env_id, id, name_id, ts, received_at, user_id, anonymous_id, session_id, client_id, properties, context_id, context) ";
-
 fn dt(ms: i64) -> chrono::NaiveDateTime {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
@@ -221,28 +219,24 @@ fn dt(ms: i64) -> chrono::NaiveDateTime {
 /// Rows as the backend writes them, with the lookup ids already known:
 /// name ids from the name's length, shared-context ids from the country.
 async fn raw_insert(pool: &MySqlPool, rows: &[Envelope]) {
-    let mut q = QueryBuilder::<MySql>::new(INSERT);
-    q.push_values(rows, |mut b, e| {
-        let (_, per_event) = backend::shards::split_context(&e.context);
-        let country = e.context.get("country").and_then(|c| c.as_str());
-        let context_id = COUNTRIES
-            .iter()
-            .position(|c| Some(*c) == country)
-            .map_or(0, |i| i as u32 + 1);
-        b.push_bind(e.env_id)
-            .push_bind(e.key().to_vec())
-            .push_bind((e.name.len() % 8) as u32 + 1)
-            .push_bind(dt(e.timestamp))
-            .push_bind(dt(e.received_at))
-            .push_bind(e.user_id.clone())
-            .push_bind(e.anonymous_id.clone())
-            .push_bind(e.session_id.clone())
-            .push_bind(None::<String>)
-            .push_bind(serde_json::Value::Object(e.properties.clone()).to_string())
-            .push_bind(context_id)
-            .push_bind(per_event);
-    });
-    q.build().execute(pool).await.expect("raw insert");
+    let rows: Vec<EventRow> = rows
+        .iter()
+        .map(|e| {
+            let (_, per_event) = backend::shards::split_context(&e.context);
+            let country = e.context.get("country").and_then(|c| c.as_str());
+            let context_id = COUNTRIES
+                .iter()
+                .position(|c| Some(*c) == country)
+                .map_or(0, |i| i as u32 + 1);
+            EventRow::new(e, (e.name.len() % 8) as u32 + 1, context_id, per_event)
+        })
+        .collect();
+    let rows: Vec<&EventRow> = rows.iter().collect();
+    events_insert(&rows)
+        .build()
+        .execute(pool)
+        .await
+        .expect("raw insert");
 }
 
 /// The same rows, written with plain multi-row INSERTs, `POOL` connections per shard.
@@ -725,5 +719,49 @@ async fn main() {
             .and_then(|old| old.find("\n## Notes").map(|i| old[i..].to_string()))
             .unwrap_or_default();
         std::fs::write(path, format!("{intro}{report}{notes}")).expect("write markdown");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The raw ceiling writes every column the backend writes (its rows go
+    /// through the backend's own row definition), so the two stay comparable.
+    #[tokio::test]
+    async fn the_raw_ceiling_stores_an_event_as_the_backend_does() {
+        let server = e2e::mysql_server();
+        let prefix = e2e::unique_prefix("bench_raw");
+        let url = format!("{server}/{prefix}_shard");
+        backend::db::migrate_shard(&url).await.expect("migrate");
+        let pool = MySqlPool::connect(&url).await.expect("connect");
+        let identify: Envelope = serde_json::from_value(json!({
+            "id": "client-id-1", "env_id": 1, "name": "identify", "type": "identify",
+            "timestamp": 1_700_000_000_000i64, "received_at": 1_700_000_000_005i64,
+            "user_id": "u1", "anonymous_id": "a1", "session_id": "s1",
+            "properties": {"p": 1}, "context": {"country": "DE", "ip": "192.0.2.1"},
+            "traits": {"plan": "pro"}, "group_id": "g1", "previous_id": "old-1"
+        }))
+        .expect("envelope");
+        raw_insert(&pool, std::slice::from_ref(&identify)).await;
+        let row: (u8, Option<String>, Option<String>, Option<String>, Option<String>, String) =
+            sqlx::query_as(
+                "SELECT event_type, CAST(traits AS CHAR), CAST(group_id AS CHAR), CAST(previous_id AS CHAR), CAST(client_id AS CHAR), CAST(context AS CHAR) FROM events",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+        pool.close().await;
+        e2e::drop_databases(&server, &prefix);
+        assert_eq!(row.0, identify.event_type.code());
+        assert_eq!(row.1.as_deref(), Some(r#"{"plan":"pro"}"#));
+        assert_eq!(
+            (row.2.as_deref(), row.3.as_deref(), row.4.as_deref()),
+            (Some("g1"), Some("old-1"), Some("client-id-1"))
+        );
+        assert_eq!(
+            row.5, r#"{"ip":"192.0.2.1"}"#,
+            "only the per-event context stays in the row"
+        );
     }
 }
