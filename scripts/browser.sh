@@ -7,7 +7,7 @@ if [[ -z $path ]]; then
   echo "browser.sh: installing chromium (Debian package)" >&2
   sudo_=""; [[ $(id -u) -eq 0 ]] || sudo_=sudo
   $sudo_ apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq chromium >&2
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends chromium >&2
   path=$(command -v chromium)
 fi
 echo "$path"

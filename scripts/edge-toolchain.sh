@@ -48,6 +48,6 @@ if ! command -v mariadb >/dev/null && ! command -v mysql >/dev/null; then
   log "installing the mariadb client (Debian package)"
   sudo_=""; [[ $(id -u) -eq 0 ]] || sudo_=sudo
   $sudo_ apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq mariadb-client
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends mariadb-client
 fi
 log "ready: $(wasm-bindgen --version), worker-build $(worker-build --version), wrangler $(scripts/wrangler.sh --version 2>/dev/null | tail -1)"

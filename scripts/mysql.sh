@@ -3,7 +3,10 @@
 # $SLUICE_DATABASE_URL's server when that is set, otherwise a private MariaDB
 # under .dev/mariadb on a free loopback port, installed (Debian's
 # mariadb-server) and started if needed. Idempotent; progress goes to stderr.
+#   mysql.sh --running   exit 0 when no private server is needed or it runs already
+#   mysql.sh --stop      stop the private server (if it runs)
 set -euo pipefail
+mode=${1:-}
 cd "$(dirname "$0")/.."
 root=$PWD
 log() { echo "mysql.sh: $*" >&2; }
@@ -17,6 +20,7 @@ apt_install() {
 }
 
 if [[ -n "${SLUICE_DATABASE_URL:-}" && -z "${SLUICE_MYSQL_DIR:-}" ]]; then
+  [[ -z $mode ]] || exit 0
   command -v mariadb >/dev/null || command -v mysql >/dev/null || apt_install mariadb-client
   # Strip the database path: callers create their own databases.
   sed -E 's#^([a-z]+://[^/]*).*#\1#' <<<"$SLUICE_DATABASE_URL"
@@ -34,6 +38,18 @@ running() {
     mariadb_client --protocol=socket -S "$sock" -uroot -e 'SELECT 1' >/dev/null 2>&1
 }
 mariadb_client() { if command -v mariadb >/dev/null; then mariadb "$@"; else mysql "$@"; fi; }
+
+case $mode in
+  --running) running; exit ;;
+  --stop)
+    if [[ -f $dir/pid ]] && kill "$(cat "$dir/pid")" 2>/dev/null; then
+      log "stopping private MariaDB ($dir)"
+      for _ in $(seq 1 60); do kill -0 "$(cat "$dir/pid" 2>/dev/null)" 2>/dev/null || break; sleep 0.5; done
+    fi
+    exit 0 ;;
+  "") ;;
+  *) log "unknown option $mode"; exit 2 ;;
+esac
 
 if running; then url; exit 0; fi
 

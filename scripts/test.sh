@@ -10,6 +10,11 @@ command -v cargo >/dev/null || { echo "test.sh: cargo is required (install Rust 
 # npm packages first: the backend bundles its dashboard with them at build time.
 scripts/edge-toolchain.sh
 
+# A private MariaDB started only for the tests is stopped when they end;
+# one that `make dev` started keeps running until `make stop`.
+if ! scripts/mysql.sh --running; then
+  trap 'scripts/mysql.sh --stop' EXIT
+fi
 SLUICE_TEST_MYSQL_URL=$(scripts/mysql.sh)
 export SLUICE_TEST_MYSQL_URL
 echo "test.sh: MySQL server for tests: $(sed -E "s#//([^:@/]*):[^@]*@#//\1:***@#" <<<"$SLUICE_TEST_MYSQL_URL")"
