@@ -233,7 +233,7 @@ impl Counters {
                 );
                 continue;
             };
-            let result = match shards.background_pool(shard) {
+            let result = match shards.counters_pool(shard) {
                 Ok(pool) => upsert(&pool, &deltas).await,
                 Err(e) => Err(e),
             };

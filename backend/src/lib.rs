@@ -69,7 +69,7 @@ impl AppState {
         let now = chrono::Utc::now().timestamp();
         let snapshot = self.catalog.snapshot();
         for shard in snapshot.shards.values() {
-            let Ok(pool) = self.shards.background_pool(shard) else {
+            let Ok(pool) = self.shards.counters_pool(shard) else {
                 continue;
             };
             let cutoffs = (

@@ -93,10 +93,11 @@ type ContextKey = (u32, u32, [u8; 16]);
 pub struct Shards {
     /// The write path's pools.
     pools: Pools,
-    /// Small pools of their own for counter flushes and pruning, whose lock
-    /// waits are short: a stuck flush can neither take the write path's
-    /// connections nor wait for long.
-    background: Pools,
+    /// Small pools of their own for the work on the counter tables (flushes,
+    /// pruning, stats reads), whose lock waits are short: a flush or a read
+    /// stuck on a locked table can neither take the write path's connections
+    /// nor wait for long.
+    counters: Pools,
     names: Mutex<HashMap<NameKey, u32>>,
     contexts: Mutex<HashMap<ContextKey, u32>>,
     pool_size: u32,
@@ -108,11 +109,11 @@ pub struct Shards {
     down_until: Mutex<HashMap<u32, std::time::Instant>>,
 }
 
-/// Connections per shard for background work: a flush and a prune.
-const BACKGROUND_POOL_SIZE: u32 = 2;
-/// How long background work waits for a lock before it fails (and its
-/// counter deltas are kept for the next flush).
-const BACKGROUND_LOCK_WAIT_SECS: u32 = 5;
+/// Connections per shard for the counter tables: a flush, a prune, a stats read.
+const COUNTERS_POOL_SIZE: u32 = 3;
+/// How long work on the counter tables waits for a lock before it fails (a
+/// flush keeps its deltas for the next one).
+const COUNTERS_LOCK_WAIT_SECS: u32 = 5;
 
 type Pools = Mutex<HashMap<u32, (String, MySqlPool)>>;
 
@@ -229,7 +230,7 @@ impl Shards {
     pub fn new(pool_size: u32, acquire_timeout: Duration, chunk_rows: usize) -> Self {
         Self {
             pools: Mutex::new(HashMap::new()),
-            background: Mutex::new(HashMap::new()),
+            counters: Mutex::new(HashMap::new()),
             names: Mutex::new(HashMap::new()),
             contexts: Mutex::new(HashMap::new()),
             pool_size,
@@ -247,14 +248,14 @@ impl Shards {
         })
     }
 
-    /// The shard's pool for background work (counter flushes, pruning).
-    pub fn background_pool(&self, shard: &Shard) -> Result<MySqlPool> {
-        pool_of(&self.background, shard, || {
+    /// The shard's pool for the counter tables (flushes, pruning, stats reads).
+    pub fn counters_pool(&self, shard: &Shard) -> Result<MySqlPool> {
+        pool_of(&self.counters, shard, || {
             db::lazy_pool_with_lock_wait(
                 &shard.url,
-                BACKGROUND_POOL_SIZE,
+                COUNTERS_POOL_SIZE,
                 self.acquire_timeout,
-                BACKGROUND_LOCK_WAIT_SECS,
+                COUNTERS_LOCK_WAIT_SECS,
             )
         })
     }
@@ -292,7 +293,7 @@ impl Shards {
     /// Close every pool (graceful shutdown).
     pub async fn close(&self) {
         let mut pools: Vec<MySqlPool> = Vec::new();
-        for map in [&self.pools, &self.background] {
+        for map in [&self.pools, &self.counters] {
             let map = map.lock().unwrap_or_else(|p| p.into_inner());
             pools.extend(map.values().map(|(_, p)| p.clone()));
         }
@@ -432,7 +433,11 @@ impl Shards {
     async fn insert(&self, tx: &mut Transaction<'_, MySql>, rows: &[&EventRow<'_>]) -> Result<u64> {
         let mut affected = 0;
         for chunk in rows.chunks(self.chunk_rows) {
-            affected += events_insert(chunk).build().execute(&mut **tx).await?.rows_affected();
+            affected += events_insert(chunk)
+                .build()
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
         }
         Ok(affected)
     }

@@ -193,7 +193,7 @@ fn primary_pool(state: &AppState, env: &Environment) -> Result<MySqlPool> {
         .shards
         .get(&env.primary_shard_id)
         .ok_or_else(|| Error::Catalog(format!("environment {} has no primary shard", env.name)))?;
-    state.shards.pool(shard)
+    state.shards.counters_pool(shard)
 }
 
 /// RFC 3339 or epoch milliseconds.

@@ -34,7 +34,7 @@ async fn ingest_within(addr: std::net::SocketAddr, body: &Value, within: Duratio
 
 #[tokio::test]
 async fn a_migration_takes_effect_while_the_counter_flush_is_stuck_on_locked_tables() {
-    let (t, env) = Env::with_environment("shop").await;
+    let (t, env, token) = Env::with_reader("shop").await;
     t.add_shard("b").await;
     let mut config = t.config();
     config.counter_flush_ms = 100;
@@ -52,8 +52,22 @@ async fn a_migration_takes_effect_while_the_counter_flush_is_stuck_on_locked_tab
     // loaded machine, far below "stuck".
     let answer_within = Duration::from_secs(10);
     ingest_within(server.addr, &batch(env, 0, 100), answer_within).await;
-    // Let a flush start and block on the locks.
+    // Let a flush start and block on the locks; stats reads of the locked
+    // tables block too — more of them than the write path has connections.
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let readers: Vec<_> = (0..6)
+        .map(|_| {
+            let (addr, token) = (server.addr, token.clone());
+            tokio::spawn(async move {
+                reqwest::Client::new()
+                    .get(format!("http://{addr}/v1/stats/summary?env=shop"))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
 
     catalog::migrate_environment(&t.catalog, "shop", "b")
         .await
@@ -69,6 +83,10 @@ async fn a_migration_takes_effect_while_the_counter_flush_is_stuck_on_locked_tab
 
     // Once the locks go, the kept deltas are flushed: every count adds up.
     locker.execute("UNLOCK TABLES").await.unwrap();
+    for reader in readers {
+        let status = reader.await.unwrap().expect("stats answered");
+        assert!(status == 200 || status == 503, "stats read: {status}");
+    }
     drop(locker);
     let deadline = Instant::now() + Duration::from_secs(30);
     while (counted(&a, env).await, counted(&b, env).await) != (200, 100) {
