@@ -95,49 +95,53 @@ impl Config {
     /// defaults, and limits can only be lowered below the protocol's.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
         let num = |name: &str| get(name).and_then(|v| v.trim().parse::<u64>().ok());
+        let setting = |name: &str, min: usize, max: usize, default: usize| {
+            num(name).map_or(default, |v| clamp_setting(v, min, max))
+        };
+        let seconds = |name: &str, min: u32, max: u32, default: u32| {
+            num(name).map_or(default, |v| clamp_setting(v, min, max))
+        };
+        let ttl_ms = |name: &str, default: u64| {
+            num(name).map_or(default, |v| clamp_setting(v, 0u64, 300) * 1000)
+        };
         let defaults = Limits::default();
-        let limit =
-            |name: &str, max: usize| num(name).map(|v| (v as usize).clamp(1, max)).unwrap_or(max);
+        let limit = |name: &str, max: usize| setting(name, 1, max, max);
+        let backoff = Backoff::default();
         Self {
             backend_url: get("BACKEND_URL")
                 .unwrap_or_else(|| "http://127.0.0.1:8080".to_owned())
                 .trim_end_matches('/')
                 .to_owned(),
-            forward_concurrency: num("FORWARD_CONCURRENCY")
-                .map(|v| (v as usize).clamp(1, 32))
-                .unwrap_or(DEFAULT_FORWARD_CONCURRENCY),
-            forward_batch_size: num("FORWARD_BATCH_SIZE")
-                .map(|v| (v as usize).clamp(1, 5_000))
-                .unwrap_or(DEFAULT_FORWARD_BATCH_SIZE),
-            forward_batch_bytes: num("FORWARD_BATCH_BYTES")
-                .map(|v| (v as usize).clamp(64 * 1024, 64 * 1024 * 1024))
-                .unwrap_or(DEFAULT_FORWARD_BATCH_BYTES),
+            forward_concurrency: setting("FORWARD_CONCURRENCY", 1, 32, DEFAULT_FORWARD_CONCURRENCY),
+            forward_batch_size: setting("FORWARD_BATCH_SIZE", 1, 5_000, DEFAULT_FORWARD_BATCH_SIZE),
+            forward_batch_bytes: setting(
+                "FORWARD_BATCH_BYTES",
+                64 * 1024,
+                64 * 1024 * 1024,
+                DEFAULT_FORWARD_BATCH_BYTES,
+            ),
             allowed_origins: AllowedOrigins::parse(
                 &get("ALLOWED_ORIGINS").unwrap_or_else(|| "*".to_owned()),
             ),
-            backoff: {
-                let default = Backoff::default();
-                let max_seconds = num("RETRY_MAX_SECONDS")
-                    .map(|v| (v.min(u64::from(MAX_QUEUE_DELAY_SECONDS)) as u32).max(1))
-                    .unwrap_or(default.max_seconds);
-                Backoff {
-                    base_seconds: num("RETRY_BASE_SECONDS")
-                        .map(|v| v.min(3600) as u32)
-                        .unwrap_or(default.base_seconds),
-                    max_seconds,
-                }
+            backoff: Backoff {
+                base_seconds: seconds("RETRY_BASE_SECONDS", 0, 3600, backoff.base_seconds),
+                max_seconds: seconds(
+                    "RETRY_MAX_SECONDS",
+                    1,
+                    MAX_QUEUE_DELAY_SECONDS,
+                    backoff.max_seconds,
+                ),
             },
             limits: Limits {
                 max_body_bytes: limit("MAX_BODY_BYTES", defaults.max_body_bytes),
                 max_event_bytes: limit("MAX_EVENT_BYTES", defaults.max_event_bytes),
                 max_events: limit("MAX_EVENTS", defaults.max_events),
             },
-            key_cache_positive_ms: num("KEY_CACHE_TTL_SECONDS")
-                .map(|s| s.min(300) * 1000)
-                .unwrap_or(DEFAULT_POSITIVE_TTL_MS),
-            key_cache_negative_ms: num("KEY_CACHE_NEGATIVE_TTL_SECONDS")
-                .map(|s| s.min(300) * 1000)
-                .unwrap_or(DEFAULT_NEGATIVE_TTL_MS),
+            key_cache_positive_ms: ttl_ms("KEY_CACHE_TTL_SECONDS", DEFAULT_POSITIVE_TTL_MS),
+            key_cache_negative_ms: ttl_ms(
+                "KEY_CACHE_NEGATIVE_TTL_SECONDS",
+                DEFAULT_NEGATIVE_TTL_MS,
+            ),
             dead_letter_queue: get("DEAD_LETTER_QUEUE")
                 .unwrap_or_else(|| "sluice-events-dlq".into()),
             rate_limit_period_seconds: match num("RATE_LIMIT_PERIOD_SECONDS") {
@@ -148,10 +152,59 @@ impl Config {
     }
 }
 
+/// A numeric var clamped to `[min, max]` and narrowed to `T`. The clamp runs
+/// in `u64`, before the narrowing: on wasm32 `usize` is 32 bits, and narrowing
+/// first would turn `4294967297` into `1`. Every numeric var goes through here.
+pub fn clamp_setting<T>(value: u64, min: T, max: T) -> T
+where
+    T: Copy + TryFrom<u64> + TryInto<u64>,
+{
+    let lo: u64 = min.try_into().unwrap_or(0);
+    let hi: u64 = max.try_into().unwrap_or(u64::MAX);
+    // `max`/`min` rather than `clamp`: no panic should `min > max`.
+    T::try_from(value.max(lo).min(hi)).unwrap_or(max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    /// 2^32 + 1: `1` once narrowed to a 32-bit `usize` (wasm32).
+    const OVER_U32: u64 = (1 << 32) + 1;
+
+    #[test]
+    fn settings_clamp_in_u64_before_narrowing() {
+        // u32 stands for wasm32's usize, which a native test cannot use.
+        let max = EDGE_MAX_BODY_BYTES as u32;
+        assert_eq!(clamp_setting::<u32>(OVER_U32, 1, max), max);
+        assert_eq!(clamp_setting::<u32>(u64::MAX, 1, max), max);
+        assert_eq!(
+            clamp_setting::<usize>(OVER_U32, 1, EDGE_MAX_BODY_BYTES),
+            EDGE_MAX_BODY_BYTES
+        );
+        assert_eq!(clamp_setting::<u32>(0, 1, max), 1);
+        assert_eq!(clamp_setting::<u32>(500, 1, max), 500);
+        assert_eq!(clamp_setting::<u64>(OVER_U32, 0, 300), 300);
+        let c = config(&[
+            ("MAX_BODY_BYTES", "4294967297"),
+            ("MAX_EVENTS", "4294967297"),
+            ("MAX_EVENT_BYTES", "4294967297"),
+            ("FORWARD_CONCURRENCY", "4294967297"),
+            ("FORWARD_BATCH_SIZE", "4294967297"),
+            ("FORWARD_BATCH_BYTES", "4294967297"),
+            ("RETRY_BASE_SECONDS", "4294967297"),
+            ("RETRY_MAX_SECONDS", "4294967297"),
+            ("KEY_CACHE_TTL_SECONDS", "4294967297"),
+        ]);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.forward_concurrency, 32);
+        assert_eq!(c.forward_batch_size, 5_000);
+        assert_eq!(c.forward_batch_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.backoff.base_seconds, 3600);
+        assert_eq!(c.backoff.max_seconds, MAX_QUEUE_DELAY_SECONDS);
+        assert_eq!(c.key_cache_positive_ms, 300_000);
+    }
 
     fn config(pairs: &[(&str, &str)]) -> Config {
         let map: HashMap<String, String> = pairs
