@@ -28,6 +28,13 @@ pub fn hash_key(key: &str) -> String {
     out
 }
 
+/// `text` without leading and trailing HTTP whitespace (space and tab, RFC 9110
+/// `OWS`). Not `str::trim`: a key followed by U+00A0 or any other Unicode space
+/// is another key, not this one. Every credential is parsed through here.
+pub fn trim_http_whitespace(text: &str) -> &str {
+    text.trim_matches([' ', '\t'])
+}
+
 /// The key from `Authorization: Bearer <key>`, else from `?key=` (sendBeacon
 /// cannot set headers).
 pub fn extract_key(
@@ -35,11 +42,13 @@ pub fn extract_key(
     query_key: Option<&str>,
 ) -> Result<String, EdgeError> {
     let from_header = authorization.and_then(|h| {
-        let (scheme, rest) = h.trim().split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        let (scheme, rest) = trim_http_whitespace(h).split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then(|| trim_http_whitespace(rest))
     });
     let key = from_header
-        .or(query_key.map(str::trim))
+        .or(query_key.map(trim_http_whitespace))
         .filter(|k| !k.is_empty())
         .ok_or(EdgeError::MissingKey)?;
     if key.len() > MAX_KEY_LEN || !key.chars().all(|c| c.is_ascii_graphic()) {
@@ -238,6 +247,35 @@ mod tests {
             extract_key(None, Some("bad key")),
             Err(EdgeError::InvalidKey)
         );
+    }
+
+    /// Only HTTP whitespace (space, tab) is trimmed from a credential; a
+    /// non-breaking space or any other Unicode space makes it another key.
+    #[test]
+    fn only_http_whitespace_is_trimmed_from_a_key() {
+        assert_eq!(extract_key(Some("Bearer \tsk_1\t "), None).unwrap(), "sk_1");
+        assert_eq!(extract_key(None, Some(" \tsk_2 ")).unwrap(), "sk_2");
+        for odd in ['\u{a0}', '\u{2003}', '\u{3000}', '\u{85}', '\u{feff}', '\n'] {
+            assert_eq!(
+                extract_key(Some(&format!("Bearer sk_1{odd}")), None),
+                Err(EdgeError::InvalidKey),
+                "{odd:?} after a bearer key"
+            );
+            assert_eq!(
+                extract_key(Some(&format!("Bearer {odd}sk_1")), None),
+                Err(EdgeError::InvalidKey),
+                "{odd:?} before a bearer key"
+            );
+            assert_eq!(
+                extract_key(None, Some(&format!("sk_2{odd}"))),
+                Err(EdgeError::InvalidKey),
+                "{odd:?} after a ?key="
+            );
+        }
+        assert_eq!(trim_http_whitespace(" \t a b \t"), "a b");
+        assert_eq!(trim_http_whitespace("\u{a0}a\u{a0}"), "\u{a0}a\u{a0}");
+        assert_eq!(trim_http_whitespace("\r\na\n"), "\r\na\n");
+        assert_eq!(trim_http_whitespace(""), "");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use protocol::{
 };
 use serde_json::{json, Map, Value};
 
+use crate::auth::trim_http_whitespace;
 use crate::error::{Detail, EdgeError};
 use crate::ingest::{parse_time, Meta};
 
@@ -79,8 +80,8 @@ pub fn check_content_length(content_length: Option<&str>) -> Result<(), EdgeErro
 /// token, or else `writeKey` from the body (the browser SDK's way).
 pub fn write_key(authorization: Option<&str>, body_key: Option<&str>) -> Result<String, EdgeError> {
     let from_header = authorization.and_then(|h| {
-        let (scheme, rest) = h.trim().split_once(' ')?;
-        let rest = rest.trim();
+        let (scheme, rest) = trim_http_whitespace(h).split_once(' ')?;
+        let rest = trim_http_whitespace(rest);
         if scheme.eq_ignore_ascii_case("basic") {
             let decoded = String::from_utf8(base64_decode(rest)?).ok()?;
             let user = decoded.split_once(':').map_or(decoded.as_str(), |(u, _)| u);
@@ -95,7 +96,7 @@ pub fn write_key(authorization: Option<&str>, body_key: Option<&str>) -> Result<
         .filter(|k| !k.is_empty())
         .or_else(|| {
             body_key
-                .map(|k| k.trim().to_owned())
+                .map(|k| trim_http_whitespace(k).to_owned())
                 .filter(|k| !k.is_empty())
         })
         .ok_or(EdgeError::MissingKey)?;
@@ -568,6 +569,39 @@ mod tests {
         assert_eq!(write_key(None, Some("bad key")), Err(EdgeError::InvalidKey));
         assert_eq!(base64_decode("c2tfMTo=").unwrap(), b"sk_1:");
         assert_eq!(base64_decode("c2tfMTo").unwrap(), b"sk_1:");
+    }
+
+    #[test]
+    fn write_keys_lose_only_http_whitespace() {
+        assert_eq!(
+            write_key(Some(&format!("{} \t", basic("sk_1:"))), None).unwrap(),
+            "sk_1"
+        );
+        assert_eq!(write_key(Some("Bearer \tsk_3 "), None).unwrap(), "sk_3");
+        assert_eq!(write_key(None, Some("\tsk_4 ")).unwrap(), "sk_4");
+        for odd in ['\u{a0}', '\u{2003}', '\u{3000}', '\u{feff}'] {
+            // An unreadable Basic header falls back to the body's key: none here.
+            assert_eq!(
+                write_key(Some(&format!("{}{odd}", basic("sk_1:"))), None),
+                Err(EdgeError::MissingKey),
+                "{odd:?} after a Basic token"
+            );
+            assert_eq!(
+                write_key(Some(&basic(&format!("sk_1{odd}:"))), None),
+                Err(EdgeError::InvalidKey),
+                "{odd:?} in a Basic user name"
+            );
+            assert_eq!(
+                write_key(Some(&format!("Bearer sk_3{odd}")), None),
+                Err(EdgeError::InvalidKey),
+                "{odd:?} after a bearer write key"
+            );
+            assert_eq!(
+                write_key(None, Some(&format!("{odd}sk_4"))),
+                Err(EdgeError::InvalidKey),
+                "{odd:?} before a body writeKey"
+            );
+        }
     }
 
     #[test]
