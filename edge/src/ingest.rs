@@ -105,8 +105,7 @@ pub fn decode_body(
 
 /// Accepts one event object, an array of events, or `{"batch": [...], "sentAt": ...}`.
 pub fn parse(body: &[u8], limits: &Limits) -> Result<Payload, EdgeError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| EdgeError::InvalidJson(e.to_string()))?;
+    let value = crate::json::parse(body)?;
     let payload = match value {
         Value::Array(events) => Payload {
             events,
@@ -499,6 +498,43 @@ mod tests {
             parse(br#"{"batch":[{"event":"a"}],"extra":1}"#, &l),
             Err(EdgeError::InvalidBody(_))
         ));
+    }
+
+    #[test]
+    fn duplicate_keys_are_invalid_json_at_any_depth() {
+        let l = limits();
+        for (body, key) in [
+            (r#"{"event":"a","event":"b"}"#, "event"),
+            (r#"[{"event":"a","user_id":"u","user_id":"v"}]"#, "user_id"),
+            (
+                r#"{"event":"a","properties":{"plan":"free","plan":"pro"}}"#,
+                "plan",
+            ),
+            (
+                r#"{"event":"a","context":{"page":{"url":"/a","url":"/b"}}}"#,
+                "url",
+            ),
+            (
+                r#"{"batch":[{"event":"a"}],"batch":[{"event":"b"}]}"#,
+                "batch",
+            ),
+            (
+                r#"{"sentAt":1,"batch":[{"event":"a"}],"sentAt":2}"#,
+                "sentAt",
+            ),
+        ] {
+            match parse(body.as_bytes(), &l) {
+                Err(e @ EdgeError::InvalidJson(_)) => {
+                    assert_eq!(e.status(), 400);
+                    assert_eq!(e.code(), "invalid_json");
+                    assert!(
+                        e.to_string().contains(&format!("duplicate key `{key}`")),
+                        "{body}: {e}"
+                    );
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
     }
 
     #[test]

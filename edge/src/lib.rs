@@ -9,6 +9,7 @@ pub mod error;
 pub mod forward;
 pub mod http;
 pub mod ingest;
+pub mod json;
 pub mod log;
 pub mod pack;
 pub mod segment;

@@ -146,8 +146,7 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<Request, EdgeError> {
     if body.len() > MAX_REQUEST_BYTES {
         return Err(EdgeError::BodyTooLarge(MAX_REQUEST_BYTES));
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| EdgeError::InvalidJson(e.to_string()))?;
+    let value = crate::json::parse(body)?;
     let Value::Object(mut map) = value else {
         return Err(EdgeError::InvalidBody("body must be a JSON object".into()));
     };
@@ -959,6 +958,55 @@ mod tests {
             503,
             "retried by the SDKs"
         );
+    }
+
+    #[test]
+    fn duplicate_keys_are_invalid_json_at_any_depth() {
+        let track = Endpoint::Single(EventType::Track);
+        for (body, endpoint, key) in [
+            (r#"{"event":"a","event":"b","userId":"u"}"#, track, "event"),
+            (
+                r#"{"event":"a","userId":"u","userId":"v"}"#,
+                track,
+                "userId",
+            ),
+            (
+                r#"{"event":"a","userId":"u","properties":{"x":1,"x":2}}"#,
+                track,
+                "x",
+            ),
+            (
+                r#"{"type":"identify","userId":"u","traits":{"email":"a","email":"b"}}"#,
+                Endpoint::Single(EventType::Identify),
+                "email",
+            ),
+            (
+                r#"{"batch":[{"type":"track","event":"a","userId":"u"}],"batch":[]}"#,
+                Endpoint::Batch,
+                "batch",
+            ),
+            (
+                r#"{"batch":[{"type":"track","event":"a","userId":"u","context":{"ip":"1","ip":"2"}}]}"#,
+                Endpoint::Batch,
+                "ip",
+            ),
+            (
+                r#"{"writeKey":"a","writeKey":"b","batch":[{"type":"track","event":"a","userId":"u"}]}"#,
+                Endpoint::Batch,
+                "writeKey",
+            ),
+        ] {
+            match parse(body.as_bytes(), endpoint) {
+                Err(e @ EdgeError::InvalidJson(_)) => {
+                    assert_eq!(status(&e), 400);
+                    assert!(
+                        e.to_string().contains(&format!("duplicate key `{key}`")),
+                        "{body}: {e}"
+                    );
+                }
+                other => panic!("{body}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -84,6 +84,7 @@ test("hostile requests get their documented status and the worker keeps serving"
         json = JSON.parse(text);
       } catch {}
       if (typeof json?.error !== "string" || !json?.message) failures.push(`${c.name}: error body is not {error, message}: ${text.slice(0, 120)}`);
+      if (c.error && json?.error !== c.error) failures.push(`${c.name}: expected error ${c.error}, got ${json?.error}: ${text.slice(0, 200)}`);
     }
   }
   assert.deepEqual(failures, [], `${failures.length} of ${corpus.length} cases failed`);
