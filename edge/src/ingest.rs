@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::config::Limits;
 use crate::error::{Detail, EdgeError};
+use crate::text;
 
 /// At most this many per-event reasons go back to the client.
 pub const MAX_DETAILS: usize = 100;
@@ -312,15 +313,13 @@ fn envelope(
 }
 
 fn check_text(value: &str, field: &str, max: usize, reasons: &mut Vec<String>) -> bool {
-    let before = reasons.len();
-    if value.is_empty() {
-        reasons.push(format!("`{field}` must not be empty"));
-    } else if value.chars().count() > max {
-        reasons.push(format!("`{field}` is longer than {max} characters"));
-    } else if value.chars().any(char::is_control) {
-        reasons.push(format!("`{field}` contains a control character"));
+    match text::check(value, field, max) {
+        Ok(()) => true,
+        Err(reason) => {
+            reasons.push(reason);
+            false
+        }
     }
-    reasons.len() == before
 }
 
 /// A string, or an integer taken as its decimal text (SDKs send numeric user ids).
@@ -735,6 +734,27 @@ mod tests {
             (
                 json!({"event": "a", "surprise": 1}),
                 "unknown field `surprise`",
+            ),
+            (json!({"event": "\u{200b}"}), "`event` must not be blank"),
+            (
+                json!({"event": " \u{a0}\u{feff}\u{2060}"}),
+                "`event` must not be blank",
+            ),
+            (
+                json!({"event": "a", "id": "\u{200c}\u{200d}"}),
+                "`id` must not be blank",
+            ),
+            (
+                json!({"event": "a", "user_id": "\u{a0}"}),
+                "`user_id` must not be blank",
+            ),
+            (
+                json!({"event": "a", "anonymous_id": "\u{3000}"}),
+                "`anonymous_id` must not be blank",
+            ),
+            (
+                json!({"event": "a", "session_id": "   "}),
+                "`session_id` must not be blank",
             ),
         ];
         for (bad, expected) in cases {

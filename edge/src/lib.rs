@@ -13,6 +13,7 @@ pub mod json;
 pub mod log;
 pub mod pack;
 pub mod segment;
+pub mod text;
 
 #[cfg(target_arch = "wasm32")]
 mod bindings;

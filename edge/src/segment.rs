@@ -18,6 +18,7 @@ use serde_json::{json, Map, Value};
 use crate::auth::trim_http_whitespace;
 use crate::error::{Detail, EdgeError};
 use crate::ingest::{parse_time, Meta};
+use crate::text;
 
 /// Segment's documented limits: one message, one request.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
@@ -404,22 +405,10 @@ fn uuid_text(bytes: [u8; 16]) -> String {
     )
 }
 
-fn check(text: &str, field: &str, max: usize) -> Result<(), String> {
-    if text.is_empty() {
-        Err(format!("`{field}` must not be empty"))
-    } else if text.chars().count() > max {
-        Err(format!("`{field}` is longer than {max} characters"))
-    } else if text.chars().any(char::is_control) {
-        Err(format!("`{field}` contains a control character"))
-    } else {
-        Ok(())
-    }
-}
-
 fn text_field(value: Option<Value>, field: &str, max: usize) -> Result<Option<String>, String> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => check(&s, field, max).map(|()| Some(s)),
+        Some(Value::String(s)) => text::check(&s, field, max).map(|()| Some(s)),
         Some(_) => Err(format!("`{field}` must be a string")),
     }
 }
@@ -765,6 +754,38 @@ mod tests {
                 "`context` must be an object",
             ),
             (json!("text"), "JSON object"),
+            (
+                json!({"type": "track", "userId": "u", "event": "\u{200b}"}),
+                "`event` must not be blank",
+            ),
+            (
+                json!({"type": "track", "userId": "u", "event": "\u{a0}\u{feff}"}),
+                "`event` must not be blank",
+            ),
+            (
+                json!({"type": "track", "anonymousId": "a", "userId": "\u{2060}", "event": "x"}),
+                "`userId` must not be blank",
+            ),
+            (
+                json!({"type": "identify", "anonymousId": " "}),
+                "`anonymousId` must not be blank",
+            ),
+            (
+                json!({"type": "page", "userId": "u", "name": "\u{200d}\u{200c}"}),
+                "`name` must not be blank",
+            ),
+            (
+                json!({"type": "track", "userId": "u", "event": "x", "messageId": "\u{feff}"}),
+                "`messageId` must not be blank",
+            ),
+            (
+                json!({"type": "group", "userId": "u", "groupId": "\u{3000}"}),
+                "`groupId` must not be blank",
+            ),
+            (
+                json!({"type": "alias", "userId": "u", "previousId": "\u{a0}"}),
+                "`previousId` must not be blank",
+            ),
         ];
         for (bad, reason) in cases {
             let err = run(Endpoint::Batch, json!({"batch": [bad.clone()]})).unwrap_err();
