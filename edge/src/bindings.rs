@@ -7,6 +7,7 @@ use futures_util::future::{select, Either};
 use js_sys::{Object, Reflect, Uint8Array};
 use serde_json::{json, Value};
 use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::JsFuture;
 use worker::{
     console_error, console_log, Delay, Env, Fetch, Headers, Method, Queue, QueueContentType,
     RawMessageBuilder, Request, RequestInit,
@@ -16,6 +17,7 @@ use crate::auth::{self, KeyCache, Lookup};
 use crate::config::{self, Config};
 use crate::error::EdgeError;
 use crate::forward::Outcome;
+use crate::ingest;
 use crate::log;
 use crate::pack;
 
@@ -89,6 +91,40 @@ pub fn cf_field(req: &Request, name: &str) -> Option<String> {
     Reflect::get(&cf, &JsValue::from_str(name))
         .ok()?
         .as_string()
+}
+
+/// The request body, read from the runtime's own `Request`: the `worker`
+/// crate's `bytes()` swaps the runtime's error for a fixed text. A read the
+/// runtime fails (the client closed before the body was complete), or one
+/// that ends short of `Content-Length`, becomes the error `error.rs` says.
+pub async fn read_body(req: &Request) -> Result<Vec<u8>, EdgeError> {
+    let content_length = req.headers().get("Content-Length").ok().flatten();
+    let declared = ingest::declared_length(content_length.as_deref());
+    let failed = |e: JsValue| {
+        let reason = js_reason(&e);
+        info(
+            "request_body_unreadable",
+            json!({"error": reason, "declared_bytes": declared}),
+        );
+        EdgeError::body_read_failed(&reason, declared)
+    };
+    let promise = req.inner().array_buffer().map_err(&failed)?;
+    let buffer = JsFuture::from(promise).await.map_err(&failed)?;
+    let bytes = Uint8Array::new(&buffer).to_vec();
+    ingest::check_complete(bytes.len(), declared)?;
+    Ok(bytes)
+}
+
+/// `name: message` of a thrown JS error, else its text.
+fn js_reason(e: &JsValue) -> String {
+    match e.dyn_ref::<js_sys::Error>() {
+        Some(err) => format!(
+            "{}: {}",
+            String::from(err.name()),
+            String::from(err.message())
+        ),
+        None => e.as_string().unwrap_or_else(|| format!("{e:?}")),
+    }
 }
 
 /// The environment `key` writes to, if the key is active and within its rate

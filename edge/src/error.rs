@@ -33,6 +33,13 @@ pub enum EdgeError {
     BadGzip,
     #[error("body is larger than {0} bytes")]
     BodyTooLarge(usize),
+    /// The body ended before its `Content-Length` (or its last chunk): the
+    /// client closed the connection early or sent less than it declared.
+    #[error("{}", incomplete_body_message(*.declared, *.received))]
+    IncompleteBody {
+        declared: Option<u64>,
+        received: Option<usize>,
+    },
     #[error("more than {0} events in one request")]
     TooManyEvents(usize),
     #[error("events are larger than the per-event limit")]
@@ -59,7 +66,39 @@ pub enum EdgeError {
     Internal(String),
 }
 
+fn incomplete_body_message(declared: Option<u64>, received: Option<usize>) -> String {
+    let what = match (declared, received) {
+        (Some(d), Some(r)) => {
+            format!("the body ended after {r} of the {d} bytes its Content-Length declares")
+        }
+        (Some(d), None) => {
+            format!("the body ended before the {d} bytes its Content-Length declares")
+        }
+        (None, _) => "the body ended before it was complete".to_owned(),
+    };
+    format!("{what}: the client closed the connection early or sent less; send the whole body")
+}
+
+/// Errors the runtime gives when a body is read a second time: our bug, not the client's.
+const BODY_ALREADY_READ: [&str; 3] = ["already been used", "disturbed", "locked"];
+
 impl EdgeError {
+    /// What a failed read of the request body means. The runtime fails the
+    /// read when the client's side ends before the body does (fewer bytes
+    /// than its `Content-Length`, a chunked body cut off, a reset
+    /// connection): a client error. Only a body read twice is ours.
+    pub fn body_read_failed(reason: &str, declared: Option<u64>) -> Self {
+        let lower = reason.to_ascii_lowercase();
+        if BODY_ALREADY_READ.iter().any(|m| lower.contains(m)) {
+            Self::Internal(format!("reading the request body: {reason}"))
+        } else {
+            Self::IncompleteBody {
+                declared,
+                received: None,
+            }
+        }
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             Self::MissingKey | Self::InvalidKey => 401,
@@ -67,7 +106,11 @@ impl EdgeError {
             Self::MethodNotAllowed { .. } => 405,
             Self::BodyTooLarge(_) | Self::TooManyEvents(_) | Self::EventTooLarge(_) => 413,
             Self::UnsupportedMediaType(_) | Self::UnsupportedEncoding(_) => 415,
-            Self::BadGzip | Self::InvalidJson(_) | Self::InvalidBody(_) | Self::EmptyBatch => 400,
+            Self::BadGzip
+            | Self::IncompleteBody { .. }
+            | Self::InvalidJson(_)
+            | Self::InvalidBody(_)
+            | Self::EmptyBatch => 400,
             Self::InvalidEvents(_) => 422,
             Self::RateLimited { .. } => 429,
             Self::Internal(_) => 500,
@@ -83,6 +126,7 @@ impl EdgeError {
             Self::UnsupportedEncoding(_) => "unsupported_encoding",
             Self::BadGzip => "invalid_gzip",
             Self::BodyTooLarge(_) => "body_too_large",
+            Self::IncompleteBody { .. } => "incomplete_body",
             Self::TooManyEvents(_) => "too_many_events",
             Self::EventTooLarge(_) => "event_too_large",
             Self::InvalidJson(_) => "invalid_json",
@@ -144,6 +188,10 @@ mod tests {
             EdgeError::UnsupportedEncoding("br".into()),
             EdgeError::BadGzip,
             EdgeError::BodyTooLarge(1),
+            EdgeError::IncompleteBody {
+                declared: Some(10),
+                received: None,
+            },
             EdgeError::TooManyEvents(1),
             EdgeError::EventTooLarge(vec![]),
             EdgeError::InvalidJson("x".into()),
@@ -161,8 +209,8 @@ mod tests {
         assert_eq!(
             statuses,
             [
-                401, 401, 415, 415, 400, 413, 413, 413, 400, 400, 400, 422, 429, 404, 405, 503,
-                503, 500
+                401, 401, 415, 415, 400, 413, 400, 413, 413, 400, 400, 400, 422, 429, 404, 405,
+                503, 503, 500
             ]
         );
         for e in &all {
@@ -182,6 +230,47 @@ mod tests {
         let body = serde_json::to_value(e.body()).unwrap();
         assert_eq!(body["message"], "internal error");
         assert!(body.get("details").is_none());
+    }
+
+    /// A body that ends early is the client's doing: 400, never a 500.
+    #[test]
+    fn a_body_cut_short_is_the_clients_fault() {
+        for reason in [
+            "Network connection lost.",
+            "TypeError: The request body was cut short",
+            "failed to read array buffer from request",
+            "",
+        ] {
+            let e = EdgeError::body_read_failed(reason, Some(113));
+            assert_eq!(
+                e,
+                EdgeError::IncompleteBody {
+                    declared: Some(113),
+                    received: None
+                },
+                "{reason}"
+            );
+            assert_eq!(e.status(), 400);
+            assert_eq!(crate::segment::status(&e), 400);
+            let body = serde_json::to_value(e.body()).unwrap();
+            assert_eq!(body["error"], "incomplete_body");
+            let message = body["message"].as_str().unwrap();
+            assert!(
+                message.contains("113 bytes its Content-Length"),
+                "{message}"
+            );
+        }
+        let chunked = EdgeError::body_read_failed("Network connection lost.", None);
+        assert!(chunked.to_string().contains("before it was complete"));
+        let short = EdgeError::IncompleteBody {
+            declared: Some(100),
+            received: Some(10),
+        };
+        assert!(short.to_string().contains("after 10 of the 100 bytes"));
+        // Reading a body twice is a bug of ours, and says so in the log only.
+        let ours = EdgeError::body_read_failed("TypeError: Body has already been used", Some(1));
+        assert_eq!(ours.status(), 500);
+        assert_eq!(ours.code(), "internal");
     }
 
     #[test]

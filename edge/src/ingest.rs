@@ -66,10 +66,27 @@ pub fn check_content_length(
     content_length: Option<&str>,
     limits: &Limits,
 ) -> Result<(), EdgeError> {
-    match content_length.and_then(|v| v.trim().parse::<u64>().ok()) {
+    match declared_length(content_length) {
         Some(n) if n > limits.max_body_bytes as u64 => {
             Err(EdgeError::BodyTooLarge(limits.max_body_bytes))
         }
+        _ => Ok(()),
+    }
+}
+
+/// The `Content-Length` a request declares, if it is a number.
+pub fn declared_length(content_length: Option<&str>) -> Option<u64> {
+    content_length.and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// Refuses a body shorter than its declared length (a runtime that hands
+/// over what arrived before the client closed, instead of failing the read).
+pub fn check_complete(received: usize, declared: Option<u64>) -> Result<(), EdgeError> {
+    match declared {
+        Some(d) if (received as u64) < d => Err(EdgeError::IncompleteBody {
+            declared: Some(d),
+            received: Some(received),
+        }),
         _ => Ok(()),
     }
 }
@@ -409,6 +426,26 @@ mod tests {
             check_content_length(Some(&(l.max_body_bytes + 1).to_string()), &l),
             Err(EdgeError::BodyTooLarge(l.max_body_bytes))
         );
+    }
+
+    #[test]
+    fn a_body_shorter_than_declared_is_incomplete() {
+        assert_eq!(declared_length(Some(" 42 ")), Some(42));
+        assert_eq!(declared_length(Some("junk")), None);
+        assert_eq!(declared_length(None), None);
+        assert!(check_complete(42, Some(42)).is_ok());
+        assert!(check_complete(0, None).is_ok());
+        // More than declared is the runtime's business (it never hands us that).
+        assert!(check_complete(50, Some(42)).is_ok());
+        let e = check_complete(10, Some(42)).unwrap_err();
+        assert_eq!(
+            e,
+            EdgeError::IncompleteBody {
+                declared: Some(42),
+                received: Some(10)
+            }
+        );
+        assert_eq!((e.status(), e.code()), (400, "incomplete_body"));
     }
 
     fn gzip(data: &[u8]) -> Vec<u8> {

@@ -89,7 +89,7 @@ mod entry {
     /// `POST /v1/events`: 202 once the events are valid; queued in the background,
     /// or before answering with `Prefer: wait`.
     async fn events(
-        mut req: Request,
+        req: Request,
         env: &Env,
         ctx: &Context,
         config: &Config,
@@ -117,7 +117,7 @@ mod entry {
             ip: None,
         };
         let encoding = header("Content-Encoding");
-        let raw = req.bytes().await.map_err(internal)?;
+        let raw = rt::read_body(&req).await?;
         let body = ingest::decode_body(raw, encoding.as_deref(), config.limits.max_body_bytes)?;
         let payload = ingest::parse(&body, &config.limits)?;
         let envelopes = ingest::build(payload, &meta, rt::random10)?;
@@ -141,7 +141,7 @@ mod entry {
     /// The Segment-compatible endpoints (see `segment.rs`): 200 once the valid
     /// messages are queued (the SDKs retry 5xx, and messageIds make a retry land once).
     async fn segment_api(
-        mut req: Request,
+        req: Request,
         endpoint: segment::Endpoint,
         env: &Env,
         config: &Config,
@@ -154,7 +154,7 @@ mod entry {
         let received_at = rt::now_ms();
         let ua = header("User-Agent").map(|ua| ua.chars().take(512).collect());
         let ip = header("CF-Connecting-IP");
-        let raw = req.bytes().await.map_err(internal)?;
+        let raw = rt::read_body(&req).await?;
         let body = ingest::decode_body(raw, encoding.as_deref(), segment::MAX_REQUEST_BYTES)?;
         let request = segment::parse(&body, endpoint)?;
         let key = segment::write_key(authorization.as_deref(), request.write_key.as_deref())?;

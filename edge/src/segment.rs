@@ -71,7 +71,7 @@ pub fn status(error: &EdgeError) -> u16 {
 
 /// Rejects a declared length over 500 KB before the body is read.
 pub fn check_content_length(content_length: Option<&str>) -> Result<(), EdgeError> {
-    match content_length.and_then(|v| v.trim().parse::<u64>().ok()) {
+    match crate::ingest::declared_length(content_length) {
         Some(n) if n > MAX_REQUEST_BYTES as u64 => Err(EdgeError::BodyTooLarge(MAX_REQUEST_BYTES)),
         _ => Ok(()),
     }
