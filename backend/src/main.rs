@@ -154,17 +154,6 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; draining in-flight requests");
 }
 
-fn parse_time(text: &str) -> Result<i64> {
-    if let Ok(ms) = text.parse::<i64>() {
-        return Ok(ms);
-    }
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_millis())
-        .map_err(|e| {
-            Error::InvalidArgument("time", format!("{text:?}: {e} (use RFC 3339 or epoch ms)"))
-        })
-}
-
 async fn run(cli: Cli) -> Result<()> {
     let config = cli.config;
     let catalog_pool =
@@ -379,7 +368,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Counters(CountersCommand::Rebuild { env, since }) => {
-            let since_ms = parse_time(&since)?;
+            let since_ms = backend::stats::parse_time("since", &since)?;
             let pool = catalog_pool()?;
             let environment = catalog::environment_by_name(&pool, &env).await?;
             let metrics = catalog::list_metrics(&pool, &env).await?;

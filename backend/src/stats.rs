@@ -196,21 +196,15 @@ fn primary_pool(state: &AppState, env: &Environment) -> Result<MySqlPool> {
     state.shards.counters_pool(shard)
 }
 
-/// RFC 3339 or epoch milliseconds.
+/// A time parameter or argument: RFC 3339 or epoch milliseconds, within
+/// the envelope's range (`intake::time`).
 pub fn parse_time(name: &'static str, text: &str) -> Result<i64> {
-    if let Ok(ms) = text.parse::<i64>() {
-        if protocol::timestamp_in_range(ms) {
-            return Ok(ms);
-        }
-    }
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| {
-            Error::InvalidArgument(
-                name,
-                format!("{text:?} is neither RFC 3339 nor epoch milliseconds"),
-            )
-        })
+    intake::time::parse_in_range(text).ok_or_else(|| {
+        Error::InvalidArgument(
+            name,
+            format!("{text:?} is neither RFC 3339 nor epoch milliseconds (from 1970 on)"),
+        )
+    })
 }
 
 #[derive(Debug, Deserialize)]

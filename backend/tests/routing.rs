@@ -213,6 +213,13 @@ async fn refusals_by_the_token_check_are_counted_and_503s_carry_the_configured_r
     let (status, body, headers) = ingest(server.addr, &batch(env, 10, 1)).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(headers["retry-after"], "11");
+    // The shard back, so the shutdown's final counter flush has somewhere to go.
+    sqlx::query("UPDATE shards SET url = ?")
+        .bind(t.shard_url("a"))
+        .execute(&t.catalog)
+        .await
+        .unwrap();
+    server.state.catalog.refresh().await.unwrap();
     stop(server, tx).await;
     t.cleanup().await;
 }

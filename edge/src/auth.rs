@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use intake::credentials::{bearer, trim_http_whitespace};
+
 use crate::error::EdgeError;
 
 /// Longest key we bother hashing; anything longer cannot be one of ours.
@@ -28,25 +30,13 @@ pub fn hash_key(key: &str) -> String {
     out
 }
 
-/// `text` without leading and trailing HTTP whitespace (space and tab, RFC 9110
-/// `OWS`). Not `str::trim`: a key followed by U+00A0 or any other Unicode space
-/// is another key, not this one. Every credential is parsed through here.
-pub fn trim_http_whitespace(text: &str) -> &str {
-    text.trim_matches([' ', '\t'])
-}
-
 /// The key from `Authorization: Bearer <key>`, else from `?key=` (sendBeacon
 /// cannot set headers).
 pub fn extract_key(
     authorization: Option<&str>,
     query_key: Option<&str>,
 ) -> Result<String, EdgeError> {
-    let from_header = authorization.and_then(|h| {
-        let (scheme, rest) = trim_http_whitespace(h).split_once(' ')?;
-        scheme
-            .eq_ignore_ascii_case("bearer")
-            .then(|| trim_http_whitespace(rest))
-    });
+    let from_header = authorization.and_then(bearer);
     let key = from_header
         .or(query_key.map(trim_http_whitespace))
         .filter(|k| !k.is_empty())

@@ -1,8 +1,6 @@
 //! Request body → envelopes: decode, parse, validate (all or nothing), enrich.
 
-use std::io::Read;
-
-use chrono::DateTime;
+use intake::time::parse_value as parse_time;
 use protocol::{timestamp_in_range, uuid_v7, Envelope, MAX_FIELD_LEN, MAX_ID_LEN, MAX_NAME_LEN};
 use serde_json::{Map, Value};
 
@@ -103,18 +101,10 @@ pub fn decode_body(
     let encoding = content_encoding.unwrap_or("").trim().to_ascii_lowercase();
     match encoding.as_str() {
         "" | "identity" => Ok(raw),
-        "gzip" | "x-gzip" => {
-            let mut out = Vec::new();
-            let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
-            flate2::read::GzDecoder::new(raw.as_slice())
-                .take(limit)
-                .read_to_end(&mut out)
-                .map_err(|_| EdgeError::BadGzip)?;
-            if out.len() > max {
-                return Err(EdgeError::BodyTooLarge(max));
-            }
-            Ok(out)
-        }
+        "gzip" | "x-gzip" => intake::body::gunzip(&raw, max).map_err(|e| match e {
+            intake::Error::TooLarge(max) => EdgeError::BodyTooLarge(max),
+            intake::Error::BadGzip(_) => EdgeError::BadGzip,
+        }),
         other => Err(EdgeError::UnsupportedEncoding(
             other.chars().take(50).collect(),
         )),
@@ -188,24 +178,6 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Payload, EdgeError> {
         return Err(EdgeError::EventTooLarge(too_large));
     }
     Ok(payload)
-}
-
-/// RFC 3339 text, or epoch milliseconds as a number or a string of digits.
-pub fn parse_time(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(n) => n.as_i64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.is_finite() && f.abs() < 9.0e15)
-                .map(|f| f as i64)
-        }),
-        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-            s.parse().ok()
-        }
-        Value::String(s) => DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|t| t.timestamp_millis()),
-        _ => None,
-    }
 }
 
 /// Validates every event and turns them into envelopes; one bad event rejects
@@ -601,23 +573,6 @@ mod tests {
         let fits = "x".repeat(32 * 1024 - 100);
         let body = json!({"event":"b","properties":{"blob": fits}}).to_string();
         assert!(parse(body.as_bytes(), &limits()).is_ok());
-    }
-
-    #[test]
-    fn times() {
-        assert_eq!(parse_time(&json!(NOW)), Some(NOW));
-        assert_eq!(parse_time(&json!(1_700_000_000_000.7)), Some(NOW));
-        assert_eq!(parse_time(&json!("1700000000000")), Some(NOW));
-        assert_eq!(parse_time(&json!("2023-11-14T22:13:20Z")), Some(NOW));
-        assert_eq!(
-            parse_time(&json!("2023-11-14T23:13:20.000+01:00")),
-            Some(NOW)
-        );
-        assert_eq!(parse_time(&json!("2023-11-14 22:13:20")), None);
-        assert_eq!(parse_time(&json!("")), None);
-        assert_eq!(parse_time(&json!(true)), None);
-        assert_eq!(parse_time(&json!(f64::MAX)), None);
-        assert_eq!(parse_time(&json!({})), None);
     }
 
     #[test]

@@ -15,10 +15,11 @@ use protocol::{
 };
 use serde_json::{json, Map, Value};
 
-use crate::auth::trim_http_whitespace;
 use crate::error::{Detail, EdgeError};
-use crate::ingest::{parse_time, Meta};
+use crate::ingest::Meta;
 use crate::text;
+use intake::credentials::{authorization, trim_http_whitespace, Authorization};
+use intake::time::parse_value as parse_time;
 
 /// Segment's documented limits: one message, one request.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
@@ -79,19 +80,13 @@ pub fn check_content_length(content_length: Option<&str>) -> Result<(), EdgeErro
 
 /// The write key: HTTP Basic user name (password empty or ignored), a Bearer
 /// token, or else `writeKey` from the body (the browser SDK's way).
-pub fn write_key(authorization: Option<&str>, body_key: Option<&str>) -> Result<String, EdgeError> {
-    let from_header = authorization.and_then(|h| {
-        let (scheme, rest) = trim_http_whitespace(h).split_once(' ')?;
-        let rest = trim_http_whitespace(rest);
-        if scheme.eq_ignore_ascii_case("basic") {
-            let decoded = String::from_utf8(base64_decode(rest)?).ok()?;
-            let user = decoded.split_once(':').map_or(decoded.as_str(), |(u, _)| u);
-            Some(user.to_owned())
-        } else if scheme.eq_ignore_ascii_case("bearer") {
-            Some(rest.to_owned())
-        } else {
-            None
-        }
+pub fn write_key(
+    authorization_header: Option<&str>,
+    body_key: Option<&str>,
+) -> Result<String, EdgeError> {
+    let from_header = authorization_header.and_then(|h| match authorization(h)? {
+        Authorization::Basic(user) => Some(user),
+        Authorization::Bearer(token) => Some(token.to_owned()),
     });
     let key = from_header
         .filter(|k| !k.is_empty())
@@ -105,30 +100,6 @@ pub fn write_key(authorization: Option<&str>, body_key: Option<&str>) -> Result<
         return Err(EdgeError::InvalidKey);
     }
     Ok(key)
-}
-
-/// Standard base64 (padding optional); `None` when it is not base64.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for byte in text.trim_end_matches('=').bytes() {
-        let v = match byte {
-            b'A'..=b'Z' => byte - b'A',
-            b'a'..=b'z' => byte - b'a' + 26,
-            b'0'..=b'9' => byte - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
 }
 
 /// A parsed request body: the messages and what the batch shares.
@@ -555,8 +526,6 @@ mod tests {
         assert_eq!(write_key(None, None), Err(EdgeError::MissingKey));
         assert_eq!(write_key(None, Some(" ")), Err(EdgeError::MissingKey));
         assert_eq!(write_key(None, Some("bad key")), Err(EdgeError::InvalidKey));
-        assert_eq!(base64_decode("c2tfMTo=").unwrap(), b"sk_1:");
-        assert_eq!(base64_decode("c2tfMTo").unwrap(), b"sk_1:");
     }
 
     #[test]

@@ -130,10 +130,15 @@ impl Env {
         .expect("list databases");
         for row in rows {
             let name: String = row.try_get(0).expect("name");
-            sqlx::query(&format!("DROP DATABASE `{name}`"))
-                .execute(&self.catalog)
-                .await
-                .expect("drop");
+            // A DROP can lose a metadata-lock deadlock to a connection that
+            // is still closing; it is retried, and a last failure says why.
+            let drop = format!("DROP DATABASE IF EXISTS `{name}`");
+            let mut tries = 0;
+            while let Err(error) = sqlx::query(&drop).execute(&self.catalog).await {
+                tries += 1;
+                assert!(tries < 5, "{drop}: {error}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 }
