@@ -20,8 +20,8 @@ done
 stamp=build/.fingerprint
 fingerprint=$(
   {
-    find edge/src protocol/src -type f -name '*.rs' -print0 | sort -z | xargs -0 sha256sum
-    sha256sum Cargo.toml Cargo.lock edge/Cargo.toml protocol/Cargo.toml
+    find edge/src intake/src protocol/src -type f -name '*.rs' -print0 | sort -z | xargs -0 sha256sum
+    sha256sum Cargo.toml Cargo.lock edge/Cargo.toml intake/Cargo.toml protocol/Cargo.toml
     worker-build --version; "$WASM_BINDGEN_BIN" --version; "$WASM_OPT_BIN" --version
   } | sha256sum | cut -d' ' -f1
 )

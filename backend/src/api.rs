@@ -210,8 +210,8 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, Error> {
 /// cannot allocate past `limit`.
 pub fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
     intake::body::gunzip(compressed, limit).map_err(|e| match e {
-        intake::Error::TooLarge(max) => Error::BodyTooLarge(max),
-        intake::Error::BadGzip(reason) => Error::BadGzip(reason),
+        intake::Error::BodyTooLarge(max) => Error::BodyTooLarge(max),
+        other => Error::BadGzip(other.to_string()),
     })
 }
 

@@ -10,12 +10,8 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use intake::credentials::{bearer, trim_http_whitespace};
-
 use crate::error::EdgeError;
 
-/// Longest key we bother hashing; anything longer cannot be one of ours.
-pub const MAX_KEY_LEN: usize = 256;
 /// Bound on the cache; past it, expired entries go, then everything.
 pub const MAX_CACHE_ENTRIES: usize = 10_000;
 
@@ -28,23 +24,6 @@ pub fn hash_key(key: &str) -> String {
         out.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
     }
     out
-}
-
-/// The key from `Authorization: Bearer <key>`, else from `?key=` (sendBeacon
-/// cannot set headers).
-pub fn extract_key(
-    authorization: Option<&str>,
-    query_key: Option<&str>,
-) -> Result<String, EdgeError> {
-    let from_header = authorization.and_then(bearer);
-    let key = from_header
-        .or(query_key.map(trim_http_whitespace))
-        .filter(|k| !k.is_empty())
-        .ok_or(EdgeError::MissingKey)?;
-    if key.len() > MAX_KEY_LEN || !key.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(EdgeError::InvalidKey);
-    }
-    Ok(key.to_owned())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -204,68 +183,6 @@ mod tests {
             hash_key("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-    }
-
-    #[test]
-    fn key_from_header_or_query() {
-        assert_eq!(extract_key(Some("Bearer sk_1"), None).unwrap(), "sk_1");
-        assert_eq!(extract_key(Some("bearer   sk_1 "), None).unwrap(), "sk_1");
-        assert_eq!(extract_key(None, Some("sk_2")).unwrap(), "sk_2");
-        assert_eq!(
-            extract_key(Some("Bearer sk_1"), Some("sk_2")).unwrap(),
-            "sk_1"
-        );
-        // A non-bearer header falls back to the query.
-        assert_eq!(
-            extract_key(Some("Basic abc"), Some("sk_2")).unwrap(),
-            "sk_2"
-        );
-        assert_eq!(
-            extract_key(Some("Basic abc"), None),
-            Err(EdgeError::MissingKey)
-        );
-        assert_eq!(extract_key(None, None), Err(EdgeError::MissingKey));
-        assert_eq!(
-            extract_key(Some("Bearer "), Some("")),
-            Err(EdgeError::MissingKey)
-        );
-        assert_eq!(
-            extract_key(None, Some(&"k".repeat(MAX_KEY_LEN + 1))),
-            Err(EdgeError::InvalidKey)
-        );
-        assert_eq!(
-            extract_key(None, Some("bad key")),
-            Err(EdgeError::InvalidKey)
-        );
-    }
-
-    /// Only HTTP whitespace (space, tab) is trimmed from a credential; a
-    /// non-breaking space or any other Unicode space makes it another key.
-    #[test]
-    fn only_http_whitespace_is_trimmed_from_a_key() {
-        assert_eq!(extract_key(Some("Bearer \tsk_1\t "), None).unwrap(), "sk_1");
-        assert_eq!(extract_key(None, Some(" \tsk_2 ")).unwrap(), "sk_2");
-        for odd in ['\u{a0}', '\u{2003}', '\u{3000}', '\u{85}', '\u{feff}', '\n'] {
-            assert_eq!(
-                extract_key(Some(&format!("Bearer sk_1{odd}")), None),
-                Err(EdgeError::InvalidKey),
-                "{odd:?} after a bearer key"
-            );
-            assert_eq!(
-                extract_key(Some(&format!("Bearer {odd}sk_1")), None),
-                Err(EdgeError::InvalidKey),
-                "{odd:?} before a bearer key"
-            );
-            assert_eq!(
-                extract_key(None, Some(&format!("sk_2{odd}"))),
-                Err(EdgeError::InvalidKey),
-                "{odd:?} after a ?key="
-            );
-        }
-        assert_eq!(trim_http_whitespace(" \t a b \t"), "a b");
-        assert_eq!(trim_http_whitespace("\u{a0}a\u{a0}"), "\u{a0}a\u{a0}");
-        assert_eq!(trim_http_whitespace("\r\na\n"), "\r\na\n");
-        assert_eq!(trim_http_whitespace(""), "");
     }
 
     #[test]

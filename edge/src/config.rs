@@ -1,6 +1,6 @@
 //! Worker vars (wrangler.toml `[vars]`), read once per invocation from a lookup.
 
-use protocol::{EDGE_MAX_BODY_BYTES, EDGE_MAX_EVENTS, EDGE_MAX_EVENT_BYTES};
+pub use intake::Limits;
 
 use crate::forward::{Backoff, MAX_QUEUE_DELAY_SECONDS};
 
@@ -38,23 +38,6 @@ impl AllowedOrigins {
         match self {
             Self::Any => true,
             Self::List(list) => list.iter().any(|o| o == origin),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    pub max_body_bytes: usize,
-    pub max_event_bytes: usize,
-    pub max_events: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: EDGE_MAX_BODY_BYTES,
-            max_event_bytes: EDGE_MAX_EVENT_BYTES,
-            max_events: EDGE_MAX_EVENTS,
         }
     }
 }
@@ -168,6 +151,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::{EDGE_MAX_BODY_BYTES, EDGE_MAX_EVENT_BYTES};
     use std::collections::HashMap;
 
     /// 2^32 + 1: `1` once narrowed to a 32-bit `usize` (wasm32).

@@ -2,7 +2,7 @@
 
 use crate::config::AllowedOrigins;
 use crate::error::EdgeError;
-use crate::segment;
+use intake::segment;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {

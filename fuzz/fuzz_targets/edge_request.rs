@@ -20,16 +20,17 @@ use std::io::Write;
 
 use libfuzzer_sys::fuzz_target;
 use protocol::{Envelope, EventType, MAX_TIMESTAMP_MS};
-use sluice_edge::config::Limits;
-use sluice_edge::ingest::{self, Meta};
-use sluice_edge::segment::{self, Endpoint};
-use sluice_edge::{auth, forward, pack};
+use intake::credentials::{self, MAX_KEY_LEN};
+use intake::events::{self as ingest, Meta};
+use intake::segment::{self, Endpoint};
+use intake::Limits;
+use sluice_edge::{forward, pack};
 
 const RECEIVED_AT: [i64; 4] = [1_700_000_000_000, 0, MAX_TIMESTAMP_MS, 1];
 
 fn check_key(key: &str) {
     assert!(!key.is_empty(), "empty key accepted");
-    assert!(key.len() <= auth::MAX_KEY_LEN, "long key accepted");
+    assert!(key.len() <= MAX_KEY_LEN, "long key accepted");
     assert!(key.bytes().all(|b| b.is_ascii_graphic()), "{key:?}");
 }
 
@@ -98,10 +99,10 @@ fuzz_target!(|data: &[u8]| {
 
     match mode & 3 {
         0 | 1 => {
-            if let Ok(key) = auth::extract_key(authorization, None) {
+            if let Ok(key) = credentials::extract_key(authorization, None) {
                 check_key(&key);
             }
-            if let Ok(key) = auth::extract_key(None, Some(header.as_ref())) {
+            if let Ok(key) = credentials::extract_key(None, Some(header.as_ref())) {
                 check_key(&key);
             }
             let limits = Limits::default();

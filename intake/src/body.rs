@@ -15,7 +15,7 @@ pub fn gunzip(compressed: &[u8], max: usize) -> Result<Vec<u8>, Error> {
         .read_to_end(&mut out)
         .map_err(|e| Error::BadGzip(e.to_string()))?;
     if out.len() > max {
-        return Err(Error::TooLarge(max));
+        return Err(Error::BodyTooLarge(max));
     }
     Ok(out)
 }
@@ -43,9 +43,9 @@ mod tests {
     fn stops_at_the_cap() {
         let bomb = gzip(&vec![b' '; 10 << 20]);
         assert!(bomb.len() < 100_000, "{}", bomb.len());
-        assert_eq!(gunzip(&bomb, 1 << 20), Err(Error::TooLarge(1 << 20)));
+        assert_eq!(gunzip(&bomb, 1 << 20), Err(Error::BodyTooLarge(1 << 20)));
         assert_eq!(gunzip(&gzip(b"12345"), 5).unwrap(), b"12345");
-        assert_eq!(gunzip(&gzip(b"123456"), 5), Err(Error::TooLarge(5)));
+        assert_eq!(gunzip(&gzip(b"123456"), 5), Err(Error::BodyTooLarge(5)));
     }
 
     #[test]

@@ -1,11 +1,30 @@
 //! Credentials in requests: the `Authorization` header's schemes, and the
 //! HTTP-whitespace trimming every credential goes through.
 
+use crate::Error;
+
 /// `text` without leading and trailing HTTP whitespace (space and tab, RFC
 /// 9110 `OWS`). Not `str::trim`: a key followed by U+00A0 or any other
 /// Unicode space is another key, not this one.
 pub fn trim_http_whitespace(text: &str) -> &str {
     text.trim_matches([' ', '\t'])
+}
+
+/// Longest key we bother hashing; anything longer cannot be one of ours.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// The key from `Authorization: Bearer <key>`, else from `?key=` (sendBeacon
+/// cannot set headers).
+pub fn extract_key(authorization: Option<&str>, query_key: Option<&str>) -> Result<String, Error> {
+    let from_header = authorization.and_then(bearer);
+    let key = from_header
+        .or(query_key.map(trim_http_whitespace))
+        .filter(|k| !k.is_empty())
+        .ok_or(Error::MissingKey)?;
+    if key.len() > MAX_KEY_LEN || !key.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(Error::InvalidKey);
+    }
+    Ok(key.to_owned())
 }
 
 /// What an `Authorization` header carries.
@@ -71,6 +90,62 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_from_header_or_query() {
+        assert_eq!(extract_key(Some("Bearer sk_1"), None).unwrap(), "sk_1");
+        assert_eq!(extract_key(Some("bearer   sk_1 "), None).unwrap(), "sk_1");
+        assert_eq!(extract_key(None, Some("sk_2")).unwrap(), "sk_2");
+        assert_eq!(
+            extract_key(Some("Bearer sk_1"), Some("sk_2")).unwrap(),
+            "sk_1"
+        );
+        // A non-bearer header falls back to the query.
+        assert_eq!(
+            extract_key(Some("Basic abc"), Some("sk_2")).unwrap(),
+            "sk_2"
+        );
+        assert_eq!(extract_key(Some("Basic abc"), None), Err(Error::MissingKey));
+        assert_eq!(extract_key(None, None), Err(Error::MissingKey));
+        assert_eq!(
+            extract_key(Some("Bearer "), Some("")),
+            Err(Error::MissingKey)
+        );
+        assert_eq!(
+            extract_key(None, Some(&"k".repeat(MAX_KEY_LEN + 1))),
+            Err(Error::InvalidKey)
+        );
+        assert_eq!(extract_key(None, Some("bad key")), Err(Error::InvalidKey));
+    }
+
+    /// Only HTTP whitespace (space, tab) is trimmed from a credential; a
+    /// non-breaking space or any other Unicode space makes it another key.
+    #[test]
+    fn only_http_whitespace_is_trimmed_from_a_key() {
+        assert_eq!(extract_key(Some("Bearer \tsk_1\t "), None).unwrap(), "sk_1");
+        assert_eq!(extract_key(None, Some(" \tsk_2 ")).unwrap(), "sk_2");
+        for odd in ['\u{a0}', '\u{2003}', '\u{3000}', '\u{85}', '\u{feff}', '\n'] {
+            assert_eq!(
+                extract_key(Some(&format!("Bearer sk_1{odd}")), None),
+                Err(Error::InvalidKey),
+                "{odd:?} after a bearer key"
+            );
+            assert_eq!(
+                extract_key(Some(&format!("Bearer {odd}sk_1")), None),
+                Err(Error::InvalidKey),
+                "{odd:?} before a bearer key"
+            );
+            assert_eq!(
+                extract_key(None, Some(&format!("sk_2{odd}"))),
+                Err(Error::InvalidKey),
+                "{odd:?} after a ?key="
+            );
+        }
+        assert_eq!(trim_http_whitespace(" \t a b \t"), "a b");
+        assert_eq!(trim_http_whitespace("\u{a0}a\u{a0}"), "\u{a0}a\u{a0}");
+        assert_eq!(trim_http_whitespace("\r\na\n"), "\r\na\n");
+        assert_eq!(trim_http_whitespace(""), "");
+    }
 
     #[test]
     fn bearer_scheme_is_case_insensitive_and_the_token_required() {

@@ -1,23 +1,39 @@
-//! The rules that turn an HTTP request into envelopes, with no runtime
-//! below them (no worker, tokio, sqlx or axum): they compile natively and to
-//! wasm32, and the edge and the backend both use them, so each rule has one
-//! owner.
-//!
-//! So far: the capped gunzip ([`body`]), credential parsing
-//! ([`credentials`]) and time parsing ([`time`]). The body shapes,
-//! validation and enrichment of `/v1/events` and the Segment API move here
-//! next (ARCHITECTURE.md).
+//! Everything that turns an HTTP request into envelopes, with no runtime
+//! below it (no worker, tokio, sqlx or axum): it compiles natively and to
+//! wasm32, and the edge and the backend both use it, so each rule has one
+//! owner. Content checks and the capped gunzip ([`body`], [`events`]), the
+//! body shapes of `/v1/events` ([`events`]) and of the Segment API
+//! ([`segment`]), the strict JSON parser ([`json`]), validation ([`text`]),
+//! enrichment and skew correction, credentials ([`credentials`]), times
+//! ([`time`]), and the public API's errors with their statuses ([`error`]).
 
 pub mod body;
 pub mod credentials;
+pub mod error;
+pub mod events;
+pub mod json;
+pub mod segment;
+pub mod text;
 pub mod time;
 
-/// What the intake rules refuse; each side maps it to its own error (and
-/// from there to a status code, in that side's one error module).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
-    #[error("the body is larger than {0} bytes (after decompression)")]
-    TooLarge(usize),
-    #[error("the body is not valid gzip: {0}")]
-    BadGzip(String),
+pub use error::{Detail, Door, Error};
+
+use protocol::{EDGE_MAX_BODY_BYTES, EDGE_MAX_EVENTS, EDGE_MAX_EVENT_BYTES};
+
+/// Size limits of the `/v1/events` door.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_event_bytes: usize,
+    pub max_events: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: EDGE_MAX_BODY_BYTES,
+            max_event_bytes: EDGE_MAX_EVENT_BYTES,
+            max_events: EDGE_MAX_EVENTS,
+        }
+    }
 }

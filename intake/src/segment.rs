@@ -15,11 +15,11 @@ use protocol::{
 };
 use serde_json::{json, Map, Value};
 
-use crate::error::{Detail, EdgeError};
-use crate::ingest::Meta;
+use crate::credentials::{authorization, trim_http_whitespace, Authorization};
+use crate::events::Meta;
 use crate::text;
-use intake::credentials::{authorization, trim_http_whitespace, Authorization};
-use intake::time::parse_value as parse_time;
+use crate::time::parse_value as parse_time;
+use crate::{Detail, Error};
 
 /// Segment's documented limits: one message, one request.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
@@ -60,20 +60,10 @@ pub fn settings_key(path: &str) -> Option<&str> {
     (!key.is_empty() && !key.contains('/')).then_some(key)
 }
 
-/// Status for an error on a Segment endpoint: every client error is a 400
-/// (Segment documents 400 for oversized and malformed requests, and the SDKs
-/// drop rather than retry it); 401, 404, 405 and 5xx keep their meaning.
-pub fn status(error: &EdgeError) -> u16 {
-    match error.status() {
-        413 | 415 | 422 => 400,
-        other => other,
-    }
-}
-
 /// Rejects a declared length over 500 KB before the body is read.
-pub fn check_content_length(content_length: Option<&str>) -> Result<(), EdgeError> {
-    match crate::ingest::declared_length(content_length) {
-        Some(n) if n > MAX_REQUEST_BYTES as u64 => Err(EdgeError::BodyTooLarge(MAX_REQUEST_BYTES)),
+pub fn check_content_length(content_length: Option<&str>) -> Result<(), Error> {
+    match crate::events::declared_length(content_length) {
+        Some(n) if n > MAX_REQUEST_BYTES as u64 => Err(Error::BodyTooLarge(MAX_REQUEST_BYTES)),
         _ => Ok(()),
     }
 }
@@ -83,7 +73,7 @@ pub fn check_content_length(content_length: Option<&str>) -> Result<(), EdgeErro
 pub fn write_key(
     authorization_header: Option<&str>,
     body_key: Option<&str>,
-) -> Result<String, EdgeError> {
+) -> Result<String, Error> {
     let from_header = authorization_header.and_then(|h| match authorization(h)? {
         Authorization::Basic(user) => Some(user),
         Authorization::Bearer(token) => Some(token.to_owned()),
@@ -95,9 +85,9 @@ pub fn write_key(
                 .map(|k| trim_http_whitespace(k).to_owned())
                 .filter(|k| !k.is_empty())
         })
-        .ok_or(EdgeError::MissingKey)?;
-    if key.len() > crate::auth::MAX_KEY_LEN || !key.chars().all(|c| c.is_ascii_graphic()) {
-        return Err(EdgeError::InvalidKey);
+        .ok_or(Error::MissingKey)?;
+    if key.len() > crate::credentials::MAX_KEY_LEN || !key.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(Error::InvalidKey);
     }
     Ok(key)
 }
@@ -114,13 +104,13 @@ pub struct Request {
 }
 
 /// Parses a body (already decoded, ≤ 500 KB) for `endpoint`.
-pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<Request, EdgeError> {
+pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<Request, Error> {
     if body.len() > MAX_REQUEST_BYTES {
-        return Err(EdgeError::BodyTooLarge(MAX_REQUEST_BYTES));
+        return Err(Error::BodyTooLarge(MAX_REQUEST_BYTES));
     }
     let value = crate::json::parse(body)?;
     let Value::Object(mut map) = value else {
-        return Err(EdgeError::InvalidBody("body must be a JSON object".into()));
+        return Err(Error::InvalidBody("body must be a JSON object".into()));
     };
     let write_key = match map.get("writeKey") {
         Some(Value::String(k)) => Some(k.clone()),
@@ -140,13 +130,13 @@ pub fn parse(body: &[u8], endpoint: Endpoint) -> Result<Request, EdgeError> {
             let messages = match map.remove("batch") {
                 Some(Value::Array(messages)) => messages,
                 _ => {
-                    return Err(EdgeError::InvalidBody(
+                    return Err(Error::InvalidBody(
                         "`batch` must be an array of messages".into(),
                     ))
                 }
             };
             if messages.is_empty() {
-                return Err(EdgeError::EmptyBatch);
+                return Err(Error::EmptyBatch);
             }
             let context = match map.remove("context") {
                 Some(Value::Object(c)) => c,
@@ -189,11 +179,11 @@ pub fn build(
     request: Request,
     meta: &Meta,
     mut random: impl FnMut() -> [u8; 10],
-) -> Result<Outcome, EdgeError> {
+) -> Result<Outcome, Error> {
     let batch_sent_at = match &request.sent_at {
         None => None,
         Some(v) => Some(parse_time(v).ok_or_else(|| {
-            EdgeError::InvalidBody("`sentAt` must be an ISO 8601 time or epoch milliseconds".into())
+            Error::InvalidBody("`sentAt` must be an ISO 8601 time or epoch milliseconds".into())
         })?),
     };
     let mut envelopes = Vec::with_capacity(request.messages.len());
@@ -211,7 +201,7 @@ pub fn build(
         }
     }
     if envelopes.is_empty() {
-        return Err(EdgeError::InvalidEvents(rejected));
+        return Err(Error::InvalidEvents(rejected));
     }
     Ok(Outcome {
         envelopes,
@@ -433,6 +423,10 @@ pub fn settings(write_key: &str, protocol: &str, host: &str) -> Value {
 mod tests {
     use super::*;
 
+    fn status(error: &Error) -> u16 {
+        error.status_at(crate::Door::Segment)
+    }
+
     const NOW: i64 = 1_700_000_000_000;
 
     fn meta() -> Meta {
@@ -450,7 +444,7 @@ mod tests {
         [0; 10]
     }
 
-    fn run(endpoint: Endpoint, body: Value) -> Result<Outcome, EdgeError> {
+    fn run(endpoint: Endpoint, body: Value) -> Result<Outcome, Error> {
         let request = parse(body.to_string().as_bytes(), endpoint)?;
         build(request, &meta(), zeros)
     }
@@ -523,9 +517,9 @@ mod tests {
         // A header we cannot read falls back to the body's key.
         assert_eq!(write_key(Some("Basic !!!"), Some("sk_5")).unwrap(), "sk_5");
         assert_eq!(write_key(Some(&basic(":")), Some("sk_6")).unwrap(), "sk_6");
-        assert_eq!(write_key(None, None), Err(EdgeError::MissingKey));
-        assert_eq!(write_key(None, Some(" ")), Err(EdgeError::MissingKey));
-        assert_eq!(write_key(None, Some("bad key")), Err(EdgeError::InvalidKey));
+        assert_eq!(write_key(None, None), Err(Error::MissingKey));
+        assert_eq!(write_key(None, Some(" ")), Err(Error::MissingKey));
+        assert_eq!(write_key(None, Some("bad key")), Err(Error::InvalidKey));
     }
 
     #[test]
@@ -540,22 +534,22 @@ mod tests {
             // An unreadable Basic header falls back to the body's key: none here.
             assert_eq!(
                 write_key(Some(&format!("{}{odd}", basic("sk_1:"))), None),
-                Err(EdgeError::MissingKey),
+                Err(Error::MissingKey),
                 "{odd:?} after a Basic token"
             );
             assert_eq!(
                 write_key(Some(&basic(&format!("sk_1{odd}:"))), None),
-                Err(EdgeError::InvalidKey),
+                Err(Error::InvalidKey),
                 "{odd:?} in a Basic user name"
             );
             assert_eq!(
                 write_key(Some(&format!("Bearer sk_3{odd}")), None),
-                Err(EdgeError::InvalidKey),
+                Err(Error::InvalidKey),
                 "{odd:?} after a bearer write key"
             );
             assert_eq!(
                 write_key(None, Some(&format!("{odd}sk_4"))),
-                Err(EdgeError::InvalidKey),
+                Err(Error::InvalidKey),
                 "{odd:?} before a body writeKey"
             );
         }
@@ -759,7 +753,7 @@ mod tests {
         for (bad, reason) in cases {
             let err = run(Endpoint::Batch, json!({"batch": [bad.clone()]})).unwrap_err();
             assert_eq!(status(&err), 400, "{bad}");
-            let EdgeError::InvalidEvents(details) = err else {
+            let Error::InvalidEvents(details) = err else {
                 panic!()
             };
             assert!(
@@ -877,7 +871,7 @@ mod tests {
             json!({"sentAt": NOW + 10_000, "batch": [{"type": "page", "userId": "u", "timestamp": 5}]}),
         )
         .unwrap_err();
-        let EdgeError::InvalidEvents(d) = err else {
+        let Error::InvalidEvents(d) = err else {
             panic!()
         };
         assert!(d[0].reason.contains("out of range"));
@@ -920,7 +914,7 @@ mod tests {
         // 500 KB per request.
         let big = vec![b' '; MAX_REQUEST_BYTES + 1];
         let err = parse(&big, Endpoint::Batch).unwrap_err();
-        assert_eq!(err, EdgeError::BodyTooLarge(MAX_REQUEST_BYTES));
+        assert_eq!(err, Error::BodyTooLarge(MAX_REQUEST_BYTES));
         assert_eq!(status(&err), 400);
         assert!(check_content_length(Some("512000")).is_ok());
         assert_eq!(
@@ -942,12 +936,8 @@ mod tests {
             let err = parse(body, endpoint).unwrap_err();
             assert_eq!(status(&err), 400, "{}", String::from_utf8_lossy(body));
         }
-        assert_eq!(status(&EdgeError::InvalidKey), 401);
-        assert_eq!(
-            status(&EdgeError::QueueUnavailable),
-            503,
-            "retried by the SDKs"
-        );
+        assert_eq!(status(&Error::InvalidKey), 401);
+        assert_eq!(status(&Error::QueueUnavailable), 503, "retried by the SDKs");
     }
 
     #[test]
@@ -987,7 +977,7 @@ mod tests {
             ),
         ] {
             match parse(body.as_bytes(), endpoint) {
-                Err(e @ EdgeError::InvalidJson(_)) => {
+                Err(e @ Error::InvalidJson(_)) => {
                     assert_eq!(status(&e), 400);
                     assert!(
                         e.to_string().contains(&format!("duplicate key `{key}`")),

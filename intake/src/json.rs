@@ -12,15 +12,15 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
-use crate::error::EdgeError;
+use crate::Error;
 
 /// At most this many characters of a repeated key go into the error.
 const MAX_KEY_IN_ERROR: usize = 64;
 
 /// A request body as a JSON value; `invalid_json` for malformed text,
 /// trailing characters, too deep nesting, or a repeated key in any object.
-pub fn parse(body: &[u8]) -> Result<Value, EdgeError> {
-    let invalid = |e: serde_json::Error| EdgeError::InvalidJson(e.to_string());
+pub fn parse(body: &[u8]) -> Result<Value, Error> {
+    let invalid = |e: serde_json::Error| Error::InvalidJson(e.to_string());
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = Strict.deserialize(&mut de).map_err(invalid)?;
     de.end().map_err(invalid)?;
@@ -121,7 +121,7 @@ mod tests {
 
     fn invalid(body: &str) -> String {
         match parse(body.as_bytes()) {
-            Err(EdgeError::InvalidJson(message)) => message,
+            Err(Error::InvalidJson(message)) => message,
             other => panic!("{body}: expected invalid_json, got {other:?}"),
         }
     }

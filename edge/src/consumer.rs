@@ -1,0 +1,411 @@
+//! The queue consumers as plain async functions over the ports: forwarding
+//! event batches to the backend (ack, retry with backoff, or dead-letter per
+//! message) and keeping dead letters for an operator.
+
+use std::collections::BTreeMap;
+
+use protocol::Envelope;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::deadletter;
+use crate::forward::{self, Decision, Outcome};
+use crate::ports::{Backend, Clock, DeadLetterQueue, DeadLetterStore, Log, Message};
+
+/// A dead letter that cannot be stored because the store's binding is
+/// missing waits this long: a deployment problem, not a passing one.
+pub const STORE_MISSING_RETRY_SECONDS: u32 = 60;
+/// A dead letter whose write to the store failed is tried again after this.
+pub const STORE_FAILED_RETRY_SECONDS: u32 = 30;
+
+/// The events consumer with the ports it uses.
+pub struct Forwarder<'a, B, D, L> {
+    pub config: &'a Config,
+    /// `None` when the ingest token secret is missing.
+    pub backend: Option<&'a B>,
+    pub dead_letters: &'a D,
+    pub log: &'a L,
+}
+
+impl<B: Backend, D: DeadLetterQueue, L: Log> Forwarder<'_, B, D, L> {
+    /// Decide every message of a batch: each is acked, retried with a delay,
+    /// or dead-lettered. Never fails (a failing queue handler resets the isolate).
+    pub async fn consume(&self, queue_name: &str, messages: &[impl Message]) {
+        let mut decoded: Vec<(usize, Vec<Envelope>)> = Vec::new();
+        let mut attempts = BTreeMap::new();
+        for (i, message) in messages.iter().enumerate() {
+            let body = message.body();
+            match forward::decode(&body) {
+                Ok(envelopes) => {
+                    attempts.insert(i, message.attempts());
+                    decoded.push((i, envelopes));
+                }
+                Err(reason) => self.dead_letter(queue_name, message, &reason, &body).await,
+            }
+        }
+        if decoded.is_empty() {
+            return;
+        }
+        let Some(backend) = self.backend else {
+            self.log
+                .error("ingest_token_missing", json!({"messages": decoded.len()}));
+            for (i, _) in &decoded {
+                messages[*i].retry(forward::UNAUTHORIZED_BACKOFF_SECONDS);
+            }
+            return;
+        };
+        let all: Vec<(usize, &[Envelope])> =
+            decoded.iter().map(|(i, e)| (*i, e.as_slice())).collect();
+        let mut decisions = self.round(backend, &all, &attempts, false).await;
+        // A batch the backend refused as a whole: send each of its messages
+        // alone to find the poison.
+        let isolated: Vec<(usize, &[Envelope])> = all
+            .iter()
+            .filter(|(i, _)| decisions.get(i) == Some(&Decision::Isolate))
+            .copied()
+            .collect();
+        if !isolated.is_empty() {
+            decisions.extend(self.round(backend, &isolated, &attempts, true).await);
+        }
+        for (i, decision) in decisions {
+            let message = &messages[i];
+            match decision {
+                Decision::Ack => message.ack(),
+                Decision::Retry { delay_seconds } => {
+                    self.log.info(
+                        "message_retry",
+                        json!({"message_id": message.id(), "attempts": message.attempts(), "delay_seconds": delay_seconds}),
+                    );
+                    message.retry(delay_seconds);
+                }
+                Decision::DeadLetter { reason } => {
+                    self.dead_letter(queue_name, message, &reason, &message.body())
+                        .await;
+                }
+                Decision::Isolate => message.retry(self.config.backoff.base_seconds),
+            }
+        }
+    }
+
+    /// Sends one round of sub-batches, at most `forward_concurrency` at a time.
+    async fn round(
+        &self,
+        backend: &B,
+        messages: &[(usize, &[Envelope])],
+        attempts: &BTreeMap<usize, u32>,
+        isolate: bool,
+    ) -> BTreeMap<usize, Decision> {
+        let config = self.config;
+        let groups = match forward::group(
+            messages,
+            config.forward_batch_size,
+            config.forward_batch_bytes,
+            isolate,
+        ) {
+            Ok(groups) => groups,
+            Err(e) => {
+                self.log
+                    .error("forward_grouping_failed", json!({"error": e.to_string()}));
+                let delay_seconds = config.backoff.base_seconds;
+                return messages
+                    .iter()
+                    .map(|(i, _)| (*i, Decision::Retry { delay_seconds }))
+                    .collect();
+            }
+        };
+        let bodies: Vec<&str> = groups.iter().map(|g| g.body.as_str()).collect();
+        let outcomes = forward::run_bounded(bodies, config.forward_concurrency, |body| {
+            backend.ingest(body)
+        })
+        .await;
+        for (group, outcome) in groups.iter().zip(&outcomes) {
+            if *outcome != Outcome::Landed {
+                self.log.error(
+                    "forward_incomplete",
+                    json!({"envelopes": group.envelopes.len(), "outcome": format!("{outcome:?}")}),
+                );
+            }
+        }
+        let results: Vec<_> = groups.into_iter().zip(outcomes).collect();
+        let scope: BTreeMap<usize, u32> = messages
+            .iter()
+            .map(|(i, _)| (*i, attempts.get(i).copied().unwrap_or(1)))
+            .collect();
+        forward::decide(&scope, &results, &config.backoff)
+    }
+
+    /// Send a poison message to the DLQ and ack it; if the DLQ does not take
+    /// it, retry it (past `max_retries` the queue moves it there itself).
+    async fn dead_letter(
+        &self,
+        queue_name: &str,
+        message: &impl Message,
+        reason: &str,
+        body: &str,
+    ) {
+        let text = deadletter::poison_message(reason, queue_name, &message.id(), body);
+        match self.dead_letters.send(&text).await {
+            Ok(()) => {
+                self.log.error(
+                    "message_dead_lettered",
+                    json!({"message_id": message.id(), "reason": reason}),
+                );
+                message.ack();
+            }
+            Err(e) => {
+                self.log.error(
+                    "dead_letter_send_failed",
+                    json!({"message_id": message.id(), "reason": reason, "error": e}),
+                );
+                message.retry(self.config.backoff.delay(message.attempts(), None, false));
+            }
+        }
+    }
+}
+
+/// The dead-letter consumer: keep every dead letter in the store (KV) for an
+/// operator (see edge/README.md); `store` is `None` when its binding is missing.
+pub async fn store_dead_letters(
+    messages: &[impl Message],
+    store: Option<&impl DeadLetterStore>,
+    clock: &impl Clock,
+    log: &impl Log,
+) {
+    let Some(store) = store else {
+        log.error(
+            "dead_letter_store_missing",
+            json!({"messages": messages.len()}),
+        );
+        for message in messages {
+            message.retry(STORE_MISSING_RETRY_SECONDS);
+        }
+        return;
+    };
+    for message in messages {
+        let record = deadletter::record(
+            &message.id(),
+            message.attempts(),
+            clock.now_ms(),
+            &message.body(),
+        );
+        let key = deadletter::storage_key(&record);
+        let stored = match serde_json::to_string(&record) {
+            Ok(value) => store.put(&key, &value).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match stored {
+            Ok(()) => {
+                log.error(
+                    "dead_letter_stored",
+                    json!({"key": key, "reason": record.reason}),
+                );
+                message.ack();
+            }
+            Err(e) => {
+                log.error("dead_letter_store_failed", json!({"key": key, "error": e}));
+                message.retry(STORE_FAILED_RETRY_SECONDS);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::{Backend, Clock, Done, Log, Message, Queue, Store};
+    use futures_executor::block_on;
+    use std::collections::HashSet;
+
+    fn envelope(id: &str) -> serde_json::Value {
+        json!({"id": id, "env_id": 1, "name": "e", "timestamp": 1_700_000_000_000i64,
+               "received_at": 1_700_000_000_000i64})
+    }
+
+    fn message(id: &str, attempts: u32, envelope_ids: &[&str]) -> Message {
+        let body: Vec<_> = envelope_ids.iter().map(|e| envelope(e)).collect();
+        Message::new(id, attempts, serde_json::to_string(&body).unwrap())
+    }
+
+    fn config() -> Config {
+        Config::from_lookup(|_| None)
+    }
+
+    fn consume<F: Fn(&str) -> Outcome>(
+        backend: Option<&Backend<F>>,
+        dlq: &Queue,
+        log: &Log,
+        messages: &[Message],
+    ) {
+        let config = config();
+        let forwarder = Forwarder {
+            config: &config,
+            backend,
+            dead_letters: dlq,
+            log,
+        };
+        block_on(forwarder.consume("sluice-events", messages));
+    }
+
+    #[test]
+    fn landed_messages_are_acked() {
+        let backend = Backend::new(|_: &str| Outcome::Landed);
+        let (dlq, log) = (Queue::default(), Log::default());
+        let messages = [message("m1", 1, &["a", "b"]), message("m2", 1, &["c"])];
+        consume(Some(&backend), &dlq, &log, &messages);
+        assert!(messages.iter().all(|m| m.outcome() == Some(Done::Acked)));
+        assert_eq!(
+            backend.bodies.borrow().len(),
+            1,
+            "one sub-batch for both messages"
+        );
+    }
+
+    #[test]
+    fn an_unavailable_backend_is_retried_with_backoff_never_shorter_than_retry_after() {
+        let backend = Backend::new(|_: &str| Outcome::Unavailable {
+            retry_after: Some(30),
+            status: Some(503),
+        });
+        let (dlq, log) = (Queue::default(), Log::default());
+        let messages = [message("m1", 1, &["a"]), message("m2", 4, &["b"])];
+        consume(Some(&backend), &dlq, &log, &messages);
+        assert_eq!(
+            messages[0].outcome(),
+            Some(Done::Retried(30)),
+            "5 s backoff, but Retry-After says 30"
+        );
+        assert_eq!(
+            messages[1].outcome(),
+            Some(Done::Retried(40)),
+            "4th attempt: 5 × 2³"
+        );
+        assert!(log.has("forward_incomplete") && log.has("message_retry"));
+    }
+
+    #[test]
+    fn a_partial_answer_retries_only_the_messages_whose_envelopes_did_not_land() {
+        let backend = Backend::new(|_: &str| Outcome::Partial {
+            retry: HashSet::from(["b".to_owned()]),
+            retry_after: None,
+        });
+        let (dlq, log) = (Queue::default(), Log::default());
+        let messages = [message("m1", 1, &["a"]), message("m2", 1, &["b"])];
+        consume(Some(&backend), &dlq, &log, &messages);
+        assert_eq!(messages[0].outcome(), Some(Done::Acked));
+        assert_eq!(messages[1].outcome(), Some(Done::Retried(5)));
+    }
+
+    #[test]
+    fn a_refused_batch_is_split_to_find_the_poison_which_is_dead_lettered() {
+        // The backend refuses any request that carries envelope "bad".
+        let backend = Backend::new(|body: &str| {
+            if body.contains("\"bad\"") {
+                Outcome::Rejected {
+                    status: 422,
+                    message: "invalid envelopes".into(),
+                }
+            } else {
+                Outcome::Landed
+            }
+        });
+        let (dlq, log) = (Queue::default(), Log::default());
+        let messages = [
+            message("m1", 1, &["a"]),
+            message("m2", 1, &["bad"]),
+            message("m3", 1, &["c"]),
+        ];
+        consume(Some(&backend), &dlq, &log, &messages);
+        assert_eq!(
+            backend.bodies.borrow().len(),
+            4,
+            "one round together, then each alone"
+        );
+        assert_eq!(messages[0].outcome(), Some(Done::Acked));
+        assert_eq!(
+            messages[1].outcome(),
+            Some(Done::Acked),
+            "acked once it is in the DLQ"
+        );
+        assert_eq!(messages[2].outcome(), Some(Done::Acked));
+        let sent = dlq.sent.borrow();
+        assert_eq!(sent.len(), 1);
+        let poison: deadletter::Poison = serde_json::from_str(&sent[0][0]).unwrap();
+        assert_eq!(
+            (poison.message_id.as_str(), poison.source_queue.as_str()),
+            ("m2", "sluice-events")
+        );
+        assert!(poison.reason.contains("422"), "{}", poison.reason);
+    }
+
+    #[test]
+    fn an_undecodable_message_is_dead_lettered_without_a_backend_call_and_retried_if_the_dlq_fails()
+    {
+        let backend = Backend::new(|_: &str| Outcome::Landed);
+        let (dlq, log) = (Queue::default(), Log::default());
+        let messages = [Message::new("m1", 1, "not json")];
+        consume(Some(&backend), &dlq, &log, &messages);
+        assert_eq!(messages[0].outcome(), Some(Done::Acked));
+        assert_eq!(dlq.sent.borrow().len(), 1);
+        assert!(backend.bodies.borrow().is_empty());
+
+        dlq.failures.set(1);
+        let messages = [Message::new("m2", 3, "[{\"id\": 5}]")];
+        consume(Some(&backend), &dlq, &log, &messages);
+        assert_eq!(
+            messages[0].outcome(),
+            Some(Done::Retried(20)),
+            "backoff of the 3rd attempt"
+        );
+        assert!(log.has("dead_letter_send_failed"));
+    }
+
+    #[test]
+    fn without_the_ingest_token_every_message_waits_a_minute() {
+        let (dlq, log) = (Queue::default(), Log::default());
+        let messages = [message("m1", 1, &["a"]), message("m2", 9, &["b"])];
+        consume(None::<&Backend<fn(&str) -> Outcome>>, &dlq, &log, &messages);
+        for m in &messages {
+            assert_eq!(
+                m.outcome(),
+                Some(Done::Retried(forward::UNAUTHORIZED_BACKOFF_SECONDS))
+            );
+        }
+        assert!(log.has("ingest_token_missing"));
+    }
+
+    #[test]
+    fn dead_letters_are_stored_for_an_operator_or_retried() {
+        let (clock, log) = (Clock::default(), Log::default());
+        let store = Store::default();
+        let poison = deadletter::poison_message("bad", "sluice-events", "m0", "[1]");
+        let messages = [Message::new("d1", 1, poison)];
+        block_on(store_dead_letters(&messages, Some(&store), &clock, &log));
+        assert_eq!(messages[0].outcome(), Some(Done::Acked));
+        let puts = store.puts.borrow();
+        assert!(puts[0].0.starts_with(deadletter::KEY_PREFIX));
+        let record: deadletter::Record = serde_json::from_str(&puts[0].1).unwrap();
+        assert_eq!(
+            (record.reason.as_str(), record.source_message_id.as_deref()),
+            ("bad", Some("m0"))
+        );
+
+        let failing = Store {
+            fail: true,
+            ..Store::default()
+        };
+        let messages = [Message::new("d2", 1, "x")];
+        block_on(store_dead_letters(&messages, Some(&failing), &clock, &log));
+        assert_eq!(
+            messages[0].outcome(),
+            Some(Done::Retried(STORE_FAILED_RETRY_SECONDS))
+        );
+
+        let messages = [Message::new("d3", 1, "x")];
+        block_on(store_dead_letters(&messages, None::<&Store>, &clock, &log));
+        assert_eq!(
+            messages[0].outcome(),
+            Some(Done::Retried(STORE_MISSING_RETRY_SECONDS))
+        );
+        assert!(log.has("dead_letter_store_missing"));
+    }
+}

@@ -1,0 +1,571 @@
+//! The HTTP doors as plain async functions over the ports: `/v1/events`, the
+//! Segment-compatible API and its settings, `/healthz`, CORS preflight.
+
+use std::cell::RefCell;
+
+use serde_json::{json, Value};
+
+use crate::auth::{self, KeyCache, Lookup};
+use crate::config::Config;
+use crate::error::{Door, EdgeError};
+use crate::http::{self, Route};
+use crate::pack;
+use crate::ports::{Clock, EventQueue, KeyStore, Log, Request};
+use intake::{events, segment};
+
+/// How often a queue `sendBatch` is tried, and the pause before each retry.
+pub const QUEUE_SEND_BACKOFF_MS: [u64; 3] = [0, 100, 400];
+
+/// What to answer, and what to queue after answering.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Option<Value>,
+    /// Events accepted with a 202 before they were queued: send them with
+    /// [`enqueue`] once the answer is out (`ctx.wait_until`).
+    pub deferred: Option<Deferred>,
+}
+
+/// Queue batches of one environment still to be sent.
+#[derive(Debug)]
+pub struct Deferred {
+    pub batches: Vec<Vec<pack::Message>>,
+    pub env_id: u32,
+}
+
+/// The doors with the ports they use.
+pub struct Edge<'a, K, Q, C, L> {
+    pub config: &'a Config,
+    pub keys: &'a K,
+    pub queue: &'a Q,
+    pub clock: &'a C,
+    pub log: &'a L,
+    /// The isolate's key cache.
+    pub cache: &'a RefCell<KeyCache>,
+}
+
+type Answer = Result<(u16, Option<Value>, Option<Deferred>), EdgeError>;
+
+impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> Edge<'_, K, Q, C, L> {
+    /// Route, run the door, and turn an error into its status, headers and body.
+    pub async fn fetch(&self, method: &str, path: &str, req: &impl Request) -> Response {
+        let route = http::route(method, path);
+        let preflight = route == Ok(Route::Preflight);
+        let door = match route {
+            Ok(Route::Segment(_) | Route::SegmentSettings(_)) => Door::Segment,
+            _ => Door::Events,
+        };
+        let result = match route {
+            Ok(Route::Events) => self.events(req).await,
+            Ok(Route::Segment(endpoint)) => self.segment(req, endpoint).await,
+            Ok(Route::SegmentSettings(key)) => self.settings(req, &key).await,
+            Ok(Route::Health) => Ok((200, Some(json!({"status": "ok"})), None)),
+            Ok(Route::Preflight) => Ok((204, None, None)),
+            Err(e) => Err(e),
+        };
+        let origin = req.header("Origin");
+        let mut headers =
+            http::cors_headers(origin.as_deref(), &self.config.allowed_origins, preflight);
+        match result {
+            Ok((status, body, deferred)) => Response {
+                status,
+                headers,
+                body,
+                deferred,
+            },
+            Err(e) => {
+                if e.status() >= 500 {
+                    self.log.error(
+                        "request_failed",
+                        json!({"error": e.code(), "detail": format!("{e:?}")}),
+                    );
+                }
+                headers.extend(e.headers());
+                Response {
+                    status: e.status_at(door),
+                    headers,
+                    body: serde_json::to_value(e.body()).ok(),
+                    deferred: None,
+                }
+            }
+        }
+    }
+
+    /// `POST /v1/events`: 202 once the events are valid; queued after the
+    /// answer, or before it with `Prefer: wait`.
+    async fn events(&self, req: &impl Request) -> Answer {
+        let query = req.query();
+        let key = intake::credentials::extract_key(
+            req.header("Authorization").as_deref(),
+            http::query_param(query.as_deref(), "key").as_deref(),
+        )?;
+        let env_id = self.admit(&key).await?;
+        events::check_content_type(req.header("Content-Type").as_deref())?;
+        events::check_content_length(req.header("Content-Length").as_deref(), &self.config.limits)?;
+        let wait = http::wants_wait(
+            req.header("Prefer").as_deref(),
+            http::query_param(query.as_deref(), "wait").as_deref(),
+        );
+        let meta = events::Meta {
+            env_id,
+            received_at: self.clock.now_ms(),
+            country: req.cf("country"),
+            colo: req.cf("colo"),
+            user_agent: user_agent(req),
+            ip: None,
+        };
+        let raw = req.body().await?;
+        let encoding = req.header("Content-Encoding");
+        let body =
+            events::decode_body(raw, encoding.as_deref(), self.config.limits.max_body_bytes)?;
+        let payload = events::parse(&body, &self.config.limits)?;
+        let envelopes = events::build(payload, &meta, || self.clock.random10())?;
+        let accepted = envelopes.len();
+        let messages =
+            pack::messages(&envelopes).map_err(|e| EdgeError::Internal(e.to_string()))?;
+        let deferred = Deferred {
+            batches: pack::batches(messages),
+            env_id,
+        };
+        self.queue.ready()?;
+        let body = Some(json!({ "accepted": accepted }));
+        if wait {
+            if enqueue(self.queue, self.clock, self.log, deferred).await > 0 {
+                return Err(EdgeError::QueueUnavailable);
+            }
+            Ok((202, body, None))
+        } else {
+            Ok((202, body, Some(deferred)))
+        }
+    }
+
+    /// The Segment-compatible endpoints (see `segment.rs`): 200 once the
+    /// valid messages are queued (the SDKs retry 5xx, and messageIds make a
+    /// retry land once).
+    async fn segment(&self, req: &impl Request, endpoint: segment::Endpoint) -> Answer {
+        segment::check_content_length(req.header("Content-Length").as_deref())?;
+        let received_at = self.clock.now_ms();
+        let raw = req.body().await?;
+        let encoding = req.header("Content-Encoding");
+        let body = events::decode_body(raw, encoding.as_deref(), segment::MAX_REQUEST_BYTES)?;
+        let request = segment::parse(&body, endpoint)?;
+        let key = segment::write_key(
+            req.header("Authorization").as_deref(),
+            request.write_key.as_deref(),
+        )?;
+        let env_id = self.admit(&key).await?;
+        let meta = events::Meta {
+            env_id,
+            received_at,
+            country: req.cf("country"),
+            colo: req.cf("colo"),
+            user_agent: user_agent(req),
+            ip: req.header("CF-Connecting-IP"),
+        };
+        let outcome = match segment::build(request, &meta, || self.clock.random10()) {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.log.info(
+                    "segment_messages_rejected",
+                    json!({"env_id": env_id, "accepted": 0, "error": e.code()}),
+                );
+                return Err(e);
+            }
+        };
+        if outcome.rejected_count > 0 {
+            self.log.info(
+                "segment_messages_rejected",
+                json!({"env_id": env_id, "accepted": outcome.envelopes.len(), "rejected": outcome.rejected_count,
+                       "first": outcome.rejected.first().map(|d| d.reason.clone())}),
+            );
+        }
+        let messages =
+            pack::messages(&outcome.envelopes).map_err(|e| EdgeError::Internal(e.to_string()))?;
+        self.queue.ready()?;
+        let deferred = Deferred {
+            batches: pack::batches(messages),
+            env_id,
+        };
+        if enqueue(self.queue, self.clock, self.log, deferred).await > 0 {
+            return Err(EdgeError::QueueUnavailable);
+        }
+        Ok((200, Some(outcome.body()), None))
+    }
+
+    /// `GET /v1/projects/{writeKey}/settings`: the browser SDK's settings,
+    /// pointing back to this edge; 404 for an unknown or revoked key.
+    async fn settings(&self, req: &impl Request, key: &str) -> Answer {
+        let key = segment::write_key(None, Some(key)).map_err(|_| EdgeError::NotFound)?;
+        let Lookup::Active { .. } = self.lookup(&auth::hash_key(&key)).await? else {
+            return Err(EdgeError::NotFound);
+        };
+        let (scheme, host) = req.scheme_and_host();
+        Ok((200, Some(segment::settings(&key, &scheme, &host)), None))
+    }
+
+    /// The environment `key` writes to, if the key is active and within its
+    /// rate limit. The key lookup and the limiter run side by side.
+    async fn admit(&self, key: &str) -> Result<u32, EdgeError> {
+        let hash = auth::hash_key(key);
+        let (lookup, within_limit) =
+            futures_util::future::join(self.lookup(&hash), self.keys.within_rate_limit(&hash))
+                .await;
+        auth::admit(
+            lookup?,
+            within_limit,
+            self.clock.now_ms().max(0) as u64,
+            self.config.rate_limit_period_seconds,
+        )
+    }
+
+    /// The record of the key with this hash, from the isolate cache or the store.
+    async fn lookup(&self, hash: &str) -> Result<Lookup, EdgeError> {
+        let now = self.clock.now_ms().max(0) as u64;
+        let cached = {
+            let mut cache = self.cache.borrow_mut();
+            cache.set_ttls(
+                self.config.key_cache_positive_ms,
+                self.config.key_cache_negative_ms,
+            );
+            cache.get(hash, now)
+        };
+        if let Some(lookup) = cached {
+            return Ok(lookup);
+        }
+        let value = self.keys.get(hash).await?;
+        let (lookup, problem) = auth::interpret(value.as_deref());
+        if let Some(problem) = problem {
+            self.log.error(
+                "key_record_malformed",
+                json!({"key_hash": hash, "error": problem}),
+            );
+        }
+        self.cache
+            .borrow_mut()
+            .put(hash.to_owned(), lookup.clone(), now);
+        Ok(lookup)
+    }
+}
+
+fn user_agent(req: &impl Request) -> Option<String> {
+    req.header("User-Agent")
+        .map(|ua| ua.chars().take(512).collect())
+}
+
+/// Sends every batch, each with a short bounded retry; returns how many
+/// envelopes could not be queued (and logs them loudly).
+pub async fn enqueue(
+    queue: &impl EventQueue,
+    clock: &impl Clock,
+    log: &impl Log,
+    deferred: Deferred,
+) -> usize {
+    let mut lost = 0;
+    for batch in deferred.batches {
+        let envelopes: usize = batch.iter().map(|m| m.envelopes).sum();
+        let bodies: Vec<String> = batch.into_iter().map(|m| m.body).collect();
+        let mut last_error = String::new();
+        let mut sent = false;
+        for pause in QUEUE_SEND_BACKOFF_MS {
+            if pause > 0 {
+                clock.sleep_ms(pause).await;
+            }
+            match queue.send_batch(&bodies).await {
+                Ok(()) => {
+                    sent = true;
+                    break;
+                }
+                Err(e) => last_error = e,
+            }
+        }
+        if !sent {
+            lost += envelopes;
+            log.error(
+                "queue_send_failed",
+                json!({"env_id": deferred.env_id, "lost_events": envelopes, "messages": bodies.len(), "error": last_error}),
+            );
+        }
+    }
+    lost
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::{self, Clock, Keys, Log, Queue, Request};
+    use futures_executor::block_on;
+
+    const KEY: &str = "sk_test_1";
+
+    struct World {
+        config: Config,
+        keys: Keys,
+        queue: Queue,
+        clock: Clock,
+        log: Log,
+        cache: RefCell<KeyCache>,
+    }
+
+    impl World {
+        fn new() -> Self {
+            Self {
+                config: Config::from_lookup(|name| {
+                    (name == "ALLOWED_ORIGINS").then(|| "https://app.example".to_owned())
+                }),
+                keys: Keys::with_active(KEY, 42),
+                queue: Queue::default(),
+                clock: Clock::default(),
+                log: Log::default(),
+                cache: RefCell::new(KeyCache::new(30_000, 10_000)),
+            }
+        }
+
+        fn edge(&self) -> Edge<'_, Keys, Queue, Clock, Log> {
+            Edge {
+                config: &self.config,
+                keys: &self.keys,
+                queue: &self.queue,
+                clock: &self.clock,
+                log: &self.log,
+                cache: &self.cache,
+            }
+        }
+
+        fn fetch(&self, method: &str, path: &str, req: &Request) -> Response {
+            block_on(self.edge().fetch(method, path, req))
+        }
+    }
+
+    fn events(body: Value) -> Request {
+        Request::json(&body).with("Authorization", &format!("Bearer {KEY}"))
+    }
+
+    fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
+        r.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn error_code(r: &Response) -> Option<&str> {
+        r.body.as_ref()?.get("error")?.as_str()
+    }
+
+    #[test]
+    fn events_are_answered_202_and_queued_after_the_answer() {
+        let w = World::new();
+        let r = w.fetch(
+            "POST",
+            "/v1/events",
+            &events(json!([{"event": "a"}, {"event": "b"}])),
+        );
+        assert_eq!(r.status, 202);
+        assert_eq!(r.body, Some(json!({"accepted": 2})));
+        assert_eq!(
+            w.queue.attempts.get(),
+            0,
+            "nothing is queued before the answer"
+        );
+        let deferred = r.deferred.expect("events to queue");
+        assert_eq!(deferred.env_id, 42);
+        assert_eq!(block_on(enqueue(&w.queue, &w.clock, &w.log, deferred)), 0);
+        assert_eq!(w.queue.envelopes(), 2);
+        let sent: Vec<Value> = serde_json::from_str(&w.queue.sent.borrow()[0][0]).unwrap();
+        assert_eq!(sent[0]["env_id"], 42);
+        assert_eq!(sent[0]["received_at"], fakes::NOW);
+    }
+
+    #[test]
+    fn prefer_wait_queues_before_answering_and_a_queue_that_refuses_is_a_503() {
+        let w = World::new();
+        let r = w.fetch(
+            "POST",
+            "/v1/events",
+            &events(json!({"event": "a"})).with("Prefer", "wait"),
+        );
+        assert_eq!((r.status, w.queue.envelopes()), (202, 1));
+        assert!(r.deferred.is_none());
+
+        // One failure is retried after a short pause; three are a 503.
+        w.queue.failures.set(1);
+        let r = w.fetch(
+            "POST",
+            "/v1/events",
+            &events(json!({"event": "b"})).with("Prefer", "wait"),
+        );
+        assert_eq!((r.status, w.queue.envelopes()), (202, 2));
+        assert_eq!(*w.clock.slept.borrow(), vec![100]);
+        w.queue.failures.set(3);
+        let mut by_param = events(json!({"event": "c"}));
+        by_param.query = Some("wait=1".into());
+        let r = w.fetch("POST", "/v1/events", &by_param);
+        assert_eq!((r.status, error_code(&r)), (503, Some("queue_unavailable")));
+        assert_eq!(header(&r, "Retry-After"), Some("1"));
+        assert_eq!(w.queue.envelopes(), 2, "nothing half-queued");
+        assert!(w.log.has("queue_send_failed"));
+    }
+
+    #[test]
+    fn keys_are_checked_and_their_answers_cached() {
+        let w = World::new();
+        let unknown = Request::json(&json!({"event": "a"})).with("Authorization", "Bearer sk_nope");
+        for _ in 0..3 {
+            let r = w.fetch("POST", "/v1/events", &unknown);
+            assert_eq!((r.status, error_code(&r)), (401, Some("invalid_api_key")));
+            assert_eq!(header(&r, "WWW-Authenticate"), Some("Bearer"));
+        }
+        for _ in 0..3 {
+            assert_eq!(
+                w.fetch("POST", "/v1/events", &events(json!({"event": "a"})))
+                    .status,
+                202
+            );
+        }
+        assert_eq!(
+            w.keys.reads.get(),
+            2,
+            "one store read per key, then the cache"
+        );
+        let r = w.fetch("POST", "/v1/events", &Request::json(&json!({"event": "a"})));
+        assert_eq!((r.status, error_code(&r)), (401, Some("missing_api_key")));
+        let by_query = Request {
+            query: Some(format!("key={KEY}")),
+            ..Request::json(&json!({"event": "q"}))
+        };
+        assert_eq!(w.fetch("POST", "/v1/events", &by_query).status, 202);
+    }
+
+    #[test]
+    fn a_malformed_key_record_denies_and_says_why() {
+        let mut w = World::new();
+        w.keys
+            .records
+            .insert(auth::hash_key(KEY), "{not json".into());
+        let r = w.fetch("POST", "/v1/events", &events(json!({"event": "a"})));
+        assert_eq!(r.status, 401);
+        assert!(w.log.has("key_record_malformed"));
+    }
+
+    #[test]
+    fn over_the_rate_limit_is_a_429_and_a_dead_key_store_a_503() {
+        let mut w = World::new();
+        w.keys.over_limit = true;
+        let r = w.fetch("POST", "/v1/events", &events(json!({"event": "a"})));
+        assert_eq!((r.status, error_code(&r)), (429, Some("rate_limited")));
+        let retry_after: u32 = header(&r, "Retry-After").unwrap().parse().unwrap();
+        assert!((1..=10).contains(&retry_after));
+
+        let mut w = World::new();
+        w.keys.unavailable = true;
+        let r = w.fetch("POST", "/v1/events", &events(json!({"event": "a"})));
+        assert_eq!(
+            (r.status, error_code(&r)),
+            (503, Some("key_store_unavailable"))
+        );
+    }
+
+    #[test]
+    fn invalid_events_are_refused_whole_on_events_and_as_400_on_segment() {
+        let w = World::new();
+        let r = w.fetch(
+            "POST",
+            "/v1/events",
+            &events(json!([{"event": "ok"}, {"event": ""}])),
+        );
+        assert_eq!((r.status, error_code(&r)), (422, Some("invalid_events")));
+        assert!(r.deferred.is_none());
+
+        let segment =
+            |body: Value| Request::json(&body).with("Authorization", &format!("Bearer {KEY}"));
+        let r = w.fetch(
+            "POST",
+            "/v1/batch",
+            &segment(json!({"batch": [{"type": "track", "userId": "u"}]})),
+        );
+        assert_eq!(
+            r.status, 400,
+            "Segment SDKs drop a 400 rather than retry: {:?}",
+            r.body
+        );
+        let r = w.fetch(
+            "POST",
+            "/v1/track",
+            &segment(json!({"userId": "u", "event": "Bought"})),
+        );
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(
+            w.queue.envelopes(),
+            1,
+            "the Segment door queues before answering"
+        );
+        assert_eq!(w.queue.envelopes(), 1);
+    }
+
+    #[test]
+    fn segment_answers_503_when_the_queue_refuses() {
+        let w = World::new();
+        w.queue.failures.set(3);
+        let req = Request::json(&json!({"userId": "u", "event": "Bought"}))
+            .with("Authorization", &format!("Bearer {KEY}"));
+        let r = w.fetch("POST", "/v1/track", &req);
+        assert_eq!((r.status, error_code(&r)), (503, Some("queue_unavailable")));
+    }
+
+    #[test]
+    fn settings_point_back_to_this_edge_for_active_keys_only() {
+        let w = World::new();
+        let r = w.fetch(
+            "GET",
+            &format!("/v1/projects/{KEY}/settings"),
+            &Request::default(),
+        );
+        assert_eq!(r.status, 200);
+        assert!(r.body.unwrap().to_string().contains("edge.example:8443"));
+        let r = w.fetch("GET", "/v1/projects/sk_other/settings", &Request::default());
+        assert_eq!((r.status, error_code(&r)), (404, Some("not_found")));
+    }
+
+    #[test]
+    fn a_missing_queue_binding_is_a_logged_500() {
+        let mut w = World::new();
+        w.queue.missing = true;
+        let r = w.fetch("POST", "/v1/events", &events(json!({"event": "a"})));
+        assert_eq!((r.status, error_code(&r)), (500, Some("internal")));
+        assert!(w.log.has("request_failed"));
+    }
+
+    #[test]
+    fn a_body_cut_short_is_a_400_and_cors_follows_the_allow_list() {
+        let w = World::new();
+        let mut req = events(json!({"event": "a"}));
+        req.body_error = Some(EdgeError::IncompleteBody {
+            declared: Some(10),
+            received: None,
+        });
+        let r = w.fetch("POST", "/v1/events", &req);
+        assert_eq!((r.status, error_code(&r)), (400, Some("incomplete_body")));
+
+        let from = |origin: &str| events(json!({"event": "a"})).with("Origin", origin);
+        let r = w.fetch("POST", "/v1/events", &from("https://app.example"));
+        assert_eq!(
+            header(&r, "Access-Control-Allow-Origin"),
+            Some("https://app.example")
+        );
+        let r = w.fetch("POST", "/v1/events", &from("https://evil.example"));
+        assert_eq!(header(&r, "Access-Control-Allow-Origin"), None);
+        let r = w.fetch(
+            "OPTIONS",
+            "/v1/events",
+            &Request::default().with("Origin", "https://app.example"),
+        );
+        assert_eq!((r.status, r.body.is_none()), (204, true));
+        assert!(header(&r, "Access-Control-Allow-Methods").is_some());
+        assert_eq!(w.fetch("GET", "/healthz", &Request::default()).status, 200);
+        let r = w.fetch("GET", "/v1/events", &Request::default());
+        assert_eq!(
+            (r.status, header(&r, "Allow")),
+            (405, Some("POST, OPTIONS"))
+        );
+    }
+}

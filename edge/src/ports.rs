@@ -1,0 +1,80 @@
+//! What the handlers need of the runtime. `bindings.rs` implements every
+//! port for workerd; the tests implement them in memory. The runtime is
+//! single-threaded, so the futures are not `Send`.
+#![allow(async_fn_in_trait)]
+
+use serde_json::Value;
+
+use crate::error::EdgeError;
+use crate::forward::Outcome;
+
+/// An incoming HTTP request.
+pub trait Request {
+    fn header(&self, name: &str) -> Option<String>;
+    /// The URL's query string, without the `?`.
+    fn query(&self) -> Option<String>;
+    /// The URL's scheme (`https`) and host, with the port when it has one.
+    fn scheme_and_host(&self) -> (String, String);
+    /// A string property of the runtime's request metadata (`request.cf`).
+    fn cf(&self, name: &str) -> Option<String>;
+    /// The whole body; a read that fails or ends short of `Content-Length`
+    /// is the error `error.rs` says.
+    async fn body(&self) -> Result<Vec<u8>, EdgeError>;
+}
+
+/// The API keys (Workers KV) and the per-key rate limiter.
+pub trait KeyStore {
+    /// The record stored under a key's hash, if any.
+    async fn get(&self, key_hash: &str) -> Result<Option<String>, EdgeError>;
+    /// The limiter's answer for a key hash; no limiter, or a failing one,
+    /// lets the request through.
+    async fn within_rate_limit(&self, key_hash: &str) -> bool;
+}
+
+/// The events queue.
+pub trait EventQueue {
+    /// Whether the queue binding exists (checked before accepting events).
+    fn ready(&self) -> Result<(), EdgeError>;
+    /// One `sendBatch` of message bodies (JSON texts).
+    async fn send_batch(&self, bodies: &[String]) -> Result<(), String>;
+}
+
+/// The backend's `POST /v1/ingest`.
+pub trait Backend {
+    async fn ingest(&self, body: &str) -> Outcome;
+}
+
+/// The dead-letter queue, which poison messages are sent to.
+pub trait DeadLetterQueue {
+    async fn send(&self, text: &str) -> Result<(), String>;
+}
+
+/// Where the dead-letter consumer keeps dead letters for an operator (KV).
+pub trait DeadLetterStore {
+    async fn put(&self, key: &str, value: &str) -> Result<(), String>;
+}
+
+/// Time, randomness and waiting.
+pub trait Clock {
+    fn now_ms(&self) -> i64;
+    /// Ten random bytes for a UUIDv7.
+    fn random10(&self) -> [u8; 10];
+    async fn sleep_ms(&self, ms: u64);
+}
+
+/// Structured logs (one JSON line each).
+pub trait Log {
+    fn info(&self, event: &str, fields: Value);
+    fn error(&self, event: &str, fields: Value);
+}
+
+/// One delivered queue message.
+pub trait Message {
+    fn id(&self) -> String;
+    /// Delivery attempts, starting at 1.
+    fn attempts(&self) -> u32;
+    /// The body as text.
+    fn body(&self) -> String;
+    fn ack(&self);
+    fn retry(&self, delay_seconds: u32);
+}
