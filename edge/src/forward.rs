@@ -8,6 +8,8 @@ use std::future::Future;
 use futures_util::stream::{self, StreamExt};
 use protocol::{Envelope, IngestResponse};
 
+use crate::pack::JsonArray;
+
 /// Defaults of [`Backoff`]: the first retry waits 5 s, each later attempt
 /// doubles it, up to 10 minutes.
 pub const BASE_BACKOFF_SECONDS: u32 = 5;
@@ -39,14 +41,6 @@ pub struct SubBatch<'a> {
 }
 
 impl SubBatch<'_> {
-    fn new() -> Self {
-        Self {
-            envelopes: Vec::new(),
-            owners: Vec::new(),
-            body: String::from("["),
-        }
-    }
-
     pub fn messages(&self) -> BTreeSet<usize> {
         self.owners.iter().copied().collect()
     }
@@ -63,32 +57,33 @@ pub fn group<'a>(
 ) -> Result<Vec<SubBatch<'a>>, serde_json::Error> {
     let max = max_envelopes.max(1);
     let mut out = Vec::new();
-    let mut current = SubBatch::new();
-    let flush = |current: &mut SubBatch<'a>, out: &mut Vec<SubBatch<'a>>| {
-        if !current.envelopes.is_empty() {
-            let mut done = std::mem::replace(current, SubBatch::new());
-            done.body.push(']');
-            out.push(done);
-        }
-    };
+    let mut body = JsonArray::default();
+    let (mut envelopes_of, mut owners) = (Vec::new(), Vec::new());
+    let mut flush =
+        |body: &mut JsonArray, envelopes: &mut Vec<&'a Envelope>, owners: &mut Vec<usize>| {
+            if !body.is_empty() {
+                out.push(SubBatch {
+                    envelopes: std::mem::take(envelopes),
+                    owners: std::mem::take(owners),
+                    body: std::mem::take(body).finish(),
+                });
+            }
+        };
     for (index, envelopes) in messages {
         if isolate {
-            flush(&mut current, &mut out);
+            flush(&mut body, &mut envelopes_of, &mut owners);
         }
         for envelope in envelopes.iter() {
             let text = serde_json::to_string(envelope)?;
-            if current.envelopes.len() >= max || current.body.len() + text.len() + 2 > max_bytes {
-                flush(&mut current, &mut out);
+            if body.len() >= max || !body.fits(&text, max_bytes) {
+                flush(&mut body, &mut envelopes_of, &mut owners);
             }
-            if !current.envelopes.is_empty() {
-                current.body.push(',');
-            }
-            current.body.push_str(&text);
-            current.envelopes.push(envelope);
-            current.owners.push(*index);
+            body.push(&text);
+            envelopes_of.push(envelope);
+            owners.push(*index);
         }
     }
-    flush(&mut current, &mut out);
+    flush(&mut body, &mut envelopes_of, &mut owners);
     Ok(out)
 }
 

@@ -18,37 +18,75 @@ pub struct Message {
     pub envelopes: usize,
 }
 
+/// A JSON array written element by element (the text of a queue message or
+/// of a backend request): the one greedy packer under a byte cap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonArray {
+    text: String,
+    len: usize,
+}
+
+impl Default for JsonArray {
+    fn default() -> Self {
+        Self {
+            text: String::from("["),
+            len: 0,
+        }
+    }
+}
+
+impl JsonArray {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether `element` (JSON text) can join and the closed array stay
+    /// within `max_bytes`. An empty array takes any element: one too large
+    /// to fit anywhere still gets an array of its own.
+    pub fn fits(&self, element: &str, max_bytes: usize) -> bool {
+        // The text so far, a comma, the element and the closing bracket.
+        let closed = self.text.len() + 1 + element.len() + 1;
+        self.is_empty() || closed <= max_bytes
+    }
+
+    pub fn push(&mut self, element: &str) {
+        if !self.is_empty() {
+            self.text.push(',');
+        }
+        self.text.push_str(element);
+        self.len += 1;
+    }
+
+    /// The closed array's text.
+    pub fn finish(mut self) -> String {
+        self.text.push(']');
+        self.text
+    }
+}
+
 /// Packs envelopes greedily into JSON-array texts of at most
 /// [`MAX_MESSAGE_BYTES`]. An envelope that cannot fit even alone (impossible
 /// under the edge's 32 KiB event limit) still gets a message of its own.
 pub fn messages(envelopes: &[Envelope]) -> Result<Vec<Message>, serde_json::Error> {
     let mut out = Vec::new();
-    let mut current = Message {
-        body: String::from("["),
-        envelopes: 0,
+    let mut current = JsonArray::default();
+    let close = |array: JsonArray| Message {
+        envelopes: array.len(),
+        body: array.finish(),
     };
     for envelope in envelopes {
         let text = serde_json::to_string(envelope)?;
-        let would_be = current.body.len() + 1 + text.len() + 1;
-        if current.envelopes > 0 && would_be > MAX_MESSAGE_BYTES {
-            current.body.push(']');
-            out.push(std::mem::replace(
-                &mut current,
-                Message {
-                    body: String::from("["),
-                    envelopes: 0,
-                },
-            ));
+        if !current.fits(&text, MAX_MESSAGE_BYTES) {
+            out.push(close(std::mem::take(&mut current)));
         }
-        if current.envelopes > 0 {
-            current.body.push(',');
-        }
-        current.body.push_str(&text);
-        current.envelopes += 1;
+        current.push(&text);
     }
-    if current.envelopes > 0 {
-        current.body.push(']');
-        out.push(current);
+    if !current.is_empty() {
+        out.push(close(current));
     }
     Ok(out)
 }
@@ -78,6 +116,21 @@ pub fn batches(messages: Vec<Message>) -> Vec<Vec<Message>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_json_array_fits_exactly_to_its_cap_and_always_takes_a_first_element() {
+        let mut array = JsonArray::default();
+        assert!(
+            array.fits(&"x".repeat(100), 10),
+            "the first element always fits"
+        );
+        array.push("1");
+        assert!(array.fits("23", 6), "[1,23] is 6 bytes");
+        assert!(!array.fits("234", 6));
+        array.push("23");
+        assert_eq!((array.len(), array.finish()), (2, "[1,23]".to_owned()));
+        assert_eq!(JsonArray::default().finish(), "[]");
+    }
     use serde_json::{json, Map, Value};
 
     fn envelope(i: usize, blob: usize) -> Envelope {

@@ -35,6 +35,30 @@ pub struct Meta {
     pub ip: Option<String>,
 }
 
+impl Meta {
+    /// What the edge knows goes into an event's context: its country and
+    /// colo (always, over the client's), and the user agent (the client's
+    /// own `user_agent`, else `client_user_agent`, else the request's) and
+    /// address when the client gave none. Both doors enrich through here.
+    pub fn enrich(&self, context: &mut Map<String, Value>, client_user_agent: Option<&str>) {
+        for (key, value) in [("country", &self.country), ("colo", &self.colo)] {
+            if let Some(value) = value {
+                context.insert(key.into(), Value::String(value.clone()));
+            }
+        }
+        if let Some(ua) = client_user_agent.or(self.user_agent.as_deref()) {
+            context
+                .entry("user_agent")
+                .or_insert_with(|| Value::String(ua.to_owned()));
+        }
+        if let Some(ip) = &self.ip {
+            context
+                .entry("ip")
+                .or_insert_with(|| Value::String(ip.clone()));
+        }
+    }
+}
+
 /// The events of one request and the client's send time, if it gave one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Payload {
@@ -262,17 +286,7 @@ fn envelope(
     if !reasons.is_empty() {
         return Err(reasons);
     }
-    if let Some(country) = &meta.country {
-        context.insert("country".into(), Value::String(country.clone()));
-    }
-    if let Some(colo) = &meta.colo {
-        context.insert("colo".into(), Value::String(colo.clone()));
-    }
-    if let Some(ua) = &meta.user_agent {
-        context
-            .entry("user_agent")
-            .or_insert_with(|| Value::String(ua.clone()));
-    }
+    meta.enrich(&mut context, None);
     let id = id.unwrap_or_else(|| uuid_v7(u64::try_from(meta.received_at).unwrap_or(0), &random()));
     let envelope = Envelope {
         id,

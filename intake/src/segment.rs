@@ -285,7 +285,7 @@ pub fn envelope(
     }
     let id = match text_field(m.remove("messageId"), "messageId", usize::MAX)? {
         Some(id) if id.chars().count() <= MAX_ID_LEN => id,
-        Some(long) => uuid_text(event_key(&long)),
+        Some(long) => protocol::uuid_of_key(event_key(&long)),
         None => uuid_v7(u64::try_from(meta.received_at).unwrap_or(0), &random()),
     };
     let time = |field: &str, m: &mut Map<String, Value>| match m.remove(field) {
@@ -311,25 +311,11 @@ pub fn envelope(
     }
     let mut context = batch_context.clone();
     context.extend(object(m.remove("context"), "context")?);
-    if let Some(country) = &meta.country {
-        context.insert("country".into(), Value::String(country.clone()));
-    }
-    if let Some(colo) = &meta.colo {
-        context.insert("colo".into(), Value::String(colo.clone()));
-    }
-    let ua = context
+    let sdk_user_agent = context
         .get("userAgent")
         .and_then(Value::as_str)
-        .map(str::to_owned)
-        .or_else(|| meta.user_agent.clone());
-    if let Some(ua) = ua {
-        context.entry("user_agent").or_insert(Value::String(ua));
-    }
-    if let Some(ip) = &meta.ip {
-        context
-            .entry("ip")
-            .or_insert_with(|| Value::String(ip.clone()));
-    }
+        .map(str::to_owned);
+    meta.enrich(&mut context, sdk_user_agent.as_deref());
     let envelope = Envelope {
         id,
         env_id: meta.env_id,
@@ -352,18 +338,6 @@ pub fn envelope(
 
 fn truncate(text: &str) -> String {
     text.chars().take(50).collect()
-}
-
-fn uuid_text(bytes: [u8; 16]) -> String {
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
 }
 
 fn text_field(value: Option<Value>, field: &str, max: usize) -> Result<Option<String>, String> {
