@@ -730,8 +730,8 @@ mod tests {
     /// through the backend's own row definition), so the two stay comparable.
     #[tokio::test]
     async fn the_raw_ceiling_stores_an_event_as_the_backend_does() {
-        let server = e2e::mysql_server();
-        let prefix = e2e::unique_prefix("bench_raw");
+        let server = testkit::mysql_server();
+        let prefix = testkit::unique_prefix("bench_raw");
         let url = format!("{server}/{prefix}_shard");
         backend::db::migrate_shard(&url).await.expect("migrate");
         let pool = MySqlPool::connect(&url).await.expect("connect");
@@ -752,7 +752,7 @@ mod tests {
             .await
             .expect("row");
         pool.close().await;
-        e2e::drop_databases(&server, &prefix);
+        testkit::drop_databases(&server, &prefix);
         assert_eq!(row.0, identify.event_type.code());
         assert_eq!(row.1.as_deref(), Some(r#"{"plan":"pro"}"#));
         assert_eq!(

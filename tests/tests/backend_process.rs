@@ -1,7 +1,7 @@
 //! The backend as an operator runs it: the CLI, `serve`, SIGTERM.
 
 use serde_json::json;
-use sluice_e2e::{drop_databases, mysql_server, sql, unique_prefix, Backend, TOKEN};
+use testkit::{drop_databases, mysql_server, sql, unique_prefix, Backend, TOKEN};
 
 fn batch(env_id: u32, n: u64) -> serde_json::Value {
     let events: Vec<_> = (0..n)

@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use serde_json::{json, Value};
-use sluice_e2e::{drop_databases, mysql_server, repo_root, unique_prefix, Backend, TOKEN};
+use testkit::{drop_databases, mysql_server, repo_root, unique_prefix, Backend, TOKEN};
 
 fn gzip(parts: &[&[u8]]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());

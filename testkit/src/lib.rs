@@ -1,5 +1,7 @@
-//! Helpers for end-to-end tests that run the real binaries as processes.
-//! The node tests under `tests/edge/` drive the worker the same way.
+//! The one set of test helpers (used by backend/tests, tests/ and bench/):
+//! the MySQL server and per-test database names, the backend binary as a
+//! process, envelopes. The node tests under `tests/edge/` drive the worker
+//! the same way (tests/edge/harness.mjs).
 
 use std::{
     net::TcpListener,
@@ -9,6 +11,19 @@ use std::{
 };
 
 pub const TOKEN: &str = "e2e-ingest-token-0123456789abcdef0123456789";
+
+/// A valid envelope of `env_id` as JSON (user u1, session s1, two
+/// properties, a German context), `received_at` 5 ms after `ts`.
+pub fn envelope(env_id: u32, id: &str, name: &str, ts: i64) -> serde_json::Value {
+    serde_json::json!({"id": id, "env_id": env_id, "name": name, "timestamp": ts, "received_at": ts + 5,
+           "user_id": "u1", "session_id": "s1", "properties": {"amount": 3, "sku": "A-1"},
+           "context": {"country": "DE", "colo": "FRA"}})
+}
+
+/// The `n`th of a series of distinct UUIDv7 ids.
+pub fn uuid(n: u64) -> String {
+    protocol::uuid_v7(1_700_000_000_000 + n, &[n as u8; 10])
+}
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
