@@ -15,7 +15,8 @@ use subtle::ConstantTimeEq;
 
 use crate::{error::Error, ingest, stats, AppState};
 
-pub fn router(state: AppState) -> Router {
+/// Every route of the backend, on `state`.
+pub fn app(state: AppState) -> Router {
     Router::new()
         .route(
             "/v1/ingest",
@@ -59,6 +60,11 @@ pub fn router(state: AppState) -> Router {
             every_response,
         ))
         .with_state(state)
+}
+
+/// The former name of [`app`].
+pub fn router(state: AppState) -> Router {
+    app(state)
 }
 
 const DASHBOARD_HTML: &str = include_str!("../dashboard/index.html");

@@ -20,6 +20,7 @@ use sqlx::{mysql::MySqlPool, FromRow};
 use crate::{
     db,
     error::{Error, Result},
+    store::CatalogSource,
 };
 
 #[derive(Debug, Clone, FromRow)]
@@ -44,7 +45,7 @@ pub struct Environment {
     pub secondary_shard_id: Option<u32>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     pub shards: HashMap<u32, Shard>,
     pub environments: HashMap<u32, Environment>,
@@ -67,16 +68,17 @@ impl Default for Snapshot {
 }
 
 impl Snapshot {
-    /// The shards an environment's events are written to: its primary, then
-    /// its secondary while it migrates.
+    /// How long ago the read that produced this snapshot started.
     pub fn age(&self) -> Duration {
         self.read_at.elapsed()
     }
 
-    fn knows(&self, env_ids: &[u32]) -> bool {
+    pub fn knows(&self, env_ids: &[u32]) -> bool {
         env_ids.iter().all(|id| self.environments.contains_key(id))
     }
 
+    /// The shards an environment's events are written to: its primary, then
+    /// its secondary while it migrates.
     pub fn targets(&self, env_id: u32) -> Option<Vec<&Shard>> {
         let env = self.environments.get(&env_id)?;
         let mut targets = vec![self.shards.get(&env.primary_shard_id)?];
@@ -99,28 +101,9 @@ pub async fn list_environments(pool: &MySqlPool) -> Result<Vec<Environment>> {
     Ok(sqlx::query_as(SELECT_ENVIRONMENTS).fetch_all(pool).await?)
 }
 
-async fn load(pool: &MySqlPool) -> Result<Snapshot> {
-    let read_at = Instant::now();
-    let shards = list_shards(pool).await?;
-    let environments = list_environments(pool).await?;
-    let mut metrics: HashMap<u32, Vec<Metric>> = HashMap::new();
-    for metric in sqlx::query_as::<_, Metric>(SELECT_METRICS)
-        .fetch_all(pool)
-        .await?
-    {
-        metrics.entry(metric.env_id).or_default().push(metric);
-    }
-    Ok(Snapshot {
-        shards: shards.into_iter().map(|s| (s.id, s)).collect(),
-        environments: environments.into_iter().map(|e| (e.id, e)).collect(),
-        metrics,
-        read_at,
-    })
-}
-
 /// The cached catalog used by `serve`.
 pub struct Catalog {
-    pool: MySqlPool,
+    source: Arc<dyn CatalogSource>,
     snapshot: RwLock<Arc<Snapshot>>,
     /// The routing bound: no write routes with a snapshot older than this
     /// while the catalog answers.
@@ -158,20 +141,32 @@ enum Need {
 }
 
 impl Catalog {
-    pub async fn open(pool: MySqlPool, max_age: Duration) -> Result<Self> {
-        let snapshot = load(&pool)
+    /// The catalog as `source` has it now.
+    pub async fn open(source: Arc<dyn CatalogSource>, max_age: Duration) -> Result<Self> {
+        let snapshot = source
+            .load()
             .await
             .map_err(|e| Error::Catalog(e.to_string()))?;
-        Ok(Self {
-            pool,
+        Ok(Self::with_snapshot(source, snapshot, max_age))
+    }
+
+    /// A catalog that starts from `snapshot` (refreshes read `source`).
+    pub fn with_snapshot(
+        source: Arc<dyn CatalogSource>,
+        snapshot: Snapshot,
+        max_age: Duration,
+    ) -> Self {
+        Self {
+            source,
             snapshot: RwLock::new(Arc::new(snapshot)),
             max_age,
             refreshing: tokio::sync::Mutex::new(Attempts::default()),
-        })
+        }
     }
 
-    pub fn pool(&self) -> &MySqlPool {
-        &self.pool
+    /// The environment of an active read token (by its SHA-256), uncached.
+    pub async fn read_token_env(&self, hash: &[u8; 32]) -> Result<Option<u32>> {
+        self.source.read_token_env(hash).await
     }
 
     /// The routing bound (`SLUICE_CATALOG_REFRESH_MS`).
@@ -194,7 +189,7 @@ impl Catalog {
 
     /// Read the catalog now and replace the snapshot.
     pub async fn refresh(&self) -> Result<()> {
-        let fresh = match tokio::time::timeout(REFRESH_TIMEOUT, load(&self.pool)).await {
+        let fresh = match tokio::time::timeout(REFRESH_TIMEOUT, self.source.load()).await {
             Ok(Ok(snapshot)) => Arc::new(snapshot),
             Ok(Err(e)) => return Err(Error::Catalog(e.to_string())),
             Err(_) => return Err(Error::Catalog("reading the catalog timed out".into())),
@@ -531,7 +526,7 @@ impl Metric {
     }
 }
 
-const SELECT_METRICS: &str =
+pub(crate) const SELECT_METRICS: &str =
     "SELECT id, env_id, name, event_name, aggregate, property FROM metrics ORDER BY id";
 
 pub async fn add_metric(

@@ -12,37 +12,44 @@
 use std::{collections::BTreeMap, sync::Mutex};
 
 use chrono::{DateTime, NaiveDateTime};
-use futures::TryStreamExt;
-use sqlx::{mysql::MySqlPool, MySql, QueryBuilder, Row, Transaction};
+use protocol::{Envelope, EventType};
 
 use crate::{
-    catalog::Metric,
-    catalog::Snapshot,
-    error::Result,
-    shards::{Counted, Shards},
+    catalog::{Metric, Snapshot},
+    store::{Counted, CounterStore},
 };
 
 /// Deltas of one shard: keys are (env, bucket start in unix seconds, name id or country).
-#[derive(Default)]
-struct Deltas {
-    minute: BTreeMap<(u32, i64, u32), u64>,
-    second: BTreeMap<(u32, i64, u32), u64>,
-    country: BTreeMap<(u32, i64, Vec<u8>), u64>,
+#[derive(Debug, Default, Clone)]
+pub struct Deltas {
+    pub minute: BTreeMap<(u32, i64, u32), u64>,
+    pub second: BTreeMap<(u32, i64, u32), u64>,
+    pub country: BTreeMap<(u32, i64, Vec<u8>), u64>,
     /// (env, bucket, metric id) → (events, total)
-    metric_minute: BTreeMap<(u32, i64, u32), (u64, f64)>,
-    metric_second: BTreeMap<(u32, i64, u32), (u64, f64)>,
+    pub metric_minute: BTreeMap<(u32, i64, u32), (u64, f64)>,
+    pub metric_second: BTreeMap<(u32, i64, u32), (u64, f64)>,
     /// (env, period, kind, bucket start) → sketch of what this process saw.
-    sketches: BTreeMap<SketchKey, Sketch>,
+    pub sketches: BTreeMap<SketchKey, Sketch>,
 }
 
 /// A mergeable HyperLogLog sketch (Cloudflare's cardinality-estimator,
 /// 2^12 registers: ~1.6% standard error; exact for small sets).
 pub type Sketch = cardinality_estimator::CardinalityEstimator<str>;
-type SketchKey = (u32, u8, u8, i64);
+pub type SketchKey = (u32, u8, u8, i64);
 pub const PERIOD_HOUR: u8 = 0;
 pub const PERIOD_DAY: u8 = 1;
 pub const KIND_USERS: u8 = 0;
 pub const KIND_SESSIONS: u8 = 1;
+
+/// The sketches a range [from_ms, to_ms) merges: (period, its length in
+/// seconds), hourly up to two days, daily beyond.
+pub fn sketch_period(from_ms: i64, to_ms: i64) -> (u8, i64) {
+    if to_ms - from_ms <= 2 * 86_400_000 {
+        (PERIOD_HOUR, 3600)
+    } else {
+        (PERIOD_DAY, 86_400)
+    }
+}
 
 pub fn encode_sketch(sketch: &Sketch) -> Vec<u8> {
     serde_json::to_vec(sketch).unwrap_or_default()
@@ -52,7 +59,7 @@ pub fn decode_sketch(bytes: &[u8]) -> Option<Sketch> {
     serde_json::from_slice(bytes).ok()
 }
 
-fn add_metric(
+pub(crate) fn add_metric(
     map: &mut BTreeMap<(u32, i64, u32), (u64, f64)>,
     key: (u32, i64, u32),
     events: u64,
@@ -64,7 +71,63 @@ fn add_metric(
 }
 
 impl Deltas {
-    fn is_empty(&self) -> bool {
+    /// Count one inserted row of environment `env_id`; per-second buckets
+    /// only from `live_since` (unix seconds) on.
+    pub fn add(&mut self, env_id: u32, row: &Counted, live_since: i64) {
+        let second = row.timestamp.div_euclid(1000);
+        let minute = second.div_euclid(60) * 60;
+        *self
+            .minute
+            .entry((env_id, minute, row.name_id))
+            .or_default() += 1;
+        *self
+            .country
+            .entry((env_id, minute, row.country.clone()))
+            .or_default() += 1;
+        let live = second >= live_since;
+        if live {
+            *self
+                .second
+                .entry((env_id, second, row.name_id))
+                .or_default() += 1;
+        }
+        self.add_uniques(env_id, second, row.user.as_deref(), row.session.as_deref());
+        self.add_metrics(env_id, second, live, &row.metrics);
+    }
+
+    /// A user and a session seen at `second`, in their hour and day sketches.
+    pub fn add_uniques(
+        &mut self,
+        env_id: u32,
+        second: i64,
+        user: Option<&str>,
+        session: Option<&str>,
+    ) {
+        for (kind, who) in [(KIND_USERS, user), (KIND_SESSIONS, session)] {
+            if let Some(who) = who {
+                for (period, length) in [(PERIOD_HOUR, 3600), (PERIOD_DAY, 86_400)] {
+                    let start = second.div_euclid(length) * length;
+                    self.sketches
+                        .entry((env_id, period, kind, start))
+                        .or_default()
+                        .insert(who);
+                }
+            }
+        }
+    }
+
+    /// One event's metric contributions at `second` (per-second too when `live`).
+    pub fn add_metrics(&mut self, env_id: u32, second: i64, live: bool, values: &[(u32, f64)]) {
+        let minute = second.div_euclid(60) * 60;
+        for &(metric, value) in values {
+            add_metric(&mut self.metric_minute, (env_id, minute, metric), 1, value);
+            if live {
+                add_metric(&mut self.metric_second, (env_id, second, metric), 1, value);
+            }
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
         self.minute.is_empty()
             && self.second.is_empty()
             && self.country.is_empty()
@@ -73,7 +136,7 @@ impl Deltas {
             && self.sketches.is_empty()
     }
 
-    fn merge(&mut self, other: Deltas) {
+    pub fn merge(&mut self, other: Deltas) {
         for (k, n) in other.minute {
             *self.minute.entry(k).or_default() += n;
         }
@@ -103,32 +166,65 @@ pub struct Counters {
     second_retention_secs: i64,
 }
 
-// VALUES() is deprecated in MySQL 8.0.20+ but still works there, and the
-// row-alias replacement is not understood by MariaDB.
-const UPSERT_MINUTE: &str = "INSERT INTO event_counts_minute (env_id, minute, name_id, events) ";
-const UPSERT_SECOND: &str = "INSERT INTO event_counts_second (env_id, second, name_id, events) ";
-const UPSERT_COUNTRY: &str = "INSERT INTO country_counts_minute (env_id, minute, country, events) ";
-const UPSERT_METRIC_MINUTE: &str =
-    "INSERT INTO metric_values_minute (env_id, minute, metric_id, events, total) ";
-const UPSERT_METRIC_SECOND: &str =
-    "INSERT INTO metric_values_second (env_id, second, metric_id, events, total) ";
-const SELECT_SKETCH_FOR_UPDATE: &str =
-    "SELECT sketch FROM unique_sketches WHERE env_id = ? AND period = ? AND kind = ? AND start = ? FOR UPDATE";
-const UPSERT_SKETCH: &str =
-    "INSERT INTO unique_sketches (env_id, period, kind, start, sketch) VALUES (?, ?, ?, ?, ?) \
-    ON DUPLICATE KEY UPDATE sketch = VALUES(sketch)";
-const ON_DUPLICATE: &str = " ON DUPLICATE KEY UPDATE events = events + VALUES(events)";
-const ON_DUPLICATE_METRIC: &str =
-    " ON DUPLICATE KEY UPDATE events = events + VALUES(events), total = total + VALUES(total)";
-
 pub fn datetime(unix_seconds: i64) -> NaiveDateTime {
     DateTime::from_timestamp(unix_seconds, 0)
         .unwrap_or_default()
         .naive_utc()
 }
 
-fn now_secs() -> i64 {
+pub(crate) fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
+}
+
+/// The country code of an envelope's context, as counted: up to 8 ASCII
+/// letters/digits upper-cased (Cloudflare also sends `T1` and `XX`), else `??`.
+pub fn country_of(envelope: &Envelope) -> Vec<u8> {
+    match envelope.context.get("country").and_then(|c| c.as_str()) {
+        Some(c)
+            if !c.is_empty() && c.len() <= 8 && c.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+        {
+            c.to_ascii_uppercase().into_bytes()
+        }
+        _ => b"??".to_vec(),
+    }
+}
+
+/// (metric id, value) of every metric an event of this type, name and
+/// properties contributes to: only `track` events count toward metrics.
+pub fn contributions(
+    metrics: &[Metric],
+    event_type: EventType,
+    name: &str,
+    properties: &serde_json::Map<String, serde_json::Value>,
+) -> Vec<(u32, f64)> {
+    if event_type != EventType::Track {
+        return Vec::new();
+    }
+    metrics
+        .iter()
+        .filter(|m| m.event_name == name)
+        .filter_map(|m| Some((m.id, m.contribution(properties)?)))
+        .collect()
+}
+
+/// What the counters take of one stored envelope whose name has `name_id`.
+pub fn counted(envelope: &Envelope, name_id: u32, metrics: &[Metric]) -> Counted {
+    Counted {
+        name_id,
+        timestamp: envelope.timestamp,
+        country: country_of(envelope),
+        user: envelope
+            .user_id
+            .clone()
+            .or_else(|| envelope.anonymous_id.clone()),
+        session: envelope.session_id.clone(),
+        metrics: contributions(
+            metrics,
+            envelope.event_type,
+            &envelope.name,
+            &envelope.properties,
+        ),
+    }
 }
 
 impl Counters {
@@ -154,52 +250,13 @@ impl Counters {
         let mut pending = self.lock();
         let deltas = pending.entry(shard_id).or_default();
         for row in rows {
-            let second = row.timestamp.div_euclid(1000);
-            let minute = second.div_euclid(60) * 60;
-            *deltas
-                .minute
-                .entry((env_id, minute, row.name_id))
-                .or_default() += 1;
-            *deltas
-                .country
-                .entry((env_id, minute, row.country.clone()))
-                .or_default() += 1;
-            let live = second >= live_since;
-            if live {
-                *deltas
-                    .second
-                    .entry((env_id, second, row.name_id))
-                    .or_default() += 1;
-            }
-            for (kind, who) in [(KIND_USERS, &row.user), (KIND_SESSIONS, &row.session)] {
-                if let Some(who) = who {
-                    for (period, length) in [(PERIOD_HOUR, 3600), (PERIOD_DAY, 86_400)] {
-                        let start = second.div_euclid(length) * length;
-                        deltas
-                            .sketches
-                            .entry((env_id, period, kind, start))
-                            .or_default()
-                            .insert(who.as_str());
-                    }
-                }
-            }
-            for &(metric, value) in &row.metrics {
-                add_metric(
-                    &mut deltas.metric_minute,
-                    (env_id, minute, metric),
-                    1,
-                    value,
-                );
-                if live {
-                    add_metric(
-                        &mut deltas.metric_second,
-                        (env_id, second, metric),
-                        1,
-                        value,
-                    );
-                }
-            }
+            deltas.add(env_id, row, live_since);
         }
+    }
+
+    /// A copy of one shard's deltas not flushed yet.
+    pub fn pending(&self, shard_id: u32) -> Option<Deltas> {
+        self.lock().get(&shard_id).cloned()
     }
 
     pub fn pending_len(&self) -> usize {
@@ -218,7 +275,7 @@ impl Counters {
 
     /// Write all pending deltas; a shard that fails keeps its deltas for the
     /// next flush. Returns the names of the shards that failed.
-    pub async fn flush(&self, snapshot: &Snapshot, shards: &Shards) -> Vec<String> {
+    pub async fn flush(&self, snapshot: &Snapshot, store: &dyn CounterStore) -> Vec<String> {
         let _one_at_a_time = self.flushing.lock().await;
         let taken = std::mem::take(&mut *self.lock());
         let mut failed = Vec::new();
@@ -233,11 +290,7 @@ impl Counters {
                 );
                 continue;
             };
-            let result = match shards.counters_pool(shard) {
-                Ok(pool) => upsert(&pool, &deltas).await,
-                Err(e) => Err(e),
-            };
-            if let Err(error) = result {
+            if let Err(error) = store.add(shard, &deltas).await {
                 tracing::warn!(shard = %shard.name, %error, "counter flush failed; will retry");
                 self.lock().entry(shard_id).or_default().merge(deltas);
                 failed.push(shard.name.clone());
@@ -246,261 +299,6 @@ impl Counters {
         failed
     }
 }
-
-async fn upsert_rows<K, V, F>(
-    tx: &mut Transaction<'_, MySql>,
-    head: &str,
-    on_duplicate: &str,
-    rows: &BTreeMap<K, V>,
-    bind: F,
-) -> Result<()>
-where
-    F: Fn(&mut sqlx::query_builder::Separated<'_, '_, MySql, &'static str>, &K, &V),
-{
-    let rows: Vec<_> = rows.iter().collect();
-    for chunk in rows.chunks(1000) {
-        let mut q = QueryBuilder::<MySql>::new(head);
-        q.push_values(chunk, |mut b, (k, v)| bind(&mut b, k, v));
-        q.push(on_duplicate);
-        q.build().execute(&mut **tx).await?;
-    }
-    Ok(())
-}
-
-async fn upsert(pool: &MySqlPool, d: &Deltas) -> Result<()> {
-    // One transaction, so a failure restores all of a shard's deltas without
-    // double counting; keys are sorted (BTreeMap), so flushers of several
-    // backend processes lock rows in the same order and do not deadlock.
-    let mut tx = pool.begin().await?;
-    add_deltas(&mut tx, d).await?;
-    tx.commit().await?;
-    Ok(())
-}
-
-/// Add `d` to the stored counts, inside the caller's transaction.
-async fn add_deltas(tx: &mut Transaction<'_, MySql>, d: &Deltas) -> Result<()> {
-    let count = |b: &mut sqlx::query_builder::Separated<'_, '_, MySql, &'static str>,
-                 &(env, t, id): &(u32, i64, u32),
-                 n: &u64| {
-        b.push_bind(env)
-            .push_bind(datetime(t))
-            .push_bind(id)
-            .push_bind(*n);
-    };
-    upsert_rows(tx, UPSERT_MINUTE, ON_DUPLICATE, &d.minute, count).await?;
-    upsert_rows(tx, UPSERT_SECOND, ON_DUPLICATE, &d.second, count).await?;
-    upsert_rows(
-        tx,
-        UPSERT_COUNTRY,
-        ON_DUPLICATE,
-        &d.country,
-        |b, (env, minute, country), n| {
-            b.push_bind(*env)
-                .push_bind(datetime(*minute))
-                .push_bind(country.clone())
-                .push_bind(*n);
-        },
-    )
-    .await?;
-    let metric = |b: &mut sqlx::query_builder::Separated<'_, '_, MySql, &'static str>,
-                  &(env, t, id): &(u32, i64, u32),
-                  &(events, total): &(u64, f64)| {
-        b.push_bind(env)
-            .push_bind(datetime(t))
-            .push_bind(id)
-            .push_bind(events)
-            .push_bind(total);
-    };
-    upsert_rows(
-        tx,
-        UPSERT_METRIC_MINUTE,
-        ON_DUPLICATE_METRIC,
-        &d.metric_minute,
-        metric,
-    )
-    .await?;
-    upsert_rows(
-        tx,
-        UPSERT_METRIC_SECOND,
-        ON_DUPLICATE_METRIC,
-        &d.metric_second,
-        metric,
-    )
-    .await?;
-    // Sketches merge in the application: read the stored one under a row
-    // lock, merge, write back. Two processes racing on a new row may
-    // deadlock; the loser's transaction fails and its deltas are retried.
-    for (&(env, period, kind, start), sketch) in &d.sketches {
-        let stored: Option<Vec<u8>> = sqlx::query_scalar(SELECT_SKETCH_FOR_UPDATE)
-            .bind(env)
-            .bind(period)
-            .bind(kind)
-            .bind(datetime(start))
-            .fetch_optional(&mut **tx)
-            .await?;
-        let mut merged = stored
-            .as_deref()
-            .and_then(decode_sketch)
-            .unwrap_or_default();
-        merged.merge(sketch);
-        sqlx::query(UPSERT_SKETCH)
-            .bind(env)
-            .bind(period)
-            .bind(kind)
-            .bind(datetime(start))
-            .bind(encode_sketch(&merged))
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Delete per-second counts older than `second_cutoff` and per-minute counts
-/// older than `minute_cutoff`, in small batches so no long lock is held.
-pub async fn prune(pool: &MySqlPool, second_cutoff: i64, minute_cutoff: i64) -> Result<u64> {
-    const STATEMENTS: [&str; 6] = [
-        "DELETE FROM event_counts_second WHERE second < ? LIMIT 5000",
-        "DELETE FROM metric_values_second WHERE second < ? LIMIT 5000",
-        "DELETE FROM event_counts_minute WHERE minute < ? LIMIT 5000",
-        "DELETE FROM country_counts_minute WHERE minute < ? LIMIT 5000",
-        "DELETE FROM metric_values_minute WHERE minute < ? LIMIT 5000",
-        "DELETE FROM unique_sketches WHERE start < ? LIMIT 5000",
-    ];
-    let mut deleted = 0;
-    for (i, statement) in STATEMENTS.iter().enumerate() {
-        let cutoff = datetime(if i < 2 { second_cutoff } else { minute_cutoff });
-        loop {
-            let n = sqlx::query(statement)
-                .bind(cutoff)
-                .execute(pool)
-                .await?
-                .rows_affected();
-            deleted += n;
-            if n < 5000 {
-                break;
-            }
-        }
-    }
-    Ok(deleted)
-}
-
-const COUNTRY_SQL: &str =
-    "CASE WHEN JSON_UNQUOTE(JSON_EXTRACT(context, '$.country')) REGEXP '^[A-Za-z0-9]{1,8}$' \
-    THEN UPPER(JSON_UNQUOTE(JSON_EXTRACT(context, '$.country'))) ELSE '??' END";
-
-/// Recompute an environment's counts on one shard from `since_ms` (rounded
-/// down to the minute). Returns the number of events counted.
-pub async fn rebuild(
-    pool: &MySqlPool,
-    env_id: u32,
-    since_ms: i64,
-    second_retention_secs: i64,
-    metrics: &[Metric],
-) -> Result<u64> {
-    let since = datetime(since_ms.div_euclid(60_000) * 60);
-    let live_since = datetime((now_secs() - second_retention_secs).max(since_ms.div_euclid(1000)));
-    let minute_of = "DATE_FORMAT(ts, '%Y-%m-%d %H:%i:00')";
-    let second_of = "DATE_FORMAT(ts, '%Y-%m-%d %H:%i:%s')";
-    let statements = [
-        ("DELETE FROM event_counts_minute WHERE env_id = ? AND minute >= ?".to_string(), since),
-        (format!("INSERT INTO event_counts_minute (env_id, minute, name_id, events) SELECT env_id, {minute_of}, name_id, COUNT(*) FROM events WHERE env_id = ? AND ts >= ? GROUP BY env_id, {minute_of}, name_id"), since),
-        ("DELETE FROM country_counts_minute WHERE env_id = ? AND minute >= ?".to_string(), since),
-        (format!("INSERT INTO country_counts_minute (env_id, minute, country, events) SELECT env_id, {minute_of}, {COUNTRY_SQL}, COUNT(*) FROM events_full WHERE env_id = ? AND ts >= ? GROUP BY env_id, {minute_of}, {COUNTRY_SQL}"), since),
-        ("DELETE FROM event_counts_second WHERE env_id = ? AND second >= ?".to_string(), live_since),
-        (format!("INSERT INTO event_counts_second (env_id, second, name_id, events) SELECT env_id, {second_of}, name_id, COUNT(*) FROM events WHERE env_id = ? AND ts >= ? GROUP BY env_id, {second_of}, name_id"), live_since),
-    ];
-    let mut tx = pool.begin().await?;
-    for (sql, from) in &statements {
-        sqlx::query(sql)
-            .bind(env_id)
-            .bind(*from)
-            .execute(&mut *tx)
-            .await?;
-    }
-    let (total,): (u64,) = sqlx::query_as(
-        "SELECT CAST(COALESCE(SUM(events), 0) AS UNSIGNED) FROM event_counts_minute WHERE env_id = ? AND minute >= ?",
-    )
-    .bind(env_id)
-    .bind(since)
-    .fetch_one(&mut *tx)
-    .await?;
-
-    // Metric values and sketches need each row's properties and ids: read
-    // the rows once and rebuild them in memory (sketches from the start of
-    // `since`'s day, so whole hour and day buckets are replaced).
-    let day_start = since_ms.div_euclid(1000).div_euclid(86_400) * 86_400;
-    let live_from = now_secs() - second_retention_secs;
-    let mut d = Deltas::default();
-    let mut rows = sqlx::query(REBUILD_ROWS)
-        .bind(env_id)
-        .bind(datetime(day_start))
-        .fetch(pool);
-    while let Some(row) = rows.try_next().await? {
-        let ts: i64 = row.try_get(0)?;
-        let name: Vec<u8> = row.try_get(1)?;
-        let event_type: u8 = row.try_get(2)?;
-        let (second, minute) = (ts.div_euclid(1000), ts.div_euclid(60_000) * 60);
-        let who: [(u8, Option<Vec<u8>>); 2] = [
-            (KIND_USERS, row.try_get(4)?),
-            (KIND_SESSIONS, row.try_get(5)?),
-        ];
-        for (kind, id) in who {
-            let Some(id) = id else { continue };
-            let id = String::from_utf8_lossy(&id);
-            for (period, length) in [(PERIOD_HOUR, 3600), (PERIOD_DAY, 86_400)] {
-                d.sketches
-                    .entry((env_id, period, kind, second.div_euclid(length) * length))
-                    .or_default()
-                    .insert(&id);
-            }
-        }
-        let name = String::from_utf8_lossy(&name);
-        if ts < since_ms || event_type != 0 || !metrics.iter().any(|m| m.event_name == name) {
-            continue;
-        }
-        let properties: Vec<u8> = row.try_get(3)?;
-        let properties: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&properties).unwrap_or_default();
-        for metric in metrics.iter().filter(|m| m.event_name == name) {
-            if let Some(value) = metric.contribution(&properties) {
-                add_metric(&mut d.metric_minute, (env_id, minute, metric.id), 1, value);
-                if second >= live_from {
-                    add_metric(&mut d.metric_second, (env_id, second, metric.id), 1, value);
-                }
-            }
-        }
-    }
-    drop(rows);
-    for (sql, from) in [
-        (
-            "DELETE FROM metric_values_minute WHERE env_id = ? AND minute >= ?",
-            since,
-        ),
-        (
-            "DELETE FROM metric_values_second WHERE env_id = ? AND second >= ?",
-            since,
-        ),
-        (
-            "DELETE FROM unique_sketches WHERE env_id = ? AND start >= ?",
-            datetime(day_start),
-        ),
-    ] {
-        sqlx::query(sql)
-            .bind(env_id)
-            .bind(from)
-            .execute(&mut *tx)
-            .await?;
-    }
-    // The new metric values and sketches go in with the deletes: a failure
-    // anywhere leaves the previous counts in place, never empty ones.
-    add_deltas(&mut tx, &d).await?;
-    tx.commit().await?;
-    Ok(total)
-}
-
-const REBUILD_ROWS: &str = "SELECT CAST(UNIX_TIMESTAMP(e.ts) * 1000 AS SIGNED), n.name, e.event_type, e.properties, \
-    COALESCE(e.user_id, e.anonymous_id), e.session_id FROM events e JOIN event_names n ON n.id = e.name_id \
-    WHERE e.env_id = ? AND e.ts >= ?";
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::{
     catalog::{Metric, Shard, Snapshot},
     error::Error,
-    shards::WriteOutcome,
+    store::WriteOutcome,
     AppState,
 };
 
@@ -59,7 +59,7 @@ async fn write_one(
             message: format!("status is {}", shard.status),
         });
     }
-    if state.shards.recently_down(shard.id) {
+    if state.events.recently_down(shard.id) {
         state
             .metrics
             .shard_errors
@@ -73,11 +73,11 @@ async fn write_one(
     let started = Instant::now();
     let result = tokio::time::timeout(
         state.config.shard_timeout(),
-        state.shards.write(shard, env_id, group, metrics),
+        state.events.write(shard, env_id, group, metrics),
     )
     .await;
     if let Ok(written) = &result {
-        state.shards.note_result(shard.id, written);
+        state.events.note_result(shard.id, written);
     }
     let result = match result {
         Ok(Ok(outcome)) => Ok(outcome),

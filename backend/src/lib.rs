@@ -3,7 +3,11 @@
 //!
 //! One batch reads as a straight line: [`api`] (auth, decode, validate) →
 //! [`ingest`] (group, route) → [`catalog`] (environment → shards) →
-//! [`shards`] (multi-row `INSERT IGNORE`) → [`counters`] (off the hot path).
+//! [`store::EventStore`] (on MySQL [`shards`]: multi-row `INSERT IGNORE`) →
+//! [`counters`] (off the hot path).
+//!
+//! Storage sits behind the traits of [`store`]; [`AppState::from_parts`]
+//! takes any implementation of them, [`AppState::new`] the MySQL ones.
 
 pub mod api;
 pub mod catalog;
@@ -13,23 +17,52 @@ pub mod db;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
-pub mod shards;
 pub mod stats;
+pub mod store;
+
+pub use store::mysql::shards;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
+pub use api::app;
 pub use config::Config;
 pub use error::{Error, Result};
+
+use store::{CounterStore, EventStore, StatsStore};
 
 pub struct Inner {
     pub config: Config,
     pub catalog: catalog::Catalog,
-    pub shards: shards::Shards,
+    /// Where events are written.
+    pub events: Arc<dyn EventStore>,
+    /// Where counter deltas are flushed (and pruned).
+    pub counter_store: Arc<dyn CounterStore>,
+    /// Where the stats API reads.
+    pub stats_store: Arc<dyn StatsStore>,
     pub counters: counters::Counters,
     pub metrics: metrics::Metrics,
     pub stats: stats::Hub,
+}
+
+/// The storage an [`AppState`] is built on.
+#[derive(Clone)]
+pub struct Ports {
+    pub events: Arc<dyn EventStore>,
+    pub counters: Arc<dyn CounterStore>,
+    pub stats: Arc<dyn StatsStore>,
+}
+
+impl Ports {
+    /// One store behind every port.
+    pub fn all<S: EventStore + CounterStore + StatsStore + 'static>(store: Arc<S>) -> Self {
+        Self {
+            events: store.clone(),
+            counters: store.clone(),
+            stats: store,
+        }
+    }
 }
 
 /// What every handler and background task shares.
@@ -44,24 +77,34 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
+    /// The state `serve` runs with: the catalog database migrated and read,
+    /// the shards on MySQL.
     pub async fn new(config: Config) -> Result<Self> {
         db::migrate_catalog(&config.database_url).await?;
         let pool = db::lazy_pool(&config.database_url, 4, config.shard_timeout())?;
-        let catalog = catalog::Catalog::open(pool, config.catalog_refresh()).await?;
-        let counters = counters::Counters::new(config.second_retention_secs());
-        let shards = shards::Shards::new(
+        let source = Arc::new(store::mysql::MySqlCatalog::new(pool));
+        let catalog = catalog::Catalog::open(source, config.catalog_refresh()).await?;
+        let shards = Arc::new(shards::Shards::new(
             config.shard_pool_size,
             config.shard_timeout(),
             config.insert_chunk_rows,
-        );
-        Ok(Self(Arc::new(Inner {
+        ));
+        Ok(Self::from_parts(config, catalog, Ports::all(shards)))
+    }
+
+    /// A state from parts made elsewhere (no database needed).
+    pub fn from_parts(config: Config, catalog: catalog::Catalog, ports: Ports) -> Self {
+        let counters = counters::Counters::new(config.second_retention_secs());
+        Self(Arc::new(Inner {
             config,
             catalog,
-            shards,
+            events: ports.events,
+            counter_store: ports.counters,
+            stats_store: ports.stats,
             counters,
             metrics: metrics::Metrics::new(),
             stats: stats::Hub::default(),
-        })))
+        }))
     }
 
     /// Drop counts past their retention on every shard.
@@ -69,14 +112,11 @@ impl AppState {
         let now = chrono::Utc::now().timestamp();
         let snapshot = self.catalog.snapshot();
         for shard in snapshot.shards.values() {
-            let Ok(pool) = self.shards.counters_pool(shard) else {
-                continue;
-            };
             let cutoffs = (
                 now - self.config.second_retention_secs(),
                 now - self.config.minute_retention_secs(),
             );
-            if let Err(error) = counters::prune(&pool, cutoffs.0, cutoffs.1).await {
+            if let Err(error) = self.counter_store.prune(shard, cutoffs.0, cutoffs.1).await {
                 tracing::warn!(shard = %shard.name, %error, "pruning counts failed");
             }
         }
@@ -87,7 +127,7 @@ impl AppState {
     pub async fn flush_counters(&self) -> usize {
         let failed = self
             .counters
-            .flush(&self.catalog.snapshot(), &self.shards)
+            .flush(&self.catalog.snapshot(), self.counter_store.as_ref())
             .await;
         for shard in &failed {
             self.metrics
@@ -182,7 +222,7 @@ pub async fn start(
     let state = AppState::new(config).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = spawn_background(&state, &stop_rx);
-    let app = api::router(state.clone());
+    let app = api::app(state.clone());
     let server_state = state.clone();
     let done = tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -206,7 +246,7 @@ pub async fn start(
                 "counter deltas lost at shutdown; run `backend counters rebuild`"
             );
         }
-        server_state.shards.close().await;
+        server_state.events.close().await;
         served.map_err(|e| Error::Internal(format!("server error: {e}")))
     });
     Ok(Server { addr, state, done })

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use backend::{catalog, counters, db, Config, Error, Result};
+use backend::{catalog, counters, db, store::mysql::counters::rebuild, Config, Error, Result};
 use clap::{Parser, Subcommand};
 
 #[global_allocator]
@@ -226,7 +226,9 @@ async fn run(cli: Cli) -> Result<()> {
                             format!("{name} is not migrating; run `backend env migrate {name} --to SHARD` first"),
                         ));
                     }
-                    let snapshot = catalog::Catalog::open(pool.clone(), config.catalog_refresh())
+                    let source =
+                        std::sync::Arc::new(backend::store::mysql::MySqlCatalog::new(pool.clone()));
+                    let snapshot = catalog::Catalog::open(source, config.catalog_refresh())
                         .await?
                         .snapshot();
                     let Some([from, to]) = snapshot
@@ -381,7 +383,7 @@ async fn run(cli: Cli) -> Result<()> {
                 };
                 // Two connections: the rebuild transaction, and the row scan beside it.
                 let shard_pool = db::lazy_pool(&shard.url, 2, std::time::Duration::from_secs(10))?;
-                let counted = counters::rebuild(
+                let counted = rebuild(
                     &shard_pool,
                     environment.id,
                     since_ms,

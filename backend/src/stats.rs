@@ -21,13 +21,13 @@ use axum::{
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::{mysql::MySqlPool, Row};
 use tokio::sync::broadcast;
 
 use crate::{
-    catalog::{self, Environment},
-    counters::{self, datetime},
+    catalog::{self, Environment, Shard},
+    counters::datetime,
     error::{Error, Result},
+    store::{Buckets, SummaryRange},
     AppState,
 };
 
@@ -152,7 +152,9 @@ async fn token_env(state: &AppState, token: &str) -> Result<Option<u32>> {
     if let Some(env) = cache.get(&hash) {
         return Ok(env);
     }
-    let env = catalog::read_token_env(state.catalog.pool(), &hash)
+    let env = state
+        .catalog
+        .read_token_env(&hash)
         .await
         .map_err(|e| Error::Catalog(e.to_string()))?;
     state.stats.tokens.put(hash, env);
@@ -187,13 +189,13 @@ impl FromRequestParts<AppState> for ReadAuth {
     }
 }
 
-fn primary_pool(state: &AppState, env: &Environment) -> Result<MySqlPool> {
+fn primary_shard(state: &AppState, env: &Environment) -> Result<Shard> {
     let snapshot = state.catalog.snapshot();
-    let shard = snapshot
+    snapshot
         .shards
         .get(&env.primary_shard_id)
-        .ok_or_else(|| Error::Catalog(format!("environment {} has no primary shard", env.name)))?;
-    state.shards.counters_pool(shard)
+        .cloned()
+        .ok_or_else(|| Error::Catalog(format!("environment {} has no primary shard", env.name)))
 }
 
 /// A time parameter or argument: RFC 3339 or epoch milliseconds, within
@@ -224,37 +226,6 @@ fn env_metrics(state: &AppState, env_id: u32) -> Vec<catalog::Metric> {
         .get(&env_id)
         .cloned()
         .unwrap_or_default()
-}
-
-const METRIC_TOTALS: &str =
-    "SELECT metric_id, CAST(SUM(events) AS UNSIGNED), SUM(total) FROM metric_values_minute \
-    WHERE env_id = ? AND minute >= ? AND minute < ? GROUP BY metric_id";
-
-/// Each metric's value over a range (every metric listed; `null` for an average of nothing).
-async fn metric_values(
-    pool: &MySqlPool,
-    metrics: &[catalog::Metric],
-    env_id: u32,
-    start: chrono::NaiveDateTime,
-    end: chrono::NaiveDateTime,
-) -> Result<serde_json::Map<String, serde_json::Value>> {
-    let mut sums: HashMap<u32, (u64, f64)> = HashMap::new();
-    for row in sqlx::query(METRIC_TOTALS)
-        .bind(env_id)
-        .bind(start)
-        .bind(end)
-        .fetch_all(pool)
-        .await?
-    {
-        sums.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
-    }
-    Ok(metrics
-        .iter()
-        .map(|m| {
-            let (events, total) = sums.get(&m.id).copied().unwrap_or_default();
-            (m.name.clone(), json!(m.value(events, total)))
-        })
-        .collect())
 }
 
 /// The requested range in ms, defaulting to the last 24 hours.
@@ -290,77 +261,6 @@ pub struct NamedCount {
     pub event_type: Option<&'static str>,
 }
 
-const SUM_MINUTES: &str =
-    "SELECT CAST(COALESCE(SUM(events), 0) AS UNSIGNED) FROM event_counts_minute \
-    WHERE env_id = ? AND minute >= ? AND minute < ?";
-const BY_EVENT: &str =
-    "SELECT n.name, CAST(SUM(c.events) AS UNSIGNED) AS total, n.event_type FROM event_counts_minute c \
-    JOIN event_names n ON n.id = c.name_id WHERE c.env_id = ? AND c.minute >= ? AND c.minute < ? \
-    GROUP BY c.name_id, n.name, n.event_type ORDER BY total DESC, n.name LIMIT 100";
-const BY_TYPE: &str =
-    "SELECT n.event_type, CAST(SUM(c.events) AS UNSIGNED) AS total FROM event_counts_minute c \
-    JOIN event_names n ON n.id = c.name_id WHERE c.env_id = ? AND c.minute >= ? AND c.minute < ? \
-    GROUP BY n.event_type ORDER BY total DESC";
-const BY_COUNTRY: &str = "SELECT country, CAST(SUM(events) AS UNSIGNED) AS total FROM country_counts_minute \
-    WHERE env_id = ? AND minute >= ? AND minute < ? GROUP BY country ORDER BY total DESC, country LIMIT 100";
-
-fn named_counts(rows: Vec<sqlx::mysql::MySqlRow>) -> Result<Vec<NamedCount>> {
-    rows.into_iter()
-        .map(|row| {
-            let name: Vec<u8> = row.try_get(0)?;
-            let event_type = match row.columns().len() {
-                3 => {
-                    protocol::EventType::from_code(row.try_get(2)?).map(protocol::EventType::as_str)
-                }
-                _ => None,
-            };
-            Ok(NamedCount {
-                name: String::from_utf8_lossy(&name).into_owned(),
-                count: row.try_get(1)?,
-                event_type,
-            })
-        })
-        .collect()
-}
-
-const SKETCHES: &str =
-    "SELECT sketch FROM unique_sketches WHERE env_id = ? AND period = ? AND kind = ? AND start >= ? AND start < ?";
-
-/// Approximate distinct users and sessions in [from, to): hourly sketches
-/// merged for ranges up to two days, daily ones beyond (the range is widened
-/// to whole hours or days).
-async fn uniques(pool: &MySqlPool, env_id: u32, from: i64, to: i64) -> Result<(u64, u64)> {
-    let (period, length) = if to - from <= 2 * 86_400_000 {
-        (counters::PERIOD_HOUR, 3600)
-    } else {
-        (counters::PERIOD_DAY, 86_400)
-    };
-    let start = datetime(from.div_euclid(1000).div_euclid(length) * length);
-    let end = datetime(to.div_euclid(1000));
-    let mut out = [0u64; 2];
-    for (slot, kind) in [counters::KIND_USERS, counters::KIND_SESSIONS]
-        .into_iter()
-        .enumerate()
-    {
-        let mut merged = counters::Sketch::default();
-        let blobs: Vec<Vec<u8>> = sqlx::query_scalar(SKETCHES)
-            .bind(env_id)
-            .bind(period)
-            .bind(kind)
-            .bind(start)
-            .bind(end)
-            .fetch_all(pool)
-            .await?;
-        for blob in blobs {
-            if let Some(sketch) = counters::decode_sketch(&blob) {
-                merged.merge(&sketch);
-            }
-        }
-        out[slot] = merged.estimate() as u64;
-    }
-    Ok((out[0], out[1]))
-}
-
 /// Minute buckets covering [from, to): from rounded down, to rounded up.
 fn minute_bounds(from: i64, to: i64) -> (chrono::NaiveDateTime, chrono::NaiveDateTime) {
     let start = from.div_euclid(60_000) * 60;
@@ -375,57 +275,35 @@ pub async fn summary(
     Query(params): Query<RangeParams>,
 ) -> Result<Response> {
     let (from, to) = range(&params)?;
-    let pool = primary_pool(&state, &auth.env)?;
+    let shard = primary_shard(&state, &auth.env)?;
     let (start, end) = minute_bounds(from, to);
-    let env_id = auth.env.id;
-    let events: u64 = sqlx::query_scalar(SUM_MINUTES)
-        .bind(env_id)
-        .bind(start)
-        .bind(end)
-        .fetch_one(&pool)
+    let range = SummaryRange {
+        from_ms: from,
+        to_ms: to,
+        start,
+        end,
+    };
+    let metrics = env_metrics(&state, auth.env.id);
+    let summary = state
+        .stats_store
+        .summary(&shard, auth.env.id, range, &metrics)
         .await?;
-    let by_event = named_counts(
-        sqlx::query(BY_EVENT)
-            .bind(env_id)
-            .bind(start)
-            .bind(end)
-            .fetch_all(&pool)
-            .await?,
-    )?;
-    let by_country = named_counts(
-        sqlx::query(BY_COUNTRY)
-            .bind(env_id)
-            .bind(start)
-            .bind(end)
-            .fetch_all(&pool)
-            .await?,
-    )?;
-    let (users, sessions) = uniques(&pool, env_id, from, to).await?;
-    let mut by_type = Vec::new();
-    for row in sqlx::query(BY_TYPE)
-        .bind(env_id)
-        .bind(start)
-        .bind(end)
-        .fetch_all(&pool)
-        .await?
-    {
-        let code: u8 = row.try_get(0)?;
-        let name = protocol::EventType::from_code(code)
-            .map(protocol::EventType::as_str)
-            .unwrap_or("unknown");
-        by_type.push(json!({"type": name, "count": row.try_get::<u64, _>(1)?}));
-    }
+    let by_type: Vec<_> = summary
+        .by_type
+        .iter()
+        .map(|(name, count)| json!({"type": name, "count": count}))
+        .collect();
     Ok(Json(json!({
         "env": auth.env.name,
         "from": start.and_utc().timestamp_millis(),
         "to": end.and_utc().timestamp_millis(),
-        "events": events,
-        "by_event": by_event,
-        "by_country": by_country,
+        "events": summary.events,
+        "by_event": summary.by_event,
+        "by_country": summary.by_country,
         "by_type": by_type,
-        "users": users,
-        "sessions": sessions,
-        "metrics": metric_values(&pool, &env_metrics(&state, env_id), env_id, start, end).await?,
+        "users": summary.users,
+        "sessions": summary.sessions,
+        "metrics": summary.metrics,
     }))
     .into_response())
 }
@@ -457,11 +335,11 @@ pub async fn series(
 ) -> Result<Response> {
     let (from, to) = range(&params)?;
     let interval = params.interval.as_deref().unwrap_or("minute");
-    let (step, table, column) = match interval {
-        "second" => (1, "event_counts_second", "second"),
-        "minute" => (60, "event_counts_minute", "minute"),
-        "hour" => (3600, "event_counts_minute", "minute"),
-        "day" => (86_400, "event_counts_minute", "minute"),
+    let step = match interval {
+        "second" => 1,
+        "minute" => 60,
+        "hour" => 3600,
+        "day" => 86_400,
         other => {
             return Err(Error::InvalidArgument(
                 "interval",
@@ -477,8 +355,13 @@ pub async fn series(
             format!("{points} points of one {interval}; at most {MAX_POINTS} per request"),
         ));
     }
-    let pool = primary_pool(&state, &auth.env)?;
+    let shard = primary_shard(&state, &auth.env)?;
     let env_id = auth.env.id;
+    let buckets = Buckets {
+        step,
+        bucket_start: from_s.div_euclid(step) * step,
+        end: to_s,
+    };
     if let Some(name) = &params.metric {
         let metric = env_metrics(&state, env_id)
             .into_iter()
@@ -489,28 +372,10 @@ pub async fn series(
                     format!("{name:?} is not a metric of {}", auth.env.name),
                 )
             })?;
-        let (table, column) = if step == 1 {
-            ("metric_values_second", "second")
-        } else {
-            ("metric_values_minute", "minute")
-        };
-        let bucket_start = from_s.div_euclid(step) * step;
-        let sql = format!(
-            "SELECT CAST(FLOOR(UNIX_TIMESTAMP({column}) / {step}) * {step} AS SIGNED) AS bucket, \
-             CAST(SUM(events) AS UNSIGNED), SUM(total) FROM {table} \
-             WHERE env_id = ? AND metric_id = ? AND {column} >= ? AND {column} < ? GROUP BY bucket"
-        );
-        let mut sparse: HashMap<i64, (u64, f64)> = HashMap::new();
-        for row in sqlx::query(&sql)
-            .bind(env_id)
-            .bind(metric.id)
-            .bind(datetime(bucket_start))
-            .bind(datetime(to_s))
-            .fetch_all(&pool)
-            .await?
-        {
-            sparse.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
-        }
+        let sparse = state
+            .stats_store
+            .metric_series(&shard, env_id, metric.id, buckets)
+            .await?;
         let points: Vec<serde_json::Value> = zero_fill(from_s, to_s, step, &BTreeMap::new())
             .into_iter()
             .map(|p| {
@@ -523,38 +388,12 @@ pub async fn series(
                 .into_response(),
         );
     }
-    let name_id: Option<u32> = match &params.event {
-        Some(name) => {
-            let id = sqlx::query_scalar("SELECT id FROM event_names WHERE env_id = ? AND name = ?")
-                .bind(env_id)
-                .bind(name.as_bytes())
-                .fetch_optional(&pool)
-                .await?;
-            match id {
-                Some(id) => Some(id),
-                // A name never seen: every bucket is zero.
-                None => return Ok(Json(json!({"interval": interval, "points": zero_fill(from_s, to_s, step, &BTreeMap::new())})).into_response()),
-            }
-        }
-        None => None,
-    };
-    let bucket_start = from_s.div_euclid(step) * step;
-    let sql = format!(
-        "SELECT CAST(FLOOR(UNIX_TIMESTAMP({column}) / {step}) * {step} AS SIGNED) AS bucket, CAST(SUM(events) AS UNSIGNED) \
-         FROM {table} WHERE env_id = ? AND {column} >= ? AND {column} < ?{} GROUP BY bucket",
-        if name_id.is_some() { " AND name_id = ?" } else { "" }
-    );
-    let mut query = sqlx::query(&sql)
-        .bind(env_id)
-        .bind(datetime(bucket_start))
-        .bind(datetime(to_s));
-    if let Some(id) = name_id {
-        query = query.bind(id);
-    }
-    let mut sparse = BTreeMap::new();
-    for row in query.fetch_all(&pool).await? {
-        sparse.insert(row.try_get::<i64, _>(0)?, row.try_get::<u64, _>(1)?);
-    }
+    // A name never seen has no counts: every bucket is zero.
+    let sparse = state
+        .stats_store
+        .event_series(&shard, env_id, params.event.as_deref(), buckets)
+        .await?
+        .unwrap_or_default();
     Ok(
         Json(json!({"interval": interval, "points": zero_fill(from_s, to_s, step, &sparse)}))
             .into_response(),
@@ -571,10 +410,6 @@ pub struct Second {
     pub metrics: BTreeMap<String, f64>,
 }
 
-const LIVE_METRICS: &str =
-    "SELECT CAST(UNIX_TIMESTAMP(second) AS SIGNED), metric_id, events, total \
-    FROM metric_values_second WHERE env_id = ? AND second >= ?";
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Update {
     /// Unix seconds of this update; also the SSE event id.
@@ -583,69 +418,23 @@ pub struct Update {
     pub health: serde_json::Value,
 }
 
-const LIVE_SECONDS: &str =
-    "SELECT CAST(UNIX_TIMESTAMP(c.second) AS SIGNED), n.name, c.events FROM event_counts_second c \
-    JOIN event_names n ON n.id = c.name_id WHERE c.env_id = ? AND c.second >= ? ORDER BY c.second";
-
-async fn read_seconds(
-    pool: &MySqlPool,
-    env_id: u32,
-    metrics: &[catalog::Metric],
-    since: i64,
-    until: i64,
-) -> Result<Vec<Second>> {
-    let mut by_second: BTreeMap<i64, Second> = (since..until)
-        .map(|t| {
-            (
-                t,
-                Second {
-                    t: t * 1000,
-                    total: 0,
-                    by_event: BTreeMap::new(),
-                    metrics: BTreeMap::new(),
-                },
-            )
-        })
-        .collect();
-    for row in sqlx::query(LIVE_SECONDS)
-        .bind(env_id)
-        .bind(datetime(since))
-        .fetch_all(pool)
-        .await?
-    {
-        let t: i64 = row.try_get(0)?;
-        let name: Vec<u8> = row.try_get(1)?;
-        let n: u32 = row.try_get(2)?;
-        if let Some(second) = by_second.get_mut(&t) {
-            second.total += u64::from(n);
-            *second
-                .by_event
-                .entry(String::from_utf8_lossy(&name).into_owned())
-                .or_default() += u64::from(n);
-        }
+impl Second {
+    /// Every second of [since, until) (unix seconds) with nothing counted, by second.
+    pub fn zeroed(since: i64, until: i64) -> BTreeMap<i64, Second> {
+        (since..until)
+            .map(|t| {
+                (
+                    t,
+                    Second {
+                        t: t * 1000,
+                        total: 0,
+                        by_event: BTreeMap::new(),
+                        metrics: BTreeMap::new(),
+                    },
+                )
+            })
+            .collect()
     }
-    if !metrics.is_empty() {
-        for row in sqlx::query(LIVE_METRICS)
-            .bind(env_id)
-            .bind(datetime(since))
-            .fetch_all(pool)
-            .await?
-        {
-            let (t, id, events, total): (i64, u32, u32, f64) = (
-                row.try_get(0)?,
-                row.try_get(1)?,
-                row.try_get(2)?,
-                row.try_get(3)?,
-            );
-            let metric = metrics.iter().find(|m| m.id == id);
-            if let (Some(second), Some(metric)) = (by_second.get_mut(&t), metric) {
-                if let Some(value) = metric.value(u64::from(events), total) {
-                    second.metrics.insert(metric.name.clone(), value);
-                }
-            }
-        }
-    }
-    Ok(by_second.into_values().collect())
 }
 
 /// Live updates fan out from one poller per environment to every viewer in this process.
@@ -692,10 +481,13 @@ async fn poll(state: AppState, env: Environment, sender: broadcast::Sender<Arc<U
             }
         }
         let now = chrono::Utc::now().timestamp();
-        let seconds = match primary_pool(&state, &env) {
-            Ok(pool) => {
+        let seconds = match primary_shard(&state, &env) {
+            Ok(shard) => {
                 let metrics = env_metrics(&state, env.id);
-                read_seconds(&pool, env.id, &metrics, now - TICK_WINDOW_SECS, now + 1).await
+                state
+                    .stats_store
+                    .seconds(&shard, env.id, &metrics, now - TICK_WINDOW_SECS, now + 1)
+                    .await
             }
             Err(e) => Err(e),
         };
@@ -750,17 +542,19 @@ pub async fn stream(
         .and_then(|v| v.parse::<i64>().ok())
         .map(|last| last.clamp(now - BACKFILL_SECS, now) - TICK_WINDOW_SECS)
         .unwrap_or(now - BACKFILL_SECS);
-    let pool = primary_pool(&state, &auth.env)?;
+    let shard = primary_shard(&state, &auth.env)?;
     let first = Update {
         id: now,
-        seconds: read_seconds(
-            &pool,
-            auth.env.id,
-            &env_metrics(&state, auth.env.id),
-            since,
-            now + 1,
-        )
-        .await?,
+        seconds: state
+            .stats_store
+            .seconds(
+                &shard,
+                auth.env.id,
+                &env_metrics(&state, auth.env.id),
+                since,
+                now + 1,
+            )
+            .await?,
         health: health(&state),
     };
     let receiver = subscribe(&state, &auth.env);

@@ -687,7 +687,7 @@ async fn shared_contexts_are_stored_once_and_read_back_whole() {
         .execute(&pool)
         .await
         .unwrap();
-    counters::rebuild(&pool, env, 1_700_000_000_000, 7200, &[])
+    backend::store::mysql::counters::rebuild(&pool, env, 1_700_000_000_000, 7200, &[])
         .await
         .unwrap();
     let countries: Vec<(Vec<u8>, i64)> = sqlx::query_as(
@@ -750,9 +750,10 @@ async fn gzip_bodies_and_a_ten_thousand_event_batch_land() {
         .execute(&pool)
         .await
         .unwrap();
-    let rebuilt = counters::rebuild(&pool, env, 1_700_000_000_000, 7200, &[])
-        .await
-        .unwrap();
+    let rebuilt =
+        backend::store::mysql::counters::rebuild(&pool, env, 1_700_000_000_000, 7200, &[])
+            .await
+            .unwrap();
     assert_eq!(rebuilt, 10_000);
     let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM event_counts_minute WHERE env_id = ?")
         .bind(env)

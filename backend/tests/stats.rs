@@ -732,7 +732,7 @@ async fn metrics_are_maintained_like_counts() {
         (Some(0.0), Some(0))
     );
     let defined = catalog::list_metrics(&t.catalog, "shop").await.unwrap();
-    backend::counters::rebuild(&pool, env, ts - 60_000, 7200, &defined)
+    backend::store::mysql::counters::rebuild(&pool, env, ts - 60_000, 7200, &defined)
         .await
         .unwrap();
     let (_, rebuilt) = get(server.addr, "/v1/stats/summary?env=shop", &token).await;
@@ -751,7 +751,8 @@ async fn metrics_are_maintained_like_counts() {
     )
     .await
     .unwrap();
-    let failed = backend::counters::rebuild(&pool, env, ts - 60_000, 7200, &defined).await;
+    let failed =
+        backend::store::mysql::counters::rebuild(&pool, env, ts - 60_000, 7200, &defined).await;
     sqlx::Executor::execute(&pool, "DROP TRIGGER refuse_sketches")
         .await
         .unwrap();

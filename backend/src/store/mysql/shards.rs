@@ -6,6 +6,7 @@ use std::{
     time::Duration,
 };
 
+use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime};
 use protocol::{Envelope, EventType};
 use sha2::{Digest, Sha256};
@@ -13,8 +14,10 @@ use sqlx::{mysql::MySqlPool, MySql, QueryBuilder, Row as _, Transaction};
 
 use crate::{
     catalog::{Metric, Shard},
+    counters::counted,
     db,
     error::Result,
+    store::EventStore,
 };
 
 /// Event-name ids cached per process; cleared whole when it grows past this
@@ -50,39 +53,10 @@ pub fn context_hash(shared: &str) -> [u8; 16] {
     hash
 }
 
-/// What the counters need of one inserted row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Counted {
-    pub name_id: u32,
-    pub timestamp: i64,
-    pub country: Vec<u8>,
-    /// (metric id, value) for every metric this event contributes to.
-    pub metrics: Vec<(u32, f64)>,
-    /// Who: `user_id`, else `anonymous_id`.
-    pub user: Option<String>,
-    pub session: Option<String>,
-}
-
-#[derive(Debug, Default)]
-pub struct WriteOutcome {
-    pub inserted: u64,
-    pub duplicates: u64,
-    /// One entry per row this write actually inserted (never duplicates).
-    pub counted: Vec<Counted>,
-}
-
-/// The country code of an envelope's context, as counted: up to 8 ASCII
-/// letters/digits upper-cased (Cloudflare also sends `T1` and `XX`), else `??`.
-pub fn country_of(envelope: &Envelope) -> Vec<u8> {
-    match envelope.context.get("country").and_then(|c| c.as_str()) {
-        Some(c)
-            if !c.is_empty() && c.len() <= 8 && c.bytes().all(|b| b.is_ascii_alphanumeric()) =>
-        {
-            c.to_ascii_uppercase().into_bytes()
-        }
-        _ => b"??".to_vec(),
-    }
-}
+pub use crate::{
+    counters::country_of,
+    store::{Counted, WriteOutcome},
+};
 
 /// (shard id, env id, (event type, name)) → the name's id on that shard.
 type NameKey = (u32, u32, (u8, String));
@@ -563,25 +537,7 @@ impl Shards {
 
         let counted: Vec<Counted> = inserted
             .iter()
-            .map(|row| Counted {
-                name_id: row.name_id,
-                timestamp: row.envelope.timestamp,
-                country: country_of(row.envelope),
-                user: row
-                    .envelope
-                    .user_id
-                    .clone()
-                    .or_else(|| row.envelope.anonymous_id.clone()),
-                session: row.envelope.session_id.clone(),
-                metrics: metrics
-                    .iter()
-                    .filter(|m| {
-                        row.envelope.event_type == EventType::Track
-                            && m.event_name == row.envelope.name
-                    })
-                    .filter_map(|m| Some((m.id, m.contribution(&row.envelope.properties)?)))
-                    .collect(),
-            })
+            .map(|row| counted(row.envelope, row.name_id, metrics))
             .collect();
         let inserted_n = counted.len() as u64;
         Ok(WriteOutcome {
@@ -589,6 +545,31 @@ impl Shards {
             duplicates: duplicates + (rows.len() as u64 - inserted_n),
             counted,
         })
+    }
+}
+
+#[async_trait]
+impl EventStore for Shards {
+    async fn write(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        envelopes: &[&Envelope],
+        metrics: &[Metric],
+    ) -> Result<WriteOutcome> {
+        Shards::write(self, shard, env_id, envelopes, metrics).await
+    }
+
+    fn recently_down(&self, shard_id: u32) -> bool {
+        Shards::recently_down(self, shard_id)
+    }
+
+    fn note_result(&self, shard_id: u32, result: &Result<WriteOutcome>) {
+        Shards::note_result(self, shard_id, result)
+    }
+
+    async fn close(&self) {
+        Shards::close(self).await
     }
 }
 

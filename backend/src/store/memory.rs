@@ -1,0 +1,549 @@
+//! In-process implementations of the ports, for tests: events, counts and
+//! the catalog live in maps; any shard (or the catalog) can be made to fail.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Mutex, MutexGuard},
+    time::Instant,
+};
+
+use async_trait::async_trait;
+use protocol::{Envelope, EventType};
+use serde_json::json;
+
+use crate::{
+    catalog::{token_hash, Environment, Metric, Shard, Snapshot},
+    counters::{self, counted, Deltas, Sketch, KIND_SESSIONS, KIND_USERS},
+    error::{Error, Result},
+    stats::{NamedCount, Second},
+    store::{
+        Buckets, CatalogSource, CounterStore, EventStore, StatsStore, Summary, SummaryRange,
+        WriteOutcome,
+    },
+};
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Default)]
+struct Shards {
+    /// (shard, env) → stored envelopes by key, in insertion order of keys.
+    events: HashMap<(u32, u32), BTreeMap<[u8; 16], Envelope>>,
+    /// (shard, env, event type, name) → name id.
+    names: HashMap<(u32, u32, u8, String), u32>,
+    next_name: u32,
+    /// Flushed counts per shard.
+    counts: HashMap<u32, Deltas>,
+    failing_writes: HashSet<u32>,
+    failing_counters: HashSet<u32>,
+    down: HashSet<u32>,
+    /// (shard, env, envelopes) of every write attempted.
+    writes: Vec<(u32, u32, usize)>,
+}
+
+/// Events, names and flushed counts per shard, in memory.
+#[derive(Default)]
+pub struct MemoryStore {
+    shards: Mutex<Shards>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Make writes to a shard fail (or succeed again).
+    pub fn fail_writes(&self, shard_id: u32, failing: bool) {
+        let mut s = lock(&self.shards);
+        if failing {
+            s.failing_writes.insert(shard_id);
+        } else {
+            s.failing_writes.remove(&shard_id);
+        }
+    }
+
+    /// Make counter flushes to a shard fail (or succeed again).
+    pub fn fail_counters(&self, shard_id: u32, failing: bool) {
+        let mut s = lock(&self.shards);
+        if failing {
+            s.failing_counters.insert(shard_id);
+        } else {
+            s.failing_counters.remove(&shard_id);
+        }
+    }
+
+    /// Report a shard as unreachable moments ago ([`EventStore::recently_down`]).
+    pub fn mark_down(&self, shard_id: u32) {
+        lock(&self.shards).down.insert(shard_id);
+    }
+
+    /// The ids of an environment's events stored on a shard, sorted.
+    pub fn ids(&self, shard_id: u32, env_id: u32) -> Vec<String> {
+        let s = lock(&self.shards);
+        let mut ids: Vec<String> = s
+            .events
+            .get(&(shard_id, env_id))
+            .map(|m| m.values().map(|e| e.id.clone()).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// How many of an environment's events a shard holds.
+    pub fn count(&self, shard_id: u32, env_id: u32) -> usize {
+        lock(&self.shards)
+            .events
+            .get(&(shard_id, env_id))
+            .map_or(0, BTreeMap::len)
+    }
+
+    /// The counts flushed to a shard so far.
+    pub fn counts(&self, shard_id: u32) -> Deltas {
+        lock(&self.shards)
+            .counts
+            .get(&shard_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// (shard, env, envelopes) of every write that reached the store.
+    pub fn writes(&self) -> Vec<(u32, u32, usize)> {
+        lock(&self.shards).writes.clone()
+    }
+
+    /// The id a name has on a shard, if it was ever written there.
+    pub fn name_id(
+        &self,
+        shard_id: u32,
+        env_id: u32,
+        event_type: EventType,
+        name: &str,
+    ) -> Option<u32> {
+        lock(&self.shards)
+            .names
+            .get(&(shard_id, env_id, event_type.code(), name.to_string()))
+            .copied()
+    }
+}
+
+impl Shards {
+    /// name id → (event type code, name) of one shard and environment.
+    fn names_of(&self, shard_id: u32, env_id: u32) -> HashMap<u32, (u8, String)> {
+        self.names
+            .iter()
+            .filter(|((s, e, _, _), _)| *s == shard_id && *e == env_id)
+            .map(|((_, _, kind, name), id)| (*id, (*kind, name.clone())))
+            .collect()
+    }
+}
+
+fn sorted_counts(totals: HashMap<String, (u64, Option<&'static str>)>) -> Vec<NamedCount> {
+    let mut counts: Vec<NamedCount> = totals
+        .into_iter()
+        .map(|(name, (count, event_type))| NamedCount {
+            name,
+            count,
+            event_type,
+        })
+        .collect();
+    counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+    counts.truncate(100);
+    counts
+}
+
+fn bucket(t: i64, step: i64) -> i64 {
+    t.div_euclid(step) * step
+}
+
+#[async_trait]
+impl EventStore for MemoryStore {
+    async fn write(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        envelopes: &[&Envelope],
+        metrics: &[Metric],
+    ) -> Result<WriteOutcome> {
+        let mut s = lock(&self.shards);
+        s.writes.push((shard.id, env_id, envelopes.len()));
+        if s.failing_writes.contains(&shard.id) {
+            return Err(Error::Internal(format!(
+                "memory shard {} is failing",
+                shard.name
+            )));
+        }
+        let mut outcome = WriteOutcome::default();
+        for &envelope in envelopes {
+            let key = envelope.key();
+            let stored = s.events.entry((shard.id, env_id)).or_default();
+            if stored.contains_key(&key) {
+                outcome.duplicates += 1;
+                continue;
+            }
+            stored.insert(key, envelope.clone());
+            let name_key = (
+                shard.id,
+                env_id,
+                envelope.event_type.code(),
+                envelope.name.clone(),
+            );
+            let name_id = match s.names.get(&name_key) {
+                Some(&id) => id,
+                None => {
+                    s.next_name += 1;
+                    let id = s.next_name;
+                    s.names.insert(name_key, id);
+                    id
+                }
+            };
+            outcome.inserted += 1;
+            outcome.counted.push(counted(envelope, name_id, metrics));
+        }
+        Ok(outcome)
+    }
+
+    fn recently_down(&self, shard_id: u32) -> bool {
+        lock(&self.shards).down.contains(&shard_id)
+    }
+}
+
+#[async_trait]
+impl CounterStore for MemoryStore {
+    async fn add(&self, shard: &Shard, deltas: &Deltas) -> Result<()> {
+        let mut s = lock(&self.shards);
+        if s.failing_counters.contains(&shard.id) {
+            return Err(Error::Internal(format!(
+                "memory counters of {} are failing",
+                shard.name
+            )));
+        }
+        s.counts.entry(shard.id).or_default().merge(deltas.clone());
+        Ok(())
+    }
+
+    async fn prune(&self, shard: &Shard, second_cutoff: i64, minute_cutoff: i64) -> Result<u64> {
+        let mut s = lock(&self.shards);
+        let Some(d) = s.counts.get_mut(&shard.id) else {
+            return Ok(0);
+        };
+        let before = d.second.len()
+            + d.metric_second.len()
+            + d.minute.len()
+            + d.country.len()
+            + d.metric_minute.len()
+            + d.sketches.len();
+        d.second.retain(|k, _| k.1 >= second_cutoff);
+        d.metric_second.retain(|k, _| k.1 >= second_cutoff);
+        d.minute.retain(|k, _| k.1 >= minute_cutoff);
+        d.country.retain(|k, _| k.1 >= minute_cutoff);
+        d.metric_minute.retain(|k, _| k.1 >= minute_cutoff);
+        d.sketches.retain(|k, _| k.3 >= minute_cutoff);
+        let after = d.second.len()
+            + d.metric_second.len()
+            + d.minute.len()
+            + d.country.len()
+            + d.metric_minute.len()
+            + d.sketches.len();
+        Ok((before - after) as u64)
+    }
+}
+
+#[async_trait]
+impl StatsStore for MemoryStore {
+    async fn summary(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        range: SummaryRange,
+        metrics: &[Metric],
+    ) -> Result<Summary> {
+        let s = lock(&self.shards);
+        let names = s.names_of(shard.id, env_id);
+        let d = s.counts.get(&shard.id).cloned().unwrap_or_default();
+        let (start, end) = (
+            range.start.and_utc().timestamp(),
+            range.end.and_utc().timestamp(),
+        );
+        let within = |e: u32, t: i64| e == env_id && t >= start && t < end;
+        let mut summary = Summary::default();
+        let mut by_event: HashMap<String, (u64, Option<&'static str>)> = HashMap::new();
+        let mut by_type: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for (&(e, t, name_id), &n) in &d.minute {
+            if !within(e, t) {
+                continue;
+            }
+            summary.events += n;
+            if let Some((kind, name)) = names.get(&name_id) {
+                let kind = EventType::from_code(*kind).map(EventType::as_str);
+                let entry = by_event.entry(name.clone()).or_insert((0, kind));
+                entry.0 += n;
+                *by_type.entry(kind.unwrap_or("unknown")).or_default() += n;
+            }
+        }
+        summary.by_event = sorted_counts(by_event);
+        let mut by_type: Vec<_> = by_type.into_iter().collect();
+        by_type.sort_by_key(|b| std::cmp::Reverse(b.1));
+        summary.by_type = by_type;
+        let mut by_country: HashMap<String, (u64, Option<&'static str>)> = HashMap::new();
+        for ((e, t, country), &n) in &d.country {
+            if within(*e, *t) {
+                by_country
+                    .entry(String::from_utf8_lossy(country).into_owned())
+                    .or_default()
+                    .0 += n;
+            }
+        }
+        summary.by_country = sorted_counts(by_country);
+        let (period, length) = counters::sketch_period(range.from_ms, range.to_ms);
+        let from = bucket(range.from_ms.div_euclid(1000), length);
+        let to = range.to_ms.div_euclid(1000);
+        for (kind, slot) in [
+            (KIND_USERS, &mut summary.users),
+            (KIND_SESSIONS, &mut summary.sessions),
+        ] {
+            let mut merged = Sketch::default();
+            for (&(e, p, k, t), sketch) in &d.sketches {
+                if e == env_id && p == period && k == kind && t >= from && t < to {
+                    merged.merge(sketch);
+                }
+            }
+            *slot = merged.estimate() as u64;
+        }
+        let mut sums: HashMap<u32, (u64, f64)> = HashMap::new();
+        for (&(e, t, id), &(events, total)) in &d.metric_minute {
+            if within(e, t) {
+                let sum = sums.entry(id).or_default();
+                sum.0 += events;
+                sum.1 += total;
+            }
+        }
+        summary.metrics = metrics
+            .iter()
+            .map(|m| {
+                let (events, total) = sums.get(&m.id).copied().unwrap_or_default();
+                (m.name.clone(), json!(m.value(events, total)))
+            })
+            .collect();
+        Ok(summary)
+    }
+
+    async fn event_series(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        event: Option<&str>,
+        buckets: Buckets,
+    ) -> Result<Option<BTreeMap<i64, u64>>> {
+        let s = lock(&self.shards);
+        let name_ids: Option<HashSet<u32>> = match event {
+            Some(event) => {
+                let ids: HashSet<u32> = s
+                    .names_of(shard.id, env_id)
+                    .into_iter()
+                    .filter(|(_, (_, name))| name == event)
+                    .map(|(id, _)| id)
+                    .collect();
+                if ids.is_empty() {
+                    return Ok(None);
+                }
+                Some(ids)
+            }
+            None => None,
+        };
+        let d = s.counts.get(&shard.id).cloned().unwrap_or_default();
+        let counts = if buckets.step == 1 {
+            &d.second
+        } else {
+            &d.minute
+        };
+        let mut sparse = BTreeMap::new();
+        for (&(e, t, name_id), &n) in counts {
+            let wanted = name_ids.as_ref().is_none_or(|ids| ids.contains(&name_id));
+            if e == env_id && wanted && t >= buckets.bucket_start && t < buckets.end {
+                *sparse.entry(bucket(t, buckets.step)).or_default() += n;
+            }
+        }
+        Ok(Some(sparse))
+    }
+
+    async fn metric_series(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        metric_id: u32,
+        buckets: Buckets,
+    ) -> Result<HashMap<i64, (u64, f64)>> {
+        let s = lock(&self.shards);
+        let d = s.counts.get(&shard.id).cloned().unwrap_or_default();
+        let values = if buckets.step == 1 {
+            &d.metric_second
+        } else {
+            &d.metric_minute
+        };
+        let mut sparse: HashMap<i64, (u64, f64)> = HashMap::new();
+        for (&(e, t, id), &(events, total)) in values {
+            if e == env_id && id == metric_id && t >= buckets.bucket_start && t < buckets.end {
+                let sum = sparse.entry(bucket(t, buckets.step)).or_default();
+                sum.0 += events;
+                sum.1 += total;
+            }
+        }
+        Ok(sparse)
+    }
+
+    async fn seconds(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        metrics: &[Metric],
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<Second>> {
+        let s = lock(&self.shards);
+        let names = s.names_of(shard.id, env_id);
+        let d = s.counts.get(&shard.id).cloned().unwrap_or_default();
+        let mut by_second = Second::zeroed(since, until);
+        for (&(e, t, name_id), &n) in &d.second {
+            if e != env_id {
+                continue;
+            }
+            if let (Some(second), Some((_, name))) = (by_second.get_mut(&t), names.get(&name_id)) {
+                second.total += n;
+                *second.by_event.entry(name.clone()).or_default() += n;
+            }
+        }
+        for (&(e, t, id), &(events, total)) in &d.metric_second {
+            let metric = metrics.iter().find(|m| m.id == id);
+            if let (true, Some(second), Some(metric)) = (e == env_id, by_second.get_mut(&t), metric)
+            {
+                if let Some(value) = metric.value(events, total) {
+                    second.metrics.insert(metric.name.clone(), value);
+                }
+            }
+        }
+        Ok(by_second.into_values().collect())
+    }
+}
+
+#[derive(Default)]
+struct CatalogState {
+    shards: Vec<Shard>,
+    environments: Vec<Environment>,
+    metrics: Vec<Metric>,
+    tokens: HashMap<[u8; 32], u32>,
+    failing: bool,
+    loads: usize,
+    token_lookups: usize,
+}
+
+/// A catalog held in memory: shards, environments, metrics, read tokens.
+#[derive(Default)]
+pub struct MemoryCatalog {
+    state: Mutex<CatalogState>,
+}
+
+impl MemoryCatalog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add an active shard (its URL is only a label here).
+    pub fn add_shard(&self, id: u32, name: &str) {
+        lock(&self.state).shards.push(Shard {
+            id,
+            name: name.into(),
+            url: format!("memory://{name}"),
+            status: "active".into(),
+        });
+    }
+
+    /// Set a shard's status (`active`, `readonly`, ...).
+    pub fn set_shard_status(&self, id: u32, status: &str) {
+        for shard in lock(&self.state).shards.iter_mut().filter(|s| s.id == id) {
+            shard.status = status.into();
+        }
+    }
+
+    /// Add an environment, or replace the one with the same id.
+    pub fn put_environment(&self, id: u32, name: &str, primary: u32, secondary: Option<u32>) {
+        let mut state = lock(&self.state);
+        state.environments.retain(|e| e.id != id);
+        state.environments.push(Environment {
+            id,
+            name: name.into(),
+            primary_shard_id: primary,
+            secondary_shard_id: secondary,
+        });
+    }
+
+    pub fn add_metric(&self, metric: Metric) {
+        lock(&self.state).metrics.push(metric);
+    }
+
+    /// Make `token` a read token of environment `env_id`.
+    pub fn add_read_token(&self, token: &str, env_id: u32) {
+        lock(&self.state).tokens.insert(token_hash(token), env_id);
+    }
+
+    /// Make every read fail (or succeed again).
+    pub fn set_failing(&self, failing: bool) {
+        lock(&self.state).failing = failing;
+    }
+
+    /// How many snapshots were loaded.
+    pub fn loads(&self) -> usize {
+        lock(&self.state).loads
+    }
+
+    /// How many read tokens were looked up.
+    pub fn token_lookups(&self) -> usize {
+        lock(&self.state).token_lookups
+    }
+
+    /// The catalog as it is now, read at `read_at`.
+    pub fn snapshot_at(&self, read_at: Instant) -> Snapshot {
+        let state = lock(&self.state);
+        let mut metrics: HashMap<u32, Vec<Metric>> = HashMap::new();
+        for metric in &state.metrics {
+            metrics
+                .entry(metric.env_id)
+                .or_default()
+                .push(metric.clone());
+        }
+        Snapshot {
+            shards: state.shards.iter().map(|s| (s.id, s.clone())).collect(),
+            environments: state
+                .environments
+                .iter()
+                .map(|e| (e.id, e.clone()))
+                .collect(),
+            metrics,
+            read_at,
+        }
+    }
+}
+
+#[async_trait]
+impl CatalogSource for MemoryCatalog {
+    async fn load(&self) -> Result<Snapshot> {
+        let read_at = Instant::now();
+        {
+            let mut state = lock(&self.state);
+            if state.failing {
+                return Err(Error::Catalog("the memory catalog is failing".into()));
+            }
+            state.loads += 1;
+        }
+        Ok(self.snapshot_at(read_at))
+    }
+
+    async fn read_token_env(&self, hash: &[u8; 32]) -> Result<Option<u32>> {
+        let mut state = lock(&self.state);
+        if state.failing {
+            return Err(Error::Catalog("the memory catalog is failing".into()));
+        }
+        state.token_lookups += 1;
+        Ok(state.tokens.get(hash).copied())
+    }
+}

@@ -1,0 +1,167 @@
+//! The ports between the request path and storage: where events are
+//! written ([`EventStore`]), where the catalog is read from
+//! ([`CatalogSource`]), where counter deltas go ([`CounterStore`]) and where
+//! the stats API reads them back ([`StatsStore`]).
+//!
+//! [`mysql`] is what `serve` uses; [`memory`] keeps everything in process,
+//! for tests that need no database.
+
+pub mod memory;
+pub mod mysql;
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use chrono::NaiveDateTime;
+use protocol::Envelope;
+
+use crate::{
+    catalog::{Metric, Shard, Snapshot},
+    counters::Deltas,
+    error::Result,
+    stats::{NamedCount, Second},
+};
+
+/// What the counters need of one inserted row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Counted {
+    pub name_id: u32,
+    pub timestamp: i64,
+    pub country: Vec<u8>,
+    /// (metric id, value) for every metric this event contributes to.
+    pub metrics: Vec<(u32, f64)>,
+    /// Who: `user_id`, else `anonymous_id`.
+    pub user: Option<String>,
+    pub session: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct WriteOutcome {
+    pub inserted: u64,
+    pub duplicates: u64,
+    /// One entry per row this write actually inserted (never duplicates).
+    pub counted: Vec<Counted>,
+}
+
+/// The write path's storage: one environment's envelopes to one shard.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Write idempotently: envelopes whose id is already stored (or repeated
+    /// in `envelopes`) are duplicates; `counted` lists exactly the new rows,
+    /// with their contributions to `metrics`.
+    async fn write(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        envelopes: &[&Envelope],
+        metrics: &[Metric],
+    ) -> Result<WriteOutcome>;
+
+    /// Whether writes to this shard should fail at once (it could not be
+    /// reached moments ago).
+    fn recently_down(&self, _shard_id: u32) -> bool {
+        false
+    }
+
+    /// The result of a write that finished (one that timed out is not noted).
+    fn note_result(&self, _shard_id: u32, _result: &Result<WriteOutcome>) {}
+
+    /// Release connections (graceful shutdown).
+    async fn close(&self) {}
+}
+
+/// Where the [`crate::catalog::Catalog`] reads its snapshots from.
+#[async_trait]
+pub trait CatalogSource: Send + Sync {
+    /// Shards, environments and metrics as of now (`read_at` set when the read started).
+    async fn load(&self) -> Result<Snapshot>;
+
+    /// The environment an active read token (by its SHA-256) belongs to.
+    async fn read_token_env(&self, hash: &[u8; 32]) -> Result<Option<u32>>;
+}
+
+/// Where counter deltas are persisted.
+#[async_trait]
+pub trait CounterStore: Send + Sync {
+    /// Add one shard's deltas to its stored counts, all or nothing.
+    async fn add(&self, shard: &Shard, deltas: &Deltas) -> Result<()>;
+
+    /// Drop per-second counts before `second_cutoff` and the rest before
+    /// `minute_cutoff` (unix seconds). Returns how many rows went.
+    async fn prune(&self, shard: &Shard, second_cutoff: i64, minute_cutoff: i64) -> Result<u64>;
+}
+
+/// A summary's range: minute buckets [start, end), and the requested
+/// [from_ms, to_ms) for the unique users and sessions.
+#[derive(Debug, Clone, Copy)]
+pub struct SummaryRange {
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub start: NaiveDateTime,
+    pub end: NaiveDateTime,
+}
+
+/// What `/v1/stats/summary` reports.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub events: u64,
+    pub by_event: Vec<NamedCount>,
+    pub by_country: Vec<NamedCount>,
+    /// (message type name, count), largest first.
+    pub by_type: Vec<(&'static str, u64)>,
+    pub users: u64,
+    pub sessions: u64,
+    /// Every metric's value by name (`null` for an average of nothing).
+    pub metrics: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Buckets of a series: `step` seconds from `bucket_start` (a multiple of
+/// `step`) to `end` (unix seconds), from the per-second counts when
+/// `step` is 1, else the per-minute ones.
+#[derive(Debug, Clone, Copy)]
+pub struct Buckets {
+    pub step: i64,
+    pub bucket_start: i64,
+    pub end: i64,
+}
+
+/// The stats API's reads (from an environment's primary shard).
+#[async_trait]
+pub trait StatsStore: Send + Sync {
+    async fn summary(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        range: SummaryRange,
+        metrics: &[Metric],
+    ) -> Result<Summary>;
+
+    /// Events per bucket start (unix seconds), of one event name or all;
+    /// `None` when that name was never seen.
+    async fn event_series(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        event: Option<&str>,
+        buckets: Buckets,
+    ) -> Result<Option<BTreeMap<i64, u64>>>;
+
+    /// (events, total) of one metric per bucket start (unix seconds).
+    async fn metric_series(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        metric_id: u32,
+        buckets: Buckets,
+    ) -> Result<HashMap<i64, (u64, f64)>>;
+
+    /// Every second of [since, until) (unix seconds), zero-filled.
+    async fn seconds(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        metrics: &[Metric],
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<Second>>;
+}

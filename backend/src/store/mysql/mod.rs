@@ -1,0 +1,10 @@
+//! The MySQL (and MariaDB) implementations of the ports: events and
+//! counters on the shards, the catalog database, the stats reads.
+
+pub mod catalog;
+pub mod counters;
+pub mod shards;
+pub mod stats;
+
+pub use catalog::MySqlCatalog;
+pub use shards::Shards;
