@@ -319,4 +319,99 @@ mod tests {
         odd.insert(header::AUTHORIZATION, value);
         assert_eq!(bearer(&odd), None);
     }
+
+    fn batch(n: usize) -> Vec<u8> {
+        let envelopes: Vec<_> = (0..n)
+            .map(|i| json!({"id": format!("id-{i}"), "env_id": 1, "name": "x", "timestamp": 0, "received_at": 0}))
+            .collect();
+        serde_json::to_vec(&envelopes).expect("json")
+    }
+
+    #[test]
+    fn decode_batch_takes_up_to_the_limit() {
+        assert_eq!(decode_batch(&batch(3), 3).map(|b| b.len()).ok(), Some(3));
+        assert!(matches!(
+            decode_batch(&batch(4), 3),
+            Err(Error::TooManyEnvelopes { got: 4, max: 3 })
+        ));
+        assert!(matches!(decode_batch(b"[]", 3), Err(Error::EmptyBatch)));
+    }
+
+    #[test]
+    fn decode_batch_tells_syntax_from_shape() {
+        assert!(matches!(
+            decode_batch(b"[{", 3),
+            Err(Error::MalformedJson(_))
+        ));
+        assert!(matches!(
+            decode_batch(b"\xff", 3),
+            Err(Error::MalformedJson(_))
+        ));
+        assert!(matches!(
+            decode_batch(b"{}", 3),
+            Err(Error::InvalidBatch(_))
+        ));
+        assert!(matches!(
+            decode_batch(
+                br#"[{"id": 1, "env_id": 1, "name": "x", "timestamp": 0, "received_at": 0}]"#,
+                3
+            ),
+            Err(Error::InvalidBatch(_))
+        ));
+    }
+
+    #[test]
+    fn decode_batch_lists_every_invalid_envelope() {
+        let body = br#"[{"id": "a", "env_id": 1, "name": "ok", "timestamp": 0, "received_at": 0},
+            {"id": "b", "env_id": 1, "name": "", "timestamp": 0, "received_at": 0},
+            {"id": "c", "env_id": 1, "name": "ok", "timestamp": -1, "received_at": 0}]"#;
+        let Err(Error::InvalidEnvelopes(list)) = decode_batch(body, 10) else {
+            panic!("the batch is refused");
+        };
+        let indexes: Vec<_> = list.iter().map(|e| e["index"].clone()).collect();
+        assert_eq!(indexes, vec![json!(1), json!(2)]);
+        assert_eq!(list[0]["id"], "b");
+    }
+
+    #[test]
+    fn gunzip_caps_the_inflated_size() {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut encoder, &[b'a'; 4096]).expect("gzip");
+        let compressed = encoder.finish().expect("gzip");
+        assert_eq!(gunzip(&compressed, 4096).map(|b| b.len()).ok(), Some(4096));
+        assert!(matches!(
+            gunzip(&compressed, 4095),
+            Err(Error::BodyTooLarge(4095))
+        ));
+        assert!(matches!(gunzip(b"plain", 4096), Err(Error::BadGzip(_))));
+    }
+
+    #[test]
+    fn content_types_and_encodings() {
+        let with = |name: header::HeaderName, value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, HeaderValue::from_str(value).expect("header"));
+            headers
+        };
+        assert!(check_content_type(&with(
+            header::CONTENT_TYPE,
+            "application/json ; charset=utf-8"
+        ))
+        .is_ok());
+        assert!(check_content_type(&with(header::CONTENT_TYPE, "application/jsonx")).is_err());
+        assert!(check_content_type(&HeaderMap::new()).is_err());
+        assert_eq!(
+            is_gzip(&with(header::CONTENT_ENCODING, " GZIP ")).ok(),
+            Some(true)
+        );
+        assert_eq!(
+            is_gzip(&with(header::CONTENT_ENCODING, "")).ok(),
+            Some(false)
+        );
+        assert_eq!(is_gzip(&HeaderMap::new()).ok(), Some(false));
+        assert!(matches!(
+            is_gzip(&with(header::CONTENT_ENCODING, "deflate")),
+            Err(Error::UnsupportedEncoding(e)) if e == "deflate"
+        ));
+    }
 }

@@ -605,3 +605,126 @@ pub async fn remove_metric(pool: &MySqlPool, env_name: &str, name: &str) -> Resu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryCatalog;
+    use serde_json::json;
+
+    fn source() -> Arc<MemoryCatalog> {
+        let source = Arc::new(MemoryCatalog::new());
+        source.add_shard(1, "a");
+        source.add_shard(2, "b");
+        source.put_environment(10, "web", 1, None);
+        source.put_environment(30, "moving", 1, Some(2));
+        source.put_environment(40, "lost", 9, None);
+        source.put_environment(50, "half", 1, Some(9));
+        source
+    }
+
+    fn metric(aggregate: &str) -> Metric {
+        Metric {
+            id: 1,
+            env_id: 1,
+            name: "m".into(),
+            event_name: "buy".into(),
+            aggregate: aggregate.into(),
+            property: Some("amount".into()),
+        }
+    }
+
+    #[test]
+    fn targets_are_the_primary_then_the_secondary() {
+        let snapshot = source().snapshot_at(Instant::now());
+        let names = |env| {
+            snapshot
+                .targets(env)
+                .map(|t| t.iter().map(|s| s.name.clone()).collect::<Vec<_>>())
+        };
+        assert_eq!(names(10), Some(vec!["a".to_string()]));
+        assert_eq!(names(30), Some(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(names(40), None, "a primary missing from the catalog");
+        assert_eq!(names(50), Some(vec!["a".to_string()]));
+        assert_eq!(names(99), None);
+        assert!(snapshot.knows(&[10, 30]) && !snapshot.knows(&[10, 99]));
+    }
+
+    #[tokio::test]
+    async fn a_fresh_snapshot_that_knows_the_ids_is_used_as_is() {
+        let source = source();
+        let catalog = Catalog::open(source.clone(), Duration::from_secs(60))
+            .await
+            .expect("open");
+        assert_eq!(source.loads(), 1);
+        catalog.routing_snapshot(&[10, 30]).await.expect("routes");
+        assert_eq!(source.loads(), 1, "no read");
+        source.put_environment(60, "new", 2, None);
+        let snapshot = catalog.routing_snapshot(&[60]).await.expect("routes");
+        assert!(snapshot.environments.contains_key(&60));
+        assert_eq!(source.loads(), 2, "an unknown id forces one read");
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_keeps_the_last_snapshot() {
+        let source = source();
+        let catalog = Catalog::open(source.clone(), Duration::from_secs(60))
+            .await
+            .expect("open");
+        source.set_failing(true);
+        assert!(matches!(catalog.refresh().await, Err(Error::Catalog(_))));
+        assert!(catalog.snapshot().environments.contains_key(&10));
+        assert!(catalog.is_fresh());
+        assert!(matches!(
+            catalog.routing_snapshot(&[99]).await,
+            Err(Error::Catalog(_))
+        ));
+        assert!(catalog.environment(10).await.expect("known").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_stale_snapshot_is_refreshed_before_routing() {
+        let source = source();
+        let old = Instant::now()
+            .checked_sub(Duration::from_secs(10))
+            .expect("the clock is past 10 s");
+        let catalog = Catalog::with_snapshot(
+            source.clone(),
+            source.snapshot_at(old),
+            Duration::from_secs(1),
+        );
+        assert!(!catalog.is_fresh());
+        let snapshot = catalog.routing_snapshot(&[10]).await.expect("routes");
+        assert!(snapshot.age() < Duration::from_secs(1));
+        assert_eq!(source.loads(), 1);
+        assert!(catalog.is_fresh());
+    }
+
+    #[test]
+    fn metric_values_by_aggregate() {
+        let props = json!({"amount": 2.5, "text": "x"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(metric("sum").contribution(&props), Some(2.5));
+        assert_eq!(metric("count").contribution(&props), Some(1.0));
+        let mut text = metric("sum");
+        text.property = Some("text".into());
+        assert_eq!(text.contribution(&props), None);
+        assert_eq!(metric("sum").value(4, 10.0), Some(10.0));
+        assert_eq!(metric("avg").value(4, 10.0), Some(2.5));
+        assert_eq!(metric("avg").value(0, 0.0), None, "an average of nothing");
+        assert_eq!(metric("count").value(4, 10.0), Some(4.0));
+    }
+
+    #[test]
+    fn read_tokens_hash_and_list_by_prefix() {
+        assert_eq!(token_prefix("srt_0123456789abcdef"), "srt_01234567");
+        assert_eq!(token_prefix("short"), "short");
+        assert_eq!(token_hash("a"), token_hash("a"));
+        assert_ne!(token_hash("a"), token_hash("b"));
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
+        let token = new_read_token();
+        assert!(token.starts_with("srt_") && token.len() == 36, "{token}");
+    }
+}

@@ -348,4 +348,170 @@ mod tests {
         assert_eq!(s.estimate(), 50);
         assert!(decode_sketch(b"not a sketch").is_none());
     }
+
+    use serde_json::json;
+
+    fn metric(id: u32, aggregate: &str, property: Option<&str>) -> Metric {
+        Metric {
+            id,
+            env_id: 1,
+            name: format!("m{id}"),
+            event_name: "buy".into(),
+            aggregate: aggregate.into(),
+            property: property.map(Into::into),
+        }
+    }
+
+    fn envelope(value: serde_json::Value) -> Envelope {
+        let mut base = json!({"id": "e1", "env_id": 1, "name": "buy", "timestamp": 1_700_000_061_500i64,
+            "received_at": 0, "properties": {"amount": 4, "label": "x"}});
+        if let (Some(base), Some(extra)) = (base.as_object_mut(), value.as_object()) {
+            base.extend(extra.clone());
+        }
+        serde_json::from_value(base).expect("envelope")
+    }
+
+    fn row(timestamp: i64, name_id: u32) -> Counted {
+        Counted {
+            name_id,
+            timestamp,
+            country: b"DE".to_vec(),
+            metrics: vec![(9, 2.5)],
+            user: Some("u".into()),
+            session: Some("s".into()),
+        }
+    }
+
+    #[test]
+    fn recording_adds_exact_deltas_per_minute_second_and_country() {
+        let counters = Counters::new(7200);
+        let now = now_secs() * 1000;
+        let minute = (now / 1000).div_euclid(60) * 60;
+        counters.record(3, 1, &[row(now, 5), row(now, 5), row(now, 6)]);
+        let d = counters.pending(3).expect("deltas of shard 3");
+        assert_eq!(d.minute.get(&(1, minute, 5)), Some(&2));
+        assert_eq!(d.minute.get(&(1, minute, 6)), Some(&1));
+        assert_eq!(d.second.get(&(1, now / 1000, 5)), Some(&2));
+        assert_eq!(d.country.get(&(1, minute, b"DE".to_vec())), Some(&3));
+        assert_eq!(d.metric_minute.get(&(1, minute, 9)), Some(&(3, 7.5)));
+        assert_eq!(d.metric_second.get(&(1, now / 1000, 9)), Some(&(3, 7.5)));
+        let hour = (now / 1000).div_euclid(3600) * 3600;
+        let users = d
+            .sketches
+            .get(&(1, PERIOD_HOUR, KIND_USERS, hour))
+            .expect("users");
+        assert_eq!(users.estimate(), 1);
+        assert_eq!(
+            d.sketches.len(),
+            4,
+            "users and sessions, per hour and per day"
+        );
+        assert!(counters.pending(4).is_none());
+        assert_eq!(counters.pending_len(), 2 + 2 + 1 + 1 + 1 + 4);
+    }
+
+    #[test]
+    fn old_events_get_no_per_second_counts() {
+        let counters = Counters::new(7200);
+        let old = (now_secs() - 7300) * 1000;
+        counters.record(1, 1, &[row(old, 5)]);
+        let d = counters.pending(1).expect("deltas");
+        assert_eq!(d.minute.values().sum::<u64>(), 1);
+        assert!(d.second.is_empty());
+        assert!(d.metric_second.is_empty());
+        assert_eq!(d.metric_minute.len(), 1);
+    }
+
+    #[test]
+    fn nothing_recorded_for_no_rows() {
+        let counters = Counters::new(7200);
+        counters.record(1, 1, &[]);
+        assert!(counters.pending(1).is_none());
+        assert_eq!(counters.pending_len(), 0);
+    }
+
+    #[test]
+    fn merged_deltas_add_up() {
+        let mut a = Deltas::default();
+        a.add(1, &row(60_000, 5), 0);
+        let mut b = Deltas::default();
+        b.add(1, &row(60_500, 5), 0);
+        b.add(2, &row(60_500, 5), 0);
+        a.merge(b);
+        assert_eq!(a.minute.get(&(1, 60, 5)), Some(&2));
+        assert_eq!(a.minute.get(&(2, 60, 5)), Some(&1));
+        assert_eq!(a.metric_minute.get(&(1, 60, 9)), Some(&(2, 5.0)));
+        assert!(!a.is_empty());
+        assert!(Deltas::default().is_empty());
+    }
+
+    #[test]
+    fn an_envelope_counts_with_its_name_country_user_and_metrics() {
+        let metrics = [
+            metric(1, "sum", Some("amount")),
+            metric(2, "count", None),
+            metric(3, "avg", Some("label")),
+        ];
+        let e = envelope(
+            json!({"anonymous_id": "anon", "session_id": "s", "context": {"country": "fr"}}),
+        );
+        let c = counted(&e, 42, &metrics);
+        assert_eq!(c.name_id, 42);
+        assert_eq!(c.timestamp, 1_700_000_061_500);
+        assert_eq!(c.country, b"FR".to_vec());
+        assert_eq!(
+            c.user.as_deref(),
+            Some("anon"),
+            "anonymous id when there is no user id"
+        );
+        assert_eq!(c.session.as_deref(), Some("s"));
+        assert_eq!(
+            c.metrics,
+            vec![(1, 4.0), (2, 1.0)],
+            "a text property adds nothing"
+        );
+        let with_user = counted(
+            &envelope(json!({"user_id": "u", "anonymous_id": "a"})),
+            1,
+            &[],
+        );
+        assert_eq!(with_user.user.as_deref(), Some("u"));
+    }
+
+    #[test]
+    fn only_track_events_of_the_metric_name_contribute() {
+        let metrics = [metric(1, "sum", Some("amount")), metric(2, "count", None)];
+        let props = envelope(json!({})).properties;
+        assert_eq!(
+            contributions(&metrics, EventType::Track, "buy", &props).len(),
+            2
+        );
+        assert!(contributions(&metrics, EventType::Track, "view", &props).is_empty());
+        assert!(contributions(&metrics, EventType::Identify, "buy", &props).is_empty());
+        let missing = serde_json::Map::new();
+        assert_eq!(
+            contributions(&metrics, EventType::Track, "buy", &missing),
+            vec![(2, 1.0)]
+        );
+    }
+
+    #[test]
+    fn countries_are_short_alphanumeric_codes_or_unknown() {
+        let of = |country: serde_json::Value| {
+            country_of(&envelope(json!({"context": {"country": country}})))
+        };
+        assert_eq!(of(json!("de")), b"DE".to_vec());
+        assert_eq!(of(json!("T1")), b"T1".to_vec());
+        assert_eq!(of(json!("")), b"??".to_vec());
+        assert_eq!(of(json!("ABCDEFGHI")), b"??".to_vec());
+        assert_eq!(of(json!("D-E")), b"??".to_vec());
+        assert_eq!(of(json!(49)), b"??".to_vec());
+        assert_eq!(country_of(&envelope(json!({}))), b"??".to_vec());
+    }
+
+    #[test]
+    fn ranges_up_to_two_days_use_hourly_sketches() {
+        assert_eq!(sketch_period(0, 2 * 86_400_000), (PERIOD_HOUR, 3600));
+        assert_eq!(sketch_period(0, 2 * 86_400_000 + 1), (PERIOD_DAY, 86_400));
+    }
 }

@@ -9,6 +9,9 @@
 //! Storage sits behind the traits of [`store`]; [`AppState::from_parts`]
 //! takes any implementation of them, [`AppState::new`] the MySQL ones.
 
+#[cfg(test)]
+mod app_tests;
+
 pub mod api;
 pub mod catalog;
 pub mod config;

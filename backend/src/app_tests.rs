@@ -1,0 +1,958 @@
+//! The HTTP API on in-memory storage: no database.
+
+use std::{
+    io::Write as _,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::{
+    body::Body,
+    http::{HeaderMap, Request, StatusCode},
+};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use crate::{
+    app,
+    catalog::{Catalog, Metric},
+    store::memory::{MemoryCatalog, MemoryStore},
+    AppState, Config, Ports,
+};
+
+const TOKEN: &str = "unit-ingest-token-0123456789abcdef0123456789";
+/// Shards 1 ("a") and 2 ("b"); environments 10 "web" on a, 20 "shop" on b,
+/// 30 "moving" from a to b.
+const WEB: u32 = 10;
+const SHOP: u32 = 20;
+const MOVING: u32 = 30;
+
+struct Harness {
+    state: AppState,
+    store: Arc<MemoryStore>,
+    catalog: Arc<MemoryCatalog>,
+}
+
+fn memory_catalog() -> Arc<MemoryCatalog> {
+    let catalog = Arc::new(MemoryCatalog::new());
+    catalog.add_shard(1, "a");
+    catalog.add_shard(2, "b");
+    catalog.put_environment(WEB, "web", 1, None);
+    catalog.put_environment(SHOP, "shop", 2, None);
+    catalog.put_environment(MOVING, "moving", 1, Some(2));
+    catalog.add_read_token("srt_web", WEB);
+    catalog.add_read_token("srt_shop", SHOP);
+    catalog.add_metric(Metric {
+        id: 1,
+        env_id: WEB,
+        name: "revenue".into(),
+        event_name: "buy".into(),
+        aggregate: "sum".into(),
+        property: Some("amount".into()),
+    });
+    catalog
+}
+
+fn config() -> Config {
+    // Nothing listens there: a test that connected would fail.
+    Config::new("mysql://nobody@127.0.0.1:1/none", TOKEN)
+}
+
+async fn harness_with(config: Config) -> Harness {
+    let catalog = memory_catalog();
+    let opened = Catalog::open(catalog.clone(), config.catalog_refresh())
+        .await
+        .expect("memory catalog");
+    let store = Arc::new(MemoryStore::new());
+    let state = AppState::from_parts(config, opened, Ports::all(store.clone()));
+    Harness {
+        state,
+        store,
+        catalog,
+    }
+}
+
+async fn harness() -> Harness {
+    harness_with(config()).await
+}
+
+fn uuid(n: u64) -> String {
+    protocol::uuid_v7(1_700_000_000_000 + n, &[n as u8; 10])
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn envelope(env_id: u32, n: u64, name: &str, ts: i64) -> Value {
+    json!({"id": uuid(n), "env_id": env_id, "name": name, "timestamp": ts, "received_at": ts + 5,
+           "user_id": "u1", "session_id": "s1", "properties": {"amount": 3},
+           "context": {"country": "de"}})
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+    text: String,
+}
+
+async fn call(state: &AppState, request: Request<Body>) -> Answer {
+    let response = app(state.clone())
+        .oneshot(request)
+        .await
+        .expect("infallible");
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("body");
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Answer {
+        status,
+        headers,
+        body,
+        text,
+    }
+}
+
+async fn post(state: &AppState, body: Vec<u8>, headers: &[(&str, &str)]) -> Answer {
+    let mut request = Request::post("/v1/ingest");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    call(state, request.body(Body::from(body)).expect("request")).await
+}
+
+async fn ingest(state: &AppState, batch: &Value) -> Answer {
+    let auth = format!("Bearer {TOKEN}");
+    let body = serde_json::to_vec(batch).expect("json");
+    post(
+        state,
+        body,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+    )
+    .await
+}
+
+async fn get(state: &AppState, path: &str, token: Option<&str>) -> Answer {
+    let mut request = Request::get(path);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    call(state, request.body(Body::empty()).expect("request")).await
+}
+
+// ---- routing ----
+
+#[tokio::test]
+async fn an_environment_lands_on_its_primary_shard_only() {
+    let h = harness().await;
+    let a = ingest(
+        &h.state,
+        &json!([envelope(WEB, 1, "x", 0), envelope(WEB, 2, "x", 0)]),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.body["environments"][WEB.to_string()]["inserted"], 2);
+    assert_eq!(a.body["retry"], json!([]));
+    assert_eq!(h.store.ids(1, WEB), {
+        let mut ids = vec![uuid(1), uuid(2)];
+        ids.sort();
+        ids
+    });
+    assert_eq!(h.store.count(2, WEB), 0);
+}
+
+#[tokio::test]
+async fn environments_of_one_batch_go_to_their_own_shards() {
+    let h = harness().await;
+    let a = ingest(
+        &h.state,
+        &json!([
+            envelope(WEB, 1, "x", 0),
+            envelope(SHOP, 2, "x", 0),
+            envelope(SHOP, 3, "x", 0)
+        ]),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        (h.store.count(1, WEB), h.store.count(2, SHOP)),
+        (1, 2),
+        "each environment on its primary"
+    );
+    assert_eq!((h.store.count(2, WEB), h.store.count(1, SHOP)), (0, 0));
+    assert_eq!(a.body["environments"][SHOP.to_string()]["inserted"], 2);
+}
+
+#[tokio::test]
+async fn a_migrating_environment_is_written_to_primary_and_secondary() {
+    let h = harness().await;
+    let a = ingest(&h.state, &json!([envelope(MOVING, 1, "x", 0)])).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!((h.store.count(1, MOVING), h.store.count(2, MOVING)), (1, 1));
+    let mut writes = h.store.writes();
+    writes.sort();
+    assert_eq!(writes, vec![(1, MOVING, 1), (2, MOVING, 1)]);
+}
+
+#[tokio::test]
+async fn a_migration_whose_secondary_fails_has_not_landed() {
+    let h = harness().await;
+    h.store.fail_writes(2, true);
+    let a = ingest(
+        &h.state,
+        &json!([envelope(MOVING, 1, "x", 0), envelope(WEB, 2, "x", 0)]),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::MULTI_STATUS, "{}", a.text);
+    assert_eq!(a.body["retry"], json!([uuid(1)]));
+    assert_eq!(a.body["failures"][0]["env_id"], MOVING);
+    assert!(a.body["environments"].get(MOVING.to_string()).is_none());
+}
+
+#[tokio::test]
+async fn a_new_environment_is_routable_at_once() {
+    let h = harness().await;
+    let loads = h.catalog.loads();
+    h.catalog.put_environment(40, "late", 2, None);
+    let a = ingest(&h.state, &json!([envelope(40, 1, "x", 0)])).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(h.store.count(2, 40), 1);
+    assert_eq!(h.catalog.loads(), loads + 1, "one forced refresh");
+}
+
+#[tokio::test]
+async fn repeats_are_duplicates_and_land_once() {
+    let h = harness().await;
+    let batch = json!([envelope(WEB, 1, "x", 0), envelope(WEB, 2, "x", 0)]);
+    assert_eq!(ingest(&h.state, &batch).await.status, StatusCode::OK);
+    let again = ingest(&h.state, &batch).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(
+        again.body["environments"][WEB.to_string()],
+        json!({"inserted": 0, "duplicates": 2})
+    );
+    let twice = ingest(
+        &h.state,
+        &json!([envelope(WEB, 3, "x", 0), envelope(WEB, 3, "x", 0)]),
+    )
+    .await;
+    assert_eq!(
+        twice.body["environments"][WEB.to_string()],
+        json!({"inserted": 1, "duplicates": 1}),
+        "a repeat inside one batch"
+    );
+    assert_eq!(h.store.count(1, WEB), 3);
+}
+
+// ---- status mapping ----
+
+#[tokio::test]
+async fn one_failing_shard_gives_207_with_its_ids_to_retry() {
+    let h = harness().await;
+    h.store.fail_writes(2, true);
+    let a = ingest(
+        &h.state,
+        &json!([
+            envelope(WEB, 1, "x", 0),
+            envelope(SHOP, 2, "x", 0),
+            envelope(SHOP, 3, "x", 0)
+        ]),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::MULTI_STATUS, "{}", a.text);
+    assert_eq!(a.headers["retry-after"], "5");
+    assert_eq!(a.body["retry"], json!([uuid(2), uuid(3)]));
+    assert_eq!(a.body["environments"][WEB.to_string()]["inserted"], 1);
+    assert_eq!(a.body["failures"][0]["env_id"], SHOP);
+    assert_eq!(a.body["failures"][0]["error"], "shard_unavailable");
+    assert_eq!(h.store.count(1, WEB), 1);
+}
+
+#[tokio::test]
+async fn nothing_landing_is_503_with_the_configured_retry_after() {
+    let mut config = config();
+    config.retry_after_secs = 9;
+    let h = harness_with(config).await;
+    h.store.fail_writes(1, true);
+    let a = ingest(&h.state, &json!([envelope(WEB, 1, "x", 0)])).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text);
+    assert_eq!(a.headers["retry-after"], "9");
+    assert_eq!(a.body["retry"], json!([uuid(1)]));
+    assert_eq!(a.body["environments"], json!({}));
+}
+
+#[tokio::test]
+async fn a_200_carries_no_retry_after() {
+    let h = harness().await;
+    let a = ingest(&h.state, &json!([envelope(WEB, 1, "x", 0)])).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert!(!a.headers.contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn a_shard_down_moments_ago_fails_fast_and_counts_an_error() {
+    let h = harness().await;
+    h.store.mark_down(1);
+    let a = ingest(&h.state, &json!([envelope(WEB, 1, "x", 0)])).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text);
+    assert!(
+        a.body["failures"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("moments ago")),
+        "{}",
+        a.text
+    );
+    assert!(h.store.writes().is_empty(), "the store was not asked");
+    let m = get(&h.state, "/metrics", None).await;
+    assert!(
+        m.text.contains("sluice_shard_errors_total{shard=\"a\"} 1"),
+        "{}",
+        m.text
+    );
+}
+
+#[tokio::test]
+async fn a_shard_that_is_not_active_is_not_written() {
+    let h = harness().await;
+    h.catalog.set_shard_status(1, "readonly");
+    h.state.catalog.refresh().await.expect("refresh");
+    let a = ingest(&h.state, &json!([envelope(WEB, 1, "x", 0)])).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text);
+    assert!(a.body["failures"][0]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("status is readonly")));
+    assert!(h.store.writes().is_empty());
+}
+
+#[tokio::test]
+async fn an_unknown_environment_while_the_catalog_is_down_is_503_not_422() {
+    let h = harness().await;
+    h.catalog.set_failing(true);
+    let a = ingest(&h.state, &json!([envelope(99, 1, "x", 0)])).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{}", a.text);
+    assert_eq!(a.body["error"], "catalog_unavailable");
+    assert_eq!(a.headers["retry-after"], "5");
+    let known = ingest(&h.state, &json!([envelope(WEB, 2, "x", 0)])).await;
+    assert_eq!(
+        known.status,
+        StatusCode::OK,
+        "known environments still land"
+    );
+}
+
+// ---- auth ----
+
+#[tokio::test]
+async fn ingest_refuses_a_missing_or_wrong_token() {
+    let h = harness().await;
+    let body = serde_json::to_vec(&json!([envelope(WEB, 1, "x", 0)])).expect("json");
+    let ct = ("content-type", "application/json");
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (&[ct], "missing_auth"),
+        (&[ct, ("authorization", "Bearer wrong")], "invalid_token"),
+        (
+            &[ct, ("authorization", "Basic dXNlcjpwYXNz")],
+            "missing_auth",
+        ),
+        (&[ct, ("authorization", "Bearer")], "missing_auth"),
+        (
+            &[ct, ("authorization", &format!("Bearer {}", &TOKEN[..20]))],
+            "invalid_token",
+        ),
+    ];
+    for (headers, code) in cases {
+        let a = post(&h.state, body.clone(), headers).await;
+        assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{headers:?}");
+        assert_eq!(a.body["error"], code, "{headers:?}");
+    }
+    assert!(h.store.writes().is_empty());
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let h = harness().await;
+    for (n, scheme) in ["bearer", "BEARER", "Bearer"].into_iter().enumerate() {
+        let auth = format!("{scheme} {TOKEN}");
+        let body = serde_json::to_vec(&json!([envelope(WEB, n as u64, "x", 0)])).expect("json");
+        let a = post(
+            &h.state,
+            body,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{scheme}: {}", a.text);
+    }
+    assert_eq!(h.store.count(1, WEB), 3);
+}
+
+#[tokio::test]
+async fn the_token_is_checked_before_the_body() {
+    let h = harness().await;
+    let a = post(
+        &h.state,
+        b"not json".to_vec(),
+        &[
+            ("authorization", "Bearer wrong"),
+            ("content-type", "text/plain"),
+        ],
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED, "{}", a.text);
+}
+
+// ---- bad input ----
+
+#[tokio::test]
+async fn bad_input_gets_the_documented_status_and_lands_nothing() {
+    let mut config = config();
+    config.max_body_bytes = 64 * 1024;
+    config.max_batch_events = 50;
+    let h = harness_with(config).await;
+    let auth = format!("Bearer {TOKEN}");
+    let a = ("authorization", auth.as_str());
+    let ct = ("content-type", "application/json");
+    let js = |v: Value| serde_json::to_vec(&v).expect("json");
+    let one = json!([envelope(WEB, 1, "x", 0)]);
+    let too_many: Vec<Value> = (0..51).map(|i| envelope(WEB, i, "x", 0)).collect();
+    let huge = json!([{"id": "x", "env_id": WEB, "name": "x".repeat(70_000), "timestamp": 0, "received_at": 0}]);
+    let wrong_type =
+        json!([{"id": 1, "env_id": WEB, "name": "x", "timestamp": 0, "received_at": 0}]);
+    type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "no content type",
+            js(one.clone()),
+            vec![a],
+            415,
+            "unsupported_content_type",
+        ),
+        (
+            "text/plain",
+            js(one.clone()),
+            vec![a, ("content-type", "text/plain")],
+            415,
+            "unsupported_content_type",
+        ),
+        (
+            "brotli",
+            js(one.clone()),
+            vec![a, ct, ("content-encoding", "br")],
+            415,
+            "unsupported_content_encoding",
+        ),
+        (
+            "truncated json",
+            b"[{\"id\":".to_vec(),
+            vec![a, ct],
+            400,
+            "malformed_json",
+        ),
+        (
+            "not json",
+            b"hello".to_vec(),
+            vec![a, ct],
+            400,
+            "malformed_json",
+        ),
+        (
+            "object, not array",
+            b"{}".to_vec(),
+            vec![a, ct],
+            422,
+            "invalid_batch",
+        ),
+        (
+            "wrong field type",
+            js(wrong_type),
+            vec![a, ct],
+            422,
+            "invalid_batch",
+        ),
+        (
+            "empty batch",
+            b"[]".to_vec(),
+            vec![a, ct],
+            422,
+            "empty_batch",
+        ),
+        (
+            "too many envelopes",
+            js(json!(too_many)),
+            vec![a, ct],
+            413,
+            "too_many_envelopes",
+        ),
+        (
+            "body over the limit",
+            js(huge),
+            vec![a, ct],
+            413,
+            "body_too_large",
+        ),
+        (
+            "gzip bomb",
+            gzip(&vec![b' '; 1024 * 1024]),
+            vec![a, ct, ("content-encoding", "gzip")],
+            413,
+            "body_too_large",
+        ),
+        (
+            "bad gzip",
+            b"not gzip".to_vec(),
+            vec![a, ct, ("content-encoding", "gzip")],
+            400,
+            "invalid_gzip",
+        ),
+        (
+            "negative timestamp",
+            js(json!([envelope(WEB, 1, "x", -5)])),
+            vec![a, ct],
+            422,
+            "invalid_envelopes",
+        ),
+        (
+            "unknown environment",
+            js(json!([
+                envelope(WEB, 1, "x", 0),
+                envelope(999_999, 2, "x", 0)
+            ])),
+            vec![a, ct],
+            422,
+            "invalid_envelopes",
+        ),
+    ];
+    for (what, body, headers, expected, code) in cases {
+        let answer = post(&h.state, body, &headers).await;
+        assert_eq!(answer.status.as_u16(), expected, "{what}: {}", answer.text);
+        assert_eq!(answer.body["error"], code, "{what}: {}", answer.text);
+        assert!(
+            answer.body["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
+    }
+    assert!(h.store.writes().is_empty(), "nothing reached the store");
+}
+
+#[tokio::test]
+async fn every_invalid_envelope_is_listed_with_its_index() {
+    let h = harness().await;
+    let mut long_id = envelope(WEB, 2, "ok", 0);
+    long_id["id"] = json!("x".repeat(65));
+    let batch = json!([envelope(WEB, 1, "ok", 0), long_id, envelope(WEB, 3, "", 0)]);
+    let a = ingest(&h.state, &batch).await;
+    assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(a.body["details"][0]["index"], 1);
+    assert_eq!(a.body["details"][1]["index"], 2);
+    assert_eq!(a.body["details"][1]["reason"], "name must not be empty");
+    assert_eq!(a.body["details"].as_array().map(Vec::len), Some(2));
+    assert_eq!(h.store.count(1, WEB), 0, "all or nothing");
+}
+
+#[tokio::test]
+async fn gzip_identity_and_json_parameters_are_accepted() {
+    let h = harness().await;
+    let auth = format!("Bearer {TOKEN}");
+    let a = ("authorization", auth.as_str());
+    let js = |n: u64| serde_json::to_vec(&json!([envelope(WEB, n, "x", 0)])).expect("json");
+    type Case<'a> = (Vec<u8>, Vec<(&'a str, &'a str)>);
+    let cases: Vec<Case> = vec![
+        (
+            gzip(&js(1)),
+            vec![
+                a,
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip"),
+            ],
+        ),
+        (
+            gzip(&js(2)),
+            vec![
+                a,
+                ("content-type", "application/json"),
+                ("content-encoding", "X-GZIP"),
+            ],
+        ),
+        (
+            js(3),
+            vec![
+                a,
+                ("content-type", "application/json"),
+                ("content-encoding", "identity"),
+            ],
+        ),
+        (
+            js(4),
+            vec![a, ("content-type", "Application/JSON; charset=utf-8")],
+        ),
+    ];
+    for (body, headers) in cases {
+        let answer = post(&h.state, body, &headers).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "{headers:?}: {}",
+            answer.text
+        );
+    }
+    assert_eq!(h.store.count(1, WEB), 4);
+}
+
+// ---- health, readiness, metrics, fallbacks ----
+
+#[tokio::test]
+async fn readyz_says_fresh_while_the_snapshot_is_young() {
+    let h = harness().await;
+    let a = get(&h.state, "/readyz", None).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.body["status"], "ready");
+    assert_eq!(a.body["catalog"], "fresh");
+    assert_eq!(a.body["catalog_max_age_seconds"], 1.0);
+}
+
+#[tokio::test]
+async fn readyz_says_stale_but_ready_when_the_catalog_cannot_be_read() {
+    let source = memory_catalog();
+    source.set_failing(true);
+    let old = Instant::now()
+        .checked_sub(Duration::from_secs(30))
+        .expect("the clock is past 30 s");
+    let catalog = Catalog::with_snapshot(
+        source.clone(),
+        source.snapshot_at(old),
+        Duration::from_secs(1),
+    );
+    let state = AppState::from_parts(config(), catalog, Ports::all(Arc::new(MemoryStore::new())));
+    let a = get(&state, "/readyz", None).await;
+    assert_eq!(
+        a.status,
+        StatusCode::OK,
+        "ready whether the catalog answers or not"
+    );
+    assert_eq!(a.body["catalog"], "stale");
+    assert!(
+        a.body["catalog_age_seconds"]
+            .as_f64()
+            .is_some_and(|s| s >= 30.0),
+        "{}",
+        a.text
+    );
+    let m = get(&state, "/metrics", None).await;
+    let age: f64 = m
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_catalog_snapshot_age_seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the age gauge");
+    assert!(age >= 30.0, "{age}");
+}
+
+#[tokio::test]
+async fn metrics_count_refusals_by_the_token_check() {
+    let h = harness().await;
+    let body = serde_json::to_vec(&json!([envelope(WEB, 1, "x", 0)])).expect("json");
+    let ct = ("content-type", "application/json");
+    post(&h.state, body.clone(), &[ct]).await;
+    post(&h.state, body, &[ct, ("authorization", "Bearer wrong")]).await;
+    ingest(&h.state, &json!([envelope(WEB, 1, "x", 0)])).await;
+    let m = get(&h.state, "/metrics", None).await;
+    assert_eq!(m.status, StatusCode::OK);
+    assert!(m.headers["content-type"]
+        .to_str()
+        .is_ok_and(|c| c.starts_with("text/plain")));
+    assert!(
+        m.text
+            .contains("sluice_ingest_requests_total{status=\"401\"} 2"),
+        "{}",
+        m.text
+    );
+    assert!(
+        m.text
+            .contains("sluice_ingest_requests_total{status=\"200\"} 1"),
+        "{}",
+        m.text
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_inserted_and_duplicate_events_per_shard() {
+    let h = harness().await;
+    let batch = json!([envelope(WEB, 1, "x", 0), envelope(SHOP, 2, "x", 0)]);
+    ingest(&h.state, &batch).await;
+    ingest(&h.state, &batch).await;
+    let m = get(&h.state, "/metrics", None).await;
+    for line in [
+        "sluice_events_inserted_total{shard=\"a\"} 1",
+        "sluice_events_inserted_total{shard=\"b\"} 1",
+        "sluice_events_duplicate_total{shard=\"a\"} 1",
+        "sluice_events_duplicate_total{shard=\"b\"} 1",
+    ] {
+        assert!(m.text.contains(line), "{line}: {}", m.text);
+    }
+}
+
+#[tokio::test]
+async fn health_and_the_fallbacks_answer_json() {
+    let h = harness().await;
+    let a = get(&h.state, "/healthz", None).await;
+    assert_eq!(
+        (a.status, a.body["status"].as_str()),
+        (StatusCode::OK, Some("ok"))
+    );
+    let a = get(&h.state, "/nope", None).await;
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let a = get(&h.state, "/v1/ingest", None).await;
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed"))
+    );
+}
+
+// ---- stats ----
+
+#[tokio::test]
+async fn a_read_token_reads_its_own_environment() {
+    let h = harness().await;
+    let ts = now_ms() - 60_000;
+    let mut buy = envelope(WEB, 1, "buy", ts);
+    buy["properties"] = json!({"amount": 7.5});
+    let batch = json!([
+        buy,
+        envelope(WEB, 2, "view", ts),
+        envelope(WEB, 3, "view", ts)
+    ]);
+    assert_eq!(ingest(&h.state, &batch).await.status, StatusCode::OK);
+    assert_eq!(h.state.flush_counters().await, 0);
+    let a = get(&h.state, "/v1/stats/summary?env=web", Some("srt_web")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.body["env"], "web");
+    assert_eq!(a.body["events"], 3);
+    assert_eq!(
+        a.body["by_event"][0],
+        json!({"name": "view", "count": 2, "type": "track"})
+    );
+    assert_eq!(a.body["by_country"][0], json!({"name": "DE", "count": 3}));
+    assert_eq!(a.body["users"], 1);
+    assert_eq!(a.body["metrics"]["revenue"], 7.5);
+}
+
+#[tokio::test]
+async fn a_read_token_never_reads_another_or_an_unknown_environment() {
+    let h = harness().await;
+    let other = get(&h.state, "/v1/stats/summary?env=shop", Some("srt_web")).await;
+    assert_eq!(
+        (other.status, other.body["error"].as_str()),
+        (StatusCode::FORBIDDEN, Some("forbidden"))
+    );
+    let missing = get(&h.state, "/v1/stats/summary?env=nope", Some("srt_web")).await;
+    assert_eq!(missing.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        other.body, missing.body,
+        "existing and missing names answer alike"
+    );
+}
+
+#[tokio::test]
+async fn stats_refuse_the_ingest_token_unknown_tokens_and_no_token() {
+    let h = harness().await;
+    for token in [Some(TOKEN), Some("srt_guess")] {
+        let a = get(&h.state, "/v1/stats/summary?env=web", token).await;
+        assert_eq!(
+            (a.status, a.body["error"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("invalid_token")),
+            "{token:?}"
+        );
+    }
+    let a = get(&h.state, "/v1/stats/summary?env=web", None).await;
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("missing_auth"))
+    );
+    let a = get(&h.state, "/v1/stats/summary", Some("srt_web")).await;
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_argument"))
+    );
+}
+
+#[tokio::test]
+async fn read_token_lookups_are_cached() {
+    let h = harness().await;
+    for _ in 0..3 {
+        assert_eq!(
+            get(&h.state, "/v1/stats/summary?env=web", Some("srt_web"))
+                .await
+                .status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            get(&h.state, "/v1/stats/summary?env=web", Some("srt_bad"))
+                .await
+                .status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(h.catalog.token_lookups(), 2, "one lookup per token");
+}
+
+#[tokio::test]
+async fn a_token_lookup_the_catalog_cannot_answer_is_503() {
+    let h = harness().await;
+    h.catalog.set_failing(true);
+    let a = get(&h.state, "/v1/stats/summary?env=web", Some("srt_web")).await;
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("catalog_unavailable"))
+    );
+}
+
+#[tokio::test]
+async fn series_are_zero_filled_per_bucket() {
+    let h = harness().await;
+    let minute = (now_ms() / 60_000 - 10) * 60_000;
+    let batch = json!([
+        envelope(WEB, 1, "view", minute),
+        envelope(WEB, 2, "view", minute + 1000),
+        envelope(WEB, 3, "buy", minute + 120_000)
+    ]);
+    assert_eq!(ingest(&h.state, &batch).await.status, StatusCode::OK);
+    h.state.flush_counters().await;
+    let path = |extra: &str| {
+        format!(
+            "/v1/stats/series?env=web&interval=minute&from={minute}&to={}{extra}",
+            minute + 180_000
+        )
+    };
+    let a = get(&h.state, &path(""), Some("srt_web")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let values: Vec<u64> = a.body["points"]
+        .as_array()
+        .map(|p| p.iter().filter_map(|p| p["value"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(values, vec![2, 0, 1]);
+    let views = get(&h.state, &path("&event=view"), Some("srt_web")).await;
+    assert_eq!(views.body["points"][0]["value"], 2);
+    assert_eq!(views.body["points"][2]["value"], 0);
+    let never = get(&h.state, &path("&event=never"), Some("srt_web")).await;
+    assert_eq!(never.body["points"].as_array().map(Vec::len), Some(3));
+    assert_eq!(never.body["points"][0]["value"], 0);
+    let revenue = get(&h.state, &path("&metric=revenue"), Some("srt_web")).await;
+    assert_eq!(revenue.body["points"][2]["value"], 3.0);
+    assert_eq!(revenue.body["points"][1]["value"], 0.0);
+}
+
+#[tokio::test]
+async fn series_refuse_unknown_intervals_metrics_and_huge_ranges() {
+    let h = harness().await;
+    for (query, argument) in [
+        ("interval=week", "interval"),
+        ("metric=nope", "metric"),
+        ("interval=second&from=0&to=86400000", "range"),
+        ("from=2000&to=1000", "range"),
+    ] {
+        let a = get(
+            &h.state,
+            &format!("/v1/stats/series?env=web&{query}"),
+            Some("srt_web"),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{query}: {}", a.text);
+        assert!(
+            a.body["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(argument)),
+            "{query}: {}",
+            a.text
+        );
+    }
+}
+
+// ---- counters through the app ----
+
+#[tokio::test]
+async fn a_failed_counter_flush_keeps_its_deltas_for_the_next() {
+    let h = harness().await;
+    let ts = now_ms();
+    ingest(
+        &h.state,
+        &json!([envelope(WEB, 1, "x", ts), envelope(WEB, 2, "x", ts)]),
+    )
+    .await;
+    h.store.fail_counters(1, true);
+    assert_eq!(h.state.flush_counters().await, 1);
+    assert!(h.store.counts(1).is_empty());
+    let m = get(&h.state, "/metrics", None).await;
+    assert!(
+        m.text
+            .contains("sluice_counter_flush_failures_total{shard=\"a\"} 1"),
+        "{}",
+        m.text
+    );
+    h.store.fail_counters(1, false);
+    assert_eq!(h.state.flush_counters().await, 0);
+    let counts = h.store.counts(1);
+    assert_eq!(
+        counts.minute.values().sum::<u64>(),
+        2,
+        "counted once, not lost"
+    );
+    assert_eq!(counts.second.values().sum::<u64>(), 2);
+    assert_eq!(h.state.counters.pending_len(), 0);
+}
+
+#[tokio::test]
+async fn only_inserted_rows_are_counted() {
+    let h = harness().await;
+    let ts = now_ms();
+    let batch = json!([envelope(WEB, 1, "x", ts), envelope(WEB, 1, "x", ts)]);
+    ingest(&h.state, &batch).await;
+    ingest(&h.state, &batch).await;
+    h.state.flush_counters().await;
+    assert_eq!(h.store.counts(1).minute.values().sum::<u64>(), 1);
+}
+
+#[tokio::test]
+async fn a_migrating_environment_is_counted_on_both_shards() {
+    let h = harness().await;
+    ingest(&h.state, &json!([envelope(MOVING, 1, "x", now_ms())])).await;
+    h.state.flush_counters().await;
+    assert_eq!(h.store.counts(1).minute.values().sum::<u64>(), 1);
+    assert_eq!(h.store.counts(2).minute.values().sum::<u64>(), 1);
+}
+
+#[tokio::test]
+async fn pruning_drops_counts_past_their_retention() {
+    let h = harness().await;
+    let old = now_ms() - 200 * 86_400_000;
+    ingest(
+        &h.state,
+        &json!([envelope(WEB, 1, "x", old), envelope(WEB, 2, "x", now_ms())]),
+    )
+    .await;
+    h.state.flush_counters().await;
+    assert_eq!(h.store.counts(1).minute.len(), 2);
+    h.state.prune_counters().await;
+    let counts = h.store.counts(1);
+    assert_eq!(counts.minute.len(), 1, "the 200-day-old minute is gone");
+    assert_eq!(counts.second.len(), 1, "the live second stays");
+}
