@@ -47,7 +47,7 @@ fn memory_catalog() -> Arc<MemoryCatalog> {
         env_id: WEB,
         name: "revenue".into(),
         event_name: "buy".into(),
-        aggregate: "sum".into(),
+        aggregate: crate::catalog::Aggregate::Sum,
         property: Some("amount".into()),
     });
     catalog

@@ -488,16 +488,96 @@ pub async fn read_token_env(pool: &MySqlPool, hash: &[u8; 32]) -> Result<Option<
 
 // ---- metrics ----
 
+/// How a metric aggregates: the sum or the average of a numeric property,
+/// or the number of events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    Sum,
+    Avg,
+    Count,
+}
+
+impl Aggregate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Aggregate::Sum => "sum",
+            Aggregate::Avg => "avg",
+            Aggregate::Count => "count",
+        }
+    }
+}
+
+impl std::fmt::Display for Aggregate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Aggregate {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "sum" => Ok(Aggregate::Sum),
+            "avg" => Ok(Aggregate::Avg),
+            "count" => Ok(Aggregate::Count),
+            _ => Err(Error::InvalidArgument(
+                "aggregate",
+                format!("{text:?}: use sum, avg or count"),
+            )),
+        }
+    }
+}
+
 /// A named aggregate over one event name: `sum`/`avg` of a numeric
 /// property, or `count`.
-#[derive(Debug, Clone, PartialEq, FromRow)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Metric {
     pub id: u32,
     pub env_id: u32,
     pub name: String,
     pub event_name: String,
-    pub aggregate: String,
+    pub aggregate: Aggregate,
     pub property: Option<String>,
+}
+
+/// A `metrics` row as stored, before its aggregate is checked.
+#[derive(FromRow)]
+struct MetricRow {
+    id: u32,
+    env_id: u32,
+    name: String,
+    event_name: String,
+    aggregate: String,
+    property: Option<String>,
+}
+
+/// The metrics of `rows`; one whose aggregate this version does not know
+/// is left out (with a warning) rather than computed as something else.
+fn checked_metrics(rows: Vec<MetricRow>) -> Vec<Metric> {
+    rows.into_iter()
+        .filter_map(|row| match row.aggregate.parse() {
+            Ok(aggregate) => Some(Metric {
+                id: row.id,
+                env_id: row.env_id,
+                name: row.name,
+                event_name: row.event_name,
+                aggregate,
+                property: row.property,
+            }),
+            Err(error) => {
+                tracing::warn!(metric = %row.name, env_id = row.env_id, %error, "metric ignored");
+                None
+            }
+        })
+        .collect()
+}
+
+/// Every metric of the catalog, by id.
+pub async fn all_metrics(pool: &MySqlPool) -> Result<Vec<Metric>> {
+    Ok(checked_metrics(
+        sqlx::query_as(SELECT_METRICS).fetch_all(pool).await?,
+    ))
 }
 
 impl Metric {
@@ -506,9 +586,9 @@ impl Metric {
         &self,
         properties: &serde_json::Map<String, serde_json::Value>,
     ) -> Option<f64> {
-        match self.aggregate.as_str() {
-            "count" => Some(1.0),
-            _ => properties
+        match self.aggregate {
+            Aggregate::Count => Some(1.0),
+            Aggregate::Sum | Aggregate::Avg => properties
                 .get(self.property.as_deref()?)?
                 .as_f64()
                 .filter(|v| v.is_finite()),
@@ -517,16 +597,16 @@ impl Metric {
 
     /// The reported value from (events, total).
     pub fn value(&self, events: u64, total: f64) -> Option<f64> {
-        match self.aggregate.as_str() {
-            "count" => Some(events as f64),
-            "sum" => Some(total),
-            _ if events == 0 => None,
-            _ => Some(total / events as f64),
+        match self.aggregate {
+            Aggregate::Count => Some(events as f64),
+            Aggregate::Sum => Some(total),
+            Aggregate::Avg if events == 0 => None,
+            Aggregate::Avg => Some(total / events as f64),
         }
     }
 }
 
-pub(crate) const SELECT_METRICS: &str =
+const SELECT_METRICS: &str =
     "SELECT id, env_id, name, event_name, aggregate, property FROM metrics ORDER BY id";
 
 pub async fn add_metric(
@@ -539,13 +619,8 @@ pub async fn add_metric(
 ) -> Result<u32> {
     check_name("metric name", name)?;
     let env = environment_by_name(pool, env_name).await?;
-    if !matches!(aggregate, "sum" | "avg" | "count") {
-        return Err(Error::InvalidArgument(
-            "aggregate",
-            format!("{aggregate:?}: use sum, avg or count"),
-        ));
-    }
-    if aggregate != "count" {
+    let aggregate: Aggregate = aggregate.parse()?;
+    if aggregate != Aggregate::Count {
         let ok = property.is_some_and(|p| {
             !p.is_empty()
                 && p.len() <= 64
@@ -569,8 +644,8 @@ pub async fn add_metric(
         .bind(env.id)
         .bind(name)
         .bind(event_name)
-        .bind(aggregate)
-        .bind(property.filter(|_| aggregate != "count"))
+        .bind(aggregate.as_str())
+        .bind(property.filter(|_| aggregate != Aggregate::Count))
         .execute(pool)
         .await;
     match inserted {
@@ -582,12 +657,12 @@ pub async fn add_metric(
 
 pub async fn list_metrics(pool: &MySqlPool, env_name: &str) -> Result<Vec<Metric>> {
     let env = environment_by_name(pool, env_name).await?;
-    Ok(sqlx::query_as(
+    Ok(checked_metrics(sqlx::query_as(
         "SELECT id, env_id, name, event_name, aggregate, property FROM metrics WHERE env_id = ? ORDER BY name",
     )
     .bind(env.id)
     .fetch_all(pool)
-    .await?)
+    .await?))
 }
 
 pub async fn remove_metric(pool: &MySqlPool, env_name: &str, name: &str) -> Result<()> {
@@ -629,7 +704,7 @@ mod tests {
             env_id: 1,
             name: "m".into(),
             event_name: "buy".into(),
-            aggregate: aggregate.into(),
+            aggregate: aggregate.parse().expect("an aggregate"),
             property: Some("amount".into()),
         }
     }
@@ -726,5 +801,28 @@ mod tests {
         assert_eq!(hex(&[0, 15, 255]), "000fff");
         let token = new_read_token();
         assert!(token.starts_with("srt_") && token.len() == 36, "{token}");
+    }
+
+    #[test]
+    fn an_unknown_aggregate_is_refused_not_averaged() {
+        assert!(matches!(
+            "median".parse::<Aggregate>(),
+            Err(Error::InvalidArgument("aggregate", _))
+        ));
+        let row = |name: &str, aggregate: &str| MetricRow {
+            id: 1,
+            env_id: 1,
+            name: name.into(),
+            event_name: "buy".into(),
+            aggregate: aggregate.into(),
+            property: Some("amount".into()),
+        };
+        let metrics = checked_metrics(vec![row("a", "sum"), row("b", "median"), row("c", "count")]);
+        let kept: Vec<_> = metrics
+            .iter()
+            .map(|m| (m.name.as_str(), m.aggregate))
+            .collect();
+        assert_eq!(kept, vec![("a", Aggregate::Sum), ("c", Aggregate::Count)]);
+        assert_eq!(format!("{:<6}|", Aggregate::Avg), "avg   |");
     }
 }

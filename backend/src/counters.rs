@@ -357,7 +357,7 @@ mod tests {
             env_id: 1,
             name: format!("m{id}"),
             event_name: "buy".into(),
-            aggregate: aggregate.into(),
+            aggregate: aggregate.parse().expect("an aggregate"),
             property: property.map(Into::into),
         }
     }

@@ -34,10 +34,7 @@ impl CatalogSource for MySqlCatalog {
         let shards = catalog::list_shards(pool).await?;
         let environments = catalog::list_environments(pool).await?;
         let mut metrics: HashMap<u32, Vec<Metric>> = HashMap::new();
-        for metric in sqlx::query_as::<_, Metric>(catalog::SELECT_METRICS)
-            .fetch_all(pool)
-            .await?
-        {
+        for metric in catalog::all_metrics(pool).await? {
             metrics.entry(metric.env_id).or_default().push(metric);
         }
         Ok(Snapshot {
