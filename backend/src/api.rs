@@ -2,8 +2,8 @@
 
 use axum::{
     body::{Body, Bytes},
-    extract::{FromRequestParts, Request, State},
-    http::{header, request::Parts, HeaderMap, HeaderValue, StatusCode},
+    extract::{Request, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -11,8 +11,8 @@ use axum::{
 };
 use protocol::Envelope;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 
+pub use crate::auth::{bearer, IngestAuth};
 use crate::{error::Error, ingest, stats, AppState};
 
 /// Every route of the backend, on `state`.
@@ -150,29 +150,6 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
-}
-
-/// The token of `Authorization: Bearer <token>` (parsed by
-/// `intake::credentials`). Used by the ingest and the stats APIs.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    intake::credentials::bearer(headers.get(header::AUTHORIZATION)?.to_str().ok()?)
-}
-
-/// Proof that the request carried the ingest token (compared in constant time).
-pub struct IngestAuth;
-
-impl FromRequestParts<AppState> for IngestAuth {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let presented = bearer(&parts.headers).ok_or(Error::MissingAuth)?;
-        let expected = state.config.ingest_token.as_bytes();
-        if bool::from(presented.as_bytes().ct_eq(expected)) {
-            Ok(IngestAuth)
-        } else {
-            Err(Error::BadToken)
-        }
-    }
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), Error> {

@@ -13,6 +13,7 @@
 mod app_tests;
 
 pub mod api;
+pub mod auth;
 pub mod catalog;
 pub mod config;
 pub mod counters;

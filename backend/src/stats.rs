@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::broadcast;
 
+pub use crate::store::{NamedCount, Second};
+
 use crate::{
     catalog::{self, Environment, Shard},
     counters::datetime,
@@ -165,7 +167,7 @@ impl FromRequestParts<AppState> for ReadAuth {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
-        let token = crate::api::bearer(&parts.headers)
+        let token = crate::auth::bearer(&parts.headers)
             .ok_or(Error::MissingAuth)?
             .to_string();
         let name = url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
@@ -250,15 +252,6 @@ fn range(params: &RangeParams) -> Result<(i64, i64)> {
         ));
     }
     Ok((from, to))
-}
-
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct NamedCount {
-    pub name: String,
-    pub count: u64,
-    /// The message type, for event names (`track`, `identify`, `page`, ...).
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    pub event_type: Option<&'static str>,
 }
 
 /// Minute buckets covering [from, to): from rounded down, to rounded up.
@@ -400,41 +393,12 @@ pub async fn series(
     )
 }
 
-/// One second of the live stream.
-#[derive(Debug, Clone, Serialize)]
-pub struct Second {
-    pub t: i64,
-    pub total: u64,
-    pub by_event: BTreeMap<String, u64>,
-    /// Each metric's value in this second (absent when no event contributed).
-    pub metrics: BTreeMap<String, f64>,
-}
-
 #[derive(Debug, Clone, Serialize)]
 pub struct Update {
     /// Unix seconds of this update; also the SSE event id.
     pub id: i64,
     pub seconds: Vec<Second>,
     pub health: serde_json::Value,
-}
-
-impl Second {
-    /// Every second of [since, until) (unix seconds) with nothing counted, by second.
-    pub fn zeroed(since: i64, until: i64) -> BTreeMap<i64, Second> {
-        (since..until)
-            .map(|t| {
-                (
-                    t,
-                    Second {
-                        t: t * 1000,
-                        total: 0,
-                        by_event: BTreeMap::new(),
-                        metrics: BTreeMap::new(),
-                    },
-                )
-            })
-            .collect()
-    }
 }
 
 /// Live updates fan out from one poller per environment to every viewer in this process.

@@ -15,10 +15,9 @@ use crate::{
     catalog::{token_hash, Environment, Metric, Shard, Snapshot},
     counters::{self, counted, Deltas, Sketch, KIND_SESSIONS, KIND_USERS},
     error::{Error, Result},
-    stats::{NamedCount, Second},
     store::{
-        Buckets, CatalogSource, CounterStore, EventStore, StatsStore, Summary, SummaryRange,
-        WriteOutcome,
+        Buckets, CatalogSource, CounterStore, EventStore, NamedCount, Second, StatsStore, Summary,
+        SummaryRange, WriteOutcome,
     },
 };
 

@@ -15,11 +15,12 @@ use async_trait::async_trait;
 use chrono::NaiveDateTime;
 use protocol::Envelope;
 
+use serde::Serialize;
+
 use crate::{
     catalog::{Metric, Shard, Snapshot},
     counters::Deltas,
     error::Result,
-    stats::{NamedCount, Second},
 };
 
 /// What the counters need of one inserted row.
@@ -99,6 +100,44 @@ pub struct SummaryRange {
     pub to_ms: i64,
     pub start: NaiveDateTime,
     pub end: NaiveDateTime,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct NamedCount {
+    pub name: String,
+    pub count: u64,
+    /// The message type, for event names (`track`, `identify`, `page`, ...).
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<&'static str>,
+}
+
+/// One second of the live stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct Second {
+    pub t: i64,
+    pub total: u64,
+    pub by_event: BTreeMap<String, u64>,
+    /// Each metric's value in this second (absent when no event contributed).
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl Second {
+    /// Every second of [since, until) (unix seconds) with nothing counted, by second.
+    pub fn zeroed(since: i64, until: i64) -> BTreeMap<i64, Second> {
+        (since..until)
+            .map(|t| {
+                (
+                    t,
+                    Second {
+                        t: t * 1000,
+                        total: 0,
+                        by_event: BTreeMap::new(),
+                        metrics: BTreeMap::new(),
+                    },
+                )
+            })
+            .collect()
+    }
 }
 
 /// What `/v1/stats/summary` reports.

@@ -11,8 +11,7 @@ use crate::{
     catalog::{Metric, Shard},
     counters::{self, datetime},
     error::Result,
-    stats::{NamedCount, Second},
-    store::{Buckets, StatsStore, Summary, SummaryRange},
+    store::{Buckets, NamedCount, Second, StatsStore, Summary, SummaryRange},
 };
 
 const METRIC_TOTALS: &str =
