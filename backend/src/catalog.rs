@@ -28,12 +28,40 @@ pub struct Shard {
     pub id: u32,
     pub name: String,
     pub url: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: ShardStatus,
+}
+
+/// A shard's `status` column: `active` shards are written; any other value
+/// (the catalog sets none yet, an operator may) keeps writes away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardStatus {
+    Active,
+    Other(String),
+}
+
+impl From<String> for ShardStatus {
+    fn from(text: String) -> Self {
+        if text == "active" {
+            ShardStatus::Active
+        } else {
+            ShardStatus::Other(text)
+        }
+    }
+}
+
+impl std::fmt::Display for ShardStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardStatus::Active => f.pad("active"),
+            ShardStatus::Other(text) => f.pad(text),
+        }
+    }
 }
 
 impl Shard {
     pub fn is_writable(&self) -> bool {
-        self.status == "active"
+        self.status == ShardStatus::Active
     }
 }
 
@@ -824,5 +852,20 @@ mod tests {
             .collect();
         assert_eq!(kept, vec![("a", Aggregate::Sum), ("c", Aggregate::Count)]);
         assert_eq!(format!("{:<6}|", Aggregate::Avg), "avg   |");
+    }
+
+    #[test]
+    fn only_active_shards_are_writable() {
+        let shard = |status: &str| Shard {
+            id: 1,
+            name: "a".into(),
+            url: String::new(),
+            status: ShardStatus::from(status.to_string()),
+        };
+        assert!(shard("active").is_writable());
+        assert!(!shard("readonly").is_writable());
+        assert!(!shard("Active").is_writable());
+        assert_eq!(format!("{:<8}|", shard("readonly").status), "readonly|");
+        assert_eq!(shard("active").status.to_string(), "active");
     }
 }

@@ -453,14 +453,14 @@ impl MemoryCatalog {
             id,
             name: name.into(),
             url: format!("memory://{name}"),
-            status: "active".into(),
+            status: crate::catalog::ShardStatus::Active,
         });
     }
 
     /// Set a shard's status (`active`, `readonly`, ...).
     pub fn set_shard_status(&self, id: u32, status: &str) {
         for shard in lock(&self.state).shards.iter_mut().filter(|s| s.id == id) {
-            shard.status = status.into();
+            shard.status = status.to_string().into();
         }
     }
 
