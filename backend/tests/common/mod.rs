@@ -11,29 +11,15 @@ use std::{
 
 use backend::{catalog, Config, Server};
 use reqwest::header::HeaderMap;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::{mysql::MySqlPool, Row};
 
 pub const TOKEN: &str = "test-ingest-token-0123456789abcdef0123456789";
 
+/// The MySQL server of the tests (testkit: `SLUICE_TEST_MYSQL_URL`, else
+/// the private MariaDB of scripts/mysql.sh).
 pub fn server_url() -> String {
-    if let Ok(url) = std::env::var("SLUICE_TEST_MYSQL_URL") {
-        return url.trim_end_matches('/').to_string();
-    }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/mysql.sh");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .output()
-        .expect("run scripts/mysql.sh");
-    assert!(
-        out.status.success(),
-        "scripts/mysql.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("utf8")
-        .trim()
-        .to_string()
+    testkit::mysql_server()
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -152,15 +138,8 @@ pub async fn stop(server: Server, tx: tokio::sync::oneshot::Sender<()>) {
         .expect("server result");
 }
 
-pub fn envelope(env_id: u32, id: &str, name: &str, ts: i64) -> Value {
-    json!({"id": id, "env_id": env_id, "name": name, "timestamp": ts, "received_at": ts + 5,
-           "user_id": "u1", "session_id": "s1", "properties": {"amount": 3, "sku": "A-1"},
-           "context": {"country": "DE", "colo": "FRA"}})
-}
-
-pub fn uuid(n: u64) -> String {
-    protocol::uuid_v7(1_700_000_000_000 + n, &[n as u8; 10])
-}
+#[allow(unused_imports)] // each test file uses part of this module
+pub use testkit::{envelope, uuid};
 
 pub async fn post(
     addr: SocketAddr,
