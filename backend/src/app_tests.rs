@@ -421,126 +421,21 @@ async fn the_token_is_checked_before_the_body() {
 #[tokio::test]
 async fn bad_input_gets_the_documented_status_and_lands_nothing() {
     let mut config = config();
-    config.max_body_bytes = 64 * 1024;
-    config.max_batch_events = 50;
+    config.max_body_bytes = testkit::BAD_INPUT_MAX_BODY_BYTES;
+    config.max_batch_events = testkit::BAD_INPUT_MAX_BATCH_EVENTS;
     let h = harness_with(config).await;
-    let auth = format!("Bearer {TOKEN}");
-    let a = ("authorization", auth.as_str());
-    let ct = ("content-type", "application/json");
-    let js = |v: Value| serde_json::to_vec(&v).expect("json");
-    let one = json!([envelope(WEB, 1, "x", 0)]);
-    let too_many: Vec<Value> = (0..51).map(|i| envelope(WEB, i, "x", 0)).collect();
-    let huge = json!([{"id": "x", "env_id": WEB, "name": "x".repeat(70_000), "timestamp": 0, "received_at": 0}]);
-    let wrong_type =
-        json!([{"id": 1, "env_id": WEB, "name": "x", "timestamp": 0, "received_at": 0}]);
-    type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>, u16, &'a str);
-    let cases: Vec<Case> = vec![
-        (
-            "no content type",
-            js(one.clone()),
-            vec![a],
-            415,
-            "unsupported_content_type",
-        ),
-        (
-            "text/plain",
-            js(one.clone()),
-            vec![a, ("content-type", "text/plain")],
-            415,
-            "unsupported_content_type",
-        ),
-        (
-            "brotli",
-            js(one.clone()),
-            vec![a, ct, ("content-encoding", "br")],
-            415,
-            "unsupported_content_encoding",
-        ),
-        (
-            "truncated json",
-            b"[{\"id\":".to_vec(),
-            vec![a, ct],
-            400,
-            "malformed_json",
-        ),
-        (
-            "not json",
-            b"hello".to_vec(),
-            vec![a, ct],
-            400,
-            "malformed_json",
-        ),
-        (
-            "object, not array",
-            b"{}".to_vec(),
-            vec![a, ct],
-            422,
-            "invalid_batch",
-        ),
-        (
-            "wrong field type",
-            js(wrong_type),
-            vec![a, ct],
-            422,
-            "invalid_batch",
-        ),
-        (
-            "empty batch",
-            b"[]".to_vec(),
-            vec![a, ct],
-            422,
-            "empty_batch",
-        ),
-        (
-            "too many envelopes",
-            js(json!(too_many)),
-            vec![a, ct],
-            413,
-            "too_many_envelopes",
-        ),
-        (
-            "body over the limit",
-            js(huge),
-            vec![a, ct],
-            413,
-            "body_too_large",
-        ),
-        (
-            "gzip bomb",
-            gzip(&vec![b' '; 1024 * 1024]),
-            vec![a, ct, ("content-encoding", "gzip")],
-            413,
-            "body_too_large",
-        ),
-        (
-            "bad gzip",
-            b"not gzip".to_vec(),
-            vec![a, ct, ("content-encoding", "gzip")],
-            400,
-            "invalid_gzip",
-        ),
-        (
-            "negative timestamp",
-            js(json!([envelope(WEB, 1, "x", -5)])),
-            vec![a, ct],
-            422,
-            "invalid_envelopes",
-        ),
-        (
-            "unknown environment",
-            js(json!([
-                envelope(WEB, 1, "x", 0),
-                envelope(999_999, 2, "x", 0)
-            ])),
-            vec![a, ct],
-            422,
-            "invalid_envelopes",
-        ),
-    ];
-    for (what, body, headers, expected, code) in cases {
-        let answer = post(&h.state, body, &headers).await;
-        assert_eq!(answer.status.as_u16(), expected, "{what}: {}", answer.text);
-        assert_eq!(answer.body["error"], code, "{what}: {}", answer.text);
+    for case in testkit::bad_ingest_requests(WEB, TOKEN) {
+        let what = case.what;
+        let headers: Vec<(&str, &str)> =
+            case.headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let answer = post(&h.state, case.body, &headers).await;
+        assert_eq!(
+            answer.status.as_u16(),
+            case.status,
+            "{what}: {}",
+            answer.text
+        );
+        assert_eq!(answer.body["error"], case.code, "{what}: {}", answer.text);
         assert!(
             answer.body["message"]
                 .as_str()

@@ -214,3 +214,209 @@ pub fn sql(server: &str, query: &str) -> String {
         .trim()
         .to_string()
 }
+
+/// `SLUICE_MAX_BODY_BYTES` the backend must run with for [`bad_ingest_requests`].
+pub const BAD_INPUT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// `SLUICE_MAX_BATCH_EVENTS` the backend must run with for [`bad_ingest_requests`].
+pub const BAD_INPUT_MAX_BATCH_EVENTS: usize = 50;
+
+/// One request `POST /v1/ingest` must refuse, and how.
+pub struct BadRequest {
+    pub what: &'static str,
+    pub body: Vec<u8>,
+    pub headers: Vec<(&'static str, String)>,
+    pub status: u16,
+    pub code: &'static str,
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+/// Every kind of bad input to `POST /v1/ingest` with its documented status
+/// and error code, for environment `env_id` (known to the backend; 999,999
+/// must not be) and ingest token `token`, on a backend with
+/// [`BAD_INPUT_MAX_BODY_BYTES`] and [`BAD_INPUT_MAX_BATCH_EVENTS`]. The
+/// backend's unit tests (in-memory store) and its MariaDB tests share it.
+pub fn bad_ingest_requests(env_id: u32, token: &str) -> Vec<BadRequest> {
+    use serde_json::{json, Value};
+    let auth = ("authorization", format!("Bearer {token}"));
+    let ct = ("content-type", "application/json".to_owned());
+    let gzipped = ("content-encoding", "gzip".to_owned());
+    let js = |v: Value| serde_json::to_vec(&v).expect("json");
+    let one = js(json!([envelope(env_id, &uuid(1), "x", 1_700_000_000_000)]));
+    let too_many: Vec<Value> = (0..BAD_INPUT_MAX_BATCH_EVENTS as u64 + 1)
+        .map(|i| envelope(env_id, &uuid(i), "x", 0))
+        .collect();
+    let huge = json!([{"id": "x", "env_id": env_id, "name": "x".repeat(70_000),
+                       "timestamp": 0, "received_at": 0}]);
+    let wrong_type =
+        json!([{"id": 1, "env_id": env_id, "name": "x", "timestamp": 0, "received_at": 0}]);
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)).into_bytes();
+    let deep_inside = format!(
+        r#"[{{"id":"x","env_id":{env_id},"name":"x","timestamp":0,"received_at":0,"properties":{{"a":{}{}}}}}]"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    )
+    .into_bytes();
+    let case = |what, body, headers: &[&(&'static str, String)], status, code| BadRequest {
+        what,
+        body,
+        headers: headers.iter().map(|&h| h.clone()).collect(),
+        status,
+        code,
+    };
+    let basic = ("authorization", "Basic dXNlcjpwYXNz".to_owned());
+    let wrong = ("authorization", "Bearer wrong".to_owned());
+    let plain = ("content-type", "text/plain".to_owned());
+    let brotli = ("content-encoding", "br".to_owned());
+    vec![
+        case("no auth", one.clone(), &[&ct], 401, "missing_auth"),
+        case(
+            "wrong token",
+            one.clone(),
+            &[&wrong, &ct],
+            401,
+            "invalid_token",
+        ),
+        case(
+            "basic auth",
+            one.clone(),
+            &[&basic, &ct],
+            401,
+            "missing_auth",
+        ),
+        case(
+            "no content type",
+            one.clone(),
+            &[&auth],
+            415,
+            "unsupported_content_type",
+        ),
+        case(
+            "text/plain",
+            one.clone(),
+            &[&auth, &plain],
+            415,
+            "unsupported_content_type",
+        ),
+        case(
+            "brotli",
+            one,
+            &[&auth, &ct, &brotli],
+            415,
+            "unsupported_content_encoding",
+        ),
+        case(
+            "truncated json",
+            b"[{\"id\":".to_vec(),
+            &[&auth, &ct],
+            400,
+            "malformed_json",
+        ),
+        case(
+            "not json",
+            b"hello".to_vec(),
+            &[&auth, &ct],
+            400,
+            "malformed_json",
+        ),
+        case(
+            "invalid utf-8",
+            b"[\"\xff\xfe\"]".to_vec(),
+            &[&auth, &ct],
+            400,
+            "malformed_json",
+        ),
+        case(
+            "object, not array",
+            b"{}".to_vec(),
+            &[&auth, &ct],
+            422,
+            "invalid_batch",
+        ),
+        case(
+            "wrong field type",
+            js(wrong_type),
+            &[&auth, &ct],
+            422,
+            "invalid_batch",
+        ),
+        case(
+            "10,000-deep array",
+            deep,
+            &[&auth, &ct],
+            422,
+            "invalid_batch",
+        ),
+        case(
+            "10,000-deep property",
+            deep_inside,
+            &[&auth, &ct],
+            400,
+            "malformed_json",
+        ),
+        case(
+            "empty batch",
+            b"[]".to_vec(),
+            &[&auth, &ct],
+            422,
+            "empty_batch",
+        ),
+        case(
+            "too many envelopes",
+            js(json!(too_many)),
+            &[&auth, &ct],
+            413,
+            "too_many_envelopes",
+        ),
+        case(
+            "body over the limit",
+            js(huge),
+            &[&auth, &ct],
+            413,
+            "body_too_large",
+        ),
+        case(
+            "gzip bomb",
+            gzip(&vec![b' '; 10 * 1024 * 1024]),
+            &[&auth, &ct, &gzipped],
+            413,
+            "body_too_large",
+        ),
+        case(
+            "bad gzip",
+            b"not gzip at all".to_vec(),
+            &[&auth, &ct, &gzipped],
+            400,
+            "invalid_gzip",
+        ),
+        case(
+            "negative timestamp",
+            js(json!([envelope(env_id, &uuid(1), "x", -5)])),
+            &[&auth, &ct],
+            422,
+            "invalid_envelopes",
+        ),
+        case(
+            "control char in name",
+            js(json!([envelope(env_id, &uuid(1), "a\u{7}b", 0)])),
+            &[&auth, &ct],
+            422,
+            "invalid_envelopes",
+        ),
+        case(
+            "unknown environment",
+            js(json!([
+                envelope(env_id, &uuid(1), "x", 0),
+                envelope(999_999, &uuid(2), "x", 0)
+            ])),
+            &[&auth, &ct],
+            422,
+            "invalid_envelopes",
+        ),
+    ]
+}
