@@ -62,11 +62,6 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The former name of [`app`].
-pub fn router(state: AppState) -> Router {
-    app(state)
-}
-
 const DASHBOARD_HTML: &str = include_str!("../dashboard/index.html");
 const DASHBOARD_JS: &str = include_str!(concat!(env!("OUT_DIR"), "/dashboard.js"));
 const DASHBOARD_CSS: &str = include_str!(concat!(env!("OUT_DIR"), "/dashboard.css"));
@@ -123,7 +118,8 @@ async fn count_ingest_requests(
 /// out of its load balancer (ingest goes on with the last snapshot), it
 /// shows as `"catalog": "stale"` with the snapshot's age.
 async fn readyz(State(state): State<AppState>) -> Response {
-    let catalog = if state.catalog.is_fresh() {
+    let snapshot = state.catalog.snapshot();
+    let catalog = if state.catalog.is_fresh(&snapshot) {
         "fresh"
     } else {
         "stale"
@@ -131,7 +127,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     Json(json!({
         "status": "ready",
         "catalog": catalog,
-        "catalog_age_seconds": state.catalog.snapshot().age().as_secs_f64(),
+        "catalog_age_seconds": snapshot.age().as_secs_f64(),
         "catalog_max_age_seconds": state.catalog.max_age().as_secs_f64(),
     }))
     .into_response()

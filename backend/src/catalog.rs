@@ -210,9 +210,9 @@ impl Catalog {
         }
     }
 
-    /// Whether the current snapshot is within the routing bound.
-    pub fn is_fresh(&self) -> bool {
-        self.snapshot().age() <= self.max_age
+    /// Whether `snapshot` is within the routing bound.
+    pub fn is_fresh(&self, snapshot: &Snapshot) -> bool {
+        snapshot.age() <= self.max_age
     }
 
     /// Read the catalog now and replace the snapshot.
@@ -244,7 +244,7 @@ impl Catalog {
         if !current.knows(env_ids) {
             return self.refreshed(Need::Unknown, env_ids).await;
         }
-        if current.age() <= self.max_age {
+        if self.is_fresh(&current) {
             return Ok(current);
         }
         match self.refreshed(Need::OlderThan(self.max_age), env_ids).await {
@@ -301,13 +301,14 @@ impl Catalog {
     }
 
     /// The environment with this id, refreshing (throttled, single flight)
-    /// when the snapshot does not know it yet.
-    pub async fn environment(&self, env_id: u32) -> Result<Option<Environment>> {
+    /// when the snapshot does not know it yet; from the last snapshot when
+    /// the catalog cannot be read.
+    pub async fn environment(&self, env_id: u32) -> Option<Environment> {
         let snapshot = match self.routing_snapshot(&[env_id]).await {
             Ok(snapshot) => snapshot,
             Err(_) => self.snapshot(),
         };
-        Ok(snapshot.environments.get(&env_id).cloned())
+        snapshot.environments.get(&env_id).cloned()
     }
 }
 
@@ -777,12 +778,15 @@ mod tests {
         source.set_failing(true);
         assert!(matches!(catalog.refresh().await, Err(Error::Catalog(_))));
         assert!(catalog.snapshot().environments.contains_key(&10));
-        assert!(catalog.is_fresh());
+        assert!(catalog.is_fresh(&catalog.snapshot()));
         assert!(matches!(
             catalog.routing_snapshot(&[99]).await,
             Err(Error::Catalog(_))
         ));
-        assert!(catalog.environment(10).await.expect("known").is_some());
+        assert!(
+            catalog.environment(10).await.is_some(),
+            "known from the last snapshot"
+        );
     }
 
     #[tokio::test]
@@ -796,11 +800,11 @@ mod tests {
             source.snapshot_at(old),
             Duration::from_secs(1),
         );
-        assert!(!catalog.is_fresh());
+        assert!(!catalog.is_fresh(&catalog.snapshot()));
         let snapshot = catalog.routing_snapshot(&[10]).await.expect("routes");
         assert!(snapshot.age() < Duration::from_secs(1));
         assert_eq!(source.loads(), 1);
-        assert!(catalog.is_fresh());
+        assert!(catalog.is_fresh(&catalog.snapshot()));
     }
 
     #[test]

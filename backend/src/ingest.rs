@@ -2,7 +2,11 @@
 //! catalog, write every group to its shards concurrently, report per
 //! environment what landed and which envelope ids must be sent again.
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+    time::Instant,
+};
 
 use futures::future::join_all;
 use protocol::{EnvCounts, EnvFailure, Envelope, IngestResponse};
@@ -29,7 +33,12 @@ pub fn group(envelopes: &[Envelope]) -> BTreeMap<u32, Vec<&Envelope>> {
 /// Envelopes for environments the catalog does not know, even after a
 /// refresh, are refused: like any invalid envelope, they would never land.
 pub async fn route(state: &AppState, envelopes: &[Envelope]) -> Result<Arc<Snapshot>, Error> {
-    let env_ids: Vec<u32> = group(envelopes).into_keys().collect();
+    let env_ids: Vec<u32> = envelopes
+        .iter()
+        .map(|e| e.env_id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let snapshot = state.catalog.routing_snapshot(&env_ids).await?;
     let unknown: Vec<_> = envelopes
         .iter()

@@ -157,7 +157,7 @@ impl FromRequestParts<AppState> for ReadAuth {
         // and shared, when it is new), never the name asked for: another
         // environment gets 403 whether it exists or not, so names cannot be
         // enumerated and unknown names cannot force catalog reads.
-        match state.catalog.environment(token_env).await? {
+        match state.catalog.environment(token_env).await {
             Some(env) if env.name == name => Ok(ReadAuth { env }),
             _ => Err(Error::Forbidden),
         }
