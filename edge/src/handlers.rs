@@ -122,13 +122,7 @@ impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> Edge<'_, K, Q, C, L> {
         let payload = events::parse(&body, &self.config.limits)?;
         let envelopes = events::build(payload, &meta, || self.clock.random10())?;
         let accepted = envelopes.len();
-        let messages =
-            pack::messages(&envelopes).map_err(|e| EdgeError::Internal(e.to_string()))?;
-        let deferred = Deferred {
-            batches: pack::batches(messages),
-            env_id,
-        };
-        self.queue.ready()?;
+        let deferred = self.pack(&envelopes, env_id)?;
         let body = Some(json!({ "accepted": accepted }));
         if wait {
             if enqueue(self.queue, self.clock, self.log, deferred).await > 0 {
@@ -180,13 +174,7 @@ impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> Edge<'_, K, Q, C, L> {
                        "first": outcome.rejected.first().map(|d| d.reason.clone())}),
             );
         }
-        let messages =
-            pack::messages(&outcome.envelopes).map_err(|e| EdgeError::Internal(e.to_string()))?;
-        self.queue.ready()?;
-        let deferred = Deferred {
-            batches: pack::batches(messages),
-            env_id,
-        };
+        let deferred = self.pack(&outcome.envelopes, env_id)?;
         if enqueue(self.queue, self.clock, self.log, deferred).await > 0 {
             return Err(EdgeError::QueueUnavailable);
         }
@@ -202,6 +190,16 @@ impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> Edge<'_, K, Q, C, L> {
         };
         let (scheme, host) = req.scheme_and_host();
         Ok((200, Some(segment::settings(&key, &scheme, &host)), None))
+    }
+
+    /// Queue batches of `envelopes`, once the queue binding is known to exist.
+    fn pack(&self, envelopes: &[protocol::Envelope], env_id: u32) -> Result<Deferred, EdgeError> {
+        let messages = pack::messages(envelopes).map_err(|e| EdgeError::Internal(e.to_string()))?;
+        self.queue.ready()?;
+        Ok(Deferred {
+            batches: pack::batches(messages),
+            env_id,
+        })
     }
 
     /// The environment `key` writes to, if the key is active and within its
