@@ -137,16 +137,27 @@ impl Shards {
     }
 }
 
-fn sorted_counts(totals: HashMap<String, (u64, Option<&'static str>)>) -> Vec<NamedCount> {
+fn type_code(event_type: Option<&str>) -> Option<u8> {
+    let event_type = event_type?;
+    (0..=u8::MAX).find(|&c| EventType::from_code(c).map(EventType::as_str) == Some(event_type))
+}
+
+/// The top 100 in the MySQL store's order: count down, then name, then type.
+fn sorted_counts(totals: HashMap<(String, Option<&'static str>), u64>) -> Vec<NamedCount> {
     let mut counts: Vec<NamedCount> = totals
         .into_iter()
-        .map(|(name, (count, event_type))| NamedCount {
+        .map(|((name, event_type), count)| NamedCount {
             name,
             count,
             event_type,
         })
         .collect();
-    counts.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+    counts.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.name.cmp(&b.name))
+            .then_with(|| type_code(a.event_type).cmp(&type_code(b.event_type)))
+    });
     counts.truncate(100);
     counts
 }
@@ -266,7 +277,7 @@ impl StatsStore for MemoryStore {
         );
         let within = |e: u32, t: i64| e == env_id && t >= start && t < end;
         let mut summary = Summary::default();
-        let mut by_event: HashMap<String, (u64, Option<&'static str>)> = HashMap::new();
+        let mut by_event: HashMap<(String, Option<&'static str>), u64> = HashMap::new();
         let mut by_type: BTreeMap<&'static str, u64> = BTreeMap::new();
         for (&(e, t, name_id), &n) in &d.minute {
             if !within(e, t) {
@@ -275,22 +286,20 @@ impl StatsStore for MemoryStore {
             summary.events += n;
             if let Some((kind, name)) = names.get(&name_id) {
                 let kind = EventType::from_code(*kind).map(EventType::as_str);
-                let entry = by_event.entry(name.clone()).or_insert((0, kind));
-                entry.0 += n;
+                *by_event.entry((name.clone(), kind)).or_default() += n;
                 *by_type.entry(kind.unwrap_or("unknown")).or_default() += n;
             }
         }
         summary.by_event = sorted_counts(by_event);
         let mut by_type: Vec<_> = by_type.into_iter().collect();
-        by_type.sort_by_key(|b| std::cmp::Reverse(b.1));
+        by_type.sort_by_key(|b| (std::cmp::Reverse(b.1), type_code(Some(b.0))));
         summary.by_type = by_type;
-        let mut by_country: HashMap<String, (u64, Option<&'static str>)> = HashMap::new();
+        let mut by_country: HashMap<(String, Option<&'static str>), u64> = HashMap::new();
         for ((e, t, country), &n) in &d.country {
             if within(*e, *t) {
-                by_country
-                    .entry(String::from_utf8_lossy(country).into_owned())
-                    .or_default()
-                    .0 += n;
+                *by_country
+                    .entry((String::from_utf8_lossy(country).into_owned(), None))
+                    .or_default() += n;
             }
         }
         summary.by_country = sorted_counts(by_country);

@@ -5,13 +5,12 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use protocol::EventType;
 use sqlx::{mysql::MySqlPool, MySql, QueryBuilder, Row, Transaction};
 
-use super::shards::Shards;
+use super::shards::{stored_envelope, Shards, HISTORY_COLUMNS};
 use crate::{
     catalog::{Metric, Shard},
-    counters::{contributions, datetime, decode_sketch, encode_sketch, now_secs, Deltas},
+    counters::{counted, datetime, decode_sketch, encode_sketch, now_secs, Deltas},
     error::Result,
     store::CounterStore,
 };
@@ -182,12 +181,11 @@ pub async fn prune(pool: &MySqlPool, second_cutoff: i64, minute_cutoff: i64) -> 
     Ok(deleted)
 }
 
-const COUNTRY_SQL: &str =
-    "CASE WHEN JSON_UNQUOTE(JSON_EXTRACT(context, '$.country')) REGEXP '^[A-Za-z0-9]{1,8}$' \
-    THEN UPPER(JSON_UNQUOTE(JSON_EXTRACT(context, '$.country'))) ELSE '??' END";
-
 /// Recompute an environment's counts on one shard from `since_ms` (rounded
-/// down to the minute). Returns the number of events counted.
+/// down to the minute), counting each stored row with the write path's own
+/// function ([`counted`] + [`Deltas::add`]). Sketches are rebuilt from the
+/// start of `since`'s day, so whole hour and day buckets are replaced.
+/// Returns the number of events counted.
 pub async fn rebuild(
     pool: &MySqlPool,
     env_id: u32,
@@ -195,72 +193,46 @@ pub async fn rebuild(
     second_retention_secs: i64,
     metrics: &[Metric],
 ) -> Result<u64> {
-    let since = datetime(since_ms.div_euclid(60_000) * 60);
-    let live_since = datetime((now_secs() - second_retention_secs).max(since_ms.div_euclid(1000)));
-    let minute_of = "DATE_FORMAT(ts, '%Y-%m-%d %H:%i:00')";
-    let second_of = "DATE_FORMAT(ts, '%Y-%m-%d %H:%i:%s')";
-    let statements = [
-        ("DELETE FROM event_counts_minute WHERE env_id = ? AND minute >= ?".to_string(), since),
-        (format!("INSERT INTO event_counts_minute (env_id, minute, name_id, events) SELECT env_id, {minute_of}, name_id, COUNT(*) FROM events WHERE env_id = ? AND ts >= ? GROUP BY env_id, {minute_of}, name_id"), since),
-        ("DELETE FROM country_counts_minute WHERE env_id = ? AND minute >= ?".to_string(), since),
-        (format!("INSERT INTO country_counts_minute (env_id, minute, country, events) SELECT env_id, {minute_of}, {COUNTRY_SQL}, COUNT(*) FROM events_full WHERE env_id = ? AND ts >= ? GROUP BY env_id, {minute_of}, {COUNTRY_SQL}"), since),
-        ("DELETE FROM event_counts_second WHERE env_id = ? AND second >= ?".to_string(), live_since),
-        (format!("INSERT INTO event_counts_second (env_id, second, name_id, events) SELECT env_id, {second_of}, name_id, COUNT(*) FROM events WHERE env_id = ? AND ts >= ? GROUP BY env_id, {second_of}, name_id"), live_since),
-    ];
-    let mut tx = pool.begin().await?;
-    for (sql, from) in &statements {
-        sqlx::query(sql)
-            .bind(env_id)
-            .bind(*from)
-            .execute(&mut *tx)
-            .await?;
-    }
-    let (total,): (u64,) = sqlx::query_as(
-        "SELECT CAST(COALESCE(SUM(events), 0) AS UNSIGNED) FROM event_counts_minute WHERE env_id = ? AND minute >= ?",
-    )
-    .bind(env_id)
-    .bind(since)
-    .fetch_one(&mut *tx)
-    .await?;
-
-    // Metric values and sketches need each row's properties and ids: read
-    // the rows once and rebuild them in memory (sketches from the start of
-    // `since`'s day, so whole hour and day buckets are replaced).
-    let day_start = since_ms.div_euclid(1000).div_euclid(86_400) * 86_400;
-    let live_from = now_secs() - second_retention_secs;
+    let since_minute = since_ms.div_euclid(60_000) * 60;
+    let since_minute_ms = since_minute * 1000;
+    let day_start = since_minute.div_euclid(86_400) * 86_400;
+    let live_since = (now_secs() - second_retention_secs).max(since_minute);
     let mut d = Deltas::default();
-    let mut rows = sqlx::query(REBUILD_ROWS)
+    let mut total = 0u64;
+    let query = format!("SELECT {HISTORY_COLUMNS} FROM events_full WHERE env_id = ? AND ts >= ?");
+    let mut rows = sqlx::query(&query)
         .bind(env_id)
         .bind(datetime(day_start))
         .fetch(pool);
     while let Some(row) = rows.try_next().await? {
-        let ts: i64 = row.try_get(0)?;
-        let name: Vec<u8> = row.try_get(1)?;
-        let event_type: u8 = row.try_get(2)?;
-        let second = ts.div_euclid(1000);
-        let user: Option<Vec<u8>> = row.try_get(4)?;
-        let session: Option<Vec<u8>> = row.try_get(5)?;
-        d.add_uniques(
-            env_id,
-            second,
-            user.as_deref().map(String::from_utf8_lossy).as_deref(),
-            session.as_deref().map(String::from_utf8_lossy).as_deref(),
-        );
-        let name = String::from_utf8_lossy(&name);
-        let Some(event_type) = EventType::from_code(event_type) else {
-            continue;
-        };
-        if ts < since_ms || !metrics.iter().any(|m| m.event_name == name) {
-            continue;
+        let envelope = stored_envelope(&row, env_id)?;
+        let name_id: u32 = row.try_get(14)?;
+        let row = counted(&envelope, name_id, metrics);
+        if row.timestamp < since_minute_ms {
+            // Before `since`: only its day's sketches are rebuilt.
+            let second = row.timestamp.div_euclid(1000);
+            d.add_uniques(env_id, second, row.user.as_deref(), row.session.as_deref());
+        } else {
+            d.add(env_id, &row, live_since);
+            total += 1;
         }
-        let properties: Vec<u8> = row.try_get(3)?;
-        let properties: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&properties).unwrap_or_default();
-        let values = contributions(metrics, event_type, &name, &properties);
-        d.add_metrics(env_id, second, second >= live_from, &values);
     }
     drop(rows);
+    let since = datetime(since_minute);
+    let mut tx = pool.begin().await?;
     for (sql, from) in [
+        (
+            "DELETE FROM event_counts_minute WHERE env_id = ? AND minute >= ?",
+            since,
+        ),
+        (
+            "DELETE FROM country_counts_minute WHERE env_id = ? AND minute >= ?",
+            since,
+        ),
+        (
+            "DELETE FROM event_counts_second WHERE env_id = ? AND second >= ?",
+            since,
+        ),
         (
             "DELETE FROM metric_values_minute WHERE env_id = ? AND minute >= ?",
             since,
@@ -280,13 +252,9 @@ pub async fn rebuild(
             .execute(&mut *tx)
             .await?;
     }
-    // The new metric values and sketches go in with the deletes: a failure
-    // anywhere leaves the previous counts in place, never empty ones.
+    // The new counts go in with the deletes: a failure anywhere leaves the
+    // previous counts in place, never empty ones.
     add_deltas(&mut tx, &d).await?;
     tx.commit().await?;
     Ok(total)
 }
-
-const REBUILD_ROWS: &str = "SELECT CAST(UNIX_TIMESTAMP(e.ts) * 1000 AS SIGNED), n.name, e.event_type, e.properties, \
-    COALESCE(e.user_id, e.anonymous_id), e.session_id FROM events e JOIN event_names n ON n.id = e.name_id \
-    WHERE e.env_id = ? AND e.ts >= ?";

@@ -573,12 +573,43 @@ impl EventStore for Shards {
     }
 }
 
-/// One page of an environment's events on a shard, whole (through the
-/// `events_full` view), in primary-key order after `after`.
-const SELECT_HISTORY: &str = "SELECT id, client_id, event_type, name, ts, received_at, \
+/// The columns [`stored_envelope`] reads, in its order, from `events_full`.
+pub(crate) const HISTORY_COLUMNS: &str = "id, client_id, event_type, name, ts, received_at, \
     user_id, anonymous_id, session_id, group_id, previous_id, \
-    CAST(properties AS CHAR), CAST(traits AS CHAR), CAST(context AS CHAR) \
-    FROM events_full WHERE env_id = ? AND id > ? ORDER BY id LIMIT ?";
+    CAST(properties AS CHAR), CAST(traits AS CHAR), CAST(context AS CHAR), name_id";
+
+/// The envelope a row of [`HISTORY_COLUMNS`] stored, whole again.
+pub(crate) fn stored_envelope(row: &sqlx::mysql::MySqlRow, env_id: u32) -> Result<Envelope> {
+    let key: Vec<u8> = row.try_get(0)?;
+    let id = match (text(row, 1)?, <[u8; 16]>::try_from(key.as_slice())) {
+        (Some(id), _) => id,
+        (None, Ok(key)) => protocol::uuid_of_key(key),
+        (None, Err(_)) => {
+            return Err(crate::error::Error::Internal(
+                "a stored event id is not 16 bytes".into(),
+            ))
+        }
+    };
+    let name: Vec<u8> = row.try_get(3)?;
+    let ts: NaiveDateTime = row.try_get(4)?;
+    let received_at: NaiveDateTime = row.try_get(5)?;
+    Ok(Envelope {
+        id,
+        env_id,
+        name: String::from_utf8_lossy(&name).into_owned(),
+        timestamp: ts.and_utc().timestamp_millis(),
+        received_at: received_at.and_utc().timestamp_millis(),
+        user_id: text(row, 6)?,
+        anonymous_id: text(row, 7)?,
+        session_id: text(row, 8)?,
+        group_id: text(row, 9)?,
+        previous_id: text(row, 10)?,
+        properties: json_map(row.try_get(11)?)?,
+        traits: json_map(row.try_get(12)?)?,
+        context: json_map(row.try_get(13)?)?,
+        event_type: EventType::from_code(row.try_get(2)?).unwrap_or_default(),
+    })
+}
 
 /// What `copy_history` did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -620,7 +651,10 @@ impl Shards {
         let mut after: Vec<u8> = Vec::new();
         let mut outcome = CopyOutcome::default();
         loop {
-            let rows = sqlx::query(SELECT_HISTORY)
+            // One page in primary-key order after `after`.
+            let rows = sqlx::query(&format!(
+                "SELECT {HISTORY_COLUMNS} FROM events_full WHERE env_id = ? AND id > ? ORDER BY id LIMIT ?"
+            ))
                 .bind(env_id)
                 .bind(&after)
                 .bind(self.chunk_rows as u64)
@@ -630,39 +664,10 @@ impl Shards {
                 return Ok(outcome);
             };
             after = last.try_get(0)?;
-            let mut envelopes = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let key: Vec<u8> = row.try_get(0)?;
-                let client_id = text(row, 1)?;
-                let id = match (client_id, <[u8; 16]>::try_from(key.as_slice())) {
-                    (Some(id), _) => id,
-                    (None, Ok(key)) => protocol::uuid_of_key(key),
-                    (None, Err(_)) => {
-                        return Err(crate::error::Error::Internal(
-                            "a stored event id is not 16 bytes".into(),
-                        ))
-                    }
-                };
-                let name: Vec<u8> = row.try_get(3)?;
-                let ts: NaiveDateTime = row.try_get(4)?;
-                let received_at: NaiveDateTime = row.try_get(5)?;
-                envelopes.push(Envelope {
-                    id,
-                    env_id,
-                    name: String::from_utf8_lossy(&name).into_owned(),
-                    timestamp: ts.and_utc().timestamp_millis(),
-                    received_at: received_at.and_utc().timestamp_millis(),
-                    user_id: text(row, 6)?,
-                    anonymous_id: text(row, 7)?,
-                    session_id: text(row, 8)?,
-                    group_id: text(row, 9)?,
-                    previous_id: text(row, 10)?,
-                    properties: json_map(row.try_get(11)?)?,
-                    traits: json_map(row.try_get(12)?)?,
-                    context: json_map(row.try_get(13)?)?,
-                    event_type: EventType::from_code(row.try_get(2)?).unwrap_or_default(),
-                });
-            }
+            let envelopes = rows
+                .iter()
+                .map(|row| stored_envelope(row, env_id))
+                .collect::<Result<Vec<_>>>()?;
             let refs: Vec<&Envelope> = envelopes.iter().collect();
             let written = self.write(to, env_id, &refs, metrics).await?;
             counters.record(to.id, env_id, &written.counted);

@@ -23,11 +23,11 @@ const SUM_MINUTES: &str =
 const BY_EVENT: &str =
     "SELECT n.name, CAST(SUM(c.events) AS UNSIGNED) AS total, n.event_type FROM event_counts_minute c \
     JOIN event_names n ON n.id = c.name_id WHERE c.env_id = ? AND c.minute >= ? AND c.minute < ? \
-    GROUP BY c.name_id, n.name, n.event_type ORDER BY total DESC, n.name LIMIT 100";
+    GROUP BY c.name_id, n.name, n.event_type ORDER BY total DESC, n.name, n.event_type LIMIT 100";
 const BY_TYPE: &str =
     "SELECT n.event_type, CAST(SUM(c.events) AS UNSIGNED) AS total FROM event_counts_minute c \
     JOIN event_names n ON n.id = c.name_id WHERE c.env_id = ? AND c.minute >= ? AND c.minute < ? \
-    GROUP BY n.event_type ORDER BY total DESC";
+    GROUP BY n.event_type ORDER BY total DESC, n.event_type";
 const BY_COUNTRY: &str = "SELECT country, CAST(SUM(events) AS UNSIGNED) AS total FROM country_counts_minute \
     WHERE env_id = ? AND minute >= ? AND minute < ? GROUP BY country ORDER BY total DESC, country LIMIT 100";
 const SKETCHES: &str =
