@@ -439,16 +439,7 @@ pub async fn promote_environment(pool: &MySqlPool, name: &str) -> Result<()> {
 /// A new read token's text: `srt_` + 32 hex digits (128 random bits).
 fn new_read_token() -> String {
     let bytes: [u8; 16] = rand::random();
-    format!("srt_{}", hex(&bytes))
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn token_hash(token: &str) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(token.as_bytes()).into()
+    format!("srt_{}", intake::credentials::hex(&bytes))
 }
 
 /// How a token is listed and revoked: its first 12 characters.
@@ -464,7 +455,7 @@ pub async fn create_read_token(pool: &MySqlPool, env_name: &str) -> Result<Strin
     sqlx::query("INSERT INTO read_tokens (env_id, prefix, token_hash) VALUES (?, ?, ?)")
         .bind(env.id)
         .bind(token_prefix(&token))
-        .bind(&token_hash(&token)[..])
+        .bind(&intake::credentials::secret_hash(&token)[..])
         .execute(pool)
         .await?;
     Ok(token)
@@ -825,12 +816,9 @@ mod tests {
     }
 
     #[test]
-    fn read_tokens_hash_and_list_by_prefix() {
+    fn read_tokens_list_by_prefix() {
         assert_eq!(token_prefix("srt_0123456789abcdef"), "srt_01234567");
         assert_eq!(token_prefix("short"), "short");
-        assert_eq!(token_hash("a"), token_hash("a"));
-        assert_ne!(token_hash("a"), token_hash("b"));
-        assert_eq!(hex(&[0, 15, 255]), "000fff");
         let token = new_read_token();
         assert!(token.starts_with("srt_") && token.len() == 36, "{token}");
     }

@@ -1,5 +1,5 @@
-//! API keys: where a request carries one, how it is stored (SHA-256 hex only),
-//! and the per-isolate cache in front of KV.
+//! API keys: their KV records (stored under the key's SHA-256 hex,
+//! `intake::credentials::key_hash`), and the per-isolate cache in front of KV.
 //!
 //! The cache keeps an answer for `positive` ms when the key is active and
 //! `negative` ms when it is unknown or revoked, so a revoked key keeps working
@@ -8,23 +8,11 @@
 use std::collections::HashMap;
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::error::EdgeError;
 
 /// Bound on the cache; past it, expired entries go, then everything.
 pub const MAX_CACHE_ENTRIES: usize = 10_000;
-
-/// Lowercase hex SHA-256 of the key: the KV key of its record.
-pub fn hash_key(key: &str) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    let mut out = String::with_capacity(64);
-    for byte in digest {
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte & 0xf)]));
-    }
-    out
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -33,7 +21,7 @@ pub enum KeyStatus {
     Revoked,
 }
 
-/// The KV value stored under [`hash_key`].
+/// The KV value stored under [`intake::credentials::key_hash`].
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct KeyRecord {
     pub env_id: u32,
@@ -174,14 +162,6 @@ mod tests {
         assert_eq!(
             limited(61_000, 60),
             Err(EdgeError::RateLimited { retry_after: 59 })
-        );
-    }
-
-    #[test]
-    fn hash_is_sha256_hex() {
-        assert_eq!(
-            hash_key("abc"),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
 

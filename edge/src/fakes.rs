@@ -82,7 +82,7 @@ impl Keys {
     pub fn with_active(key: &str, env_id: u32) -> Self {
         let mut keys = Self::default();
         keys.records.insert(
-            crate::auth::hash_key(key),
+            intake::credentials::key_hash(key),
             format!(r#"{{"env_id":{env_id},"name":"test","status":"active"}}"#),
         );
         keys

@@ -185,7 +185,7 @@ impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> Edge<'_, K, Q, C, L> {
     /// pointing back to this edge; 404 for an unknown or revoked key.
     async fn settings(&self, req: &impl Request, key: &str) -> Answer {
         let key = segment::write_key(None, Some(key)).map_err(|_| EdgeError::NotFound)?;
-        let Lookup::Active { .. } = self.lookup(&auth::hash_key(&key)).await? else {
+        let Lookup::Active { .. } = self.lookup(&intake::credentials::key_hash(&key)).await? else {
             return Err(EdgeError::NotFound);
         };
         let (scheme, host) = req.scheme_and_host();
@@ -205,7 +205,7 @@ impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> Edge<'_, K, Q, C, L> {
     /// The environment `key` writes to, if the key is active and within its
     /// rate limit. The key lookup and the limiter run side by side.
     async fn admit(&self, key: &str) -> Result<u32, EdgeError> {
-        let hash = auth::hash_key(key);
+        let hash = intake::credentials::key_hash(key);
         let (lookup, within_limit) =
             futures_util::future::join(self.lookup(&hash), self.keys.within_rate_limit(&hash))
                 .await;
@@ -439,7 +439,7 @@ mod tests {
         let mut w = World::new();
         w.keys
             .records
-            .insert(auth::hash_key(KEY), "{not json".into());
+            .insert(intake::credentials::key_hash(KEY), "{not json".into());
         let r = w.fetch("POST", "/v1/events", &events(json!({"event": "a"})));
         assert_eq!(r.status, 401);
         assert!(w.log.has("key_record_malformed"));

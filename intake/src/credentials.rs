@@ -1,7 +1,32 @@
-//! Credentials in requests: the `Authorization` header's schemes, and the
-//! HTTP-whitespace trimming every credential goes through.
+//! Credentials in requests: the `Authorization` header's schemes, the
+//! HTTP-whitespace trimming every credential goes through, and how a secret
+//! (an API key, a token) is stored: as its SHA-256, never in the clear.
+
+use sha2::{Digest, Sha256};
 
 use crate::Error;
+
+/// SHA-256 of a secret: what is stored and looked up instead of it.
+pub fn secret_hash(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Lowercase hex SHA-256 of an API key: the KV key of its record at the
+/// edge and its id in the backend's catalog.
+pub fn key_hash(key: &str) -> String {
+    hex(&secret_hash(key))
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for &byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    out
+}
 
 /// `text` without leading and trailing HTTP whitespace (space and tab, RFC
 /// 9110 `OWS`). Not `str::trim`: a key followed by U+00A0 or any other
@@ -90,6 +115,16 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_are_stored_as_sha256() {
+        assert_eq!(
+            key_hash("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(hex(&[0, 15, 255]), "000fff");
+        assert_eq!(hex(&secret_hash("abc")), key_hash("abc"));
+    }
 
     #[test]
     fn key_from_header_or_query() {

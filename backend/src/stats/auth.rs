@@ -113,7 +113,7 @@ pub struct ReadAuth {
 }
 
 async fn token_env(state: &AppState, token: &str) -> Result<Option<u32>> {
-    let hash = catalog::token_hash(token);
+    let hash = intake::credentials::secret_hash(token);
     let cache = &state.stats.tokens;
     if let Some(env) = cache.get(&hash) {
         return Ok(env);
@@ -171,17 +171,20 @@ mod tests {
     #[test]
     fn a_spray_of_unknown_tokens_never_evicts_the_valid_ones() {
         let cache = TokenCache::default();
-        let valid = catalog::token_hash("srt_valid");
+        let valid = intake::credentials::secret_hash("srt_valid");
         cache.put(valid, Some(7));
         for i in 0..3 * TOKEN_CACHE_LIMIT {
-            cache.put(catalog::token_hash(&format!("srt_guess_{i}")), None);
+            cache.put(
+                intake::credentials::secret_hash(&format!("srt_guess_{i}")),
+                None,
+            );
         }
         assert_eq!(cache.get(&valid), Some(Some(7)));
         let (hits, misses) = cache.len();
         assert_eq!(hits, 1);
         assert!(misses <= TOKEN_CACHE_LIMIT, "misses are bounded: {misses}");
         assert_eq!(
-            cache.get(&catalog::token_hash(&format!(
+            cache.get(&intake::credentials::secret_hash(&format!(
                 "srt_guess_{}",
                 3 * TOKEN_CACHE_LIMIT - 1
             ))),

@@ -12,7 +12,7 @@ use protocol::{Envelope, EventType};
 use serde_json::json;
 
 use crate::{
-    catalog::{token_hash, Environment, Metric, Shard, Snapshot},
+    catalog::{Environment, Metric, Shard, Snapshot},
     counters::{self, counted, Deltas, Sketch, KIND_SESSIONS, KIND_USERS},
     error::{Error, Result},
     store::{
@@ -491,7 +491,9 @@ impl MemoryCatalog {
 
     /// Make `token` a read token of environment `env_id`.
     pub fn add_read_token(&self, token: &str, env_id: u32) {
-        lock(&self.state).tokens.insert(token_hash(token), env_id);
+        lock(&self.state)
+            .tokens
+            .insert(intake::credentials::secret_hash(token), env_id);
     }
 
     /// Make every read fail (or succeed again).
