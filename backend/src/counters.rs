@@ -11,152 +11,15 @@
 
 use std::{collections::BTreeMap, sync::Mutex};
 
-use chrono::{DateTime, NaiveDateTime};
-use protocol::{Envelope, EventType};
-
-use crate::{
-    catalog::{Metric, Snapshot},
-    store::{Counted, CounterStore},
+pub(crate) use crate::model::now_secs;
+pub use crate::model::{
+    contributions, counted, country_of, datetime, decode_sketch, encode_sketch, sketch_period,
+    Deltas, Sketch, SketchKey, KIND_SESSIONS, KIND_USERS, PERIOD_DAY, PERIOD_HOUR,
 };
-
-/// Deltas of one shard: keys are (env, bucket start in unix seconds, name id or country).
-#[derive(Debug, Default, Clone)]
-pub struct Deltas {
-    pub minute: BTreeMap<(u32, i64, u32), u64>,
-    pub second: BTreeMap<(u32, i64, u32), u64>,
-    pub country: BTreeMap<(u32, i64, Vec<u8>), u64>,
-    /// (env, bucket, metric id) → (events, total)
-    pub metric_minute: BTreeMap<(u32, i64, u32), (u64, f64)>,
-    pub metric_second: BTreeMap<(u32, i64, u32), (u64, f64)>,
-    /// (env, period, kind, bucket start) → sketch of what this process saw.
-    pub sketches: BTreeMap<SketchKey, Sketch>,
-}
-
-/// A mergeable HyperLogLog sketch (Cloudflare's cardinality-estimator,
-/// 2^12 registers: ~1.6% standard error; exact for small sets).
-pub type Sketch = cardinality_estimator::CardinalityEstimator<str>;
-pub type SketchKey = (u32, u8, u8, i64);
-pub const PERIOD_HOUR: u8 = 0;
-pub const PERIOD_DAY: u8 = 1;
-pub const KIND_USERS: u8 = 0;
-pub const KIND_SESSIONS: u8 = 1;
-
-/// The sketches a range [from_ms, to_ms) merges: (period, its length in
-/// seconds), hourly up to two days, daily beyond.
-pub fn sketch_period(from_ms: i64, to_ms: i64) -> (u8, i64) {
-    if to_ms - from_ms <= 2 * 86_400_000 {
-        (PERIOD_HOUR, 3600)
-    } else {
-        (PERIOD_DAY, 86_400)
-    }
-}
-
-pub fn encode_sketch(sketch: &Sketch) -> Vec<u8> {
-    serde_json::to_vec(sketch).unwrap_or_default()
-}
-
-pub fn decode_sketch(bytes: &[u8]) -> Option<Sketch> {
-    serde_json::from_slice(bytes).ok()
-}
-
-pub(crate) fn add_metric(
-    map: &mut BTreeMap<(u32, i64, u32), (u64, f64)>,
-    key: (u32, i64, u32),
-    events: u64,
-    total: f64,
-) {
-    let entry = map.entry(key).or_default();
-    entry.0 += events;
-    entry.1 += total;
-}
-
-impl Deltas {
-    /// Count one inserted row of environment `env_id`; per-second buckets
-    /// only from `live_since` (unix seconds) on.
-    pub fn add(&mut self, env_id: u32, row: &Counted, live_since: i64) {
-        let second = row.timestamp.div_euclid(1000);
-        let minute = second.div_euclid(60) * 60;
-        *self
-            .minute
-            .entry((env_id, minute, row.name_id))
-            .or_default() += 1;
-        *self
-            .country
-            .entry((env_id, minute, row.country.clone()))
-            .or_default() += 1;
-        let live = second >= live_since;
-        if live {
-            *self
-                .second
-                .entry((env_id, second, row.name_id))
-                .or_default() += 1;
-        }
-        self.add_uniques(env_id, second, row.user.as_deref(), row.session.as_deref());
-        self.add_metrics(env_id, second, live, &row.metrics);
-    }
-
-    /// A user and a session seen at `second`, in their hour and day sketches.
-    pub fn add_uniques(
-        &mut self,
-        env_id: u32,
-        second: i64,
-        user: Option<&str>,
-        session: Option<&str>,
-    ) {
-        for (kind, who) in [(KIND_USERS, user), (KIND_SESSIONS, session)] {
-            if let Some(who) = who {
-                for (period, length) in [(PERIOD_HOUR, 3600), (PERIOD_DAY, 86_400)] {
-                    let start = second.div_euclid(length) * length;
-                    self.sketches
-                        .entry((env_id, period, kind, start))
-                        .or_default()
-                        .insert(who);
-                }
-            }
-        }
-    }
-
-    /// One event's metric contributions at `second` (per-second too when `live`).
-    pub fn add_metrics(&mut self, env_id: u32, second: i64, live: bool, values: &[(u32, f64)]) {
-        let minute = second.div_euclid(60) * 60;
-        for &(metric, value) in values {
-            add_metric(&mut self.metric_minute, (env_id, minute, metric), 1, value);
-            if live {
-                add_metric(&mut self.metric_second, (env_id, second, metric), 1, value);
-            }
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.minute.is_empty()
-            && self.second.is_empty()
-            && self.country.is_empty()
-            && self.metric_minute.is_empty()
-            && self.metric_second.is_empty()
-            && self.sketches.is_empty()
-    }
-
-    pub fn merge(&mut self, other: Deltas) {
-        for (k, n) in other.minute {
-            *self.minute.entry(k).or_default() += n;
-        }
-        for (k, n) in other.second {
-            *self.second.entry(k).or_default() += n;
-        }
-        for (k, n) in other.country {
-            *self.country.entry(k).or_default() += n;
-        }
-        for (k, (events, total)) in other.metric_minute {
-            add_metric(&mut self.metric_minute, k, events, total);
-        }
-        for (k, (events, total)) in other.metric_second {
-            add_metric(&mut self.metric_second, k, events, total);
-        }
-        for (k, sketch) in other.sketches {
-            self.sketches.entry(k).or_default().merge(&sketch);
-        }
-    }
-}
+use crate::{
+    model::{Counted, Snapshot},
+    store::CounterStore,
+};
 
 pub struct Counters {
     pending: Mutex<BTreeMap<u32, Deltas>>,
@@ -164,67 +27,6 @@ pub struct Counters {
     /// counted before it started, even while the background one was running.
     flushing: tokio::sync::Mutex<()>,
     second_retention_secs: i64,
-}
-
-pub fn datetime(unix_seconds: i64) -> NaiveDateTime {
-    DateTime::from_timestamp(unix_seconds, 0)
-        .unwrap_or_default()
-        .naive_utc()
-}
-
-pub(crate) fn now_secs() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-/// The country code of an envelope's context, as counted: up to 8 ASCII
-/// letters/digits upper-cased (Cloudflare also sends `T1` and `XX`), else `??`.
-pub fn country_of(envelope: &Envelope) -> Vec<u8> {
-    match envelope.context.get("country").and_then(|c| c.as_str()) {
-        Some(c)
-            if !c.is_empty() && c.len() <= 8 && c.bytes().all(|b| b.is_ascii_alphanumeric()) =>
-        {
-            c.to_ascii_uppercase().into_bytes()
-        }
-        _ => b"??".to_vec(),
-    }
-}
-
-/// (metric id, value) of every metric an event of this type, name and
-/// properties contributes to: only `track` events count toward metrics.
-pub fn contributions(
-    metrics: &[Metric],
-    event_type: EventType,
-    name: &str,
-    properties: &serde_json::Map<String, serde_json::Value>,
-) -> Vec<(u32, f64)> {
-    if event_type != EventType::Track {
-        return Vec::new();
-    }
-    metrics
-        .iter()
-        .filter(|m| m.event_name == name)
-        .filter_map(|m| Some((m.id, m.contribution(properties)?)))
-        .collect()
-}
-
-/// What the counters take of one stored envelope whose name has `name_id`.
-pub fn counted(envelope: &Envelope, name_id: u32, metrics: &[Metric]) -> Counted {
-    Counted {
-        name_id,
-        timestamp: envelope.timestamp,
-        country: country_of(envelope),
-        user: envelope
-            .user_id
-            .clone()
-            .or_else(|| envelope.anonymous_id.clone()),
-        session: envelope.session_id.clone(),
-        metrics: contributions(
-            metrics,
-            envelope.event_type,
-            &envelope.name,
-            &envelope.properties,
-        ),
-    }
 }
 
 impl Counters {
@@ -303,6 +105,9 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Metric;
+    use protocol::EventType;
+    use protocol::Envelope;
 
     fn error(estimate: usize, exact: usize) -> f64 {
         (estimate as f64 - exact as f64).abs() / exact as f64

@@ -21,6 +21,7 @@ pub mod db;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
+pub mod model;
 pub mod stats;
 pub mod store;
 

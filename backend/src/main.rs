@@ -250,7 +250,9 @@ async fn run(cli: Cli) -> Result<()> {
                     );
                     let counters = counters::Counters::new(config.second_retention_secs());
                     let copied = shards
-                        .copy_history(from, to, environment.id, metrics, &counters)
+                        .copy_history(from, to, environment.id, metrics, &|rows| {
+                            counters.record(to.id, environment.id, rows)
+                        })
                         .await?;
                     let failed = counters.flush(&snapshot, &shards).await;
                     shards.close().await;

@@ -293,7 +293,9 @@ async fn backfill_copies_the_history_with_the_new_shards_own_ids() {
     let shards = backend::shards::Shards::new(2, std::time::Duration::from_secs(5), 500);
     let counters = counters::Counters::new(7200);
     let copied = shards
-        .copy_history(&shard("old"), &shard("new"), env, &[], &counters)
+        .copy_history(&shard("old"), &shard("new"), env, &[], &|rows| {
+            counters.record(shard("new").id, env, rows)
+        })
         .await
         .unwrap();
     assert_eq!((copied.read, copied.inserted), (1202, 1201));
@@ -320,7 +322,9 @@ async fn backfill_copies_the_history_with_the_new_shards_own_ids() {
 
     // Again: nothing new.
     let again = shards
-        .copy_history(&shard("old"), &shard("new"), env, &[], &counters)
+        .copy_history(&shard("old"), &shard("new"), env, &[], &|rows| {
+            counters.record(shard("new").id, env, rows)
+        })
         .await
         .unwrap();
     assert_eq!((again.read, again.inserted), (1202, 0));

@@ -9,7 +9,7 @@ use std::{
 use axum::{extract::FromRequestParts, http::request::Parts};
 
 use crate::{
-    catalog::{self, Environment},
+    catalog::Environment,
     error::{Error, Result},
     AppState,
 };

@@ -12,9 +12,9 @@ use protocol::{Envelope, EventType};
 use serde_json::json;
 
 use crate::{
-    catalog::{Environment, Metric, Shard, Snapshot},
-    counters::{self, counted, Deltas, Sketch, KIND_SESSIONS, KIND_USERS},
     error::{Error, Result},
+    model::{self, counted, Deltas, Sketch, KIND_SESSIONS, KIND_USERS},
+    model::{Environment, Metric, Shard, Snapshot},
     store::{
         Buckets, CatalogSource, CounterStore, EventStore, NamedCount, Second, StatsStore, Summary,
         SummaryRange, WriteOutcome,
@@ -303,7 +303,7 @@ impl StatsStore for MemoryStore {
             }
         }
         summary.by_country = sorted_counts(by_country);
-        let (period, length) = counters::sketch_period(range.from_ms, range.to_ms);
+        let (period, length) = model::sketch_period(range.from_ms, range.to_ms);
         let from = bucket(range.from_ms.div_euclid(1000), length);
         let to = range.to_ms.div_euclid(1000);
         for (kind, slot) in [
@@ -462,7 +462,7 @@ impl MemoryCatalog {
             id,
             name: name.into(),
             url: format!("memory://{name}"),
-            status: crate::catalog::ShardStatus::Active,
+            status: crate::model::ShardStatus::Active,
         });
     }
 

@@ -18,23 +18,9 @@ use protocol::Envelope;
 use serde::Serialize;
 
 use crate::{
-    catalog::{Metric, Shard, Snapshot},
-    counters::Deltas,
     error::Result,
+    model::{Counted, Deltas, Metric, Shard, Snapshot},
 };
-
-/// What the counters need of one inserted row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Counted {
-    pub name_id: u32,
-    pub timestamp: i64,
-    pub country: Vec<u8>,
-    /// (metric id, value) for every metric this event contributes to.
-    pub metrics: Vec<(u32, f64)>,
-    /// Who: `user_id`, else `anonymous_id`.
-    pub user: Option<String>,
-    pub session: Option<String>,
-}
 
 #[derive(Debug, Default)]
 pub struct WriteOutcome {
@@ -71,7 +57,7 @@ pub trait EventStore: Send + Sync {
     async fn close(&self) {}
 }
 
-/// Where the [`crate::catalog::Catalog`] reads its snapshots from.
+/// Where the catalog cache (`crate::catalog::Catalog`) reads its snapshots from.
 #[async_trait]
 pub trait CatalogSource: Send + Sync {
     /// Shards, environments and metrics as of now (`read_at` set when the read started).

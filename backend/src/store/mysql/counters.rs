@@ -9,9 +9,9 @@ use sqlx::{mysql::MySqlPool, MySql, QueryBuilder, Row, Transaction};
 
 use super::shards::{stored_envelope, Shards, HISTORY_COLUMNS};
 use crate::{
-    catalog::{Metric, Shard},
-    counters::{counted, datetime, decode_sketch, encode_sketch, now_secs, Deltas},
     error::Result,
+    model::{counted, datetime, decode_sketch, encode_sketch, now_secs, Deltas},
+    model::{Metric, Shard},
     store::CounterStore,
 };
 

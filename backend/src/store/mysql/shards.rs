@@ -13,10 +13,10 @@ use sha2::{Digest, Sha256};
 use sqlx::{mysql::MySqlPool, MySql, QueryBuilder, Row as _, Transaction};
 
 use crate::{
-    catalog::{Metric, Shard},
-    counters::counted,
     db,
     error::Result,
+    model::counted,
+    model::{Metric, Shard},
     store::EventStore,
 };
 
@@ -53,10 +53,7 @@ pub fn context_hash(shared: &str) -> [u8; 16] {
     hash
 }
 
-pub use crate::{
-    counters::country_of,
-    store::{Counted, WriteOutcome},
-};
+pub use crate::{model::country_of, model::Counted, store::WriteOutcome};
 
 /// (shard id, env id, (event type, name)) → the name's id on that shard.
 type NameKey = (u32, u32, (u8, String));
@@ -638,14 +635,14 @@ impl Shards {
     /// backfill before `env promote`): rows are read back whole and written
     /// through [`Shards::write`], so names and shared contexts get the target
     /// shard's own ids, and rows already there (dual writes, an earlier run)
-    /// are skipped. Counts of what this inserted go to `counters`.
+    /// are skipped. What this inserted is passed to `record` to be counted.
     pub async fn copy_history(
         &self,
         from: &Shard,
         to: &Shard,
         env_id: u32,
         metrics: &[Metric],
-        counters: &crate::counters::Counters,
+        record: &dyn Fn(&[Counted]),
     ) -> Result<CopyOutcome> {
         let source = self.pool(from)?;
         let mut after: Vec<u8> = Vec::new();
@@ -670,7 +667,7 @@ impl Shards {
                 .collect::<Result<Vec<_>>>()?;
             let refs: Vec<&Envelope> = envelopes.iter().collect();
             let written = self.write(to, env_id, &refs, metrics).await?;
-            counters.record(to.id, env_id, &written.counted);
+            record(&written.counted);
             outcome.read += envelopes.len() as u64;
             outcome.inserted += written.inserted;
         }

@@ -8,9 +8,9 @@ use sqlx::{mysql::MySqlPool, Row};
 
 use super::shards::Shards;
 use crate::{
-    catalog::{Metric, Shard},
-    counters::{self, datetime},
     error::Result,
+    model::{self, datetime},
+    model::{Metric, Shard},
     store::{Buckets, NamedCount, Second, StatsStore, Summary, SummaryRange},
 };
 
@@ -88,15 +88,15 @@ fn named_counts(rows: Vec<sqlx::mysql::MySqlRow>) -> Result<Vec<NamedCount>> {
 /// merged for ranges up to two days, daily ones beyond (the range is widened
 /// to whole hours or days).
 async fn uniques(pool: &MySqlPool, env_id: u32, from: i64, to: i64) -> Result<(u64, u64)> {
-    let (period, length) = counters::sketch_period(from, to);
+    let (period, length) = model::sketch_period(from, to);
     let start = datetime(from.div_euclid(1000).div_euclid(length) * length);
     let end = datetime(to.div_euclid(1000));
     let mut out = [0u64; 2];
-    for (slot, kind) in [counters::KIND_USERS, counters::KIND_SESSIONS]
+    for (slot, kind) in [model::KIND_USERS, model::KIND_SESSIONS]
         .into_iter()
         .enumerate()
     {
-        let mut merged = counters::Sketch::default();
+        let mut merged = model::Sketch::default();
         let blobs: Vec<Vec<u8>> = sqlx::query_scalar(SKETCHES)
             .bind(env_id)
             .bind(period)
@@ -106,7 +106,7 @@ async fn uniques(pool: &MySqlPool, env_id: u32, from: i64, to: i64) -> Result<(u
             .fetch_all(pool)
             .await?;
         for blob in blobs {
-            if let Some(sketch) = counters::decode_sketch(&blob) {
+            if let Some(sketch) = model::decode_sketch(&blob) {
                 merged.merge(&sketch);
             }
         }
