@@ -106,8 +106,8 @@ impl Counters {
 mod tests {
     use super::*;
     use crate::model::Metric;
-    use protocol::EventType;
     use protocol::Envelope;
+    use protocol::EventType;
 
     fn error(estimate: usize, exact: usize) -> f64 {
         (estimate as f64 - exact as f64).abs() / exact as f64

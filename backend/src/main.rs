@@ -34,6 +34,25 @@ enum Command {
     /// Named aggregates over an event's property (e.g. revenue = sum of amount over purchase).
     #[command(subcommand)]
     Metric(MetricCommand),
+    /// Public API keys (`sk_…`) the apps send; only their SHA-256 is stored.
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Create a key for an environment; the key is the last line printed, once.
+    Create { env: String },
+    /// List an environment's keys (prefix, SHA-256, created, revoked).
+    List { env: String },
+    /// Revoke a key, given as the key, its 12-character prefix or its SHA-256 hex.
+    Revoke { key: String },
+    /// Record a key created earlier at the edge (KV), by its SHA-256 hex.
+    Import {
+        env: String,
+        #[arg(long)]
+        hash: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -316,6 +335,45 @@ async fn run(cli: Cli) -> Result<()> {
                             secondary
                         );
                     }
+                }
+            }
+        }
+        Command::Key(cmd) => {
+            db::migrate_catalog(&config.database_url).await?;
+            let pool = catalog_pool()?;
+            match cmd {
+                KeyCommand::Create { env } => {
+                    let (key, stored) = catalog::create_api_key(&pool, &env).await?;
+                    eprintln!(
+                        "key for {env} (env id {}), SHA-256 {}: store it now, it is not shown again",
+                        stored.env_id, stored.key_hash
+                    );
+                    println!("{key}");
+                }
+                KeyCommand::List { env } => {
+                    println!(
+                        "{:<14} {:<64} {:<24} revoked",
+                        "prefix", "sha256", "created"
+                    );
+                    for k in catalog::list_api_keys(&pool, &env).await? {
+                        println!(
+                            "{:<14} {:<64} {:<24} {}",
+                            k.prefix.as_deref().unwrap_or("(imported)"),
+                            k.key_hash,
+                            k.created_at.to_string(),
+                            k.revoked_at
+                                .map(|r| r.to_string())
+                                .unwrap_or_else(|| "-".into())
+                        );
+                    }
+                }
+                KeyCommand::Revoke { key } => {
+                    let revoked = catalog::revoke_api_key(&pool, &key).await?;
+                    println!("revoked {} (env id {})", revoked.key_hash, revoked.env_id);
+                }
+                KeyCommand::Import { env, hash } => {
+                    let stored = catalog::import_api_key(&pool, &env, &hash).await?;
+                    println!("imported {} for env id {}", stored.key_hash, stored.env_id);
                 }
             }
         }

@@ -916,3 +916,87 @@ async fn a_rebuild_from_stored_rows_counts_exactly_what_the_write_path_counted()
     stop(server, tx).await;
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn api_keys_are_stored_hashed_and_revoked_by_key_prefix_or_hash() {
+    use intake::credentials::key_hash;
+    let t = Env::new().await;
+    t.add_shard("a").await;
+    let shop = catalog::create_environment(&t.catalog, "shop", "a")
+        .await
+        .unwrap();
+    let blog = catalog::create_environment(&t.catalog, "blog", "a")
+        .await
+        .unwrap();
+    let (key, stored) = catalog::create_api_key(&t.catalog, "shop").await.unwrap();
+    assert!(key.starts_with("sk_") && key.len() == 35, "{key}");
+    assert_eq!(stored.key_hash, key_hash(&key));
+    assert_eq!(stored.prefix.as_deref(), Some(&key[..12]));
+    let in_clear: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM api_keys WHERE key_hash = ? OR prefix = ?")
+            .bind(&key)
+            .bind(&key)
+            .fetch_one(&t.catalog)
+            .await
+            .unwrap();
+    assert_eq!(in_clear, 0, "only the hash and a prefix are stored");
+    assert_eq!(
+        catalog::api_key_env(&t.catalog, &key_hash(&key))
+            .await
+            .unwrap(),
+        Some(shop)
+    );
+
+    // A key made earlier at the edge comes in by its hash.
+    let edge_key = "sk_0123456789abcdef0123456789abcdef";
+    let imported = catalog::import_api_key(&t.catalog, "blog", &key_hash(edge_key))
+        .await
+        .unwrap();
+    assert_eq!((imported.env_id, imported.prefix), (blog, None));
+    assert!(
+        catalog::import_api_key(&t.catalog, "blog", &key_hash(edge_key))
+            .await
+            .is_ok(),
+        "importing twice is a no-op"
+    );
+    assert!(matches!(
+        catalog::import_api_key(&t.catalog, "shop", &key_hash(edge_key)).await,
+        Err(backend::Error::AlreadyExists(..))
+    ));
+    assert!(catalog::import_api_key(&t.catalog, "blog", "not-a-hash")
+        .await
+        .is_err());
+    let listed = catalog::list_api_keys(&t.catalog, "shop").await.unwrap();
+    assert_eq!(listed, vec![stored.clone()]);
+
+    // Revoked by prefix, by the key itself, by hash; each once.
+    let revoked = catalog::revoke_api_key(&t.catalog, &key[..12])
+        .await
+        .unwrap();
+    assert_eq!(revoked.key_hash, stored.key_hash);
+    assert!(revoked.revoked_at.is_some());
+    assert_eq!(
+        catalog::api_key_env(&t.catalog, &key_hash(&key))
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        catalog::revoke_api_key(&t.catalog, &key).await.is_err(),
+        "no active key left to revoke"
+    );
+    let (second, _) = catalog::create_api_key(&t.catalog, "shop").await.unwrap();
+    catalog::revoke_api_key(&t.catalog, &second).await.unwrap();
+    catalog::revoke_api_key(&t.catalog, &key_hash(edge_key))
+        .await
+        .unwrap();
+    for k in [&second, &edge_key.to_string()] {
+        assert_eq!(
+            catalog::api_key_env(&t.catalog, &key_hash(k))
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    t.cleanup().await;
+}

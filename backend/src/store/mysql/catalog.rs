@@ -258,6 +258,151 @@ pub async fn read_token_env(pool: &MySqlPool, hash: &[u8; 32]) -> Result<Option<
     .await?)
 }
 
+// ---- API keys ----
+
+/// A new public API key: `sk_` and 128 random bits in hex.
+fn new_api_key() -> String {
+    let bytes: [u8; 16] = rand::random();
+    format!("sk_{}", intake::credentials::hex(&bytes))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct ApiKey {
+    pub env_id: u32,
+    /// The key's first 12 characters (`None` for a key imported by hash).
+    pub prefix: Option<String>,
+    /// Lowercase hex SHA-256 of the key.
+    pub key_hash: String,
+    pub created_at: chrono::NaiveDateTime,
+    pub revoked_at: Option<chrono::NaiveDateTime>,
+}
+
+const SELECT_API_KEYS: &str =
+    "SELECT env_id, prefix, key_hash, created_at, revoked_at FROM api_keys";
+
+/// Create an API key for an environment. The key is returned once; only
+/// its SHA-256 is stored.
+pub async fn create_api_key(pool: &MySqlPool, env_name: &str) -> Result<(String, ApiKey)> {
+    let env = environment_by_name(pool, env_name).await?;
+    let key = new_api_key();
+    let hash = intake::credentials::key_hash(&key);
+    sqlx::query("INSERT INTO api_keys (env_id, prefix, key_hash) VALUES (?, ?, ?)")
+        .bind(env.id)
+        .bind(token_prefix(&key))
+        .bind(&hash)
+        .execute(pool)
+        .await?;
+    let stored = api_key_by_hash(pool, &hash).await?;
+    Ok((key, stored))
+}
+
+/// Record a key created elsewhere (the edge's KV, before keys lived in the
+/// catalog) by its SHA-256 hex. Importing a hash already stored is a no-op.
+pub async fn import_api_key(pool: &MySqlPool, env_name: &str, hash: &str) -> Result<ApiKey> {
+    let env = environment_by_name(pool, env_name).await?;
+    if !is_key_hash(hash) {
+        return Err(Error::InvalidArgument(
+            "key hash",
+            format!("{hash:?}: give the key's SHA-256 as 64 lowercase hex digits"),
+        ));
+    }
+    sqlx::query("INSERT IGNORE INTO api_keys (env_id, key_hash) VALUES (?, ?)")
+        .bind(env.id)
+        .bind(hash)
+        .execute(pool)
+        .await?;
+    let stored = api_key_by_hash(pool, hash).await?;
+    if stored.env_id != env.id {
+        return Err(Error::AlreadyExists(
+            "key of another environment",
+            hash.into(),
+        ));
+    }
+    Ok(stored)
+}
+
+fn is_key_hash(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+async fn api_key_by_hash(pool: &MySqlPool, hash: &str) -> Result<ApiKey> {
+    Ok(
+        sqlx::query_as(&format!("{SELECT_API_KEYS} WHERE key_hash = ?"))
+            .bind(hash)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+pub async fn list_api_keys(pool: &MySqlPool, env_name: &str) -> Result<Vec<ApiKey>> {
+    let env = environment_by_name(pool, env_name).await?;
+    Ok(
+        sqlx::query_as(&format!("{SELECT_API_KEYS} WHERE env_id = ? ORDER BY id"))
+            .bind(env.id)
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// Revoke one active key, named by the key itself, its SHA-256 hex, or its
+/// 12-character prefix (which must name exactly one active key).
+pub async fn revoke_api_key(pool: &MySqlPool, which: &str) -> Result<ApiKey> {
+    let which = intake::credentials::trim_http_whitespace(which);
+    let matches: Vec<ApiKey> = if is_key_hash(which) || which.len() > 12 {
+        let hash = if is_key_hash(which) {
+            which.to_owned()
+        } else {
+            intake::credentials::key_hash(which)
+        };
+        sqlx::query_as(&format!(
+            "{SELECT_API_KEYS} WHERE key_hash = ? AND revoked_at IS NULL"
+        ))
+        .bind(hash)
+        .fetch_all(pool)
+        .await?
+    } else {
+        sqlx::query_as(&format!(
+            "{SELECT_API_KEYS} WHERE prefix = ? AND revoked_at IS NULL"
+        ))
+        .bind(which)
+        .fetch_all(pool)
+        .await?
+    };
+    let key = match <[ApiKey; 1]>::try_from(matches) {
+        Ok([key]) => key,
+        Err(found) if found.is_empty() => {
+            return Err(Error::InvalidArgument(
+                "key",
+                format!("no active key {which:?} (give the key, its prefix or its SHA-256 hex)"),
+            ))
+        }
+        Err(found) => {
+            return Err(Error::InvalidArgument(
+                "key",
+                format!(
+                    "{which:?} names {} active keys: give the whole key or its hash",
+                    found.len()
+                ),
+            ))
+        }
+    };
+    sqlx::query("UPDATE api_keys SET revoked_at = CURRENT_TIMESTAMP(3) WHERE key_hash = ?")
+        .bind(&key.key_hash)
+        .execute(pool)
+        .await?;
+    api_key_by_hash(pool, &key.key_hash).await
+}
+
+/// The environment an active API key (by its SHA-256 hex) writes to.
+pub async fn api_key_env(pool: &MySqlPool, hash: &str) -> Result<Option<u32>> {
+    Ok(
+        sqlx::query_scalar("SELECT env_id FROM api_keys WHERE key_hash = ? AND revoked_at IS NULL")
+            .bind(hash)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
 // ---- metrics ----
 
 /// A `metrics` row as stored, before its aggregate is checked.
