@@ -3,6 +3,7 @@
 // only its SHA-256 hex, under which the record {env_id, name, status} lives.
 //
 //   node scripts/key.mjs create --env-id 7 --env-name web [--remote] [--env production]
+//   node scripts/key.mjs put --hash <sha256 hex> --env-id 7 --env-name web   (a key made by `backend key create --edge`)
 //   node scripts/key.mjs revoke sk_... | --hash <sha256 hex>   [--remote] [--env production]
 //   node scripts/key.mjs list --env-id 7                       [--remote] [--env production]
 //
@@ -15,7 +16,8 @@ import { kv, parseArgs } from "./kv.mjs";
 function usage(message) {
   if (message) console.error(`key: ${message}`);
   console.error(
-    "usage: key.mjs create --env-id N --env-name NAME | revoke KEY | revoke --hash HEX | list --env-id N\n" +
+    "usage: key.mjs create --env-id N --env-name NAME | put --hash HEX --env-id N --env-name NAME |\n" +
+      "       revoke KEY | revoke --hash HEX | list --env-id N\n" +
       "       [--remote] [--env staging|production] [--persist-to DIR]",
   );
   process.exit(2);
@@ -48,6 +50,14 @@ switch (opts.command) {
     keys.put(hash, JSON.stringify({ env_id, name: opts.env_name, status: "active", created_at: new Date().toISOString() }));
     console.error(`key: created for env ${env_id} (${opts.env_name}); hash ${hash}. Store the key now: it is not shown again.`);
     console.log(key);
+    break;
+  }
+  case "put": {
+    const env_id = envId(opts);
+    if (!opts.env_name) usage("--env-name is required");
+    if (!opts.hash || !/^[0-9a-f]{64}$/.test(opts.hash)) usage("--hash must be the key's SHA-256 hex");
+    keys.put(opts.hash, JSON.stringify({ env_id, name: opts.env_name, status: "active", created_at: new Date().toISOString() }));
+    console.error(`key: ${opts.hash} active for env ${env_id} (${opts.env_name})`);
     break;
   }
   case "revoke": {

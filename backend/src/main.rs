@@ -42,17 +42,75 @@ enum Command {
 #[derive(Subcommand)]
 enum KeyCommand {
     /// Create a key for an environment; the key is the last line printed, once.
-    Create { env: String },
+    Create {
+        env: String,
+        #[command(flatten)]
+        edge: EdgeKv,
+    },
     /// List an environment's keys (prefix, SHA-256, created, revoked).
     List { env: String },
     /// Revoke a key, given as the key, its 12-character prefix or its SHA-256 hex.
-    Revoke { key: String },
+    Revoke {
+        key: String,
+        #[command(flatten)]
+        edge: EdgeKv,
+    },
     /// Record a key created earlier at the edge (KV), by its SHA-256 hex.
     Import {
         env: String,
         #[arg(long)]
         hash: String,
     },
+}
+
+/// The edge's copy of a key: its KV record, written through `scripts/key.mjs`
+/// (which runs the project's wrangler wrapper, `scripts/wrangler.sh`, so
+/// `--remote` uses wrangler's own Cloudflare login or `CLOUDFLARE_API_TOKEN`).
+#[derive(clap::Args)]
+struct EdgeKv {
+    /// Also write (or revoke) the edge's KV record. Needs node and the
+    /// repository: `scripts/key.mjs` under the current directory, or `SLUICE_KEY_SCRIPT`.
+    #[arg(long)]
+    edge: bool,
+    /// With --edge: Cloudflare's KV, not wrangler's local one (`make dev`'s).
+    #[arg(long, requires = "edge")]
+    remote: bool,
+    /// With --edge: the wrangler environment (`staging`, `production`).
+    #[arg(long = "env", requires = "edge")]
+    wrangler_env: Option<String>,
+    /// With --edge, local: wrangler's state directory (default .dev/wrangler-state).
+    #[arg(long, requires = "edge")]
+    persist_to: Option<String>,
+}
+
+impl EdgeKv {
+    /// Run `node scripts/key.mjs ARGS` with this target; its messages go to stderr.
+    fn run(&self, args: &[&str]) -> Result<()> {
+        let script =
+            std::env::var("SLUICE_KEY_SCRIPT").unwrap_or_else(|_| "scripts/key.mjs".into());
+        let mut command = std::process::Command::new("node");
+        command.arg(&script).args(args);
+        if self.remote {
+            command.arg("--remote");
+        }
+        if let Some(env) = &self.wrangler_env {
+            command.args(["--env", env]);
+        }
+        if let Some(dir) = &self.persist_to {
+            command.args(["--persist-to", dir]);
+        }
+        let status = command
+            .stdout(std::process::Stdio::null())
+            .status()
+            .map_err(|e| Error::Internal(format!("--edge: cannot run node {script}: {e}")))?;
+        if !status.success() {
+            return Err(Error::Internal(format!(
+                "--edge: node {script} {} failed ({status})",
+                args.first().unwrap_or(&"")
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -342,11 +400,22 @@ async fn run(cli: Cli) -> Result<()> {
             db::migrate_catalog(&config.database_url).await?;
             let pool = catalog_pool()?;
             match cmd {
-                KeyCommand::Create { env } => {
+                KeyCommand::Create { env, edge } => {
                     let (key, stored) = catalog::create_api_key(&pool, &env).await?;
+                    if edge.edge {
+                        let env_id = stored.env_id.to_string();
+                        let put = ["put", "--hash", &stored.key_hash, "--env-id", &env_id];
+                        if let Err(e) = edge.run(&[&put[..], &["--env-name", &env]].concat()) {
+                            // A key the edge does not know must not stay usable elsewhere.
+                            catalog::revoke_api_key(&pool, &stored.key_hash).await?;
+                            return Err(e);
+                        }
+                    }
                     eprintln!(
-                        "key for {env} (env id {}), SHA-256 {}: store it now, it is not shown again",
-                        stored.env_id, stored.key_hash
+                        "key for {env} (env id {}), SHA-256 {}{}: store it now, it is not shown again",
+                        stored.env_id,
+                        stored.key_hash,
+                        if edge.edge { ", also at the edge" } else { "" }
                     );
                     println!("{key}");
                 }
@@ -367,9 +436,21 @@ async fn run(cli: Cli) -> Result<()> {
                         );
                     }
                 }
-                KeyCommand::Revoke { key } => {
+                KeyCommand::Revoke { key, edge } => {
                     let revoked = catalog::revoke_api_key(&pool, &key).await?;
-                    println!("revoked {} (env id {})", revoked.key_hash, revoked.env_id);
+                    if edge.edge {
+                        edge.run(&["revoke", "--hash", &revoked.key_hash])?;
+                    }
+                    println!(
+                        "revoked {} (env id {}){}",
+                        revoked.key_hash,
+                        revoked.env_id,
+                        if edge.edge {
+                            "; the edge refuses it within KV's propagation (~60 s) + its key cache TTL"
+                        } else {
+                            ""
+                        }
+                    );
                 }
                 KeyCommand::Import { env, hash } => {
                     let stored = catalog::import_api_key(&pool, &env, &hash).await?;

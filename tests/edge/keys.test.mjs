@@ -9,17 +9,23 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { setTimeout as sleep } from "node:timers/promises";
-import { root, startWorker, post, eventually, seedKey, newKey } from "./harness.mjs";
+import { root, startWorker, post, eventually, seedKey, newKey, hashKey, Backend } from "./harness.mjs";
 
 const run = promisify(execFile);
 const dir = await mkdtemp(path.join(tmpdir(), "sluice-keys-"));
 const keyCmd = (...args) => run("node", [path.join(root, "scripts/key.mjs"), ...args, "--persist-to", dir], { timeout: 60_000 });
-let mf, limited;
+const backendDir = await mkdtemp(path.join(tmpdir(), "sluice-backend-keys-"));
+// `backend key … --edge` runs scripts/key.mjs; the tests may run from anywhere.
+process.env.SLUICE_KEY_SCRIPT = path.join(root, "scripts/key.mjs");
+let mf, limited, both, backend;
 
 after(async () => {
   await mf?.dispose().catch(() => {});
   await limited?.dispose().catch(() => {});
+  await both?.dispose().catch(() => {});
+  await backend?.drop().catch(() => {});
   await rm(dir, { recursive: true, force: true });
+  await rm(backendDir, { recursive: true, force: true });
 });
 
 async function filesUnder(d) {
@@ -91,4 +97,28 @@ test("per-key rate limit: 429 with Retry-After past the budget, other keys unaff
   await sleep(retryAfter * 1000 + 100);
   const again = await post(limited, "/v1/events", { key: busy, body: { event: "r" } });
   assert.equal(again.status, 202, again.text);
+});
+
+test("backend key create/revoke --edge: one command keeps the catalog and the edge's KV together", async () => {
+  backend = new Backend();
+  await backend.setup();
+  const envId = await backend.createEnv("shop", "a");
+  const out = await backend.cli("key", "create", "shop", "--edge", "--persist-to", backendDir);
+  const key = out.trim().split("\n").at(-1);
+  assert.match(key, /^sk_[0-9a-f]{32}$/, out);
+  assert.match(await backend.cli("key", "list", "shop"), new RegExp(`${hashKey(key)} .* -\\s*$`, "m"));
+  const edgeList = await run("node", [path.join(root, "scripts/key.mjs"), "list", "--env-id", String(envId), "--persist-to", backendDir]);
+  assert.match(edgeList.stdout, new RegExp(`^${hashKey(key)}\tactive\tshop\t`, "m"));
+
+  both = await startWorker({ backendUrl: "http://127.0.0.1:9", kvPersist: path.join(backendDir, "v3/kv"), vars: { KEY_CACHE_TTL_SECONDS: "2" } });
+  const accepted = await post(both, "/v1/events", { key, body: { event: "k" } });
+  assert.equal(accepted.status, 202, accepted.text);
+
+  const revoked = await backend.cli("key", "revoke", key.slice(0, 12), "--edge", "--persist-to", backendDir);
+  assert.match(revoked, new RegExp(`revoked ${hashKey(key)}`));
+  assert.doesNotMatch(await backend.cli("key", "list", "shop"), new RegExp(`${hashKey(key)} .* -\\s*$`, "m"));
+  await eventually(async () => (await post(both, "/v1/events", { key, body: { event: "k" } })).status === 401, {
+    ms: 10_000,
+    what: "the key revoked with --edge to be refused at the edge",
+  });
 });
