@@ -28,7 +28,13 @@ $backend migrate >/dev/null
 $backend shard list | awk 'NR > 1 {print $2}' | grep -qx dev || $backend shard add dev "$db/sluice_dev_shard" >/dev/null
 env_id=$($backend env list | awk '$2 == "dev" {print $1}')
 [[ -n $env_id ]] || env_id=$($backend env create dev --shard dev)
-[[ -s .dev/read-token ]] || $backend env token dev > .dev/read-token
+# Credentials kept under .dev/ are checked against this catalog: a
+# recreated database must not leave stale ones behind.
+active_read_token() {
+  [[ -s .dev/read-token ]] || return 1
+  $backend env tokens dev | awk -v p="$(head -c 12 .dev/read-token)" '$1 == p && $NF == "-" {found=1} END {exit !found}'
+}
+active_read_token || { log "making a new read token"; $backend env token dev > .dev/read-token; }
 
 for name in backend edge; do
   if [[ -f .dev/$name.pid ]]; then kill "$(cat .dev/$name.pid)" 2>/dev/null || true; rm -f ".dev/$name.pid"; fi
@@ -57,7 +63,21 @@ wait_for "http://127.0.0.1:$backend_port/healthz" backend .dev/backend.log
 
 # Secrets and local overrides for `wrangler dev` (git-ignored).
 printf 'INGEST_TOKEN=%s\nBACKEND_URL=http://127.0.0.1:%s\n' "$SLUICE_INGEST_TOKEN" "$backend_port" > .dev.vars
-[[ -s .dev/api-key ]] || node scripts/key.mjs create --env-id "$env_id" --env-name dev > .dev/api-key
+active_api_key() {
+  [[ -s .dev/api-key ]] || return 1
+  local hash
+  hash=$(tail -1 .dev/api-key | tr -d '\n' | sha256sum | cut -d' ' -f1)
+  $backend key list dev | awk -v h="$hash" '$2 == h && $NF == "-" {found=1} END {exit !found}'
+}
+if ! active_api_key; then
+  log "making a new API key (catalog and the local edge's KV)"
+  if [[ -s .dev/api-key ]]; then
+    # The old key's KV record goes too; it may not be there.
+    old=$(tail -1 .dev/api-key | tr -d '\n' | sha256sum | cut -d' ' -f1)
+    node scripts/key.mjs revoke --hash "$old" >/dev/null 2>&1 || true
+  fi
+  $backend key create dev --edge 2>/dev/null > .dev/api-key
+fi
 api_key=$(tail -1 .dev/api-key)
 
 log "starting the edge worker on 127.0.0.1:$edge_port (log: .dev/edge.log)"
