@@ -22,7 +22,13 @@ const opts = parseArgs(process.argv.slice(2), ["--env", "--persist-to", "--backe
 const letters = kv("DEAD_LETTERS", opts);
 const read = (key) => {
   const text = letters.get(key);
-  return text === null ? null : JSON.parse(text);
+  if (text === null) return null;
+  try {
+    return JSON.parse(text);
+  } catch {
+    console.error(`dlq: ${key}: the stored record is not JSON (${text.length} bytes read); read it again, or show/delete it`);
+    return null;
+  }
 };
 
 switch (opts.command) {

@@ -1,5 +1,5 @@
 //! The catalog database: read as a [`CatalogSource`], and administered by
-//! the CLI (shards, environments, read tokens, metrics).
+//! the CLI (shards, environments, read tokens, API keys, metrics).
 
 use std::{collections::HashMap, time::Instant};
 
