@@ -63,19 +63,16 @@ wait_for "http://127.0.0.1:$backend_port/healthz" backend .dev/backend.log
 
 # Secrets and local overrides for `wrangler dev` (git-ignored).
 printf 'INGEST_TOKEN=%s\nBACKEND_URL=http://127.0.0.1:%s\n' "$SLUICE_INGEST_TOKEN" "$backend_port" > .dev.vars
+# The SHA-256 hex of the key in .dev/api-key (its last line), as stored.
+api_key_hash() { tail -1 .dev/api-key | tr -d '\n' | sha256sum | cut -d' ' -f1; }
 active_api_key() {
   [[ -s .dev/api-key ]] || return 1
-  local hash
-  hash=$(tail -1 .dev/api-key | tr -d '\n' | sha256sum | cut -d' ' -f1)
-  $backend key list dev | awk -v h="$hash" '$2 == h && $NF == "-" {found=1} END {exit !found}'
+  $backend key list dev | awk -v h="$(api_key_hash)" '$2 == h && $NF == "-" {found=1} END {exit !found}'
 }
 if ! active_api_key; then
   log "making a new API key (catalog and the local edge's KV)"
-  if [[ -s .dev/api-key ]]; then
-    # The old key's KV record goes too; it may not be there.
-    old=$(tail -1 .dev/api-key | tr -d '\n' | sha256sum | cut -d' ' -f1)
-    node scripts/key.mjs revoke --hash "$old" >/dev/null 2>&1 || true
-  fi
+  # The old key's KV record goes too; it may not be there.
+  [[ -s .dev/api-key ]] && { node scripts/key.mjs revoke --hash "$(api_key_hash)" >/dev/null 2>&1 || true; }
   $backend key create dev --edge 2>/dev/null > .dev/api-key
 fi
 api_key=$(tail -1 .dev/api-key)

@@ -404,8 +404,16 @@ async fn run(cli: Cli) -> Result<()> {
                     let (key, stored) = catalog::create_api_key(&pool, &env).await?;
                     if edge.edge {
                         let env_id = stored.env_id.to_string();
-                        let put = ["put", "--hash", &stored.key_hash, "--env-id", &env_id];
-                        if let Err(e) = edge.run(&[&put[..], &["--env-name", &env]].concat()) {
+                        let put = [
+                            "put",
+                            "--hash",
+                            &stored.key_hash,
+                            "--env-id",
+                            &env_id,
+                            "--env-name",
+                            &env,
+                        ];
+                        if let Err(e) = edge.run(&put) {
                             // A key the edge does not know must not stay usable elsewhere.
                             catalog::revoke_api_key(&pool, &stored.key_hash).await?;
                             return Err(e);

@@ -189,9 +189,11 @@ pub async fn promote_environment(pool: &MySqlPool, name: &str) -> Result<()> {
 // ---- read tokens (stats API) ----
 
 /// A new read token's text: `srt_` + 32 hex digits (128 random bits).
-fn new_read_token() -> String {
+/// A new secret: `kind` (`srt_` read token, `sk_` API key) and 128 random
+/// bits in hex.
+fn new_secret(kind: &str) -> String {
     let bytes: [u8; 16] = rand::random();
-    format!("srt_{}", intake::credentials::hex(&bytes))
+    format!("{kind}{}", intake::credentials::hex(&bytes))
 }
 
 /// How a token is listed and revoked: its first 12 characters.
@@ -203,7 +205,7 @@ pub fn token_prefix(token: &str) -> &str {
 /// only its SHA-256 is stored.
 pub async fn create_read_token(pool: &MySqlPool, env_name: &str) -> Result<String> {
     let env = environment_by_name(pool, env_name).await?;
-    let token = new_read_token();
+    let token = new_secret("srt_");
     sqlx::query("INSERT INTO read_tokens (env_id, prefix, token_hash) VALUES (?, ?, ?)")
         .bind(env.id)
         .bind(token_prefix(&token))
@@ -260,12 +262,6 @@ pub async fn read_token_env(pool: &MySqlPool, hash: &[u8; 32]) -> Result<Option<
 
 // ---- API keys ----
 
-/// A new public API key: `sk_` and 128 random bits in hex.
-fn new_api_key() -> String {
-    let bytes: [u8; 16] = rand::random();
-    format!("sk_{}", intake::credentials::hex(&bytes))
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, FromRow)]
 pub struct ApiKey {
     pub env_id: u32,
@@ -284,7 +280,7 @@ const SELECT_API_KEYS: &str =
 /// its SHA-256 is stored.
 pub async fn create_api_key(pool: &MySqlPool, env_name: &str) -> Result<(String, ApiKey)> {
     let env = environment_by_name(pool, env_name).await?;
-    let key = new_api_key();
+    let key = new_secret("sk_");
     let hash = intake::credentials::key_hash(&key);
     sqlx::query("INSERT INTO api_keys (env_id, prefix, key_hash) VALUES (?, ?, ?)")
         .bind(env.id)
@@ -348,26 +344,19 @@ pub async fn list_api_keys(pool: &MySqlPool, env_name: &str) -> Result<Vec<ApiKe
 /// 12-character prefix (which must name exactly one active key).
 pub async fn revoke_api_key(pool: &MySqlPool, which: &str) -> Result<ApiKey> {
     let which = intake::credentials::trim_http_whitespace(which);
-    let matches: Vec<ApiKey> = if is_key_hash(which) || which.len() > 12 {
-        let hash = if is_key_hash(which) {
-            which.to_owned()
-        } else {
-            intake::credentials::key_hash(which)
-        };
-        sqlx::query_as(&format!(
-            "{SELECT_API_KEYS} WHERE key_hash = ? AND revoked_at IS NULL"
-        ))
-        .bind(hash)
-        .fetch_all(pool)
-        .await?
+    let (column, value) = if is_key_hash(which) {
+        ("key_hash", which.to_owned())
+    } else if which.len() > 12 {
+        ("key_hash", intake::credentials::key_hash(which))
     } else {
-        sqlx::query_as(&format!(
-            "{SELECT_API_KEYS} WHERE prefix = ? AND revoked_at IS NULL"
-        ))
-        .bind(which)
-        .fetch_all(pool)
-        .await?
+        ("prefix", which.to_owned())
     };
+    let matches: Vec<ApiKey> = sqlx::query_as(&format!(
+        "{SELECT_API_KEYS} WHERE {column} = ? AND revoked_at IS NULL"
+    ))
+    .bind(value)
+    .fetch_all(pool)
+    .await?;
     let key = match <[ApiKey; 1]>::try_from(matches) {
         Ok([key]) => key,
         Err(found) if found.is_empty() => {
@@ -527,7 +516,7 @@ mod tests {
     fn read_tokens_list_by_prefix() {
         assert_eq!(token_prefix("srt_0123456789abcdef"), "srt_01234567");
         assert_eq!(token_prefix("short"), "short");
-        let token = new_read_token();
+        let token = new_secret("srt_");
         assert!(token.starts_with("srt_") && token.len() == 36, "{token}");
     }
 
