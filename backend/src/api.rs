@@ -47,7 +47,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .fallback(|| async { json_error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(crate::public::fallback)
         .method_not_allowed_fallback(|| async {
             json_error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -83,17 +83,18 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
 
 /// The in-flight gauge, and the one place `Retry-After` is set: on every
 /// 503, and on a 207 (some environments must be sent again), from
-/// `SLUICE_RETRY_AFTER_SECS`.
+/// `SLUICE_RETRY_AFTER_SECS` — unless the public API's door set its own
+/// (`intake::Error::headers`, the same at the edge).
 async fn every_response(State(state): State<AppState>, request: Request, next: Next) -> Response {
     state.metrics.in_flight.inc();
     let mut response = next.run(request).await;
     state.metrics.in_flight.dec();
     let status = response.status();
     if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::MULTI_STATUS {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(state.config.retry_after_secs),
-        );
+        response
+            .headers_mut()
+            .entry(header::RETRY_AFTER)
+            .or_insert_with(|| HeaderValue::from(state.config.retry_after_secs));
     }
     response
 }

@@ -851,3 +851,343 @@ async fn pruning_drops_counts_past_their_retention() {
     assert_eq!(counts.minute.len(), 1, "the 200-day-old minute is gone");
     assert_eq!(counts.second.len(), 1, "the live second stays");
 }
+
+// ---- direct ingest: the public API at the backend ----
+
+const KEY: &str = "sk_direct_0123456789abcdef";
+
+async fn direct_harness(config: Config) -> Harness {
+    let h = harness_with(config).await;
+    h.catalog.add_api_key(KEY, WEB);
+    h
+}
+
+/// A public API request from `peer` (as the socket would report it).
+async fn public(
+    state: &AppState,
+    method: &str,
+    path: &str,
+    body: Value,
+    headers: &[(&str, &str)],
+    peer: Option<&str>,
+) -> Answer {
+    let mut request = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let mut request = request
+        .body(match body {
+            Value::Null => Body::empty(),
+            body => Body::from(body.to_string()),
+        })
+        .expect("request");
+    if let Some(peer) = peer {
+        let addr: std::net::SocketAddr = peer.parse().expect("address");
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
+    }
+    call(state, request).await
+}
+
+async fn events(state: &AppState, body: Value) -> Answer {
+    let auth = format!("Bearer {KEY}");
+    public(
+        state,
+        "POST",
+        "/v1/events",
+        body,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        None,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn direct_events_are_stored_before_the_answer() {
+    let h = direct_harness(config()).await;
+    let a = events(
+        &h.state,
+        json!([{"event": "signup"}, {"event": "buy", "properties": {"amount": 2}}]),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    assert_eq!(a.body, json!({"accepted": 2}));
+    assert_eq!(h.store.count(1, WEB), 2, "stored when the answer comes");
+    let stored = h.store.envelopes(1, WEB);
+    assert!(stored.iter().all(|e| e.env_id == WEB));
+
+    let a = events(&h.state, json!({"event": ""})).await;
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_events"))
+    );
+    let a = public(
+        &h.state,
+        "POST",
+        "/v1/events",
+        json!({"event": "x"}),
+        &[("content-type", "application/json")],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.body["error"], "missing_api_key");
+    assert_eq!(a.headers["www-authenticate"], "Bearer");
+    let a = public(
+        &h.state,
+        "POST",
+        "/v1/events?key=sk_unknown",
+        json!({"event": "x"}),
+        &[("content-type", "text/plain")],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_api_key"))
+    );
+    let a = public(&h.state, "GET", "/v1/events", Value::Null, &[], None).await;
+    assert_eq!(
+        (
+            a.status,
+            a.headers.get("allow").map(|v| v.to_str().unwrap())
+        ),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("POST, OPTIONS"))
+    );
+    let a = get(&h.state, "/v1/nothing", None).await;
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    assert_eq!(h.store.count(1, WEB), 2);
+}
+
+#[tokio::test]
+async fn segment_messages_land_and_settings_point_at_the_public_url() {
+    let mut config = config();
+    config.public_url = "https://events.example.com".into();
+    let h = direct_harness(config).await;
+    let auth = format!("Bearer {KEY}");
+    let a = public(
+        &h.state,
+        "POST",
+        "/v1/batch",
+        json!({"batch": [
+            {"type": "track", "event": "Bought", "userId": "u1", "messageId": "m-1"},
+            {"type": "identify", "userId": "u1", "messageId": "m-2"},
+            {"type": "track", "userId": "u1", "messageId": "m-3"}
+        ]}),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        (a.body["accepted"].as_u64(), a.body["rejected"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(h.store.count(1, WEB), 2);
+
+    let a = get(&h.state, &format!("/v1/projects/{KEY}/settings"), None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let io = &a.body["integrations"]["Segment.io"];
+    assert_eq!(
+        (io["apiHost"].as_str(), io["protocol"].as_str()),
+        (Some("events.example.com/v1"), Some("https"))
+    );
+    let a = get(&h.state, "/v1/projects/sk_unknown/settings", None).await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_writes() {
+    let h = direct_harness(config()).await;
+    let answers = futures::future::join_all(
+        (0..50).map(|i| events(&h.state, json!({"event": "tick", "properties": {"i": i}}))),
+    )
+    .await;
+    assert!(answers.iter().all(|a| a.status == StatusCode::ACCEPTED));
+    assert_eq!(h.store.count(1, WEB), 50);
+    let writes = h.store.writes().len();
+    assert!(writes <= 2, "50 one-event requests took {writes} writes");
+    assert_eq!(h.state.direct.commit.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn past_the_in_flight_bound_a_request_gets_503_and_nothing_is_taken() {
+    let mut config = config();
+    config.max_events_in_flight = 10;
+    let h = direct_harness(config).await;
+    let held: Vec<protocol::Envelope> = (0..10)
+        .map(|n| serde_json::from_value(envelope(WEB, n, "held", now_ms())).expect("envelope"))
+        .collect();
+    let held = h.state.direct.commit.prepare(WEB, held).expect("room");
+    let a = events(&h.state, json!({"event": "x"})).await;
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("overloaded"))
+    );
+    assert_eq!(a.headers["retry-after"], "1");
+    drop(held);
+    assert_eq!(
+        events(&h.state, json!({"event": "x"})).await.status,
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(h.store.count(1, WEB), 1);
+}
+
+#[tokio::test]
+async fn a_failed_write_is_a_503_and_a_retry_lands_once() {
+    let h = direct_harness(config()).await;
+    h.store.fail_writes(1, true);
+    let body = json!({"event": "x", "id": uuid(77)});
+    let a = events(&h.state, body.clone()).await;
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("store_unavailable"))
+    );
+    assert_eq!(a.headers["retry-after"], "1");
+    h.store.fail_writes(1, false);
+    for _ in 0..2 {
+        assert_eq!(
+            events(&h.state, body.clone()).await.status,
+            StatusCode::ACCEPTED
+        );
+    }
+    assert_eq!(h.store.ids(1, WEB), vec![uuid(77)]);
+}
+
+#[tokio::test]
+async fn keys_are_rate_limited_and_a_revoked_key_is_refused_within_the_cache_ttl() {
+    let mut config = config();
+    config.key_rate_limit = 2;
+    config.key_rate_limit_period_secs = 60;
+    config.key_cache_ttl_ms = 100;
+    let h = direct_harness(config).await;
+    for _ in 0..2 {
+        assert_eq!(
+            events(&h.state, json!({"event": "x"})).await.status,
+            StatusCode::ACCEPTED
+        );
+    }
+    let a = events(&h.state, json!({"event": "x"})).await;
+    assert_eq!(
+        (a.status, a.body["error"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("rate_limited"))
+    );
+    let retry: u32 = a.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+
+    let h = direct_harness(Config {
+        key_cache_ttl_ms: 100,
+        ..self::config()
+    })
+    .await;
+    assert_eq!(
+        events(&h.state, json!({"event": "x"})).await.status,
+        StatusCode::ACCEPTED
+    );
+    h.catalog.revoke_api_key(KEY);
+    let revoked_at = Instant::now();
+    loop {
+        let a = events(&h.state, json!({"event": "x"})).await;
+        if a.status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(2),
+            "still accepted after the TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        revoked_at.elapsed() >= Duration::from_millis(80),
+        "the cache answered meanwhile"
+    );
+}
+
+#[tokio::test]
+async fn the_client_address_and_country_come_from_the_socket_or_a_trusted_proxy() {
+    let mut config = config();
+    config.trusted_proxies = "10.0.0.0/8".into();
+    config.country_header = "CF-IPCountry".into();
+    config.allowed_origins = "https://app.example".into();
+    let h = direct_harness(config).await;
+    let auth = format!("Bearer {KEY}");
+    let track = |id: &str| json!({"type": "track", "event": "e", "userId": "u", "messageId": id});
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+        ("x-forwarded-for", "6.6.6.6, 198.51.100.7"),
+        ("cf-ipcountry", "NL"),
+        ("origin", "https://app.example"),
+    ];
+    let a = public(
+        &h.state,
+        "POST",
+        "/v1/track",
+        track("via-proxy"),
+        &headers,
+        Some("10.1.1.1:5000"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(
+        a.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let a = public(
+        &h.state,
+        "POST",
+        "/v1/track",
+        track("direct"),
+        &headers,
+        Some("203.0.113.9:5000"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let context = |message_id: &str| {
+        h.store
+            .envelopes(1, WEB)
+            .into_iter()
+            .find(|e| e.id == message_id)
+            .map(|e| serde_json::to_value(&e).unwrap()["context"].clone())
+            .expect("stored")
+    };
+    assert_eq!(context("via-proxy")["ip"], "198.51.100.7");
+    assert_eq!(context("via-proxy")["country"], "NL");
+    assert_eq!(context("direct")["ip"], "203.0.113.9");
+    assert!(
+        context("direct").get("country").is_none(),
+        "an untrusted peer's header is ignored"
+    );
+
+    let a = public(
+        &h.state,
+        "OPTIONS",
+        "/v1/events",
+        Value::Null,
+        &[("origin", "https://app.example")],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT);
+    assert!(a.headers.contains_key("access-control-allow-methods"));
+    let a = public(
+        &h.state,
+        "OPTIONS",
+        "/v1/events",
+        Value::Null,
+        &[("origin", "https://evil.example")],
+        None,
+    )
+    .await;
+    assert!(!a.headers.contains_key("access-control-allow-origin"));
+}

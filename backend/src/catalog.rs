@@ -89,6 +89,11 @@ impl Catalog {
         self.source.read_token_env(hash).await
     }
 
+    /// The environment of an active API key (by its SHA-256 hex), uncached.
+    pub async fn api_key_env(&self, hash: &str) -> Result<Option<u32>> {
+        self.source.api_key_env(hash).await
+    }
+
     /// The routing bound (`SLUICE_CATALOG_REFRESH_MS`).
     pub fn max_age(&self) -> Duration {
         self.max_age

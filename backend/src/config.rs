@@ -72,12 +72,52 @@ pub struct Config {
     )]
     pub minute_counts_retention_days: u64,
 
+    /// Direct ingest: origins allowed to call the public API from a browser
+    /// (`*`, or a comma-separated list of exact origins), as at the edge.
+    #[arg(long, env = "SLUICE_ALLOWED_ORIGINS", default_value = "*")]
+    pub allowed_origins: String,
+
+    /// Direct ingest: addresses and CIDR ranges of reverse proxies whose
+    /// `Forwarded` / `X-Forwarded-*` headers are believed (none by default).
+    #[arg(long, env = "SLUICE_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
+
+    /// Direct ingest: a header a trusted proxy sets to the client's country
+    /// (`CF-IPCountry`, `CloudFront-Viewer-Country`); none by default.
+    #[arg(long, env = "SLUICE_COUNTRY_HEADER", default_value = "")]
+    pub country_header: String,
+
+    /// Direct ingest: the URL clients reach this backend at
+    /// (`https://events.example.com`), for the browser SDK's settings;
+    /// else the request's own.
+    #[arg(long, env = "SLUICE_PUBLIC_URL", default_value = "")]
+    pub public_url: String,
+
+    /// Direct ingest: events taken and not yet written, at most; past it
+    /// requests get 503 with Retry-After.
+    #[arg(long, env = "SLUICE_MAX_EVENTS_IN_FLIGHT", default_value_t = 50_000)]
+    pub max_events_in_flight: usize,
+
+    /// Direct ingest: requests per API key per period (0: no limit).
+    #[arg(long, env = "SLUICE_KEY_RATE_LIMIT", default_value_t = 1_000_000)]
+    pub key_rate_limit: u64,
+
+    #[arg(long, env = "SLUICE_KEY_RATE_LIMIT_PERIOD_SECS", default_value_t = 10)]
+    pub key_rate_limit_period_secs: u64,
+
+    /// Direct ingest: how long an API key lookup is cached (at most 5000):
+    /// a revoked key is refused within this.
+    #[arg(long, env = "SLUICE_KEY_CACHE_TTL_MS", default_value_t = 2000)]
+    pub key_cache_ttl_ms: u64,
+
     /// Log format: "json" (default) or "text".
     #[arg(long, env = "SLUICE_LOG_FORMAT", default_value = "json")]
     pub log_format: String,
 }
 
 pub const MIN_TOKEN_BYTES: usize = 32;
+/// The longest an API key lookup may be cached.
+pub const MAX_KEY_CACHE_TTL_MS: u64 = 5000;
 
 impl Config {
     pub fn catalog_refresh(&self) -> Duration {
@@ -95,6 +135,32 @@ impl Config {
     pub fn counter_flush(&self) -> Duration {
         Duration::from_millis(self.counter_flush_ms.max(10))
     }
+    pub fn key_cache_ttl(&self) -> Duration {
+        Duration::from_millis(self.key_cache_ttl_ms.min(MAX_KEY_CACHE_TTL_MS))
+    }
+    pub fn country_header(&self) -> Option<&str> {
+        Some(self.country_header.trim()).filter(|h| !h.is_empty())
+    }
+
+    /// `SLUICE_PUBLIC_URL` as (scheme, host with its port), if set.
+    pub fn public_url(&self) -> Result<Option<(String, String)>, String> {
+        let text = self.public_url.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let url = url::Url::parse(text).map_err(|e| format!("SLUICE_PUBLIC_URL `{text}`: {e}"))?;
+        let host = url
+            .host_str()
+            .filter(|_| matches!(url.scheme(), "http" | "https"))
+            .ok_or_else(|| {
+                format!("SLUICE_PUBLIC_URL `{text}` must be an http(s) URL with a host")
+            })?;
+        let host = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        Ok(Some((url.scheme().to_owned(), host)))
+    }
 
     /// Settings `serve` refuses to start with.
     pub fn check_for_serving(&self) -> Result<(), String> {
@@ -109,6 +175,17 @@ impl Config {
         if self.shard_pool_size == 0 {
             return Err("SLUICE_SHARD_POOL_SIZE must be at least 1".into());
         }
+        if self.key_cache_ttl_ms > MAX_KEY_CACHE_TTL_MS {
+            return Err(format!(
+                "SLUICE_KEY_CACHE_TTL_MS must be at most {MAX_KEY_CACHE_TTL_MS} (a revoked key is refused within it)"
+            ));
+        }
+        if self.max_events_in_flight == 0 {
+            return Err("SLUICE_MAX_EVENTS_IN_FLIGHT must be at least 1".into());
+        }
+        crate::public::client::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| format!("SLUICE_TRUSTED_PROXIES: {e}"))?;
+        self.public_url()?;
         Ok(())
     }
 
@@ -128,6 +205,14 @@ impl Config {
             counter_flush_ms: 500,
             second_counts_retention_hours: 2,
             minute_counts_retention_days: 90,
+            allowed_origins: "*".into(),
+            trusted_proxies: String::new(),
+            country_header: String::new(),
+            public_url: String::new(),
+            max_events_in_flight: 50_000,
+            key_rate_limit: 1_000_000,
+            key_rate_limit_period_secs: 10,
+            key_cache_ttl_ms: 2000,
             log_format: "json".into(),
         }
     }

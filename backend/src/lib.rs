@@ -22,6 +22,7 @@ pub mod error;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod public;
 pub mod stats;
 pub mod store;
 
@@ -49,6 +50,8 @@ pub struct Inner {
     pub counters: counters::Counters,
     pub metrics: metrics::Metrics,
     pub stats: stats::Hub,
+    /// Direct ingest's keys, limits and writer.
+    pub direct: public::Direct,
 }
 
 /// The storage an [`AppState`] is built on.
@@ -100,7 +103,9 @@ impl AppState {
     /// A state from parts made elsewhere (no database needed).
     pub fn from_parts(config: Config, catalog: catalog::Catalog, ports: Ports) -> Self {
         let counters = counters::Counters::new(config.second_retention_secs());
+        let direct = public::Direct::new(&config);
         Self(Arc::new(Inner {
+            direct,
             config,
             catalog,
             events: ports.events,
@@ -234,9 +239,12 @@ pub async fn start(
     let app = api::app(state.clone());
     let server_state = state.clone();
     let done = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
         let _ = stop_tx.send(true);
         for job in background {
             let _ = job.await;

@@ -15,6 +15,10 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub counter_flush_failures: IntCounterVec,
     pub stats_polls: prometheus::IntCounter,
+    /// Direct ingest: answers of the public API, by status.
+    pub direct_requests: IntCounterVec,
+    /// Direct ingest: events per group-commit write.
+    pub group_commit_events: prometheus::Histogram,
     /// Set from the catalog when `/metrics` is read.
     pub catalog_snapshot_age: prometheus::Gauge,
 }
@@ -49,6 +53,22 @@ impl Metrics {
             "Ingest requests by response status",
             &["status"],
         );
+        let direct_requests = counter(
+            "sluice_direct_requests_total",
+            "Direct ingest: public API requests by response status",
+            &["status"],
+        );
+        let group_commit_events = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_group_commit_events",
+                "Direct ingest: events per group-commit write (many requests share one write under load)",
+            )
+            .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0]),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(group_commit_events.clone()))
+            .expect("unique metric");
         let counter_flush_failures = counter(
             "sluice_counter_flush_failures_total",
             "Counter flushes that failed, per shard",
@@ -93,6 +113,8 @@ impl Metrics {
             .register(Box::new(catalog_snapshot_age.clone()))
             .expect("unique metric");
         Self {
+            direct_requests,
+            group_commit_events,
             catalog_snapshot_age,
             stats_polls,
             registry,

@@ -65,7 +65,7 @@ pub fn config(env: &Env) -> Config {
 /// Time, randomness and logs of the Workers runtime.
 pub struct Runtime;
 
-impl ports::Clock for Runtime {
+impl intake::door::Clock for Runtime {
     fn now_ms(&self) -> i64 {
         js_sys::Date::now() as i64
     }
@@ -83,7 +83,9 @@ impl ports::Clock for Runtime {
         }
         out
     }
+}
 
+impl ports::Clock for Runtime {
     async fn sleep_ms(&self, ms: u64) {
         Delay::from(Duration::from_millis(ms)).await;
     }
@@ -126,22 +128,21 @@ impl ports::Request for Incoming<'_> {
         (url.scheme().trim_end_matches(':').to_owned(), host)
     }
 
-    /// A string property of `request.cf`, if the runtime set one.
-    fn cf(&self, name: &str) -> Option<String> {
-        let cf = Reflect::get(self.0.inner(), &JsValue::from_str("cf")).ok()?;
-        if cf.is_undefined() || cf.is_null() {
-            return None;
+    /// Country and colo from `request.cf`, the address from `CF-Connecting-IP`.
+    fn client(&self) -> ports::Client {
+        ports::Client {
+            country: self.cf("country"),
+            colo: self.cf("colo"),
+            ip: self.header("CF-Connecting-IP"),
         }
-        Reflect::get(&cf, &JsValue::from_str(name))
-            .ok()?
-            .as_string()
     }
 
     /// Read from the runtime's own `Request`: the `worker` crate's `bytes()`
     /// swaps the runtime's error for a fixed text. A read the runtime fails
     /// (the client closed before the body was complete), or one that ends
     /// short of `Content-Length`, becomes the error `error.rs` says.
-    async fn body(&self) -> Result<Vec<u8>, EdgeError> {
+    /// The runtime holds the whole body already, so `limit` is not needed.
+    async fn body(&self, _limit: usize) -> Result<Vec<u8>, EdgeError> {
         let content_length = self.header("Content-Length");
         let declared = events::declared_length(content_length.as_deref());
         let failed = |e: JsValue| {
@@ -158,6 +159,19 @@ impl ports::Request for Incoming<'_> {
         let bytes = Uint8Array::new(&buffer).to_vec();
         events::check_complete(bytes.len(), declared)?;
         Ok(bytes)
+    }
+}
+
+impl Incoming<'_> {
+    /// A string property of `request.cf`, if the runtime set one.
+    fn cf(&self, name: &str) -> Option<String> {
+        let cf = Reflect::get(self.0.inner(), &JsValue::from_str("cf")).ok()?;
+        if cf.is_undefined() || cf.is_null() {
+            return None;
+        }
+        Reflect::get(&cf, &JsValue::from_str(name))
+            .ok()?
+            .as_string()
     }
 }
 

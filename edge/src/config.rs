@@ -1,5 +1,6 @@
 //! Worker vars (wrangler.toml `[vars]`), read once per invocation from a lookup.
 
+pub use intake::door::{AllowedOrigins, Settings};
 pub use intake::Limits;
 
 use crate::forward::{Backoff, MAX_QUEUE_DELAY_SECONDS};
@@ -14,44 +15,15 @@ pub const INGEST_TOKEN: &str = "INGEST_TOKEN";
 pub const KEY_RATE_LIMIT: &str = "KEY_RATE_LIMIT";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AllowedOrigins {
-    Any,
-    List(Vec<String>),
-}
-
-impl AllowedOrigins {
-    /// `*`, or a comma-separated list of exact origins (`https://app.example.com`).
-    pub fn parse(text: &str) -> Self {
-        let list: Vec<String> = text
-            .split(',')
-            .map(|o| o.trim().trim_end_matches('/').to_owned())
-            .filter(|o| !o.is_empty())
-            .collect();
-        if list.iter().any(|o| o == "*") {
-            Self::Any
-        } else {
-            Self::List(list)
-        }
-    }
-
-    pub fn allows(&self, origin: &str) -> bool {
-        match self {
-            Self::Any => true,
-            Self::List(list) => list.iter().any(|o| o == origin),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub backend_url: String,
     pub forward_concurrency: usize,
     pub forward_batch_size: usize,
     /// Byte cap of one backend request (the backend refuses > 8 MiB by default).
     pub forward_batch_bytes: usize,
-    pub allowed_origins: AllowedOrigins,
+    /// The public doors' limits and CORS allow-list.
+    pub door: Settings,
     pub backoff: Backoff,
-    pub limits: Limits,
     pub key_cache_positive_ms: u64,
     pub key_cache_negative_ms: u64,
     /// Name of the dead-letter queue, to tell its batches from the main queue's.
@@ -103,9 +75,6 @@ impl Config {
                 64 * 1024 * 1024,
                 DEFAULT_FORWARD_BATCH_BYTES,
             ),
-            allowed_origins: AllowedOrigins::parse(
-                &get("ALLOWED_ORIGINS").unwrap_or_else(|| "*".to_owned()),
-            ),
             backoff: Backoff {
                 base_seconds: seconds("RETRY_BASE_SECONDS", 0, 3600, backoff.base_seconds),
                 max_seconds: seconds(
@@ -115,10 +84,15 @@ impl Config {
                     backoff.max_seconds,
                 ),
             },
-            limits: Limits {
-                max_body_bytes: limit("MAX_BODY_BYTES", defaults.max_body_bytes),
-                max_event_bytes: limit("MAX_EVENT_BYTES", defaults.max_event_bytes),
-                max_events: limit("MAX_EVENTS", defaults.max_events),
+            door: Settings {
+                limits: Limits {
+                    max_body_bytes: limit("MAX_BODY_BYTES", defaults.max_body_bytes),
+                    max_event_bytes: limit("MAX_EVENT_BYTES", defaults.max_event_bytes),
+                    max_events: limit("MAX_EVENTS", defaults.max_events),
+                },
+                allowed_origins: AllowedOrigins::parse(
+                    &get("ALLOWED_ORIGINS").unwrap_or_else(|| "*".to_owned()),
+                ),
             },
             key_cache_positive_ms: ttl_ms("KEY_CACHE_TTL_SECONDS", DEFAULT_POSITIVE_TTL_MS),
             key_cache_negative_ms: ttl_ms(
@@ -181,7 +155,7 @@ mod tests {
             ("RETRY_MAX_SECONDS", "4294967297"),
             ("KEY_CACHE_TTL_SECONDS", "4294967297"),
         ]);
-        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.door.limits, Limits::default());
         assert_eq!(c.forward_concurrency, 32);
         assert_eq!(c.forward_batch_size, 5_000);
         assert_eq!(c.forward_batch_bytes, 64 * 1024 * 1024);
@@ -204,8 +178,8 @@ mod tests {
         assert_eq!(c.forward_concurrency, 4);
         assert_eq!(c.forward_batch_size, 500);
         assert_eq!(c.forward_batch_bytes, 4 * 1024 * 1024);
-        assert_eq!(c.allowed_origins, AllowedOrigins::Any);
-        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.door.allowed_origins, AllowedOrigins::Any);
+        assert_eq!(c.door.limits, Limits::default());
         assert_eq!(c.backoff, Backoff::default());
         assert_eq!(c.key_cache_positive_ms, 30_000);
         assert_eq!(c.key_cache_negative_ms, 10_000);
@@ -246,11 +220,11 @@ mod tests {
         assert_eq!(c.backend_url, "https://api.example.com");
         assert_eq!(c.forward_concurrency, 32);
         assert_eq!(c.forward_batch_size, 1);
-        assert!(c.allowed_origins.allows("https://b.example"));
-        assert!(!c.allowed_origins.allows("https://evil.example"));
-        assert_eq!(c.limits.max_body_bytes, EDGE_MAX_BODY_BYTES);
-        assert_eq!(c.limits.max_events, 10);
-        assert_eq!(c.limits.max_event_bytes, EDGE_MAX_EVENT_BYTES);
+        assert!(c.door.allowed_origins.allows("https://b.example"));
+        assert!(!c.door.allowed_origins.allows("https://evil.example"));
+        assert_eq!(c.door.limits.max_body_bytes, EDGE_MAX_BODY_BYTES);
+        assert_eq!(c.door.limits.max_events, 10);
+        assert_eq!(c.door.limits.max_event_bytes, EDGE_MAX_EVENT_BYTES);
         assert_eq!(c.key_cache_positive_ms, 5_000);
     }
 

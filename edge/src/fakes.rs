@@ -57,11 +57,15 @@ impl ports::Request for Request {
         ("https".into(), "edge.example:8443".into())
     }
 
-    fn cf(&self, name: &str) -> Option<String> {
-        self.cf.get(name).cloned()
+    fn client(&self) -> ports::Client {
+        ports::Client {
+            country: self.cf.get("country").cloned(),
+            colo: self.cf.get("colo").cloned(),
+            ip: self.header("CF-Connecting-IP"),
+        }
     }
 
-    async fn body(&self) -> Result<Vec<u8>, EdgeError> {
+    async fn body(&self, _limit: usize) -> Result<Vec<u8>, EdgeError> {
         match &self.body_error {
             Some(e) => Err(e.clone()),
             None => Ok(self.body.clone()),
@@ -200,7 +204,7 @@ pub struct Clock {
     pub slept: RefCell<Vec<u64>>,
 }
 
-impl ports::Clock for Clock {
+impl intake::door::Clock for Clock {
     fn now_ms(&self) -> i64 {
         NOW
     }
@@ -208,7 +212,9 @@ impl ports::Clock for Clock {
     fn random10(&self) -> [u8; 10] {
         [7; 10]
     }
+}
 
+impl ports::Clock for Clock {
     async fn sleep_ms(&self, ms: u64) {
         self.slept.borrow_mut().push(ms);
     }

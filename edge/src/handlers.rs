@@ -1,31 +1,24 @@
-//! The HTTP doors as plain async functions over the ports: `/v1/events`, the
-//! Segment-compatible API and its settings, `/healthz`, CORS preflight.
+//! The edge's side of the public doors (`intake::door`): API keys from
+//! Workers KV behind the isolate's cache and the rate limiter, and the queue
+//! as the sink, written after the answer (`ctx.wait_until`).
 
 use std::cell::RefCell;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::auth::{self, KeyCache, Lookup};
 use crate::config::Config;
-use crate::error::{Door, EdgeError};
-use crate::http::{self, Route};
+use crate::error::EdgeError;
 use crate::pack;
 use crate::ports::{Clock, EventQueue, KeyStore, Log, Request};
-use intake::{events, segment};
+use intake::door::{self, Doors};
 
 /// How often a queue `sendBatch` is tried, and the pause before each retry.
 pub const QUEUE_SEND_BACKOFF_MS: [u64; 3] = [0, 100, 400];
 
-/// What to answer, and what to queue after answering.
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(&'static str, String)>,
-    pub body: Option<Value>,
-    /// Events accepted with a 202 before they were queued: send them with
-    /// [`enqueue`] once the answer is out (`ctx.wait_until`).
-    pub deferred: Option<Deferred>,
-}
+/// What to answer, and what to queue after answering ([`enqueue`] it from
+/// `ctx.wait_until`).
+pub type Response = door::Response<Deferred>;
 
 /// Queue batches of one environment still to be sent.
 #[derive(Debug)]
@@ -45,176 +38,17 @@ pub struct Edge<'a, K, Q, C, L> {
     pub cache: &'a RefCell<KeyCache>,
 }
 
-type Answer = Result<(u16, Option<Value>, Option<Deferred>), EdgeError>;
-
 impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> Edge<'_, K, Q, C, L> {
-    /// Route, run the door, and turn an error into its status, headers and body.
+    /// Answer a request at the public doors.
     pub async fn fetch(&self, method: &str, path: &str, req: &impl Request) -> Response {
-        let route = http::route(method, path);
-        let preflight = route == Ok(Route::Preflight);
-        let door = match route {
-            Ok(Route::Segment(_) | Route::SegmentSettings(_)) => Door::Segment,
-            _ => Door::Events,
+        let doors = Doors {
+            settings: &self.config.door,
+            keys: &EdgeKeys(self),
+            sink: &QueueSink(self),
+            clock: self.clock,
+            log: self.log,
         };
-        let result = match route {
-            Ok(Route::Events) => self.events(req).await,
-            Ok(Route::Segment(endpoint)) => self.segment(req, endpoint).await,
-            Ok(Route::SegmentSettings(key)) => self.settings(req, &key).await,
-            Ok(Route::Health) => Ok((200, Some(json!({"status": "ok"})), None)),
-            Ok(Route::Preflight) => Ok((204, None, None)),
-            Err(e) => Err(e),
-        };
-        let origin = req.header("Origin");
-        let mut headers =
-            http::cors_headers(origin.as_deref(), &self.config.allowed_origins, preflight);
-        match result {
-            Ok((status, body, deferred)) => Response {
-                status,
-                headers,
-                body,
-                deferred,
-            },
-            Err(e) => {
-                if e.status() >= 500 {
-                    self.log.error(
-                        "request_failed",
-                        json!({"error": e.code(), "detail": format!("{e:?}")}),
-                    );
-                }
-                headers.extend(e.headers());
-                Response {
-                    status: e.status_at(door),
-                    headers,
-                    body: serde_json::to_value(e.body()).ok(),
-                    deferred: None,
-                }
-            }
-        }
-    }
-
-    /// `POST /v1/events`: 202 once the events are valid; queued after the
-    /// answer, or before it with `Prefer: wait`.
-    async fn events(&self, req: &impl Request) -> Answer {
-        let query = req.query();
-        let key = intake::credentials::extract_key(
-            req.header("Authorization").as_deref(),
-            http::query_param(query.as_deref(), "key").as_deref(),
-        )?;
-        let env_id = self.admit(&key).await?;
-        events::check_content_type(req.header("Content-Type").as_deref())?;
-        events::check_content_length(req.header("Content-Length").as_deref(), &self.config.limits)?;
-        let wait = http::wants_wait(
-            req.header("Prefer").as_deref(),
-            http::query_param(query.as_deref(), "wait").as_deref(),
-        );
-        let meta = events::Meta {
-            env_id,
-            received_at: self.clock.now_ms(),
-            country: req.cf("country"),
-            colo: req.cf("colo"),
-            user_agent: user_agent(req),
-            ip: None,
-        };
-        let raw = req.body().await?;
-        let encoding = req.header("Content-Encoding");
-        let body =
-            events::decode_body(raw, encoding.as_deref(), self.config.limits.max_body_bytes)?;
-        let payload = events::parse(&body, &self.config.limits)?;
-        let envelopes = events::build(payload, &meta, || self.clock.random10())?;
-        let accepted = envelopes.len();
-        let deferred = self.pack(&envelopes, env_id)?;
-        let body = Some(json!({ "accepted": accepted }));
-        if wait {
-            if enqueue(self.queue, self.clock, self.log, deferred).await > 0 {
-                return Err(EdgeError::QueueUnavailable);
-            }
-            Ok((202, body, None))
-        } else {
-            Ok((202, body, Some(deferred)))
-        }
-    }
-
-    /// The Segment-compatible endpoints (see `segment.rs`): 200 once the
-    /// valid messages are queued (the SDKs retry 5xx, and messageIds make a
-    /// retry land once).
-    async fn segment(&self, req: &impl Request, endpoint: segment::Endpoint) -> Answer {
-        segment::check_content_length(req.header("Content-Length").as_deref())?;
-        let received_at = self.clock.now_ms();
-        let raw = req.body().await?;
-        let encoding = req.header("Content-Encoding");
-        let body = events::decode_body(raw, encoding.as_deref(), segment::MAX_REQUEST_BYTES)?;
-        let request = segment::parse(&body, endpoint)?;
-        let key = segment::write_key(
-            req.header("Authorization").as_deref(),
-            request.write_key.as_deref(),
-        )?;
-        let env_id = self.admit(&key).await?;
-        let meta = events::Meta {
-            env_id,
-            received_at,
-            country: req.cf("country"),
-            colo: req.cf("colo"),
-            user_agent: user_agent(req),
-            ip: req.header("CF-Connecting-IP"),
-        };
-        let outcome = match segment::build(request, &meta, || self.clock.random10()) {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                self.log.info(
-                    "segment_messages_rejected",
-                    json!({"env_id": env_id, "accepted": 0, "error": e.code()}),
-                );
-                return Err(e);
-            }
-        };
-        if outcome.rejected_count > 0 {
-            self.log.info(
-                "segment_messages_rejected",
-                json!({"env_id": env_id, "accepted": outcome.envelopes.len(), "rejected": outcome.rejected_count,
-                       "first": outcome.rejected.first().map(|d| d.reason.clone())}),
-            );
-        }
-        let deferred = self.pack(&outcome.envelopes, env_id)?;
-        if enqueue(self.queue, self.clock, self.log, deferred).await > 0 {
-            return Err(EdgeError::QueueUnavailable);
-        }
-        Ok((200, Some(outcome.body()), None))
-    }
-
-    /// `GET /v1/projects/{writeKey}/settings`: the browser SDK's settings,
-    /// pointing back to this edge; 404 for an unknown or revoked key.
-    async fn settings(&self, req: &impl Request, key: &str) -> Answer {
-        let key = segment::write_key(None, Some(key)).map_err(|_| EdgeError::NotFound)?;
-        let Lookup::Active { .. } = self.lookup(&intake::credentials::key_hash(&key)).await? else {
-            return Err(EdgeError::NotFound);
-        };
-        let (scheme, host) = req.scheme_and_host();
-        Ok((200, Some(segment::settings(&key, &scheme, &host)), None))
-    }
-
-    /// Queue batches of `envelopes`, once the queue binding is known to exist.
-    fn pack(&self, envelopes: &[protocol::Envelope], env_id: u32) -> Result<Deferred, EdgeError> {
-        let messages = pack::messages(envelopes).map_err(|e| EdgeError::Internal(e.to_string()))?;
-        self.queue.ready()?;
-        Ok(Deferred {
-            batches: pack::batches(messages),
-            env_id,
-        })
-    }
-
-    /// The environment `key` writes to, if the key is active and within its
-    /// rate limit. The key lookup and the limiter run side by side.
-    async fn admit(&self, key: &str) -> Result<u32, EdgeError> {
-        let hash = intake::credentials::key_hash(key);
-        let (lookup, within_limit) =
-            futures_util::future::join(self.lookup(&hash), self.keys.within_rate_limit(&hash))
-                .await;
-        auth::admit(
-            lookup?,
-            within_limit,
-            self.clock.now_ms().max(0) as u64,
-            self.config.rate_limit_period_seconds,
-        )
+        doors.fetch(method, path, req).await
     }
 
     /// The record of the key with this hash, from the isolate cache or the store.
@@ -246,9 +80,63 @@ impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> Edge<'_, K, Q, C, L> {
     }
 }
 
-fn user_agent(req: &impl Request) -> Option<String> {
-    req.header("User-Agent")
-        .map(|ua| ua.chars().take(512).collect())
+/// Keys from KV (through the isolate cache) and the rate-limit binding.
+struct EdgeKeys<'e, 'a, K, Q, C, L>(&'e Edge<'a, K, Q, C, L>);
+
+impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> door::Keys for EdgeKeys<'_, '_, K, Q, C, L> {
+    /// The key lookup and the limiter run side by side.
+    async fn admit(&self, key: &str) -> Result<u32, EdgeError> {
+        let edge = self.0;
+        let hash = intake::credentials::key_hash(key);
+        let (lookup, within_limit) =
+            futures_util::future::join(edge.lookup(&hash), edge.keys.within_rate_limit(&hash))
+                .await;
+        auth::admit(
+            lookup?,
+            within_limit,
+            edge.clock.now_ms().max(0) as u64,
+            edge.config.rate_limit_period_seconds,
+        )
+    }
+
+    async fn active(&self, key: &str) -> Result<bool, EdgeError> {
+        let lookup = self.0.lookup(&intake::credentials::key_hash(key)).await?;
+        Ok(matches!(lookup, Lookup::Active { .. }))
+    }
+}
+
+/// The events queue: packed into messages before the answer, sent after it.
+struct QueueSink<'e, 'a, K, Q, C, L>(&'e Edge<'a, K, Q, C, L>);
+
+impl<K, Q: EventQueue, C: Clock, L: Log> door::Sink for QueueSink<'_, '_, K, Q, C, L> {
+    type Pending = Deferred;
+
+    /// Packs the envelopes, once the queue binding is known to exist.
+    fn prepare(
+        &self,
+        env_id: u32,
+        envelopes: Vec<protocol::Envelope>,
+    ) -> Result<Deferred, EdgeError> {
+        let messages =
+            pack::messages(&envelopes).map_err(|e| EdgeError::Internal(e.to_string()))?;
+        self.0.queue.ready()?;
+        Ok(Deferred {
+            batches: pack::batches(messages),
+            env_id,
+        })
+    }
+
+    async fn commit(&self, pending: Deferred) -> Result<(), EdgeError> {
+        let edge = self.0;
+        if enqueue(edge.queue, edge.clock, edge.log, pending).await > 0 {
+            return Err(EdgeError::QueueUnavailable);
+        }
+        Ok(())
+    }
+
+    fn answers_early(&self) -> bool {
+        true
+    }
 }
 
 /// Sends every batch, each with a short bounded retry; returns how many
@@ -293,6 +181,7 @@ mod tests {
     use super::*;
     use crate::fakes::{self, Clock, Keys, Log, Queue, Request};
     use futures_executor::block_on;
+    use serde_json::Value;
 
     const KEY: &str = "sk_test_1";
 

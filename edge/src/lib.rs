@@ -12,7 +12,6 @@ pub mod error;
 mod fakes;
 pub mod forward;
 pub mod handlers;
-pub mod http;
 pub mod log;
 pub mod pack;
 pub mod ports;

@@ -3,24 +3,12 @@
 //! single-threaded, so the futures are not `Send`.
 #![allow(async_fn_in_trait)]
 
-use serde_json::Value;
-
 use crate::error::EdgeError;
 use crate::forward::Outcome;
 
-/// An incoming HTTP request.
-pub trait Request {
-    fn header(&self, name: &str) -> Option<String>;
-    /// The URL's query string, without the `?`.
-    fn query(&self) -> Option<String>;
-    /// The URL's scheme (`https`) and host, with the port when it has one.
-    fn scheme_and_host(&self) -> (String, String);
-    /// A string property of the runtime's request metadata (`request.cf`).
-    fn cf(&self, name: &str) -> Option<String>;
-    /// The whole body; a read that fails or ends short of `Content-Length`
-    /// is the error `error.rs` says.
-    async fn body(&self) -> Result<Vec<u8>, EdgeError>;
-}
+/// The request, its clock and logs are the public door's ports
+/// (`intake::door`), which the edge's handlers run on.
+pub use intake::door::{Client, Log, Request};
 
 /// The API keys (Workers KV) and the per-key rate limiter.
 pub trait KeyStore {
@@ -55,17 +43,8 @@ pub trait DeadLetterStore {
 }
 
 /// Time, randomness and waiting.
-pub trait Clock {
-    fn now_ms(&self) -> i64;
-    /// Ten random bytes for a UUIDv7.
-    fn random10(&self) -> [u8; 10];
+pub trait Clock: intake::door::Clock {
     async fn sleep_ms(&self, ms: u64);
-}
-
-/// Structured logs (one JSON line each).
-pub trait Log {
-    fn info(&self, event: &str, fields: Value);
-    fn error(&self, event: &str, fields: Value);
 }
 
 /// One delivered queue message.

@@ -73,6 +73,13 @@ pub enum Error {
     KeyStoreUnavailable,
     #[error("the queue did not accept the events, try again")]
     QueueUnavailable,
+    /// Direct ingest: the shard did not commit the events (nothing of the
+    /// request is stored, or it is stored once: event ids make a retry safe).
+    #[error("the events could not be stored, try again")]
+    StoreUnavailable,
+    /// Direct ingest: more events in flight than the backend holds.
+    #[error("too many events in flight; retry after {retry_after} s")]
+    Overloaded { retry_after: u32 },
     #[error("internal error")]
     Internal(String),
 }
@@ -125,7 +132,10 @@ impl Error {
             Self::InvalidEvents(_) => 422,
             Self::RateLimited { .. } => 429,
             Self::Internal(_) => 500,
-            Self::KeyStoreUnavailable | Self::QueueUnavailable => 503,
+            Self::KeyStoreUnavailable
+            | Self::QueueUnavailable
+            | Self::StoreUnavailable
+            | Self::Overloaded { .. } => 503,
         }
     }
 
@@ -160,6 +170,8 @@ impl Error {
             Self::RateLimited { .. } => "rate_limited",
             Self::KeyStoreUnavailable => "key_store_unavailable",
             Self::QueueUnavailable => "queue_unavailable",
+            Self::StoreUnavailable => "store_unavailable",
+            Self::Overloaded { .. } => "overloaded",
             Self::Internal(_) => "internal",
         }
     }
@@ -188,10 +200,12 @@ impl Error {
             Self::MissingKey | Self::InvalidKey => {
                 vec![("WWW-Authenticate", "Bearer".to_owned())]
             }
-            Self::QueueUnavailable | Self::KeyStoreUnavailable => {
+            Self::QueueUnavailable | Self::KeyStoreUnavailable | Self::StoreUnavailable => {
                 vec![("Retry-After", "1".to_owned())]
             }
-            Self::RateLimited { retry_after } => vec![("Retry-After", retry_after.to_string())],
+            Self::RateLimited { retry_after } | Self::Overloaded { retry_after } => {
+                vec![("Retry-After", retry_after.to_string())]
+            }
             _ => Vec::new(),
         }
     }
@@ -225,6 +239,8 @@ mod tests {
             Error::MethodNotAllowed { allow: "POST" },
             Error::KeyStoreUnavailable,
             Error::QueueUnavailable,
+            Error::StoreUnavailable,
+            Error::Overloaded { retry_after: 1 },
             Error::Internal("boom".into()),
         ];
         let statuses: Vec<u16> = all.iter().map(Error::status).collect();
@@ -232,7 +248,7 @@ mod tests {
             statuses,
             [
                 401, 401, 415, 415, 400, 413, 400, 413, 413, 400, 400, 400, 422, 429, 404, 405,
-                503, 503, 500
+                503, 503, 503, 503, 500
             ]
         );
         for e in &all {

@@ -35,10 +35,18 @@ pub struct Update {
 }
 
 /// Live updates fan out from one poller per environment to every viewer in this process.
-#[derive(Default)]
 pub struct Hub {
     channels: Mutex<HashMap<u32, broadcast::Sender<Arc<Update>>>>,
     pub tokens: TokenCache,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            channels: Mutex::default(),
+            tokens: TokenCache::new(super::TOKEN_CACHE_TTL),
+        }
+    }
 }
 
 fn health(state: &AppState) -> serde_json::Value {

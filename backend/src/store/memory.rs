@@ -89,6 +89,15 @@ impl MemoryStore {
         ids
     }
 
+    /// The envelopes of an environment stored on a shard.
+    pub fn envelopes(&self, shard_id: u32, env_id: u32) -> Vec<Envelope> {
+        lock(&self.shards)
+            .events
+            .get(&(shard_id, env_id))
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// How many of an environment's events a shard holds.
     pub fn count(&self, shard_id: u32, env_id: u32) -> usize {
         lock(&self.shards)
@@ -440,6 +449,7 @@ struct CatalogState {
     environments: Vec<Environment>,
     metrics: Vec<Metric>,
     tokens: HashMap<[u8; 32], u32>,
+    api_keys: HashMap<String, u32>,
     failing: bool,
     loads: usize,
     token_lookups: usize,
@@ -494,6 +504,20 @@ impl MemoryCatalog {
         lock(&self.state)
             .tokens
             .insert(intake::credentials::secret_hash(token), env_id);
+    }
+
+    /// Make `key` an active API key of environment `env_id`.
+    pub fn add_api_key(&self, key: &str, env_id: u32) {
+        lock(&self.state)
+            .api_keys
+            .insert(intake::credentials::key_hash(key), env_id);
+    }
+
+    /// Revoke the API key `key`.
+    pub fn revoke_api_key(&self, key: &str) {
+        lock(&self.state)
+            .api_keys
+            .remove(&intake::credentials::key_hash(key));
     }
 
     /// Make every read fail (or succeed again).
@@ -555,5 +579,13 @@ impl CatalogSource for MemoryCatalog {
         }
         state.token_lookups += 1;
         Ok(state.tokens.get(hash).copied())
+    }
+
+    async fn api_key_env(&self, hash: &str) -> Result<Option<u32>> {
+        let state = lock(&self.state);
+        if state.failing {
+            return Err(Error::Catalog("the memory catalog is failing".into()));
+        }
+        Ok(state.api_keys.get(hash).copied())
     }
 }

@@ -65,6 +65,9 @@ pub trait CatalogSource: Send + Sync {
 
     /// The environment an active read token (by its SHA-256) belongs to.
     async fn read_token_env(&self, hash: &[u8; 32]) -> Result<Option<u32>>;
+
+    /// The environment an active API key (by its SHA-256 hex) writes to.
+    async fn api_key_env(&self, hash: &str) -> Result<Option<u32>>;
 }
 
 /// Where counter deltas are persisted.

@@ -50,6 +50,10 @@ impl CatalogSource for MySqlCatalog {
     async fn read_token_env(&self, hash: &[u8; 32]) -> Result<Option<u32>> {
         read_token_env(&self.pool, hash).await
     }
+
+    async fn api_key_env(&self, hash: &str) -> Result<Option<u32>> {
+        api_key_env(&self.pool, hash).await
+    }
 }
 
 const SELECT_SHARDS: &str = "SELECT id, name, url, status FROM shards ORDER BY id";

@@ -1,0 +1,225 @@
+//! Direct ingest: the public API (`/v1/events`, the Segment-compatible
+//! endpoints and settings) served by the backend itself, through the same
+//! doors as the edge (`intake::door`), so Sluice runs without Cloudflare.
+//!
+//! The ports here: API keys from the catalog behind a cache of at most
+//! `SLUICE_KEY_CACHE_TTL_MS` and an in-process per-key rate limit
+//! ([`keys`]); the group-commit writer as the sink ([`commit`]), which
+//! answers after the commit, so a 2xx here means stored; the client's
+//! address and country from the socket or a trusted proxy ([`client`]).
+
+pub mod client;
+pub mod commit;
+pub mod keys;
+
+use std::{net::SocketAddr, sync::Mutex};
+
+use axum::{
+    body::Body,
+    extract::{ConnectInfo, Request as HttpRequest, State},
+    http::{request::Parts, HeaderName, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use futures::StreamExt;
+use intake::door::{self, Client, Doors};
+use serde_json::Value;
+
+use crate::{config::Config, AppState};
+
+/// What direct ingest keeps between requests.
+pub struct Direct {
+    pub settings: door::Settings,
+    pub proxies: client::TrustedProxies,
+    pub keys: keys::ApiKeys,
+    pub commit: commit::GroupCommit,
+    /// `SLUICE_PUBLIC_URL` as (scheme, host), when set.
+    public_url: Option<(String, String)>,
+}
+
+impl Direct {
+    /// From `config`, which [`Config::check_for_serving`] has checked (an
+    /// unparsable proxy list or URL trusts nobody and is ignored here).
+    pub fn new(config: &Config) -> Self {
+        Self {
+            settings: door::Settings {
+                limits: intake::Limits::default(),
+                allowed_origins: door::AllowedOrigins::parse(&config.allowed_origins),
+            },
+            proxies: client::TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default(),
+            keys: keys::ApiKeys::new(config),
+            commit: commit::GroupCommit::new(config.max_events_in_flight, config.max_batch_events),
+            public_url: config.public_url().ok().flatten(),
+        }
+    }
+}
+
+/// Every request the backend has no route for: the public API's if its path
+/// is one of them, else a 404.
+pub async fn fallback(State(state): State<AppState>, request: HttpRequest) -> Response {
+    if !door::is_public_path(request.uri().path()) {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "not_found", "message": "no such route"})),
+        )
+            .into_response();
+    }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let (parts, body) = request.into_parts();
+    let direct = &state.direct;
+    let rules = client::ClientRules {
+        proxies: &direct.proxies,
+        country_header: state.config.country_header(),
+    };
+    let incoming = Incoming {
+        client: rules.client(peer, &parts.headers),
+        scheme_and_host: direct
+            .public_url
+            .clone()
+            .unwrap_or_else(|| rules.scheme_and_host(peer, &parts.headers)),
+        body: Mutex::new(Some(body)),
+        parts,
+    };
+    let doors = Doors {
+        settings: &direct.settings,
+        keys: &keys::Catalog(&state),
+        sink: &Shards(&state),
+        clock: &SystemClock,
+        log: &Tracing,
+    };
+    let method = incoming.parts.method.as_str().to_owned();
+    let path = incoming.parts.uri.path().to_owned();
+    let answer = doors.fetch(&method, &path, &incoming).await;
+    state
+        .metrics
+        .direct_requests
+        .with_label_values(&[&answer.status.to_string()])
+        .inc();
+    respond(answer)
+}
+
+fn respond(answer: door::Response<commit::Pending>) -> Response {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = match answer.body {
+        Some(body) => (status, Json(body)).into_response(),
+        None => status.into_response(),
+    };
+    for (name, value) in answer.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
+/// A request as the door reads it.
+struct Incoming {
+    parts: Parts,
+    body: Mutex<Option<Body>>,
+    client: Client,
+    scheme_and_host: (String, String),
+}
+
+impl door::Request for Incoming {
+    fn header(&self, name: &str) -> Option<String> {
+        self.parts
+            .headers
+            .get(name)?
+            .to_str()
+            .ok()
+            .map(str::to_owned)
+    }
+
+    fn query(&self) -> Option<String> {
+        self.parts.uri.query().map(str::to_owned)
+    }
+
+    fn scheme_and_host(&self) -> (String, String) {
+        self.scheme_and_host.clone()
+    }
+
+    fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    /// Reads at most `limit + 1` bytes: past the limit the body is refused
+    /// without holding the rest. A body the client cut short (hyper checks
+    /// `Content-Length`) is an incomplete body.
+    async fn body(&self, limit: usize) -> Result<Vec<u8>, intake::Error> {
+        let declared = intake::events::declared_length(self.header("content-length").as_deref());
+        let taken = self.body.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(body) = taken else {
+            return Err(intake::Error::Internal("the body was read twice".into()));
+        };
+        let mut stream = body.into_data_stream();
+        let mut out = Vec::with_capacity(declared.map_or(0, |d| d.min(limit as u64 + 1) as usize));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| intake::Error::IncompleteBody {
+                declared,
+                received: Some(out.len()),
+            })?;
+            out.extend_from_slice(&chunk);
+            if out.len() > limit {
+                out.truncate(limit + 1);
+                return Ok(out);
+            }
+        }
+        intake::events::check_complete(out.len(), declared)?;
+        Ok(out)
+    }
+}
+
+/// The shards, through the group-commit writer.
+struct Shards<'a>(&'a AppState);
+
+impl door::Sink for Shards<'_> {
+    type Pending = commit::Pending;
+
+    fn prepare(
+        &self,
+        env_id: u32,
+        envelopes: Vec<protocol::Envelope>,
+    ) -> Result<commit::Pending, intake::Error> {
+        self.0.direct.commit.prepare(env_id, envelopes)
+    }
+
+    async fn commit(&self, pending: commit::Pending) -> Result<(), intake::Error> {
+        self.0.direct.commit.commit(self.0, pending).await
+    }
+
+    /// No queue behind this door: it answers once the events are stored.
+    fn answers_early(&self) -> bool {
+        false
+    }
+}
+
+struct SystemClock;
+
+impl door::Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+
+    fn random10(&self) -> [u8; 10] {
+        rand::random()
+    }
+}
+
+/// The door's log lines, through `tracing`.
+struct Tracing;
+
+impl door::Log for Tracing {
+    fn info(&self, event: &str, fields: Value) {
+        tracing::info!(event, %fields, "direct ingest");
+    }
+
+    fn error(&self, event: &str, fields: Value) {
+        tracing::error!(event, %fields, "direct ingest");
+    }
+}
