@@ -128,6 +128,17 @@ export class Backend {
     return id;
   }
 
+  /** A new API key of environment `name` (`backend key create`; its last output line). */
+  async createKey(name) {
+    const lines = (await this.cli("key", "create", name)).trim().split("\n");
+    return lines[lines.length - 1].trim();
+  }
+
+  /** Store the hash of `key` (made elsewhere, e.g. by newKey()) in the catalog for environment `name`. */
+  async importKey(name, key) {
+    await this.cli("key", "import", name, "--hash", hashKey(key));
+  }
+
   get url() {
     return `http://127.0.0.1:${this.port}`;
   }
