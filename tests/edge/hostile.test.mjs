@@ -1,6 +1,8 @@
 // The hostile corpus (tests/hostile/edge.jsonl) against the built worker in
 // Miniflare: every request gets its documented status, every error a JSON
-// {error, message} body, nothing a 5xx, and the worker keeps serving.
+// {error, message} body, nothing a 5xx, and the worker keeps serving. Then
+// the same corpus against the backend's own door (direct ingest): each
+// request gets the same status and error code as at the edge.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
@@ -18,6 +20,7 @@ before(async () => {
   mf = await startWorker({ backendUrl: backend.url });
   key = newKey();
   await seedKey(mf, key, { env_id: envId, name: "hostile", status: "active" });
+  await backend.importKey("hostile", key);
 });
 
 after(async () => {
@@ -55,41 +58,58 @@ function generate(kind) {
   }
 }
 
-test("hostile requests get their documented status and the worker keeps serving", async () => {
-  const corpus = readFileSync(path.join(root, "tests/hostile/edge.jsonl"), "utf8").split("\n").filter((l) => l.trim());
+const readCorpus = () =>
+  readFileSync(path.join(root, "tests/hostile/edge.jsonl"), "utf8")
+    .split("\n")
+    .filter((l) => l.trim())
+    .map((line) => JSON.parse(line));
+
+/** Sends every case with `send(url path, init)`; returns the failures and each case's (status, error). */
+async function runCorpus(cases, send) {
   const failures = [];
-  for (const line of corpus) {
-    const c = JSON.parse(line);
+  const answers = new Map();
+  for (const c of cases) {
     const fill = (s) => s.replaceAll("{KEY}", key);
     const headers = Object.fromEntries(Object.entries(c.headers).map(([k, v]) => [k, fill(v)]));
     const body = c.generate ? generate(c.generate) : c.body !== undefined ? fill(c.body) : undefined;
     let res;
     try {
-      res = await mf.dispatchFetch(`http://edge.test${fill(c.path)}`, {
+      res = await send(fill(c.path), {
         method: c.method,
         headers,
         body: ["GET", "HEAD"].includes(c.method) ? undefined : body,
-        cf: { country: "DE", colo: "FRA" },
       });
     } catch (e) {
       failures.push(`${c.name}: no answer: ${e.message}`);
       continue;
     }
     const text = await res.text();
+    let json = null;
+    try {
+      json = JSON.parse(text);
+    } catch {}
+    answers.set(c.name, { status: res.status, error: json?.error ?? null });
     if (res.status !== c.expect) failures.push(`${c.name}: expected ${c.expect}, got ${res.status}: ${text.slice(0, 200)}`);
     if (res.status >= 500) failures.push(`${c.name}: 5xx`);
     if (res.status >= 400) {
-      let json = null;
-      try {
-        json = JSON.parse(text);
-      } catch {}
       if (typeof json?.error !== "string" || !json?.message) failures.push(`${c.name}: error body is not {error, message}: ${text.slice(0, 120)}`);
       if (c.error && json?.error !== c.error) failures.push(`${c.name}: expected error ${c.error}, got ${json?.error}: ${text.slice(0, 200)}`);
     }
   }
-  assert.deepEqual(failures, [], `${failures.length} of ${corpus.length} cases failed`);
-  assert.ok(corpus.length >= 60, `corpus has ${corpus.length} cases`);
-  console.log(`${corpus.length} hostile requests answered as documented`);
+  return { failures, answers };
+}
+
+let edgeAnswers;
+
+test("hostile requests get their documented status and the worker keeps serving", async () => {
+  const cases = readCorpus();
+  const { failures, answers } = await runCorpus(cases, (p, init) =>
+    mf.dispatchFetch(`http://edge.test${p}`, { ...init, cf: { country: "DE", colo: "FRA" } }),
+  );
+  edgeAnswers = answers;
+  assert.deepEqual(failures, [], `${failures.length} of ${cases.length} cases failed`);
+  assert.ok(cases.length >= 60, `corpus has ${cases.length} cases`);
+  console.log(`${cases.length} hostile requests answered as documented`);
 
   const ok = await mf.dispatchFetch("http://edge.test/v1/events", {
     method: "POST",
@@ -97,4 +117,26 @@ test("hostile requests get their documented status and the worker keeps serving"
     body: JSON.stringify({ event: "after-the-storm" }),
   });
   assert.equal(ok.status, 202, "still serving");
+});
+
+test("the backend's own door answers every hostile request as the edge does", async () => {
+  assert.ok(edgeAnswers, "the edge's run came first");
+  const cases = readCorpus();
+  const { failures, answers } = await runCorpus(cases, (p, init) => fetch(`${backend.url}${p}`, init));
+  for (const c of cases) {
+    const at = { edge: edgeAnswers.get(c.name), backend: answers.get(c.name) };
+    if (at.edge && at.backend && (at.edge.status !== at.backend.status || at.edge.error !== at.backend.error)) {
+      failures.push(`${c.name}: edge ${JSON.stringify(at.edge)}, backend ${JSON.stringify(at.backend)}`);
+    }
+  }
+  assert.deepEqual(failures, [], `${failures.length} of ${cases.length} cases differ or failed at the backend`);
+  console.log(`${cases.length} hostile requests answered alike at both doors`);
+
+  const ok = await fetch(`${backend.url}/v1/events`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+    body: JSON.stringify({ event: "after-the-storm" }),
+  });
+  assert.equal(ok.status, 202, "still serving");
+  assert.ok((await backend.count("a", envId)) >= 1, "accepted events are stored when the answer comes");
 });
