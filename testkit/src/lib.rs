@@ -121,7 +121,11 @@ impl Backend {
 
     /// Start `backend serve` on a free port and wait for `/healthz`.
     pub fn serve(&self, extra_env: &[(&str, &str)]) -> Serving {
-        let port = free_port();
+        self.serve_on(free_port(), extra_env)
+    }
+
+    /// Start `backend serve` on `port` and wait for `/healthz`.
+    pub fn serve_on(&self, port: u16, extra_env: &[(&str, &str)]) -> Serving {
         let child = self
             .command(&["serve"])
             .env("SLUICE_LISTEN_ADDR", format!("127.0.0.1:{port}"))
