@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `make dev`: install what is missing, start MariaDB, the backend and the edge
 # worker (workerd via `wrangler dev`) with a seeded environment, API key and
-# read token, print a curl that lands an event, and keep running until Ctrl-C.
+# read token, print curls that land an event (through the edge, and straight
+# to the backend's own door), and keep running until Ctrl-C.
 #   SLUICE_DEV_BACKEND_PORT (8080), SLUICE_DEV_EDGE_PORT (8787)
+#   SLUICE_DEV_EDGE=0   no worker: MariaDB and the backend only (direct ingest)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -10,13 +12,15 @@ export CARGO_TERM_COLOR=never
 log() { echo "dev: $*" >&2; }
 backend_port=${SLUICE_DEV_BACKEND_PORT:-8080}
 edge_port=${SLUICE_DEV_EDGE_PORT:-8787}
+with_edge=${SLUICE_DEV_EDGE:-1}
+[[ $with_edge == 0 || $with_edge == false || $with_edge == no ]] && with_edge=0 || with_edge=1
 mkdir -p .dev
 
 scripts/edge-toolchain.sh
 db=$(scripts/mysql.sh)
-log "building the backend and the worker"
+log "building the backend"
 cargo build -p sluice-backend
-scripts/build-edge.sh
+if ((with_edge)); then log "building the worker"; scripts/build-edge.sh; fi
 
 export SLUICE_DATABASE_URL=$db/sluice_dev_catalog
 [[ -s .dev/ingest-token ]] || od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > .dev/ingest-token
@@ -70,33 +74,54 @@ active_api_key() {
   $backend key list dev | awk -v h="$(api_key_hash)" '$2 == h && $NF == "-" {found=1} END {exit !found}'
 }
 if ! active_api_key; then
-  log "making a new API key (catalog and the local edge's KV)"
-  # The old key's KV record goes too; it may not be there.
-  [[ -s .dev/api-key ]] && { node scripts/key.mjs revoke --hash "$(api_key_hash)" >/dev/null 2>&1 || true; }
-  $backend key create dev --edge 2>/dev/null > .dev/api-key
+  if ((with_edge)); then
+    log "making a new API key (catalog and the local edge's KV)"
+    # The old key's KV record goes too; it may not be there.
+    [[ -s .dev/api-key ]] && { node scripts/key.mjs revoke --hash "$(api_key_hash)" >/dev/null 2>&1 || true; }
+    $backend key create dev --edge 2>/dev/null > .dev/api-key
+  else
+    log "making a new API key (catalog)"
+    $backend key create dev 2>/dev/null > .dev/api-key
+  fi
 fi
 api_key=$(tail -1 .dev/api-key)
+if ((with_edge)); then running="the backend and the worker"; else running="the backend"; fi
+event='{"event":"signup","user_id":"u1","properties":{"plan":"pro"}}'
 
-log "starting the edge worker on 127.0.0.1:$edge_port (log: .dev/edge.log)"
-scripts/wrangler.sh dev --ip 127.0.0.1 --port "$edge_port" > .dev/edge.log 2>&1 &
-pids+=($!); echo $! > .dev/edge.pid
-wait_for "http://127.0.0.1:$edge_port/healthz" "wrangler dev" .dev/edge.log
-
-cat <<EOF2
+if ((with_edge)); then
+  log "starting the edge worker on 127.0.0.1:$edge_port (log: .dev/edge.log)"
+  scripts/wrangler.sh dev --ip 127.0.0.1 --port "$edge_port" > .dev/edge.log 2>&1 &
+  pids+=($!); echo $! > .dev/edge.pid
+  wait_for "http://127.0.0.1:$edge_port/healthz" "wrangler dev" .dev/edge.log
+  cat <<EOF2
 
 Sluice is running.
   edge     http://127.0.0.1:$edge_port      (workerd via wrangler dev; log .dev/edge.log)
   backend  http://127.0.0.1:$backend_port      (log .dev/backend.log; catalog sluice_dev_catalog, shard sluice_dev_shard)
 
-Send an event:
+Send an event through the edge (202 at once, queued, then stored):
   curl -s http://127.0.0.1:$edge_port/v1/events -H 'Authorization: Bearer $api_key' \\
-       -H 'Content-Type: application/json' -d '{"event":"signup","user_id":"u1","properties":{"plan":"pro"}}'
+       -H 'Content-Type: application/json' -d '$event'
+EOF2
+else
+  cat <<EOF2
+
+Sluice is running without the edge (direct ingest).
+  backend  http://127.0.0.1:$backend_port      (log .dev/backend.log; catalog sluice_dev_catalog, shard sluice_dev_shard)
+EOF2
+fi
+
+cat <<EOF2
+
+Send an event straight to the backend, no Cloudflare (its 2xx comes once the event is stored):
+  curl -s http://127.0.0.1:$backend_port/v1/events -H 'Authorization: Bearer $api_key' \\
+       -H 'Content-Type: application/json' -d '$event'
 
 See it land:
   mariadb -h127.0.0.1 -P${db##*:} -usluice -psluice -e 'SELECT name, ts, user_id, properties, context FROM sluice_dev_shard.events_full ORDER BY ts DESC LIMIT 5'
 
 Dashboard: http://127.0.0.1:$backend_port/dashboard   environment: dev   read token: $(cat .dev/read-token)
 
-Ctrl-C stops the backend and the worker; \`make stop\` also stops MariaDB.
+Ctrl-C stops $running; \`make stop\` also stops MariaDB.
 EOF2
 wait
