@@ -1,31 +1,44 @@
 // A body that ends before its Content-Length (the client closed early) is the
 // client's fault: 400 `incomplete_body` with a JSON body, not a 500. Only a
 // raw socket can send such a request (fetch fixes up the length), so these
-// talk HTTP/1.1 by hand to workerd's own socket in Miniflare. No backend:
-// nothing here gets as far as the queue consumer.
+// talk HTTP/1.1 by hand to workerd's own socket in Miniflare, and to the
+// backend's own door (direct ingest), which must answer alike. Nothing here
+// gets as far as the queue consumer.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
-import { startWorker, seedKey, newKey } from "./harness.mjs";
+import { Backend, startWorker, seedKey, newKey } from "./harness.mjs";
 
-let mf, url, key;
+let mf, key;
+const backend = new Backend();
+/** The two doors' base URLs, by name. */
+const doors = {};
 
 before(async () => {
+  await backend.setup();
+  const envId = await backend.createEnv("incomplete", "a");
+  await backend.start();
   mf = await startWorker({ backendUrl: "http://127.0.0.1:9" });
-  url = new URL(await mf.ready);
+  doors.edge = new URL(await mf.ready);
+  doors.backend = new URL(backend.url);
   key = newKey();
-  await seedKey(mf, key, { env_id: 1, name: "incomplete", status: "active" });
+  await seedKey(mf, key, { env_id: envId, name: "incomplete", status: "active" });
+  await backend.importKey("incomplete", key);
 });
 
 after(async () => {
   await mf?.dispose();
+  await backend.drop();
 });
 
 /**
- * Sends `headers` declaring `declared` bytes, then `body`, then closes the
- * sending half of the socket; returns the parsed response.
+ * Sends `headers` declaring `declared` bytes, then `body`, then (with
+ * `halfClose`) closes the sending half of the socket; returns the parsed
+ * response. (The backend's HTTP server, hyper, drops a connection whose
+ * client half-closes before the answer, so a complete request keeps its
+ * sending half open; a short body must half-close to end early.)
  */
-function rawPost(path, { headers = {}, body, declared }) {
+function rawPost(url, path, { headers = {}, body, declared, halfClose = true }) {
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host: url.hostname, port: Number(url.port), allowHalfOpen: true });
     const chunks = [];
@@ -59,7 +72,7 @@ function rawPost(path, { headers = {}, body, declared }) {
       const head = `POST ${path} HTTP/1.1\r\n` + Object.entries(all).map(([k, v]) => `${k}: ${v}\r\n`).join("") + "\r\n";
       socket.write(head);
       socket.write(body);
-      socket.end();
+      if (halfClose) socket.end();
     });
   });
 }
@@ -79,43 +92,52 @@ function dechunk(text) {
 
 const event = JSON.stringify({ event: "truncated" });
 
-test("a complete body over the raw socket is accepted (the client itself works)", async () => {
-  const res = await rawPost("/v1/events", {
-    headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" },
-    body: event,
-    declared: Buffer.byteLength(event),
+for (const door of ["edge", "backend"]) {
+  test(`${door}: a complete body over the raw socket is accepted (the client itself works)`, async () => {
+    const res = await rawPost(doors[door], "/v1/events", {
+      headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" },
+      body: event,
+      declared: Buffer.byteLength(event),
+      halfClose: false,
+    });
+    assert.equal(res.status, 202, res.text);
   });
-  assert.equal(res.status, 202, res.text);
-});
 
-test("/v1/events: a body shorter than its Content-Length is 400 incomplete_body", async () => {
-  const res = await rawPost("/v1/events", {
-    headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" },
-    body: event.slice(0, 10),
-    declared: Buffer.byteLength(event) + 100,
+  test(`${door}: /v1/events: a body shorter than its Content-Length is 400 incomplete_body`, async () => {
+    const res = await rawPost(doors[door], "/v1/events", {
+      headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" },
+      body: event.slice(0, 10),
+      declared: Buffer.byteLength(event) + 100,
+    });
+    assert.equal(res.status, 400, res.text);
+    assert.equal(res.json?.error, "incomplete_body", res.text);
+    assert.match(res.json?.message ?? "", /Content-Length/);
+    assert.match(res.headers["content-type"] ?? "", /application\/json/);
   });
-  assert.equal(res.status, 400, res.text);
-  assert.equal(res.json?.error, "incomplete_body", res.text);
-  assert.match(res.json?.message ?? "", /Content-Length/);
-  assert.match(res.headers["content-type"] ?? "", /application\/json/);
-});
 
-test("/v1/batch (Segment): a body shorter than its Content-Length is 400 incomplete_body", async () => {
-  const batch = JSON.stringify({ batch: [{ type: "track", event: "truncated", userId: "u1" }] });
-  const res = await rawPost("/v1/batch", {
-    headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" },
-    body: batch.slice(0, 20),
-    declared: Buffer.byteLength(batch),
+  test(`${door}: /v1/batch (Segment): a body shorter than its Content-Length is 400 incomplete_body`, async () => {
+    const batch = JSON.stringify({ batch: [{ type: "track", event: "truncated", userId: "u1" }] });
+    const res = await rawPost(doors[door], "/v1/batch", {
+      headers: { Authorization: `Bearer ${key}`, "Content-Type": "application/json" },
+      body: batch.slice(0, 20),
+      declared: Buffer.byteLength(batch),
+    });
+    assert.equal(res.status, 400, res.text);
+    assert.equal(res.json?.error, "incomplete_body", res.text);
   });
-  assert.equal(res.status, 400, res.text);
-  assert.equal(res.json?.error, "incomplete_body", res.text);
-});
+}
 
-test("the worker keeps serving afterwards", async () => {
+test("both doors keep serving afterwards", async () => {
   const res = await mf.dispatchFetch("http://edge.test/v1/events", {
     method: "POST",
     headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
     body: event,
   });
   assert.equal(res.status, 202);
+  const direct = await fetch(`${backend.url}/v1/events`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+    body: event,
+  });
+  assert.equal(direct.status, 202, "the backend keeps serving too");
 });
