@@ -90,9 +90,8 @@ pub async fn fallback(State(state): State<AppState>, request: HttpRequest) -> Re
         clock: &SystemClock,
         log: &Tracing,
     };
-    let method = incoming.parts.method.as_str().to_owned();
-    let path = incoming.parts.uri.path().to_owned();
-    let answer = doors.fetch(&method, &path, &incoming).await;
+    let (method, path) = (incoming.parts.method.as_str(), incoming.parts.uri.path());
+    let answer = doors.fetch(method, path, &incoming).await;
     state
         .metrics
         .direct_requests
