@@ -88,7 +88,9 @@ export async function sql(statement, database, server) {
  * shards, `a` and `b`, in databases named after this run; `drop()` removes them.
  */
 export class Backend {
-  constructor() {
+  /** `env`: more variables for the backend's processes (`SLUICE_ALLOWED_ORIGINS`, ...). */
+  constructor({ env = {} } = {}) {
+    this.extraEnv = env;
     this.prefix = `sluice_e2e_${process.pid}_${randomBytes(3).toString("hex")}`;
     this.catalog = `${this.prefix}_catalog`;
     this.shards = { a: `${this.prefix}_shard_a`, b: `${this.prefix}_shard_b` };
@@ -106,6 +108,7 @@ export class Backend {
       SLUICE_LISTEN_ADDR: `127.0.0.1:${this.port}`,
       SLUICE_LOG_FORMAT: "json",
       RUST_LOG: "warn",
+      ...this.extraEnv,
     };
   }
 
