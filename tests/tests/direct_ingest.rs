@@ -22,6 +22,7 @@ const REQUESTS_PER_CLIENT: usize = 150;
 fn every_event_answered_2xx_is_stored_once_across_sigkills() {
     let server = mysql_server();
     let prefix = unique_prefix("crash");
+    let _cleanup = DropDatabases(server.clone(), prefix.clone());
     let backend = Backend::new(&format!("{server}/{prefix}_catalog"));
     backend.ok(&["migrate"]);
     backend.ok(&["shard", "add", "one", &format!("{server}/{prefix}_one")]);
@@ -143,5 +144,13 @@ fn every_event_answered_2xx_is_stored_once_across_sigkills() {
         "only the events sent are stored"
     );
     drop(serving);
-    drop_databases(&server, &prefix);
+}
+
+/// Drops the test's databases however the test ends.
+struct DropDatabases(String, String);
+
+impl Drop for DropDatabases {
+    fn drop(&mut self) {
+        drop_databases(&self.0, &self.1);
+    }
 }
