@@ -12,10 +12,10 @@ pub mod client;
 pub mod commit;
 pub mod keys;
 
-use std::{net::SocketAddr, sync::Mutex};
+use std::{net::SocketAddr, sync::Mutex, time::Duration};
 
 use axum::{
-    body::Body,
+    body::BodyDataStream,
     extract::{ConnectInfo, Request as HttpRequest, State},
     http::{request::Parts, HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
@@ -80,7 +80,7 @@ pub async fn fallback(State(state): State<AppState>, request: HttpRequest) -> Re
             .public_url
             .clone()
             .unwrap_or_else(|| rules.scheme_and_host(peer, &parts.headers)),
-        body: Mutex::new(Some(body)),
+        body: Mutex::new(Some(body.into_data_stream())),
         parts,
     };
     let doors = Doors {
@@ -92,6 +92,7 @@ pub async fn fallback(State(state): State<AppState>, request: HttpRequest) -> Re
     };
     let (method, path) = (incoming.parts.method.as_str(), incoming.parts.uri.path());
     let answer = doors.fetch(method, path, &incoming).await;
+    incoming.drain_unread().await;
     state
         .metrics
         .direct_requests
@@ -120,7 +121,8 @@ fn respond(answer: door::Response<commit::Pending>) -> Response {
 /// A request as the door reads it.
 struct Incoming {
     parts: Parts,
-    body: Mutex<Option<Body>>,
+    /// The body not read yet (all of it, or what is left past a limit).
+    body: Mutex<Option<BodyDataStream>>,
     client: Client,
     scheme_and_host: (String, String),
 }
@@ -148,15 +150,14 @@ impl door::Request for Incoming {
     }
 
     /// Reads at most `limit + 1` bytes: past the limit the body is refused
-    /// without holding the rest. A body the client cut short (hyper checks
-    /// `Content-Length`) is an incomplete body.
+    /// without holding the rest (which is left for [`Incoming::drain_unread`]).
+    /// A body the client cut short (hyper checks `Content-Length`) is an
+    /// incomplete body.
     async fn body(&self, limit: usize) -> Result<Vec<u8>, intake::Error> {
         let declared = intake::events::declared_length(self.header("content-length").as_deref());
-        let taken = self.body.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(body) = taken else {
+        let Some(mut stream) = self.unread() else {
             return Err(intake::Error::Internal("the body was read twice".into()));
         };
-        let mut stream = body.into_data_stream();
         let mut out = Vec::with_capacity(declared.map_or(0, |d| d.min(limit as u64 + 1) as usize));
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|_| intake::Error::IncompleteBody {
@@ -166,11 +167,50 @@ impl door::Request for Incoming {
             out.extend_from_slice(&chunk);
             if out.len() > limit {
                 out.truncate(limit + 1);
+                *self.body.lock().unwrap_or_else(|p| p.into_inner()) = Some(stream);
                 return Ok(out);
             }
         }
         intake::events::check_complete(out.len(), declared)?;
         Ok(out)
+    }
+}
+
+/// Most of a refused request's body read and discarded before answering.
+const MAX_DRAIN_BYTES: u64 = 16 << 20;
+/// How long a refused request's body may take to drain.
+const MAX_DRAIN_TIME: Duration = Duration::from_secs(5);
+
+impl Incoming {
+    fn unread(&self) -> Option<BodyDataStream> {
+        self.body.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Reads and discards what is left of a body the door did not read (a
+    /// request refused before or while reading it): hyper closes a
+    /// connection whose request body is unread, and a client still sending
+    /// would see a reset instead of the answer. Bounded in bytes and time;
+    /// past either, the connection closes as before.
+    async fn drain_unread(&self) {
+        let Some(mut stream) = self.unread() else {
+            return;
+        };
+        let declared = intake::events::declared_length(
+            door::Request::header(self, "content-length").as_deref(),
+        );
+        if declared.is_some_and(|d| d > MAX_DRAIN_BYTES) {
+            return;
+        }
+        let _ = tokio::time::timeout(MAX_DRAIN_TIME, async {
+            let mut drained = 0u64;
+            while let Some(Ok(chunk)) = stream.next().await {
+                drained += chunk.len() as u64;
+                if drained > MAX_DRAIN_BYTES {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 }
 
