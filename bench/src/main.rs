@@ -713,10 +713,15 @@ async fn main() {
         let intro = "# Benchmarks\n\nProduced by `make bench` (`scripts/bench.sh` → `sluice-bench`, bench/src/main.rs). \
             Loopback only, private MariaDB 10.11 started by scripts/mysql.sh (innodb_flush_log_at_trx_commit=2, 512M buffer pool), \
             release builds.\n\n## Latest run\n\n";
-        // Hand-written notes below the table survive a new run.
+        // Hand-written sections below the table (every `## ` heading after
+        // "Latest run", not only "Notes") survive a new run.
         let notes = std::fs::read_to_string(path)
             .ok()
-            .and_then(|old| old.find("\n## Notes").map(|i| old[i..].to_string()))
+            .and_then(|old| {
+                let start = old.find("## Latest run")? + 1;
+                let rest = &old[start..];
+                rest.find("\n## ").map(|i| rest[i..].to_string())
+            })
             .unwrap_or_default();
         std::fs::write(path, format!("{intro}{report}{notes}")).expect("write markdown");
     }
