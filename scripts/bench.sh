@@ -11,4 +11,5 @@ scripts/build-edge.sh >/dev/null
 exec target/release/sluice-bench --mysql "$mysql" --backend target/release/backend \
   --runs "${SLUICE_BENCH_RUNS:-3}" --events "${SLUICE_BENCH_EVENTS:-200000}" \
   --storage-events "${SLUICE_BENCH_STORAGE_EVENTS:-1000000}" \
+  --direct-seconds "${SLUICE_BENCH_DIRECT_SECONDS:-15}" \
   --write-md BENCHMARKS.md --command "make bench" "$@"

@@ -7,7 +7,13 @@
 //!    same rows written by plain sqlx multi-row INSERTs, same schema, same
 //!    connection count;
 //! 4. bytes per event on disk against a naive schema;
-//! 6. backend peak RSS during figure 1.
+//! 6. backend peak RSS during figure 1;
+//!
+//! and direct ingest (issue 16, [`direct`]): events/s through the
+//! backend's public `POST /v1/events` (1-event requests at concurrency 32
+//! and 128, 100-event batches beside figure 1, 1-event requests again at
+//! `innodb_flush_log_at_trx_commit=1`), with every 2xx event counted back
+//! from the shard, and the backend's peak RSS under that load.
 //!
 //! Every run is bounded, seeded, and talks to 127.0.0.1 only.
 
@@ -17,6 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod direct;
 mod edge;
 
 use backend::shards::{events_insert, EventRow};
@@ -47,8 +54,18 @@ struct Args {
     runs: usize,
     events: usize,
     storage_events: usize,
+    /// Length of each direct-ingest stage (after a 1 s warm-up).
+    direct_seconds: u64,
+    /// Stages left out (`--skip storage,direct,edge`), for a quicker partial run.
+    skip: Vec<String>,
     write_md: Option<PathBuf>,
     command: String,
+}
+
+impl Args {
+    fn skips(&self, stage: &str) -> bool {
+        self.skip.iter().any(|s| s == stage)
+    }
 }
 
 fn args() -> Args {
@@ -59,6 +76,8 @@ fn args() -> Args {
         runs: 3,
         events: 200_000,
         storage_events: 1_000_000,
+        direct_seconds: 15,
+        skip: Vec::new(),
         write_md: None,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
@@ -71,6 +90,16 @@ fn args() -> Args {
             "--runs" => a.runs = value().parse().expect("--runs N"),
             "--events" => a.events = value().parse().expect("--events N"),
             "--storage-events" => a.storage_events = value().parse().expect("--storage-events N"),
+            "--direct-seconds" => a.direct_seconds = value().parse().expect("--direct-seconds N"),
+            "--skip" => {
+                a.skip = value().split(',').map(|s| s.trim().to_string()).collect();
+                for stage in &a.skip {
+                    assert!(
+                        ["storage", "direct", "edge"].contains(&stage.as_str()),
+                        "--skip takes storage, direct and edge (comma-separated), not {stage}"
+                    );
+                }
+            }
             "--write-md" => a.write_md = Some(value().into()),
             "--command" => a.command = value(),
             other => panic!("unknown flag {other}; see bench/src/main.rs"),
@@ -371,8 +400,9 @@ async fn sketch_error(
     });
 }
 
-/// Figures 1 and 6; returns the environment ids it created (one per shard).
-async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) -> Vec<u32> {
+/// Figures 1 and 6; returns the environment ids it created (one per shard)
+/// and the backend's write throughput (figure 1).
+async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) -> (Vec<u32>, f64) {
     let catalog = format!("{}/{prefix}_catalog", args.mysql);
     cli(args, &catalog, &["migrate"]);
     let mut env_ids = Vec::new();
@@ -498,7 +528,7 @@ async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) -> Vec
         ratio: Some(rss / 200.0),
         target: "< 200 MB".into(),
     });
-    env_ids
+    (env_ids, backend)
 }
 
 const NAIVE: &str = "CREATE TABLE naive_events (
@@ -661,9 +691,14 @@ async fn main() {
     let args = args();
     let prefix = format!("sluice_bench_{}", std::process::id());
     let mut figures = Vec::new();
-    let env_ids = throughput(&args, &prefix, &mut figures).await;
-    storage(&args, &prefix, &mut figures).await;
-    {
+    let (env_ids, ingest_rate) = throughput(&args, &prefix, &mut figures).await;
+    if !args.skips("direct") {
+        direct::figures(&args, &prefix, ingest_rate, &mut figures).await;
+    }
+    if !args.skips("storage") {
+        storage(&args, &prefix, &mut figures).await;
+    }
+    if !args.skips("edge") {
         let (_backend, port) =
             start_backend(&args, &format!("{}/{prefix}_catalog", args.mysql)).await;
         let catalog = format!("{}/{prefix}_catalog", args.mysql);
@@ -709,7 +744,13 @@ async fn main() {
     );
     let report = format!("{header}{}", table(&figures));
     println!("{report}");
-    if let Some(path) = &args.write_md {
+    if let (Some(path), false) = (&args.write_md, args.skip.is_empty()) {
+        eprintln!(
+            "not writing {}: stages were skipped ({})",
+            path.display(),
+            args.skip.join(",")
+        );
+    } else if let Some(path) = &args.write_md {
         let intro = "# Benchmarks\n\nProduced by `make bench` (`scripts/bench.sh` → `sluice-bench`, bench/src/main.rs). \
             Loopback only, private MariaDB 10.11 started by scripts/mysql.sh (innodb_flush_log_at_trx_commit=2, 512M buffer pool), \
             release builds.\n\n## Latest run\n\n";
