@@ -98,6 +98,13 @@ pub struct Config {
     #[arg(long, env = "SLUICE_MAX_EVENTS_IN_FLIGHT", default_value_t = 50_000)]
     pub max_events_in_flight: usize,
 
+    /// Direct ingest: group-commit writes of one environment at once, at
+    /// most; past the first, another starts only while a whole INSERT
+    /// chunk (`SLUICE_INSERT_CHUNK_ROWS`) waits. More than
+    /// `SLUICE_SHARD_POOL_SIZE` only waits for connections.
+    #[arg(long, env = "SLUICE_DIRECT_WRITERS", default_value_t = 4)]
+    pub direct_writers: usize,
+
     /// Direct ingest: requests per API key per period (0: no limit).
     #[arg(long, env = "SLUICE_KEY_RATE_LIMIT", default_value_t = 1_000_000)]
     pub key_rate_limit: u64,
@@ -183,6 +190,9 @@ impl Config {
         if self.max_events_in_flight == 0 {
             return Err("SLUICE_MAX_EVENTS_IN_FLIGHT must be at least 1".into());
         }
+        if self.direct_writers == 0 {
+            return Err("SLUICE_DIRECT_WRITERS must be at least 1".into());
+        }
         crate::public::client::TrustedProxies::parse(&self.trusted_proxies)
             .map_err(|e| format!("SLUICE_TRUSTED_PROXIES: {e}"))?;
         self.public_url()?;
@@ -210,6 +220,7 @@ impl Config {
             country_header: String::new(),
             public_url: String::new(),
             max_events_in_flight: 50_000,
+            direct_writers: 4,
             key_rate_limit: 1_000_000,
             key_rate_limit_period_secs: 10,
             key_cache_ttl_ms: 2000,

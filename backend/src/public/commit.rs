@@ -1,9 +1,13 @@
-//! Adaptive group commit for direct ingest: while one write of an
-//! environment runs, arriving events wait; when it finishes, the next write
-//! takes everything that waited. No timer: under light load a request's
-//! events are written at once, under heavy load one transaction carries
-//! many requests. Events in flight are bounded; past the bound a request is
-//! refused with 503 before anything of it is taken.
+//! Adaptive group commit for direct ingest: while a write of an environment
+//! runs, arriving events wait; when it finishes, its writer takes
+//! everything that waited. No timer: under light load a request's events
+//! are written at once, under heavy load one transaction carries many
+//! requests. One writer per environment, and another (up to
+//! `max_writers`) only while a whole INSERT chunk's worth of events waits:
+//! small events are cheapest in one big group, but one writer alone holds
+//! large batches to a single connection's insert rate. Events in flight
+//! are bounded; past the bound a request is refused with 503 before
+//! anything of it is taken.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -49,7 +53,18 @@ struct Waiting {
 #[derive(Default)]
 struct Queue {
     waiting: VecDeque<Waiting>,
-    writing: bool,
+    /// Events in `waiting`.
+    waiting_events: usize,
+    /// Writers of this environment running now.
+    writers: usize,
+}
+
+impl Queue {
+    /// Whether an arrival starts a writer: the first one, or one more
+    /// while `spread_at` events or more wait for the running ones.
+    fn wants_writer(&self, max_writers: usize, spread_at: usize) -> bool {
+        self.writers == 0 || (self.writers < max_writers && self.waiting_events >= spread_at)
+    }
 }
 
 pub struct GroupCommit {
@@ -58,15 +73,26 @@ pub struct GroupCommit {
     max_in_flight: usize,
     /// Most events one write takes (the rest wait for the next).
     max_group: usize,
+    /// Most writes of one environment at once.
+    max_writers: usize,
+    /// Events waiting that start another writer.
+    spread_at: usize,
 }
 
 impl GroupCommit {
-    pub fn new(max_in_flight: usize, max_group: usize) -> Self {
+    pub fn new(
+        max_in_flight: usize,
+        max_group: usize,
+        max_writers: usize,
+        spread_at: usize,
+    ) -> Self {
         Self {
             queues: Mutex::default(),
             in_flight: Arc::default(),
             max_in_flight: max_in_flight.max(1),
             max_group: max_group.max(1),
+            max_writers: max_writers.max(1),
+            spread_at: spread_at.max(1),
         }
     }
 
@@ -114,12 +140,15 @@ impl GroupCommit {
         let lead = {
             let mut queues = self.queues();
             let queue = queues.entry(env_id).or_default();
+            queue.waiting_events += envelopes.len();
             queue.waiting.push_back(Waiting {
                 envelopes,
                 done,
                 _slot,
             });
-            !std::mem::replace(&mut queue.writing, true)
+            let start = queue.wants_writer(self.max_writers, self.spread_at);
+            queue.writers += usize::from(start);
+            start
         };
         if lead {
             tokio::spawn(drain(state.clone(), env_id));
@@ -143,8 +172,12 @@ impl GroupCommit {
             events += first.envelopes.len();
             group.extend(queue.waiting.pop_front());
         }
+        queue.waiting_events -= events;
         if group.is_empty() {
-            queues.remove(&env_id);
+            queue.writers = queue.writers.saturating_sub(1);
+            if queue.writers == 0 {
+                queues.remove(&env_id);
+            }
             return None;
         }
         Some(group)
@@ -209,7 +242,7 @@ mod tests {
 
     #[test]
     fn the_in_flight_bound_refuses_and_releases() {
-        let commit = GroupCommit::new(10, 100);
+        let commit = GroupCommit::new(10, 100, 1, 500);
         let a = commit.prepare(1, envelopes(6)).unwrap();
         assert_eq!(commit.in_flight(), 6);
         let refused = commit.prepare(1, envelopes(5));
@@ -230,7 +263,7 @@ mod tests {
 
     #[test]
     fn a_group_takes_whole_requests_up_to_its_size() {
-        let commit = GroupCommit::new(1000, 10);
+        let commit = GroupCommit::new(1000, 10, 1, 500);
         let mut answers = Vec::new();
         {
             let mut queues = commit.queues();
@@ -241,6 +274,7 @@ mod tests {
                 } = commit.prepare(1, envelopes(n)).unwrap();
                 let (done, answer) = oneshot::channel();
                 answers.push(answer);
+                queue.waiting_events += envelopes.len();
                 queue.waiting.push_back(Waiting {
                     envelopes,
                     done,
@@ -258,5 +292,29 @@ mod tests {
         );
         assert!(commit.next_group(1).is_none());
         assert_eq!(commit.in_flight(), 0);
+    }
+
+    #[test]
+    fn another_writer_starts_only_while_a_chunk_waits() {
+        let queue = |writers, waiting_events| Queue {
+            writers,
+            waiting_events,
+            ..Queue::default()
+        };
+        assert!(
+            queue(0, 1).wants_writer(4, 500),
+            "the first writer starts at once"
+        );
+        assert!(
+            !queue(1, 499).wants_writer(4, 500),
+            "small events wait for the running write"
+        );
+        assert!(queue(1, 500).wants_writer(4, 500));
+        assert!(queue(3, 5000).wants_writer(4, 500));
+        assert!(!queue(4, 5000).wants_writer(4, 500), "at most max_writers");
+        assert!(
+            !queue(1, 5000).wants_writer(1, 500),
+            "one writer: the old behaviour"
+        );
     }
 }

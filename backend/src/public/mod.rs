@@ -48,7 +48,12 @@ impl Direct {
             },
             proxies: client::TrustedProxies::parse(&config.trusted_proxies).unwrap_or_default(),
             keys: keys::ApiKeys::new(config),
-            commit: commit::GroupCommit::new(config.max_events_in_flight, config.max_batch_events),
+            commit: commit::GroupCommit::new(
+                config.max_events_in_flight,
+                config.max_batch_events,
+                config.direct_writers,
+                config.insert_chunk_rows,
+            ),
             public_url: config.public_url().ok().flatten(),
         }
     }
