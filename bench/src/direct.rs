@@ -5,10 +5,13 @@
 //! Stages, each `--direct-seconds` long after a one-second warm-up, on one
 //! environment of a shard of its own, through a keep-alive client:
 //! 1-event requests at concurrency 32 and 128, 100-event batches at
-//! concurrency 32, and 1-event requests at concurrency 32 again with the
-//! server at `innodb_flush_log_at_trx_commit=1`. After every stage the
-//! environment's rows are counted: each event answered 2xx must be stored,
-//! or the bench fails. The backend's `sluice_group_commit_events` histogram
+//! concurrency 32, right after them the fair baseline the issue names (the
+//! backend's own `POST /v1/ingest` with 100-envelope batches of the same
+//! events at concurrency 32, to the same environment), and 1-event requests
+//! at concurrency 32 again with the server at
+//! `innodb_flush_log_at_trx_commit=1`. After every stage the environment's
+//! rows are counted: each event answered 2xx must be stored, or the bench
+//! fails. The backend's `sluice_group_commit_events` histogram
 //! (read from `/metrics` around each stage) shows how many writes carried
 //! the events.
 
@@ -20,25 +23,44 @@ use std::{
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use sqlx::{mysql::MySqlPoolOptions, MySqlPool};
 
-use crate::{cli, cpu_seconds, peak_rss_mb, start_backend, Args, Figure};
+use crate::{cli, cpu_seconds, peak_rss_mb, start_backend, Args, Figure, TOKEN};
+
+/// Which door a stage sends to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Door {
+    /// The public `POST /v1/events`, with an API key: events as clients send them.
+    Public,
+    /// The backend's own `POST /v1/ingest`, with the ingest token: the same
+    /// events as the envelopes the edge would forward for them, to `env_id`.
+    Ingest { env_id: u32 },
+}
 
 const NAMES: [&str; 4] = ["page_view", "click", "add_to_cart", "checkout"];
 const PLANS: [&str; 3] = ["free", "pro", "team"];
 
 /// One public-API event of ~300 bytes with 5 properties and its own `id`
-/// (a UUIDv7, so every event is a row of its own).
-fn event(rng: &mut SmallRng, now_ms: i64, i: u64) -> String {
+/// (a UUIDv7, so every event is a row of its own); for [`Door::Ingest`],
+/// the envelope the door makes of it (`name` for `event`, with the
+/// environment and the receive time), every other field the same.
+fn event(rng: &mut SmallRng, now_ms: i64, i: u64, door: Door) -> String {
     let random: [u8; 10] = rng.random();
     let id = protocol::uuid_v7(now_ms as u64, &random);
+    let name = NAMES[(i % NAMES.len() as u64) as usize];
+    let head = match door {
+        Door::Public => format!(r#"{{"event":"{name}","#),
+        Door::Ingest { env_id } => {
+            format!(r#"{{"name":"{name}","env_id":{env_id},"received_at":{now_ms},"#)
+        }
+    };
     format!(
         concat!(
-            r#"{{"event":"{name}","id":"{id}","timestamp":{ts},"user_id":"user-{user}","#,
+            r#"{head}"id":"{id}","timestamp":{ts},"user_id":"user-{user}","#,
             r#""session_id":"sess-{session}","properties":{{"amount":{cents}.{frac:02},"#,
             r#""currency":"EUR","sku":"SKU-{sku}","plan":"{plan}","step":{step}}},"#,
             r#""context":{{"page":{{"path":"/pricing","referrer":"https://www.example.com/"}},"#,
             r#""library":"sluice-js/1.0","locale":"de-DE"}}}}"#
         ),
-        name = NAMES[(i % NAMES.len() as u64) as usize],
+        head = head,
         id = id,
         ts = now_ms,
         user = rng.random_range(0..50_000),
@@ -51,24 +73,46 @@ fn event(rng: &mut SmallRng, now_ms: i64, i: u64) -> String {
     )
 }
 
-/// A request body of `n` events: one object, or `{"batch": [...]}`.
-fn body(rng: &mut SmallRng, n: usize, seq: &mut u64) -> Vec<u8> {
+/// A request body of `n` events: one object, or `{"batch": [...]}`; for
+/// [`Door::Ingest`], a JSON array of `n` envelopes.
+fn body(rng: &mut SmallRng, n: usize, seq: &mut u64, door: Door) -> Vec<u8> {
     let now = chrono::Utc::now().timestamp_millis();
-    if n == 1 {
+    if n == 1 && door == Door::Public {
         *seq += 1;
-        return event(rng, now, *seq).into_bytes();
+        return event(rng, now, *seq, door).into_bytes();
     }
-    let mut out = String::with_capacity(n * 320 + 16);
-    out.push_str(r#"{"batch":["#);
+    let (open, close) = match door {
+        Door::Public => (r#"{"batch":["#, "]}"),
+        Door::Ingest { .. } => ("[", "]"),
+    };
+    let mut out = String::with_capacity(n * 360 + 16);
+    out.push_str(open);
     for k in 0..n {
         if k > 0 {
             out.push(',');
         }
         *seq += 1;
-        out.push_str(&event(rng, now, *seq));
+        out.push_str(&event(rng, now, *seq, door));
     }
-    out.push_str("]}");
+    out.push_str(close);
     out.into_bytes()
+}
+
+/// Events a 2xx answer took: `/v1/events`' `accepted`; `/v1/ingest`'s
+/// inserted and duplicates (a 200 lists nothing to retry).
+fn accepted(door: Door, answer: &[u8]) -> Option<u64> {
+    let v = serde_json::from_slice::<serde_json::Value>(answer).ok()?;
+    match door {
+        Door::Public => v["accepted"].as_u64(),
+        Door::Ingest { .. } => {
+            if !v["retry"].as_array().is_some_and(|r| r.is_empty()) {
+                return None;
+            }
+            v["environments"].as_object()?.values().try_fold(0, |n, e| {
+                Some(n + e["inserted"].as_u64()? + e["duplicates"].as_u64()?)
+            })
+        }
+    }
 }
 
 #[derive(Default)]
@@ -86,10 +130,12 @@ struct Load {
 
 /// `concurrency` clients posting `events`-event requests back to back for
 /// `length` (requests in flight at the end are waited for and counted).
+#[allow(clippy::too_many_arguments)]
 async fn load(
     client: &reqwest::Client,
     url: &str,
     key: &str,
+    door: Door,
     events: usize,
     concurrency: usize,
     length: Duration,
@@ -107,7 +153,7 @@ async fn load(
                 let mut seq = (t as u64) << 40;
                 let mut out = Load::default();
                 while Instant::now() < deadline {
-                    let payload = body(&mut rng, events, &mut seq);
+                    let payload = body(&mut rng, events, &mut seq, door);
                     let sent = Instant::now();
                     let answer = client
                         .post(&*url)
@@ -128,13 +174,10 @@ async fn load(
                     let text = response.bytes().await.unwrap_or_default();
                     out.latencies_ms.push(sent.elapsed().as_secs_f64() * 1000.0);
                     if (200..300).contains(&status) {
-                        let accepted = serde_json::from_slice::<serde_json::Value>(&text)
-                            .ok()
-                            .and_then(|v| v["accepted"].as_u64());
-                        match accepted {
+                        match accepted(door, &text) {
                             Some(n) => out.accepted += n,
                             None => out.errors.push(format!(
-                                "{status} without `accepted`: {}",
+                                "{status} without what it took: {}",
                                 String::from_utf8_lossy(&text)
                             )),
                         }
@@ -232,6 +275,7 @@ async fn flush_setting(server: &MySqlPool) -> u32 {
 }
 
 struct Stage {
+    door: Door,
     events: usize,
     concurrency: usize,
     flush: u32,
@@ -263,18 +307,32 @@ struct Ctx<'a> {
 /// was answered.
 async fn stage(
     ctx: &Ctx<'_>,
+    door: Door,
     events: usize,
     concurrency: usize,
     flush: u32,
     seed: u64,
 ) -> Result<Stage, String> {
-    let url = format!("{}/v1/events", ctx.base);
-    let what = format!("{events}-event requests, concurrency {concurrency}, flush={flush}");
+    let (url, key, what) = match door {
+        Door::Public => (
+            format!("{}/v1/events", ctx.base),
+            ctx.key.as_str(),
+            format!("{events}-event requests, concurrency {concurrency}, flush={flush}"),
+        ),
+        Door::Ingest { .. } => (
+            format!("{}/v1/ingest", ctx.base),
+            TOKEN,
+            format!(
+                "baseline /v1/ingest {events}-envelope batches, concurrency {concurrency}, flush={flush}"
+            ),
+        ),
+    };
     let before = stored(ctx.shard, ctx.env_id).await;
     let warm = load(
         &ctx.client,
         &url,
-        &ctx.key,
+        key,
+        door,
         events,
         concurrency,
         Duration::from_secs(1),
@@ -291,7 +349,8 @@ async fn stage(
     let run = load(
         &ctx.client,
         &url,
-        &ctx.key,
+        key,
+        door,
         events,
         concurrency,
         ctx.length,
@@ -341,6 +400,7 @@ async fn stage(
         return Err(format!("direct ingest {what}: nothing accepted"));
     }
     Ok(Stage {
+        door,
         events,
         concurrency,
         flush,
@@ -361,6 +421,23 @@ fn describe(s: &Stage, seconds: u64) -> String {
     } else {
         String::new()
     };
+    if let Door::Ingest { .. } = s.door {
+        return format!(
+            "baseline: backend POST /v1/ingest, {}-envelope batches of the same events, concurrency {}, \
+             same single shard and environment, innodb_flush_log_at_trx_commit={} \
+             ({seconds} s; p50 {:.1} ms, p99 {:.1} ms; backend CPU {:.2} s per 100,000 events; \
+             cores busy: backend {:.2}, load generator {:.2}, MariaDB and the rest {:.2})",
+            s.events,
+            s.concurrency,
+            s.flush,
+            s.p50,
+            s.p99,
+            s.cpu_per_100k,
+            s.cores.0,
+            s.cores.1,
+            s.cores.2
+        );
+    }
     format!(
         "direct ingest POST /v1/events, {}-event requests, concurrency {}, innodb_flush_log_at_trx_commit={} \
          ({seconds} s; p50 {:.1} ms, p99 {:.1} ms; {:.0} group-commit writes, {:.1} events/write; \
@@ -426,13 +503,20 @@ pub async fn figures(args: &Args, prefix: &str, ingest_rate: f64, figures: &mut 
     let seconds = args.direct_seconds;
     let flush = flush_setting(&server).await;
 
-    let c32 = stage(&ctx, 1, 32, flush, 1)
+    let public = Door::Public;
+    let c32 = stage(&ctx, public, 1, 32, flush, 1)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let c128 = stage(&ctx, 1, 128, flush, 3)
+    let c128 = stage(&ctx, public, 1, 128, flush, 3)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let batches = stage(&ctx, 100, 32, flush, 5)
+    let batches = stage(&ctx, public, 100, 32, flush, 5)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The issue's baseline, right after the batches: the same events as
+    // envelopes in batches of 100 to the backend's own /v1/ingest, same
+    // concurrency, environment, shard and length.
+    let baseline = stage(&ctx, Door::Ingest { env_id }, 100, 32, flush, 9)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     // The same 1-event stage with a log flush at every commit; the global
@@ -442,7 +526,7 @@ pub async fn figures(args: &Args, prefix: &str, ingest_rate: f64, figures: &mut 
         .await
     {
         Ok(_) => {
-            let result = stage(&ctx, 1, 32, flush_setting(&server).await, 7).await;
+            let result = stage(&ctx, public, 1, 32, flush_setting(&server).await, 7).await;
             sqlx::query(&format!(
                 "SET GLOBAL innodb_flush_log_at_trx_commit = {flush}"
             ))
@@ -473,9 +557,21 @@ pub async fn figures(args: &Args, prefix: &str, ingest_rate: f64, figures: &mut 
         name: describe(&batches, seconds),
         value: batches.rate,
         unit: "events/s",
-        reference: format!("backend /v1/ingest {ingest_rate:.0} (figure above)"),
-        ratio: Some(batches.rate / ingest_rate),
-        target: "≥ 0.8 × /v1/ingest".into(),
+        reference: format!(
+            "baseline /v1/ingest, 100-envelope batches, same shard {:.0} (row below); \
+             figure 1 (2 shards, batches of 500) {ingest_rate:.0}",
+            baseline.rate
+        ),
+        ratio: Some(batches.rate / baseline.rate),
+        target: "≥ 0.8 × /v1/ingest at 100-event batches".into(),
+    });
+    figures.push(Figure {
+        name: describe(&baseline, seconds),
+        value: baseline.rate,
+        unit: "events/s",
+        reference: format!("figure 1 (2 shards, batches of 500) {ingest_rate:.0}"),
+        ratio: Some(baseline.rate / ingest_rate),
+        target: "-".into(),
     });
     match durable {
         Some(s) => figures.push(Figure {
@@ -505,4 +601,73 @@ pub async fn figures(args: &Args, prefix: &str, ingest_rate: f64, figures: &mut 
         ratio: Some(rss / 200.0),
         target: "< 200 MB".into(),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The baseline's envelopes are exactly what the public door makes of
+    /// the same events (no country, colo or user agent reach it from the
+    /// bench), so both stages write the same rows.
+    #[test]
+    fn the_baseline_sends_what_the_door_makes_of_the_same_events() {
+        let now = 1_700_000_000_000;
+        for i in 0..20 {
+            let public = event(&mut SmallRng::seed_from_u64(i), now, i, Door::Public);
+            let envelope = event(
+                &mut SmallRng::seed_from_u64(i),
+                now,
+                i,
+                Door::Ingest { env_id: 3 },
+            );
+            let limits = intake::Limits::default();
+            let payload = intake::events::parse(public.as_bytes(), &limits).expect("event");
+            let meta = intake::events::Meta {
+                env_id: 3,
+                received_at: now,
+                ..Default::default()
+            };
+            let built = intake::events::build(payload, &meta, || [0; 10]).expect("valid");
+            let sent: protocol::Envelope = serde_json::from_str(&envelope).expect("envelope");
+            assert_eq!(built, [sent]);
+        }
+    }
+
+    #[test]
+    fn bodies_of_both_doors_hold_n_events() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut seq = 0;
+        let batch = body(&mut rng, 100, &mut seq, Door::Ingest { env_id: 3 });
+        let envelopes = backend::api::decode_batch(&batch, 1000).expect("batch");
+        assert_eq!(envelopes.len(), 100);
+        let limits = intake::Limits::default();
+        for n in [1, 100] {
+            let public = body(&mut rng, n, &mut seq, Door::Public);
+            let payload = intake::events::parse(&public, &limits).expect("body");
+            assert_eq!(payload.events.len(), n);
+        }
+        assert_eq!(seq, 201);
+    }
+
+    #[test]
+    fn what_an_answer_took() {
+        let ingest = Door::Ingest { env_id: 3 };
+        assert_eq!(accepted(Door::Public, br#"{"accepted":100}"#), Some(100));
+        assert_eq!(
+            accepted(
+                ingest,
+                br#"{"environments":{"3":{"inserted":98,"duplicates":2}},"retry":[],"failures":[]}"#
+            ),
+            Some(100)
+        );
+        assert_eq!(
+            accepted(
+                ingest,
+                br#"{"environments":{},"retry":["a"],"failures":[]}"#
+            ),
+            None
+        );
+        assert_eq!(accepted(ingest, b"{}"), None);
+    }
 }

@@ -11,9 +11,11 @@
 //!
 //! and direct ingest (issue 16, [`direct`]): events/s through the
 //! backend's public `POST /v1/events` (1-event requests at concurrency 32
-//! and 128, 100-event batches beside figure 1, 1-event requests again at
-//! `innodb_flush_log_at_trx_commit=1`), with every 2xx event counted back
-//! from the shard, and the backend's peak RSS under that load.
+//! and 128, 100-event batches beside their baseline: `/v1/ingest` with
+//! 100-envelope batches of the same events to the same shard, 1-event
+//! requests again at `innodb_flush_log_at_trx_commit=1`), with every 2xx
+//! event counted back from the shard, and the backend's peak RSS under
+//! that load.
 //!
 //! Every run is bounded, seeded, and talks to 127.0.0.1 only.
 
