@@ -175,7 +175,9 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Payload, Error> {
         .iter()
         .enumerate()
         .filter_map(|(i, e)| {
-            let size = serde_json::to_vec(e).map(|v| v.len()).unwrap_or(usize::MAX);
+            // The length of the event's compact JSON text, counted as it
+            // is written (no copy of the text is made just to measure it).
+            let size = crate::json::compact_len(e).unwrap_or(usize::MAX);
             (size > limits.max_event_bytes).then(|| {
                 Detail::new(
                     i,
@@ -574,6 +576,41 @@ mod tests {
         let fits = "x".repeat(32 * 1024 - 100);
         let body = json!({"event":"b","properties":{"blob": fits}}).to_string();
         assert!(parse(body.as_bytes(), &limits()).is_ok());
+    }
+
+    /// The size is that of the event's compact JSON text, whatever the
+    /// client's spacing and escapes: an event of exactly the limit passes,
+    /// one byte more is refused, and the answer names the size.
+    #[test]
+    fn an_event_exactly_at_the_limit_passes_and_one_byte_more_does_not() {
+        let limit = limits().max_event_bytes;
+        let compact = |blob: &str| json!({"event": "b", "properties": {"blob": blob}}).to_string();
+        let fill = limit - compact("").len();
+        for extra in [0, 1] {
+            let blob = "x".repeat(fill + extra);
+            assert_eq!(compact(&blob).len(), limit + extra);
+            // Spaced out, and the blob's first 100 characters escaped: the
+            // text sent is longer than what is measured.
+            let escaped = "\\u0078".repeat(100) + &blob[100..];
+            let sent =
+                format!(r#"{{ "event" : "b" , "properties" : {{ "blob" : "{escaped}" }} }}"#);
+            assert!(sent.len() > limit + extra + 500);
+            for body in [sent.clone(), format!(r#"{{"batch": [{sent}]}}"#)] {
+                match (extra, parse(body.as_bytes(), &limits())) {
+                    (0, Ok(payload)) => assert_eq!(payload.events.len(), 1),
+                    (1, Err(err)) => {
+                        assert_eq!(err.status(), 413);
+                        let d = details(err);
+                        assert_eq!(d[0].index, 0);
+                        assert_eq!(
+                            d[0].reason,
+                            format!("event is {} bytes, over the {limit} byte limit", limit + 1)
+                        );
+                    }
+                    (extra, other) => panic!("{extra} byte(s) over: {other:?}"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -27,6 +27,28 @@ pub fn parse(body: &[u8]) -> Result<Value, Error> {
     Ok(value)
 }
 
+/// The length of `value` as compact JSON text (`serde_json::to_vec(value)`'s
+/// length), counted as serde_json writes it, without building the text.
+pub fn compact_len(value: &Value) -> Result<usize, serde_json::Error> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+            self.0 += buf.len();
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value)?;
+    Ok(count.0)
+}
+
 /// Builds a [`Value`] as serde_json's own visitor does, refusing repeated keys.
 #[derive(Clone, Copy)]
 struct Strict;
@@ -179,6 +201,26 @@ mod tests {
         assert!(invalid(&deep).contains("recursion limit"));
         let deep = "{\"a\":".repeat(10_000) + "1" + &"}".repeat(10_000);
         assert!(invalid(&deep).contains("recursion limit"));
+    }
+
+    #[test]
+    fn compact_len_is_the_length_of_the_compact_text() {
+        let text = r#"{"s":"\u00e9\ud83d\ude00 \"q\" \\ \/ \b\f\n\r\t \u0001\u001f\u007f","n":null,
+            "t":true,"f":false,"i":-5,"u":18446744073709551615,"big":18446744073709551616,
+            "x":1.5e300,"tiny":5e-324,"e":[],"o":{},"neg0":-0,"negf":-0.0,"one":1e2,"k":1e15,
+            "nested":[1,[2,[3,{"k":"v","":""}]]],"float":0.1,"\u0000key":"\u2028\u2029"}"#;
+        let mut values: Vec<Value> = vec![parse(text.as_bytes()).unwrap()];
+        values.extend([
+            json!(null),
+            json!("x"),
+            json!(1.0),
+            json!([]),
+            json!({"a": [1, 2.5, "é"]}),
+        ]);
+        for value in values {
+            let text = serde_json::to_vec(&value).unwrap();
+            assert_eq!(compact_len(&value).unwrap(), text.len(), "{value}");
+        }
     }
 
     #[test]
