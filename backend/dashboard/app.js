@@ -51,13 +51,28 @@ async function api(path) {
   return body;
 }
 
+/**
+ * The y axis as wide as its longest label ("1,250,000"), which uPlot's fixed
+ * 50 px would cut on the left.
+ */
+function fittedSize(self, values, axisIdx, cycleNum) {
+  const axis = self.axes[axisIdx];
+  if (cycleNum > 1) return axis._size;
+  const longest = (values ?? []).reduce((a, v) => (String(v).length > a.length ? String(v) : a), "");
+  self.ctx.font = axis.font[0];
+  return Math.ceil(axis.ticks.size + axis.gap + self.ctx.measureText(longest).width / devicePixelRatio + 4);
+}
+
 function chart(el, label, old) {
   if (old) old.destroy();
   const width = Math.max(el.clientWidth, 280);
   return new uPlot({
     width, height: 220,
     scales: { x: { time: true } },
-    axes: [{ stroke: "#8b98a5", grid: { stroke: "#263039" } }, { stroke: "#8b98a5", grid: { stroke: "#263039" } }],
+    axes: [
+      { stroke: "#8b98a5", grid: { stroke: "#263039" } },
+      { stroke: "#8b98a5", grid: { stroke: "#263039" }, size: fittedSize, values: (u, ticks) => ticks.map((v) => fmt.format(v)) },
+    ],
     series: [{}, { label, stroke: "#3fb6a8", fill: "rgba(63,182,168,.15)", width: 2 }],
   }, [[], []], el);
 }
@@ -68,6 +83,7 @@ function renderTable(id, rows) {
     const a = document.createElement("td");
     const b = document.createElement("td");
     a.textContent = name;
+    a.title = name;
     b.textContent = typeof count === "number" ? fmt.format(count) : count;
     tr.append(a, b);
     return tr;

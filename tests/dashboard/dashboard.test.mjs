@@ -7,20 +7,22 @@ import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 import { chromium } from "playwright-core";
-import { Backend, INGEST_TOKEN, eventually, root } from "../edge/harness.mjs";
+import { Backend, INGEST_TOKEN, eventually, root, sql } from "../edge/harness.mjs";
 
 // Dashboard latency = counter flush interval + the stream's 1 s poll.
 process.env.SLUICE_COUNTER_FLUSH_MS = "500";
 
 const artifacts = path.join(root, "target/artifacts");
 const backend = new Backend();
-let browser, envId, readToken;
+let browser, envId, readToken, bigEnvId, bigToken;
 
 before(async () => {
   await backend.setup();
   envId = await backend.createEnv("shop", "a");
   readToken = (await backend.cli("env", "token", "shop")).trim();
   await backend.cli("metric", "add", "shop", "revenue", "--event", "checkout", "--sum", "amount");
+  bigEnvId = await backend.createEnv("big", "a");
+  bigToken = (await backend.cli("env", "token", "big")).trim();
   await backend.start();
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM_PATH || "/usr/bin/chromium",
@@ -136,5 +138,77 @@ test("a wrong token says so; a backend restart is survived", async () => {
   await eventually(async () => (await page.getByTestId("status").textContent()) === "live", { ms: 30_000, what: "reconnected" });
   await ingest(events(5, "checkout", "DE"));
   await eventually(async () => (await number(page, "live-total")) === 75, { ms: 20_000, what: "live total after restart" });
+  await page.close();
+});
+
+// Real data breaks what small data does not: ≥ 50 event names, names of 200
+// characters, counts in the millions, per-minute peaks over 100,000. The
+// names and their counter rows are made by ingesting one event each; the
+// counts are then raised in the shard's own counter table (millions of
+// events would take minutes to ingest here), and the backend reads them back.
+test("realistic data: long names truncate, counts never wrap, the y axis fits its labels", async () => {
+  const names = Array.from({ length: 60 }, (_, i) =>
+    i % 10 === 0 ? `${"very_long_event_name_".repeat(10)}${i}`.slice(0, 197) + `_${String(i).padStart(2, "0")}` : `event_${i}`,
+  );
+  assert.ok(names.some((n) => n.length === 200));
+  const now = Date.now();
+  await ingest(names.map((name, i) => ({ id: `big-${i}`, env_id: bigEnvId, name, timestamp: now, received_at: now, context: {} })));
+  await eventually(
+    async () => Number((await sql(`SELECT COUNT(*) FROM event_counts_minute WHERE env_id = ${bigEnvId}`, backend.shards.a))[0][0]) === 60,
+    { ms: 20_000, what: "counter rows flushed" },
+  );
+  await sql(
+    `UPDATE event_counts_minute SET events = 1000000 + name_id * 48611 WHERE env_id = ${bigEnvId}`,
+    backend.shards.a,
+  );
+  const [[total, peak]] = await sql(
+    `SELECT CAST(SUM(events) AS UNSIGNED), MAX(events) FROM event_counts_minute WHERE env_id = ${bigEnvId}`,
+    backend.shards.a,
+  );
+  assert.ok(Number(total) > 60_000_000 && Number(peak) >= 1_000_000);
+
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(e.message));
+  await page.goto(`${backend.url}/dashboard`);
+  await page.fill("#env", "big");
+  await page.fill("#token", bigToken);
+  await page.click("button[type=submit]");
+  await eventually(async () => (await number(page, "range-total")) === Number(total), { ms: 20_000, what: "range total of the seeded counts" });
+  await eventually(async () => (await page.getByTestId("by-event").locator("tbody tr").count()) === 60, { ms: 20_000, what: "60 rows" });
+
+  const cells = await page.evaluate(() =>
+    [...document.querySelectorAll('[data-testid="by-event"] tbody tr')].map((tr) => {
+      const [name, count] = tr.children;
+      const line = parseFloat(getComputedStyle(count).lineHeight);
+      return {
+        name: name.textContent, title: name.title, nameTruncated: name.scrollWidth > name.clientWidth,
+        nameHeight: name.getBoundingClientRect().height, count: count.textContent,
+        countHeight: count.getBoundingClientRect().height, countOverflows: count.scrollWidth > count.clientWidth, line,
+      };
+    }),
+  );
+  for (const c of cells) {
+    assert.ok(c.countHeight < 2 * c.line + 12, `count ${c.count} wraps: ${c.countHeight}px for a ${c.line}px line`);
+    assert.ok(!c.countOverflows, `count ${c.count} is cut`);
+    assert.match(c.count, /^\d{1,3}(,\d{3})+$/, "counts in the millions, formatted");
+    assert.ok(c.nameHeight < 2 * c.line + 12, `a name wraps: ${c.name.slice(0, 40)}…`);
+    assert.equal(c.title, c.name, "the full name on hover");
+  }
+  const long = cells.filter((c) => c.name.length === 200);
+  assert.ok(long.length >= 5 && long.every((c) => c.nameTruncated), "200-character names are truncated");
+
+  // uPlot draws the axis on a canvas: the plot area starts after the y axis,
+  // which must be as wide as the longest label (the peak, formatted).
+  const fit = await page.evaluate((peak) => {
+    const over = document.querySelector("#series-chart .u-over");
+    const ctx = document.createElement("canvas").getContext("2d");
+    ctx.font = '12px system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, "Noto Sans", sans-serif';
+    // Tick labels are round numbers up to the peak: as many digits, or one fewer.
+    return { axis: over.offsetLeft, label: 0.9 * ctx.measureText(new Intl.NumberFormat().format(peak)).width };
+  }, Number(total));
+  assert.ok(fit.axis >= fit.label + 10, `y axis ${fit.axis}px for a ${Math.round(fit.label)}px label`);
+  await page.screenshot({ path: path.join(artifacts, "dashboard-realistic.png"), fullPage: true });
+  assert.deepEqual(problems, []);
   await page.close();
 });
