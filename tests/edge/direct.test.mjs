@@ -6,20 +6,17 @@
 // every check of the shard runs right after the answer, never "eventually".
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { createServer } from "node:http";
 import { gzipSync } from "node:zlib";
 import { Analytics } from "@segment/analytics-node";
-import { build } from "esbuild";
 import { chromium } from "playwright-core";
-import { Backend, sql, root } from "./harness.mjs";
+import { Backend, SEGMENT_TYPES, serveAnalyticsPage, sql } from "./harness.mjs";
 
-const TYPES = ["track", "identify", "page", "screen", "group", "alias"];
 const OTHER_ORIGIN = "https://app.example";
 let backend, pages, pageOrigin, envNode, envWeb, keyNode, keyWeb;
 
 before(async () => {
   // The page's server first: its origin goes into the backend's CORS list.
-  pages = await servePages();
+  pages = await serveAnalyticsPage("Sluice direct test");
   pageOrigin = `http://127.0.0.1:${pages.address().port}`;
   backend = new Backend({ env: { SLUICE_ALLOWED_ORIGINS: `${OTHER_ORIGIN},${pageOrigin}` } });
   await backend.setup();
@@ -36,58 +33,7 @@ after(async () => {
   await backend?.drop();
 }, { timeout: 60_000 });
 
-/** The unmodified @segment/analytics-next from node_modules, bundled with esbuild, on a page of its own origin. */
-async function servePages() {
-  const bundle = await build({
-    stdin: {
-      contents: "import { AnalyticsBrowser } from '@segment/analytics-next'; window.AnalyticsBrowser = AnalyticsBrowser;",
-      resolveDir: root,
-      loader: "js",
-    },
-    bundle: true,
-    format: "iife",
-    platform: "browser",
-    target: "es2020",
-    write: false,
-    logLevel: "silent",
-    define: { "process.env.NODE_ENV": '"production"' },
-  });
-  const js = bundle.outputFiles[0].text;
-  const html = '<!doctype html><meta charset="utf-8"><title>Sluice direct test</title><script src="/analytics.js"></script><h1>shop</h1>';
-  const server = createServer((req, res) => {
-    if (req.url === "/analytics.js") res.writeHead(200, { "Content-Type": "text/javascript" }).end(js);
-    else if (req.url === "/favicon.ico") res.writeHead(204).end();
-    else if (req.url === "/" || req.url.startsWith("/?")) res.writeHead(200, { "Content-Type": "text/html" }).end(html);
-    else res.writeHead(404).end();
-  });
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return server;
-}
-
-/** Segment columns of the rows whose client id (the messageId) matches `where`. */
-async function rows(shard, envId, where = "1=1") {
-  const out = await sql(
-    `SELECT e.client_id, e.event_type, e.name, e.user_id, e.anonymous_id, e.group_id, e.previous_id,
-            e.properties, e.traits, e.context, UNIX_TIMESTAMP(e.ts)*1000, UNIX_TIMESTAMP(e.received_at)*1000
-       FROM events_full e
-      WHERE e.env_id = ${Number(envId)} AND ${where}`,
-    backend.shards[shard],
-  );
-  return out.map(([client_id, type, name, user_id, anonymous_id, group_id, previous_id, properties, traits, context, ts, received_at]) => ({
-    client_id,
-    type: TYPES[Number(type)],
-    name,
-    user_id,
-    anonymous_id,
-    group_id,
-    previous_id,
-    properties: JSON.parse(properties),
-    traits: traits == null ? {} : JSON.parse(traits),
-    context: JSON.parse(context),
-    ts: Math.round(Number(ts)),
-    received_at: Math.round(Number(received_at)),
-  }));
-}
+const rows = (shard, envId, where) => backend.segmentRows(shard, envId, where);
 
 /** Client ids stored more than once in a shard's environment. */
 async function duplicates(shard, envId) {
@@ -115,7 +61,7 @@ test("analytics-node → backend: 600 messages of every type, each messageId sto
     const messageId = `${run}-${i}`;
     const userId = `user-${i % 31}`;
     const done = (sent) => (err) => (err ? failures.push(err) : expected.set(messageId, sent));
-    switch (TYPES[i % TYPES.length]) {
+    switch (SEGMENT_TYPES[i % SEGMENT_TYPES.length]) {
       case "track": {
         const properties = { i, sku: `sku-${i}`, price: i / 4, tags: ["a", "é"], nested: { deep: { i } } };
         analytics.track({ messageId, userId, event: `Order Completed ${i % 5}`, properties }, done({ type: "track", name: `Order Completed ${i % 5}`, properties }));
@@ -158,7 +104,7 @@ test("analytics-node → backend: 600 messages of every type, each messageId sto
   assert.equal(stored.length, N, "as many rows as messages, right after closeAndFlush");
   assert.deepEqual([...byId.keys()].sort(), [...expected.keys()].sort(), "exactly the messageIds sent");
   assert.deepEqual(await duplicates("a", envNode), [], "no messageId stored twice");
-  assert.deepEqual([...new Set(stored.map((r) => r.type))].sort(), [...TYPES].sort(), "every message type");
+  assert.deepEqual([...new Set(stored.map((r) => r.type))].sort(), [...SEGMENT_TYPES].sort(), "every message type");
   for (const [messageId, sent] of expected) {
     const row = byId.get(messageId);
     assert.equal(row.type, sent.type, messageId);

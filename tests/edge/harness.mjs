@@ -3,11 +3,13 @@
 // uniquely named MariaDB databases, and MySQL queries through the `mariadb` CLI.
 import { spawn, execFile } from "node:child_process";
 import { createHash, randomBytes } from "node:crypto";
+import { createServer as createHttpServer } from "node:http";
 import { createServer } from "node:net";
 import { setTimeout as sleep } from "node:timers/promises";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import { promisify } from "node:util";
+import { build } from "esbuild";
 import { Miniflare } from "miniflare";
 
 const run = promisify(execFile);
@@ -227,6 +229,66 @@ export class Backend {
     const [[n]] = await sql(`SELECT COUNT(*) FROM events WHERE env_id = ${Number(envId)}`, this.shards[shard]);
     return Number(n);
   }
+
+  /** The Segment columns of the rows whose SQL condition `where` holds (client id = the messageId). */
+  async segmentRows(shard, envId, where = "1=1") {
+    const out = await sql(
+      `SELECT e.client_id, e.event_type, e.name, e.user_id, e.anonymous_id, e.group_id, e.previous_id,
+              e.properties, e.traits, e.context, UNIX_TIMESTAMP(e.ts)*1000, UNIX_TIMESTAMP(e.received_at)*1000
+         FROM events_full e
+        WHERE e.env_id = ${Number(envId)} AND ${where}`,
+      this.shards[shard],
+    );
+    return out.map(([client_id, type, name, user_id, anonymous_id, group_id, previous_id, properties, traits, context, ts, received_at]) => ({
+      client_id,
+      type: SEGMENT_TYPES[Number(type)],
+      name,
+      user_id,
+      anonymous_id,
+      group_id,
+      previous_id,
+      properties: JSON.parse(properties),
+      traits: traits == null ? {} : JSON.parse(traits),
+      context: JSON.parse(context),
+      ts: Math.round(Number(ts)),
+      received_at: Math.round(Number(received_at)),
+    }));
+  }
+}
+
+/** Segment message types, by the event type code the shard stores. */
+export const SEGMENT_TYPES = ["track", "identify", "page", "screen", "group", "alias"];
+
+/**
+ * A local page on an origin of its own (127.0.0.1, a free port) with the
+ * unmodified @segment/analytics-next from node_modules, bundled with esbuild,
+ * as `window.AnalyticsBrowser`. Close the returned server when done.
+ */
+export async function serveAnalyticsPage(title) {
+  const bundle = await build({
+    stdin: {
+      contents: "import { AnalyticsBrowser } from '@segment/analytics-next'; window.AnalyticsBrowser = AnalyticsBrowser;",
+      resolveDir: root,
+      loader: "js",
+    },
+    bundle: true,
+    format: "iife",
+    platform: "browser",
+    target: "es2020",
+    write: false,
+    logLevel: "silent",
+    define: { "process.env.NODE_ENV": '"production"' },
+  });
+  const js = bundle.outputFiles[0].text;
+  const html = `<!doctype html><meta charset="utf-8"><title>${title}</title><script src="/analytics.js"></script><h1>shop</h1>`;
+  const server = createHttpServer((req, res) => {
+    if (req.url === "/analytics.js") res.writeHead(200, { "Content-Type": "text/javascript" }).end(js);
+    else if (req.url === "/favicon.ico") res.writeHead(204).end();
+    else if (req.url === "/" || req.url.startsWith("/?")) res.writeHead(200, { "Content-Type": "text/html" }).end(html);
+    else res.writeHead(404).end();
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return server;
 }
 
 // ----------------------------------------------------------------- worker

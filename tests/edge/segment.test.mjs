@@ -5,15 +5,12 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { setTimeout as sleep } from "node:timers/promises";
-import { createServer } from "node:http";
 import { Analytics } from "@segment/analytics-node";
-import { build } from "esbuild";
 import { chromium } from "playwright-core";
-import { Backend, startWorker, seedKey, post, newKey, eventually, sql, root } from "./harness.mjs";
+import { Backend, SEGMENT_TYPES, serveAnalyticsPage, startWorker, seedKey, post, newKey, eventually } from "./harness.mjs";
 
 let backend, mf, edgeUrl, envSeg, envOther, pages, pageOrigin;
 const keys = { seg: newKey(), other: newKey(), revoked: newKey() };
-const TYPES = ["track", "identify", "page", "screen", "group", "alias"];
 
 before(async () => {
   backend = new Backend();
@@ -21,7 +18,7 @@ before(async () => {
   envSeg = await backend.createEnv("segment", "a");
   envOther = await backend.createEnv("segment-other", "b");
   await backend.start();
-  pages = await servePages();
+  pages = await serveAnalyticsPage("Sluice Segment test");
   pageOrigin = `http://127.0.0.1:${pages.address().port}`;
   mf = await startWorker({
     backendUrl: backend.url,
@@ -39,73 +36,11 @@ after(async () => {
   await backend?.drop();
 });
 
-/**
- * A local page on its own origin (another port than the edge): the unmodified
- * @segment/analytics-next from node_modules, bundled with esbuild.
- */
-async function servePages() {
-  const bundle = await build({
-    stdin: {
-      contents: "import { AnalyticsBrowser } from '@segment/analytics-next'; window.AnalyticsBrowser = AnalyticsBrowser;",
-      resolveDir: root,
-      loader: "js",
-    },
-    bundle: true,
-    format: "iife",
-    platform: "browser",
-    target: "es2020",
-    write: false,
-    logLevel: "silent",
-    define: { "process.env.NODE_ENV": '"production"' },
-  });
-  const js = bundle.outputFiles[0].text;
-  const html = '<!doctype html><meta charset="utf-8"><title>Sluice Segment test</title><script src="/analytics.js"></script><h1>shop</h1>';
-  const server = createServer((req, res) => {
-    if (req.url === "/analytics.js") {
-      res.writeHead(200, { "Content-Type": "text/javascript" }).end(js);
-    } else if (req.url === "/favicon.ico") {
-      res.writeHead(204).end();
-    } else if (req.url === "/" || req.url.startsWith("/?")) {
-      res.writeHead(200, { "Content-Type": "text/html" }).end(html);
-    } else {
-      res.writeHead(404).end();
-    }
-  });
-  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return server;
-}
-
 const basic = (key) => "Basic " + Buffer.from(`${key}:`).toString("base64");
 
-/** Rows of the Segment columns, keyed by client id (the messageId). */
-async function rows(shard, envId, where = "1=1") {
-  const out = await sql(
-    `SELECT e.client_id, e.event_type, e.name, e.user_id, e.anonymous_id, e.group_id, e.previous_id,
-            e.properties, e.traits, e.context, UNIX_TIMESTAMP(e.ts)*1000, UNIX_TIMESTAMP(e.received_at)*1000
-       FROM events_full e
-      WHERE e.env_id = ${Number(envId)} AND ${where}`,
-    backend.shards[shard],
-  );
-  return out.map(([client_id, type, name, user_id, anonymous_id, group_id, previous_id, properties, traits, context, ts, received_at]) => ({
-    client_id,
-    type: TYPES[Number(type)],
-    name,
-    user_id,
-    anonymous_id,
-    group_id,
-    previous_id,
-    properties: JSON.parse(properties),
-    traits: traits == null ? {} : JSON.parse(traits),
-    context: JSON.parse(context),
-    ts: Math.round(Number(ts)),
-    received_at: Math.round(Number(received_at)),
-  }));
-}
+const rows = (shard, envId, where) => backend.segmentRows(shard, envId, where);
 
-async function count(shard, envId) {
-  const [[n]] = await sql(`SELECT COUNT(*) FROM events WHERE env_id = ${Number(envId)}`, backend.shards[shard]);
-  return Number(n);
-}
+const count = (shard, envId) => backend.count(shard, envId);
 
 test("analytics-node: 5,000 mixed calls land exactly once each, properties and traits intact; a retried batch adds nothing", async () => {
   const N = 5000;
@@ -230,7 +165,7 @@ test("browser form: text/plain to the short paths with writeKey in the body", as
     return r.length === calls.length ? r : false;
   }, { what: "the six browser-form messages" });
   const by = Object.fromEntries(landed.map((r) => [r.type, r]));
-  assert.deepEqual(Object.keys(by).sort(), [...TYPES].sort());
+  assert.deepEqual(Object.keys(by).sort(), [...SEGMENT_TYPES].sort());
   assert.equal(by.track.name, "Signed Up");
   assert.deepEqual(by.track.properties, { plan: "pro" });
   assert.equal(by.page.name, "Home");
