@@ -35,9 +35,6 @@ enum Door {
     Ingest { env_id: u32 },
 }
 
-const NAMES: [&str; 4] = ["page_view", "click", "add_to_cart", "checkout"];
-const PLANS: [&str; 3] = ["free", "pro", "team"];
-
 /// One public-API event of ~300 bytes with 5 properties and its own `id`
 /// (a UUIDv7, so every event is a row of its own); for [`Door::Ingest`],
 /// the envelope the door makes of it (`name` for `event`, with the
@@ -45,32 +42,21 @@ const PLANS: [&str; 3] = ["free", "pro", "team"];
 fn event(rng: &mut SmallRng, now_ms: i64, i: u64, door: Door) -> String {
     let random: [u8; 10] = rng.random();
     let id = protocol::uuid_v7(now_ms as u64, &random);
-    let name = NAMES[(i % NAMES.len() as u64) as usize];
+    let name = testkit::sample_event_name(i);
     let head = match door {
         Door::Public => format!(r#"{{"event":"{name}","#),
         Door::Ingest { env_id } => {
             format!(r#"{{"name":"{name}","env_id":{env_id},"received_at":{now_ms},"#)
         }
     };
-    format!(
-        concat!(
-            r#"{head}"id":"{id}","timestamp":{ts},"user_id":"user-{user}","#,
-            r#""session_id":"sess-{session}","properties":{{"amount":{cents}.{frac:02},"#,
-            r#""currency":"EUR","sku":"SKU-{sku}","plan":"{plan}","step":{step}}},"#,
-            r#""context":{{"page":{{"path":"/pricing","referrer":"https://www.example.com/"}},"#,
-            r#""library":"sluice-js/1.0","locale":"de-DE"}}}}"#
-        ),
-        head = head,
-        id = id,
-        ts = now_ms,
-        user = rng.random_range(0..50_000),
-        session = rng.random_range(0..200_000),
-        cents = rng.random_range(1..500),
-        frac = rng.random_range(0..100),
-        sku = rng.random_range(0..5000),
-        plan = PLANS[(i % 3) as usize],
-        step = i % 10,
-    )
+    let draws = [
+        rng.random_range(0..50_000),
+        rng.random_range(0..200_000),
+        rng.random_range(1..500),
+        rng.random_range(0..100),
+        rng.random_range(0..5000),
+    ];
+    testkit::sample_event(&head, &id, now_ms, i, draws)
 }
 
 /// A request body of `n` events: one object, or `{"batch": [...]}`; for

@@ -24,8 +24,6 @@ use intake::Limits;
 use protocol::Envelope;
 
 const NOW: i64 = 1_700_000_000_000;
-const NAMES: [&str; 4] = ["page_view", "click", "add_to_cart", "checkout"];
-const PLANS: [&str; 3] = ["free", "pro", "team"];
 
 /// A small deterministic generator (no dependency for an example).
 struct Lcg(u64);
@@ -43,31 +41,21 @@ impl Lcg {
 /// The bench's event; `envelope` makes it what the door would (as the
 /// bench's `/v1/ingest` baseline sends it).
 fn event(rng: &mut Lcg, i: u64, envelope: bool) -> String {
-    let name = NAMES[(i % 4) as usize];
+    let name = testkit::sample_event_name(i);
     let head = if envelope {
         format!(r#"{{"name":"{name}","env_id":1,"received_at":{NOW},"#)
     } else {
         format!(r#"{{"event":"{name}","#)
     };
-    format!(
-        concat!(
-            r#"{head}"id":"01890000-0000-7000-8000-{i:012}","timestamp":{ts},"user_id":"user-{user}","#,
-            r#""session_id":"sess-{session}","properties":{{"amount":{cents}.{frac:02},"#,
-            r#""currency":"EUR","sku":"SKU-{sku}","plan":"{plan}","step":{step}}},"#,
-            r#""context":{{"page":{{"path":"/pricing","referrer":"https://www.example.com/"}},"#,
-            r#""library":"sluice-js/1.0","locale":"de-DE"}}}}"#
-        ),
-        head = head,
-        i = i,
-        ts = NOW,
-        user = rng.below(50_000),
-        session = rng.below(200_000),
-        cents = 1 + rng.below(499),
-        frac = rng.below(100),
-        sku = rng.below(5000),
-        plan = PLANS[(i % 3) as usize],
-        step = i % 10,
-    )
+    let id = format!("01890000-0000-7000-8000-{i:012}");
+    let draws = [
+        rng.below(50_000),
+        rng.below(200_000),
+        1 + rng.below(499),
+        rng.below(100),
+        rng.below(5000),
+    ];
+    testkit::sample_event(&head, &id, NOW, i, draws)
 }
 
 fn batch(envelope: bool) -> Vec<u8> {

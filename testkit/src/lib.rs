@@ -424,3 +424,40 @@ pub fn bad_ingest_requests(env_id: u32, token: &str) -> Vec<BadRequest> {
         ),
     ]
 }
+
+/// Event names of the benchmarks' traffic, by event number.
+pub fn sample_event_name(i: u64) -> &'static str {
+    const NAMES: [&str; 4] = ["page_view", "click", "add_to_cart", "checkout"];
+    NAMES[(i % NAMES.len() as u64) as usize]
+}
+
+/// One event of the benchmarks' traffic (`make bench`'s direct-ingest stage
+/// and `intake/examples/door_cpu.rs`): ~330 bytes of JSON with 5 properties
+/// and a small context. `head` opens it with the fields that differ by door
+/// (`{"event":…,` for the public API; `{"name":…,"env_id":…,"received_at":…,`
+/// for the envelope the door makes of it). `draws` are its random parts, in
+/// this order: user (0..50,000), session (0..200,000), cents (1..500),
+/// hundredths (0..100), sku (0..5,000).
+pub fn sample_event(head: &str, id: &str, ts: i64, i: u64, draws: [u64; 5]) -> String {
+    const PLANS: [&str; 3] = ["free", "pro", "team"];
+    let [user, session, cents, frac, sku] = draws;
+    format!(
+        concat!(
+            r#"{head}"id":"{id}","timestamp":{ts},"user_id":"user-{user}","#,
+            r#""session_id":"sess-{session}","properties":{{"amount":{cents}.{frac:02},"#,
+            r#""currency":"EUR","sku":"SKU-{sku}","plan":"{plan}","step":{step}}},"#,
+            r#""context":{{"page":{{"path":"/pricing","referrer":"https://www.example.com/"}},"#,
+            r#""library":"sluice-js/1.0","locale":"de-DE"}}}}"#
+        ),
+        head = head,
+        id = id,
+        ts = ts,
+        user = user,
+        session = session,
+        cents = cents,
+        frac = frac,
+        sku = sku,
+        plan = PLANS[(i % 3) as usize],
+        step = i % 10,
+    )
+}
