@@ -225,17 +225,12 @@ async fn write(state: &AppState, envelopes: &[Envelope]) -> Result<(), intake::E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn envelopes(n: usize) -> Vec<Envelope> {
-        (0..n)
+        (0..n as u64)
             .map(|i| {
-                serde_json::from_value(json!({
-                    "id": format!("01890000-0000-7000-8000-{i:012}"),
-                    "env_id": 1, "type": "track", "name": "e",
-                    "timestamp": 1_700_000_000_000i64, "received_at": 1_700_000_000_000i64,
-                }))
-                .unwrap()
+                let value = testkit::envelope(1, &testkit::uuid(i), "e", 1_700_000_000_000);
+                serde_json::from_value(value).expect("envelope")
             })
             .collect()
     }

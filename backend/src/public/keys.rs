@@ -4,11 +4,7 @@
 //! and a per-key request rate limit kept in process, in fixed windows like
 //! the edge's limiter.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashMap, sync::Mutex};
 
 use crate::{auth::SecretCache, config::Config, AppState};
 
@@ -52,20 +48,14 @@ impl intake::door::Keys for Catalog<'_> {
     async fn admit(&self, key: &str) -> Result<u32, intake::Error> {
         let (hash, env) = self.env(key).await?;
         let env = env.ok_or(intake::Error::InvalidKey)?;
-        self.0.direct.keys.limiter.admit(&hash, now_secs())?;
+        let now = u64::try_from(crate::model::now_secs()).unwrap_or(0);
+        self.0.direct.keys.limiter.admit(&hash, now)?;
         Ok(env)
     }
 
     async fn active(&self, key: &str) -> Result<bool, intake::Error> {
         Ok(self.env(key).await?.1.is_some())
     }
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs()
 }
 
 /// Requests per key hash per window of `period` seconds (windows start at

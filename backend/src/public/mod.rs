@@ -63,11 +63,7 @@ impl Direct {
 /// is one of them, else a 404.
 pub async fn fallback(State(state): State<AppState>, request: HttpRequest) -> Response {
     if !door::is_public_path(request.uri().path()) {
-        return (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({"error": "not_found", "message": "no such route"})),
-        )
-            .into_response();
+        return crate::api::json_error(StatusCode::NOT_FOUND, "not_found", "no such route");
     }
     let peer = request
         .extensions()
