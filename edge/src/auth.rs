@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::error::EdgeError;
+use intake::door::Refused;
 
 /// Bound on the cache; past it, expired entries go, then everything.
 pub const MAX_CACHE_ENTRIES: usize = 10_000;
@@ -43,15 +44,18 @@ pub fn admit(
     within_limit: bool,
     now_ms: u64,
     period_seconds: u32,
-) -> Result<u32, EdgeError> {
+) -> Result<u32, Refused> {
     let Lookup::Active { env_id, .. } = lookup else {
-        return Err(EdgeError::InvalidKey);
+        return Err(EdgeError::InvalidKey.into());
     };
     if !within_limit {
         let period = u64::from(period_seconds.max(1));
         let left = period - (now_ms / 1000) % period;
-        return Err(EdgeError::RateLimited {
-            retry_after: left.clamp(1, period) as u32,
+        return Err(Refused {
+            error: EdgeError::RateLimited {
+                retry_after: left.clamp(1, period) as u32,
+            },
+            env_id: Some(env_id),
         });
     }
     Ok(env_id)
@@ -138,15 +142,21 @@ mod tests {
         assert_eq!(admit(active(), true, 0, 10), Ok(7));
         assert_eq!(
             admit(Lookup::Denied, true, 0, 10),
-            Err(EdgeError::InvalidKey)
+            Err(EdgeError::InvalidKey.into())
         );
         // An unknown key is a 401 even when the limiter also said no.
         assert_eq!(
             admit(Lookup::Denied, false, 0, 10),
-            Err(EdgeError::InvalidKey)
+            Err(EdgeError::InvalidKey.into())
         );
-        // Retry-After: what is left of the current window, at least 1 s.
-        let limited = |now_ms, period| admit(active(), false, now_ms, period);
+        // Retry-After: what is left of the current window, at least 1 s;
+        // the refusal names the key's environment (the ledger counts it there).
+        let limited = |now_ms, period| {
+            admit(active(), false, now_ms, period).map_err(|r| {
+                assert_eq!(r.env_id, Some(7));
+                r.error
+            })
+        };
         assert_eq!(
             limited(20_000, 10),
             Err(EdgeError::RateLimited { retry_after: 10 })

@@ -85,7 +85,7 @@ struct EdgeKeys<'e, 'a, K, Q, C, L>(&'e Edge<'a, K, Q, C, L>);
 
 impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> door::Keys for EdgeKeys<'_, '_, K, Q, C, L> {
     /// The key lookup and the limiter run side by side.
-    async fn admit(&self, key: &str) -> Result<u32, EdgeError> {
+    async fn admit(&self, key: &str) -> Result<u32, door::Refused> {
         let edge = self.0;
         let hash = intake::credentials::key_hash(key);
         let (lookup, within_limit) =

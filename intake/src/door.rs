@@ -38,12 +38,29 @@ pub struct Client {
     pub ip: Option<String>,
 }
 
+/// A key the door refused: why, and the key's environment when the key
+/// itself is good (over its rate limit), so the refusal can be counted there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub error: Error,
+    pub env_id: Option<u32>,
+}
+
+impl From<Error> for Refused {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            env_id: None,
+        }
+    }
+}
+
 /// The API keys, and the per-key rate limit.
 pub trait Keys {
     /// The environment an active key writes to, if it is within its rate
-    /// limit: [`Error::InvalidKey`], [`Error::RateLimited`] or
-    /// [`Error::KeyStoreUnavailable`] otherwise.
-    async fn admit(&self, key: &str) -> Result<u32, Error>;
+    /// limit: [`Error::InvalidKey`], [`Error::RateLimited`] (with the
+    /// environment) or [`Error::KeyStoreUnavailable`] otherwise.
+    async fn admit(&self, key: &str) -> Result<u32, Refused>;
     /// Whether the key is active (no rate limit: the settings read).
     async fn active(&self, key: &str) -> Result<bool, Error>;
 }
@@ -122,6 +139,71 @@ pub struct Response<P> {
     /// Events answered for but not yet committed: pass them to
     /// [`Sink::commit`] once the answer is out.
     pub deferred: Option<P>,
+    /// What the request did, for the delivery ledger.
+    pub tally: Option<Tally>,
+}
+
+/// What one request at `/v1/events` or the Segment API did, for its
+/// environment's delivery ledger: the events accepted, and those refused
+/// under one reason code (counted per event where the body could be read
+/// as events, as 1 where it could not). Only requests whose environment is
+/// known have one: an unknown key's requests are counted by the runtime,
+/// globally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tally {
+    pub env_id: u32,
+    pub received_at: i64,
+    pub accepted: u64,
+    pub rejected: Option<(&'static str, u64)>,
+    /// The refused request, for the debugger (the runtime bounds how many it keeps).
+    pub sample: Option<protocol::Sample>,
+}
+
+/// What a door learned of a request on its way, for its [`Tally`].
+#[derive(Default)]
+struct Seen {
+    env_id: Option<u32>,
+    /// Events in the body, once it could be read as events.
+    events: Option<u64>,
+    /// The body as far as it was decoded.
+    body: Option<Vec<u8>>,
+    accepted: u64,
+    /// Events refused while the rest were accepted (Segment), and why the first was.
+    partly_rejected: Option<(u64, String)>,
+}
+
+impl Seen {
+    fn tally<T>(self, received_at: i64, result: &Result<T, Error>) -> Option<Tally> {
+        let env_id = self.env_id?;
+        let sample = |code: &str, message: &str| {
+            protocol::Sample::new(
+                received_at,
+                code,
+                message,
+                self.body.as_deref().unwrap_or_default(),
+            )
+        };
+        let invalid = Error::InvalidEvents(Vec::new()).code();
+        Some(match result {
+            Ok(_) => Tally {
+                env_id,
+                received_at,
+                accepted: self.accepted,
+                rejected: self.partly_rejected.as_ref().map(|(n, _)| (invalid, *n)),
+                sample: self
+                    .partly_rejected
+                    .as_ref()
+                    .map(|(_, reason)| sample(invalid, reason)),
+            },
+            Err(e) => Tally {
+                env_id,
+                received_at,
+                accepted: 0,
+                rejected: Some((e.code(), self.events.unwrap_or(1).max(1))),
+                sample: Some(sample(e.code(), &e.body().message)),
+            },
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,14 +343,19 @@ impl<K: Keys, S: Sink, C: Clock, L: Log> Doors<'_, K, S, C, L> {
             Ok(Route::Segment(_) | Route::SegmentSettings(_)) => Api::Segment,
             _ => Api::Events,
         };
+        let received_at = self.clock.now_ms();
+        let mut seen = Seen::default();
         let result = match route {
-            Ok(Route::Events) => self.events(req).await,
-            Ok(Route::Segment(endpoint)) => self.segment(req, endpoint).await,
+            Ok(Route::Events) => self.events(req, received_at, &mut seen).await,
+            Ok(Route::Segment(endpoint)) => {
+                self.segment(req, endpoint, received_at, &mut seen).await
+            }
             Ok(Route::SegmentSettings(key)) => self.settings(req, &key).await,
             Ok(Route::Health) => Ok((200, Some(json!({"status": "ok"})), None)),
             Ok(Route::Preflight) => Ok((204, None, None)),
             Err(e) => Err(e),
         };
+        let tally = seen.tally(received_at, &result);
         let origin = req.header("Origin");
         let mut headers =
             cors_headers(origin.as_deref(), &self.settings.allowed_origins, preflight);
@@ -278,6 +365,7 @@ impl<K: Keys, S: Sink, C: Clock, L: Log> Doors<'_, K, S, C, L> {
                 headers,
                 body,
                 deferred,
+                tally,
             },
             Err(e) => {
                 if e.status() >= 500 {
@@ -292,6 +380,7 @@ impl<K: Keys, S: Sink, C: Clock, L: Log> Doors<'_, K, S, C, L> {
                     headers,
                     body: serde_json::to_value(e.body()).ok(),
                     deferred: None,
+                    tally,
                 }
             }
         }
@@ -300,14 +389,19 @@ impl<K: Keys, S: Sink, C: Clock, L: Log> Doors<'_, K, S, C, L> {
     /// `POST /v1/events`: 202 once the events are valid, handed to the sink
     /// after the answer where it allows that, before it otherwise (or with
     /// `Prefer: wait`).
-    async fn events(&self, req: &impl Request) -> Answer<S::Pending> {
+    async fn events(
+        &self,
+        req: &impl Request,
+        received_at: i64,
+        seen: &mut Seen,
+    ) -> Answer<S::Pending> {
         let limits = &self.settings.limits;
         let query = req.query();
         let key = crate::credentials::extract_key(
             req.header("Authorization").as_deref(),
             query_param(query.as_deref(), "key").as_deref(),
         )?;
-        let env_id = self.keys.admit(&key).await?;
+        let env_id = self.admit(&key, seen).await?;
         events::check_content_type(req.header("Content-Type").as_deref())?;
         events::check_content_length(req.header("Content-Length").as_deref(), limits)?;
         let wait = wants_wait(
@@ -317,7 +411,7 @@ impl<K: Keys, S: Sink, C: Clock, L: Log> Doors<'_, K, S, C, L> {
         let client = req.client();
         let meta = events::Meta {
             env_id,
-            received_at: self.clock.now_ms(),
+            received_at,
             country: client.country,
             colo: client.colo,
             user_agent: user_agent(req),
@@ -326,25 +420,51 @@ impl<K: Keys, S: Sink, C: Clock, L: Log> Doors<'_, K, S, C, L> {
         let raw = req.body(limits.max_body_bytes).await?;
         let encoding = req.header("Content-Encoding");
         let body = events::decode_body(raw, encoding.as_deref(), limits.max_body_bytes)?;
-        let payload = events::parse(&body, limits)?;
+        let body = seen.body.insert(body);
+        let payload = events::shape(body)?;
+        seen.events = Some(payload.events.len() as u64);
+        events::check_limits(&payload, limits)?;
         let envelopes = events::build(payload, &meta, || self.clock.random10())?;
         let accepted = envelopes.len();
         let pending = self.sink.prepare(env_id, envelopes)?;
         let body = Some(json!({ "accepted": accepted }));
-        if wait || !self.sink.answers_early() {
+        let answer = if wait || !self.sink.answers_early() {
             self.sink.commit(pending).await?;
-            Ok((202, body, None))
+            (202, body, None)
         } else {
-            Ok((202, body, Some(pending)))
+            (202, body, Some(pending))
+        };
+        seen.accepted = accepted as u64;
+        Ok(answer)
+    }
+
+    /// [`Keys::admit`], noting the environment for the tally even when the
+    /// key is refused (over its rate limit).
+    async fn admit(&self, key: &str, seen: &mut Seen) -> Result<u32, Error> {
+        match self.keys.admit(key).await {
+            Ok(env_id) => {
+                seen.env_id = Some(env_id);
+                Ok(env_id)
+            }
+            Err(refused) => {
+                seen.env_id = refused.env_id;
+                Err(refused.error)
+            }
         }
     }
 
     /// The Segment-compatible endpoints (see [`segment`]): 200 once the
     /// valid messages are handed over (the SDKs retry 5xx, and messageIds
-    /// make a retry land once).
-    async fn segment(&self, req: &impl Request, endpoint: segment::Endpoint) -> Answer<S::Pending> {
+    /// make a retry land once). A request is counted for its environment
+    /// once its write key is read: a body that cannot be parsed has none.
+    async fn segment(
+        &self,
+        req: &impl Request,
+        endpoint: segment::Endpoint,
+        received_at: i64,
+        seen: &mut Seen,
+    ) -> Answer<S::Pending> {
         segment::check_content_length(req.header("Content-Length").as_deref())?;
-        let received_at = self.clock.now_ms();
         let raw = req.body(segment::MAX_REQUEST_BYTES).await?;
         let encoding = req.header("Content-Encoding");
         let body = events::decode_body(raw, encoding.as_deref(), segment::MAX_REQUEST_BYTES)?;
@@ -353,7 +473,9 @@ impl<K: Keys, S: Sink, C: Clock, L: Log> Doors<'_, K, S, C, L> {
             req.header("Authorization").as_deref(),
             request.write_key.as_deref(),
         )?;
-        let env_id = self.keys.admit(&key).await?;
+        seen.body = Some(body);
+        seen.events = Some(request.messages.len() as u64);
+        let env_id = self.admit(&key, seen).await?;
         let client = req.client();
         let meta = events::Meta {
             env_id,
@@ -381,8 +503,16 @@ impl<K: Keys, S: Sink, C: Clock, L: Log> Doors<'_, K, S, C, L> {
             );
         }
         let body = outcome.body();
+        let accepted = outcome.envelopes.len() as u64;
         let pending = self.sink.prepare(env_id, outcome.envelopes)?;
         self.sink.commit(pending).await?;
+        seen.accepted = accepted;
+        if outcome.rejected_count > 0 {
+            let reason = outcome.rejected.first().map_or(String::new(), |d| {
+                format!("message {}: {}", d.index, d.reason)
+            });
+            seen.partly_rejected = Some((outcome.rejected_count as u64, reason));
+        }
         Ok((200, Some(body), None))
     }
 

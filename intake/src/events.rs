@@ -125,8 +125,16 @@ pub fn decode_body(
     }
 }
 
-/// Accepts one event object, an array of events, or `{"batch": [...], "sentAt": ...}`.
+/// Accepts one event object, an array of events, or `{"batch": [...], "sentAt": ...}`,
+/// within the limits ([`shape`], then [`check_limits`]).
 pub fn parse(body: &[u8], limits: &Limits) -> Result<Payload, Error> {
+    let payload = shape(body)?;
+    check_limits(&payload, limits)?;
+    Ok(payload)
+}
+
+/// The events of a body, whatever their number and size.
+pub fn shape(body: &[u8]) -> Result<Payload, Error> {
     let value = crate::json::parse(body)?;
     let payload = match value {
         Value::Array(events) => Payload {
@@ -164,6 +172,11 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Payload, Error> {
             ))
         }
     };
+    Ok(payload)
+}
+
+/// The number of events and each event's size.
+pub fn check_limits(payload: &Payload, limits: &Limits) -> Result<(), Error> {
     if payload.events.is_empty() {
         return Err(Error::EmptyBatch);
     }
@@ -193,7 +206,7 @@ pub fn parse(body: &[u8], limits: &Limits) -> Result<Payload, Error> {
     if !too_large.is_empty() {
         return Err(Error::EventTooLarge(too_large));
     }
-    Ok(payload)
+    Ok(())
 }
 
 /// Validates every event and turns them into envelopes; one bad event rejects

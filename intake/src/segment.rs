@@ -331,6 +331,7 @@ pub fn envelope(
         traits,
         group_id,
         previous_id,
+        acceptance: None,
     };
     envelope.validate().map_err(|e| e.to_string())?;
     Ok(envelope)

@@ -113,6 +113,140 @@ pub struct Envelope {
     /// The former id of an `alias` call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_id: Option<String>,
+    /// The request that accepted this event, for the delivery ledger: set
+    /// by the edge, absent on events that come by other ways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptance: Option<Acceptance>,
+}
+
+/// One request's acceptance: its id and how many events it accepted. Every
+/// envelope of the request carries it, so the first one to reach the
+/// backend tells the ledger the whole count (the rest are in flight).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acceptance {
+    /// 32 lowercase hex digits.
+    pub id: String,
+    pub n: u32,
+}
+
+/// Longest report or acceptance id.
+pub const MAX_REPORT_ID_LEN: usize = 64;
+/// Longest reason code in a report.
+pub const MAX_REASON_LEN: usize = 64;
+/// Longest rejected-body sample a report carries, in bytes.
+pub const MAX_SAMPLE_BYTES: usize = 2048;
+/// Longest error message a sample carries, in characters.
+pub const MAX_SAMPLE_MESSAGE_CHARS: usize = 500;
+
+/// What a door saw of an environment's requests that no envelope tells:
+/// the events it refused (by reason code) and the events it answered for
+/// but could not hand on (`lost`, with the acceptance's own count, whose
+/// envelopes may never arrive). Posted to `POST /v1/ingest/reports`;
+/// `id` makes a redelivered report count once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    pub id: String,
+    pub env_id: u32,
+    /// When the door received the request(s), ms since the epoch: the
+    /// minute the counts belong to.
+    pub received_at: i64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub accepted: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<Sample>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A refused request, for the debugger: its reason, the error message it
+/// was answered with, and the start of its body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sample {
+    pub received_at: i64,
+    pub code: String,
+    pub message: String,
+    /// At most [`MAX_SAMPLE_BYTES`] of the body (decompressed when it could be).
+    pub body: String,
+}
+
+impl Sample {
+    /// A sample of `body`, cut to the limits on a character boundary.
+    pub fn new(received_at: i64, code: &str, message: &str, body: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(&body[..body.len().min(MAX_SAMPLE_BYTES)]);
+        Self {
+            received_at,
+            code: code.to_owned(),
+            message: message.chars().take(MAX_SAMPLE_MESSAGE_CHARS).collect(),
+            body: cut(&text, MAX_SAMPLE_BYTES).to_owned(),
+        }
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A dead-lettered event as the dead-letter consumer read it back: enough
+/// to count it (and see later whether a replay stored it). Read leniently:
+/// the message may be poison for other reasons.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub env_id: u32,
+    pub id: String,
+    pub received_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptance: Option<Acceptance>,
+}
+
+/// The body of `POST /v1/ingest/reports`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reports {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reports: Vec<Report>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl Report {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.id.is_empty() || self.id.len() > MAX_REPORT_ID_LEN {
+            return Err(format!("id must be 1 to {MAX_REPORT_ID_LEN} bytes"));
+        }
+        if !timestamp_in_range(self.received_at) {
+            return Err("received_at is out of range".into());
+        }
+        for code in self.rejected.keys().chain(self.dropped.keys()) {
+            if code.is_empty() || code.len() > MAX_REASON_LEN || !code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()) {
+                return Err(format!("reason code {code:?} must be 1 to {MAX_REASON_LEN} of a-z, 0-9, _"));
+            }
+        }
+        for sample in &self.samples {
+            if sample.body.len() > MAX_SAMPLE_BYTES || sample.message.chars().count() > MAX_SAMPLE_MESSAGE_CHARS || sample.code.len() > MAX_REASON_LEN {
+                return Err("a sample is over its limits".into());
+            }
+            if !timestamp_in_range(sample.received_at) {
+                return Err("a sample's received_at is out of range".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Why an envelope is not acceptable.
@@ -126,6 +260,7 @@ pub enum EnvelopeError {
     TimestampOutOfRange(&'static str),
     ControlCharacter(&'static str),
     PayloadTooLarge(usize),
+    BadAcceptanceId,
 }
 
 impl std::fmt::Display for EnvelopeError {
@@ -145,6 +280,10 @@ impl std::fmt::Display for EnvelopeError {
                 )
             }
             Self::ControlCharacter(field) => write!(f, "{field} contains a control character"),
+            Self::BadAcceptanceId => write!(
+                f,
+                "acceptance.id must be 1 to {MAX_REPORT_ID_LEN} bytes without control characters"
+            ),
             Self::PayloadTooLarge(n) => {
                 write!(f, "properties, context and traits take {n} bytes; at most {MAX_PAYLOAD_BYTES} are accepted")
             }
@@ -202,6 +341,14 @@ impl Envelope {
         check_optional(&self.session_id, "session_id")?;
         check_optional(&self.group_id, "group_id")?;
         check_optional(&self.previous_id, "previous_id")?;
+        if let Some(a) = &self.acceptance {
+            if a.id.is_empty()
+                || a.id.len() > MAX_REPORT_ID_LEN
+                || a.id.chars().any(char::is_control)
+            {
+                return Err(EnvelopeError::BadAcceptanceId);
+            }
+        }
         let payload = self.payload_bytes();
         if payload > MAX_PAYLOAD_BYTES {
             return Err(EnvelopeError::PayloadTooLarge(payload));

@@ -45,11 +45,19 @@ impl Catalog<'_> {
 }
 
 impl intake::door::Keys for Catalog<'_> {
-    async fn admit(&self, key: &str) -> Result<u32, intake::Error> {
+    async fn admit(&self, key: &str) -> Result<u32, intake::door::Refused> {
         let (hash, env) = self.env(key).await?;
         let env = env.ok_or(intake::Error::InvalidKey)?;
         let now = u64::try_from(crate::model::now_secs()).unwrap_or(0);
-        self.0.direct.keys.limiter.admit(&hash, now)?;
+        self.0
+            .direct
+            .keys
+            .limiter
+            .admit(&hash, now)
+            .map_err(|error| intake::door::Refused {
+                error,
+                env_id: Some(env),
+            })?;
         Ok(env)
     }
 

@@ -605,6 +605,7 @@ pub(crate) fn stored_envelope(row: &sqlx::mysql::MySqlRow, env_id: u32) -> Resul
         traits: json_map(row.try_get(12)?)?,
         context: json_map(row.try_get(13)?)?,
         event_type: EventType::from_code(row.try_get(2)?).unwrap_or_default(),
+        acceptance: None,
     })
 }
 
