@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod config;
 pub mod counters;
 pub mod db;
+pub mod delivery;
 pub mod error;
 pub mod ingest;
 pub mod metrics;

@@ -1,0 +1,351 @@
+//! The delivery ledger's rules: what each write, report and dead letter
+//! counts, per environment and minute of receive time, and how the counts
+//! of a range add up. Plain functions: the MySQL and the memory store both
+//! count through them.
+//!
+//! `accepted = stored + resent + dropped + (dead_lettered − replayed) + lost + in_flight`,
+//! and at the door `received = accepted + rejected`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use protocol::{Envelope, Report};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub const ACCEPTED: &str = "accepted";
+pub const STORED: &str = "stored";
+pub const RESENT: &str = "resent";
+pub const REDELIVERED: &str = "redelivered";
+pub const LOST: &str = "lost";
+pub const REJECTED: &str = "rejected:";
+pub const DROPPED: &str = "dropped:";
+
+/// One ledger row: `n` events of an environment's receive `minute` (unix
+/// seconds, a multiple of 60) had `outcome`, as counted by `source` (an
+/// acceptance, a report, a write). Rows are written with `INSERT IGNORE`, so
+/// a source counted twice (a redelivered report) counts once.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry {
+    pub minute: i64,
+    pub outcome: String,
+    pub source: [u8; 16],
+    pub n: u64,
+}
+
+/// The minute (unix seconds) a receive time in ms falls in.
+pub fn minute_of(ms: i64) -> i64 {
+    ms.div_euclid(60_000) * 60
+}
+
+/// The 16 bytes a report or acceptance id is stored under: its own bytes
+/// when it is 32 hex digits (what the doors make), else a hash of it.
+pub fn source_of(id: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&id[2 * i..2 * i + 2], 16).unwrap_or(0);
+        }
+    } else {
+        out.copy_from_slice(&Sha256::digest(id.as_bytes())[..16]);
+    }
+    out
+}
+
+/// A new acceptance or report id: 32 hex digits.
+pub fn new_id() -> String {
+    intake::credentials::hex(&rand::random::<[u8; 16]>())
+}
+
+/// What one write of an environment's envelopes to a shard counts, given
+/// the receive time (ms) of every key that was stored before it:
+/// - a key stored before: `redelivered` if this envelope has the stored
+///   receive time (the same acceptance, delivered again), else `resent`
+///   (the client sent it again);
+/// - a new key: `stored` the first time it occurs, `resent` after;
+/// - `accepted`: each acceptance an envelope carries, with its own count
+///   (its id makes the rows of its other envelopes count once); an
+///   envelope without one is its own acceptance when it is stored or
+///   resent.
+///
+/// `write` is the source of this write's rows (fresh per write).
+pub fn count_write(
+    envelopes: &[&Envelope],
+    stored_before: &HashMap<[u8; 16], i64>,
+    write: [u8; 16],
+) -> Vec<Entry> {
+    let mut per_minute: BTreeMap<(i64, &'static str), u64> = BTreeMap::new();
+    let mut acceptances: BTreeMap<(i64, [u8; 16]), u64> = BTreeMap::new();
+    let mut first = HashSet::with_capacity(envelopes.len());
+    for e in envelopes {
+        let key = e.key();
+        let outcome = match stored_before.get(&key) {
+            Some(&received_at) if received_at == e.received_at => REDELIVERED,
+            Some(_) => RESENT,
+            None if first.insert(key) => STORED,
+            None => RESENT,
+        };
+        let minute = minute_of(e.received_at);
+        *per_minute.entry((minute, outcome)).or_default() += 1;
+        match &e.acceptance {
+            Some(a) => {
+                acceptances.insert((minute, source_of(&a.id)), u64::from(a.n));
+            }
+            None if outcome != REDELIVERED => {
+                *per_minute.entry((minute, ACCEPTED)).or_default() += 1;
+            }
+            None => {}
+        }
+    }
+    let mut entries: Vec<Entry> = per_minute
+        .into_iter()
+        .map(|((minute, outcome), n)| Entry {
+            minute,
+            outcome: outcome.to_owned(),
+            source: write,
+            n,
+        })
+        .collect();
+    entries.extend(
+        acceptances
+            .into_iter()
+            .map(|((minute, source), n)| Entry {
+                minute,
+                outcome: ACCEPTED.to_owned(),
+                source,
+                n,
+            }),
+    );
+    entries
+}
+
+/// What a door's report counts (its id is the source of every row).
+pub fn count_report(report: &Report) -> Vec<Entry> {
+    let minute = minute_of(report.received_at);
+    let source = source_of(&report.id);
+    let entry = |outcome: String, n: u64| Entry {
+        minute,
+        outcome,
+        source,
+        n,
+    };
+    let mut entries = Vec::new();
+    for (code, &n) in &report.rejected {
+        entries.push(entry(format!("{REJECTED}{code}"), n));
+    }
+    for (reason, &n) in &report.dropped {
+        entries.push(entry(format!("{DROPPED}{reason}"), n));
+    }
+    if report.accepted > 0 {
+        entries.push(entry(ACCEPTED.to_owned(), report.accepted));
+    }
+    if report.lost > 0 {
+        entries.push(entry(LOST.to_owned(), report.lost));
+    }
+    entries.retain(|e| e.n > 0);
+    entries
+}
+
+/// Summed ledger rows of one minute or a range: outcome → events. Dead
+/// letters are counted apart (from their own table), with how many of them
+/// are stored since (replayed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub outcomes: BTreeMap<String, u64>,
+    pub dead_lettered: u64,
+    pub replayed: u64,
+}
+
+impl Counts {
+    pub fn add(&mut self, other: &Counts) {
+        for (outcome, n) in &other.outcomes {
+            *self.outcomes.entry(outcome.clone()).or_default() += n;
+        }
+        self.dead_lettered += other.dead_lettered;
+        self.replayed += other.replayed;
+    }
+}
+
+/// The ledger of a minute or a range, as the API answers it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Ledger {
+    pub received: u64,
+    pub accepted: u64,
+    pub rejected: BTreeMap<String, u64>,
+    pub stored: u64,
+    pub resent: u64,
+    pub redelivered: u64,
+    pub dropped: BTreeMap<String, u64>,
+    pub dead_lettered: u64,
+    pub replayed: u64,
+    pub lost: u64,
+    /// Accepted and not (yet) accounted for; negative when more is
+    /// accounted for than was accepted (which should never happen).
+    pub in_flight: i64,
+}
+
+impl Ledger {
+    pub fn of(counts: &Counts) -> Self {
+        let get = |name: &str| counts.outcomes.get(name).copied().unwrap_or(0);
+        let by_prefix = |prefix: &str| -> BTreeMap<String, u64> {
+            counts
+                .outcomes
+                .iter()
+                .filter_map(|(k, &n)| k.strip_prefix(prefix).map(|r| (r.to_owned(), n)))
+                .collect()
+        };
+        let rejected = by_prefix(REJECTED);
+        let dropped = by_prefix(DROPPED);
+        let accepted = get(ACCEPTED);
+        let accounted = get(STORED)
+            + get(RESENT)
+            + dropped.values().sum::<u64>()
+            + counts.dead_lettered.saturating_sub(counts.replayed)
+            + get(LOST);
+        Self {
+            received: accepted + rejected.values().sum::<u64>(),
+            accepted,
+            stored: get(STORED),
+            resent: get(RESENT),
+            redelivered: get(REDELIVERED),
+            dead_lettered: counts.dead_lettered,
+            replayed: counts.replayed,
+            lost: get(LOST),
+            in_flight: accepted as i64 - accounted as i64,
+            rejected,
+            dropped,
+        }
+    }
+
+    /// Whether this minute adds up: nothing in flight, nothing over-counted.
+    pub fn adds_up(&self) -> bool {
+        self.in_flight == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::Acceptance;
+
+    fn envelope(id: &str, received_at: i64, acceptance: Option<(&str, u32)>) -> Envelope {
+        Envelope {
+            id: id.into(),
+            env_id: 1,
+            name: "e".into(),
+            received_at,
+            acceptance: acceptance.map(|(id, n)| Acceptance { id: id.into(), n }),
+            ..Envelope::default()
+        }
+    }
+
+    fn outcomes(entries: &[Entry]) -> BTreeMap<(i64, String), u64> {
+        let mut out = BTreeMap::new();
+        for e in entries {
+            *out.entry((e.minute, e.outcome.clone())).or_default() += e.n;
+        }
+        out
+    }
+
+    const A: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn a_first_write_stores_and_counts_its_acceptance_once() {
+        let list = [
+            envelope("a", 60_500, Some((A, 3))),
+            envelope("b", 60_500, Some((A, 3))),
+            envelope("a", 60_500, Some((A, 3))),
+        ];
+        let refs: Vec<&Envelope> = list.iter().collect();
+        let entries = count_write(&refs, &HashMap::new(), [9; 16]);
+        let got = outcomes(&entries);
+        assert_eq!(got[&(60, STORED.into())], 2);
+        // The same id twice in one request: the client sent it again.
+        assert_eq!(got[&(60, RESENT.into())], 1);
+        assert_eq!(got[&(60, ACCEPTED.into())], 3);
+        let accepted: Vec<_> = entries.iter().filter(|e| e.outcome == ACCEPTED).collect();
+        assert_eq!(accepted.len(), 1, "one row per acceptance");
+        assert_eq!(accepted[0].source, source_of(A));
+    }
+
+    #[test]
+    fn a_stored_receive_time_tells_a_redelivery_from_a_resend() {
+        let list = [
+            envelope("a", 60_500, None),
+            envelope("b", 125_000, None),
+            envelope("c", 125_000, None),
+        ];
+        let refs: Vec<&Envelope> = list.iter().collect();
+        let before = HashMap::from([
+            (list[0].key(), 60_500),  // the same acceptance again
+            (list[1].key(), 61_000),  // an earlier request stored it
+        ]);
+        let got = outcomes(&count_write(&refs, &before, [9; 16]));
+        assert_eq!(got.get(&(60, REDELIVERED.into())), Some(&1));
+        assert_eq!(got.get(&(120, RESENT.into())), Some(&1));
+        assert_eq!(got.get(&(120, STORED.into())), Some(&1));
+        // Without an acceptance, an envelope is its own when it is new to the
+        // ledger (stored or resent), never when redelivered.
+        assert_eq!(got.get(&(120, ACCEPTED.into())), Some(&2));
+        assert_eq!(got.get(&(60, ACCEPTED.into())), None);
+    }
+
+    #[test]
+    fn a_redelivered_request_with_a_repeated_id_counts_nothing_new() {
+        let list = [
+            envelope("a", 60_500, Some((A, 2))),
+            envelope("a", 60_500, Some((A, 2))),
+        ];
+        let refs: Vec<&Envelope> = list.iter().collect();
+        let first = outcomes(&count_write(&refs, &HashMap::new(), [1; 16]));
+        assert_eq!((first[&(60, STORED.into())], first[&(60, RESENT.into())]), (1, 1));
+        let before = HashMap::from([(list[0].key(), 60_500)]);
+        let again = outcomes(&count_write(&refs, &before, [2; 16]));
+        assert_eq!(again.get(&(60, REDELIVERED.into())), Some(&2));
+        assert_eq!(again.get(&(60, STORED.into())), None);
+        assert_eq!(again.get(&(60, RESENT.into())), None);
+    }
+
+    #[test]
+    fn the_ledger_adds_up() {
+        let mut counts = Counts::default();
+        for (k, n) in [
+            (ACCEPTED, 10),
+            (STORED, 6),
+            (RESENT, 1),
+            (REDELIVERED, 4),
+            (LOST, 1),
+            ("rejected:invalid_json", 2),
+            ("rejected:rate_limited", 3),
+        ] {
+            counts.outcomes.insert(k.into(), n);
+        }
+        counts.dead_lettered = 3;
+        counts.replayed = 1;
+        let ledger = Ledger::of(&counts);
+        assert_eq!(ledger.received, 15);
+        assert_eq!(ledger.rejected["rate_limited"], 3);
+        // 10 − (6 + 1 + (3 − 1) + 1) = 0; redelivered is outside the sum.
+        assert_eq!(ledger.in_flight, 0);
+        assert!(ledger.adds_up());
+        counts.outcomes.insert(STORED.into(), 5);
+        assert_eq!(Ledger::of(&counts).in_flight, 1);
+    }
+
+    #[test]
+    fn reports_count_under_their_id() {
+        let report = Report {
+            id: A.into(),
+            env_id: 1,
+            received_at: 119_999,
+            rejected: BTreeMap::from([("invalid_json".into(), 2), ("empty".into(), 0)]),
+            accepted: 5,
+            lost: 5,
+            ..Report::default()
+        };
+        let entries = count_report(&report);
+        assert_eq!(entries.len(), 3);
+        assert!(entries.iter().all(|e| e.minute == 60 && e.source == source_of(A)));
+        assert_eq!(source_of("not hex"), source_of("not hex"));
+        assert_ne!(source_of("not hex"), source_of(A));
+    }
+}
