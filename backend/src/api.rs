@@ -28,6 +28,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/stats/summary", get(stats::summary))
         .route("/v1/stats/series", get(stats::series))
         .route("/v1/stats/stream", get(stats::stream))
+        .route("/v1/stats/tail", get(stats::tail))
         .route(
             "/dashboard",
             get(|| async { asset("text/html; charset=utf-8", DASHBOARD_HTML) }),

@@ -37,7 +37,7 @@ pub use api::app;
 pub use config::Config;
 pub use error::{Error, Result};
 
-use store::{CounterStore, EventStore, StatsStore};
+use store::{CounterStore, EventStore, StatsStore, TailStore};
 
 pub struct Inner {
     pub config: Config,
@@ -48,9 +48,13 @@ pub struct Inner {
     pub counter_store: Arc<dyn CounterStore>,
     /// Where the stats API reads.
     pub stats_store: Arc<dyn StatsStore>,
+    /// Where the live tail reads.
+    pub tail_store: Arc<dyn TailStore>,
     pub counters: counters::Counters,
     pub metrics: metrics::Metrics,
     pub stats: stats::Hub,
+    /// The live tail's pollers and their ring buffers.
+    pub tail: stats::TailHub,
     /// Direct ingest's keys, limits and writer.
     pub direct: public::Direct,
 }
@@ -61,15 +65,19 @@ pub struct Ports {
     pub events: Arc<dyn EventStore>,
     pub counters: Arc<dyn CounterStore>,
     pub stats: Arc<dyn StatsStore>,
+    pub tail: Arc<dyn TailStore>,
 }
 
 impl Ports {
     /// One store behind every port.
-    pub fn all<S: EventStore + CounterStore + StatsStore + 'static>(store: Arc<S>) -> Self {
+    pub fn all<S: EventStore + CounterStore + StatsStore + TailStore + 'static>(
+        store: Arc<S>,
+    ) -> Self {
         Self {
             events: store.clone(),
             counters: store.clone(),
-            stats: store,
+            stats: store.clone(),
+            tail: store,
         }
     }
 }
@@ -112,9 +120,11 @@ impl AppState {
             events: ports.events,
             counter_store: ports.counters,
             stats_store: ports.stats,
+            tail_store: ports.tail,
             counters,
             metrics: metrics::Metrics::new(),
             stats: stats::Hub::default(),
+            tail: stats::TailHub::default(),
         }))
     }
 

@@ -4,6 +4,7 @@
 
 mod auth;
 mod live;
+mod tail;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,7 @@ use serde_json::json;
 pub use crate::store::{NamedCount, Second};
 pub use auth::{ReadAuth, TokenCache, TOKEN_CACHE_TTL};
 pub use live::{stream, Hub, Update};
+pub use tail::{tail, TailHub};
 
 use crate::{
     catalog::{self, Environment, Shard},

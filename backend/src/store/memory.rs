@@ -16,8 +16,8 @@ use crate::{
     model::{self, counted, Deltas, Sketch, KIND_SESSIONS, KIND_USERS},
     model::{Environment, Metric, Shard, Snapshot},
     store::{
-        Buckets, CatalogSource, CounterStore, EventStore, NamedCount, Second, StatsStore, Summary,
-        SummaryRange, WriteOutcome,
+        Buckets, CatalogSource, CounterStore, EventStore, NamedCount, RejectedSample, Second,
+        StatsStore, Summary, SummaryRange, TailKey, TailStore, WriteOutcome,
     },
 };
 
@@ -39,6 +39,10 @@ struct Shards {
     down: HashSet<u32>,
     /// (shard, env, envelopes) of every write attempted.
     writes: Vec<(u32, u32, usize)>,
+    /// (shard, env, stored at ms, key) of every inserted row, for the live tail.
+    stored: Vec<(u32, u32, i64, [u8; 16])>,
+    /// (shard, env, sample) of refusals, for the live tail.
+    rejected: Vec<(u32, u32, RejectedSample)>,
 }
 
 /// Events, names and flushed counts per shard, in memory.
@@ -201,6 +205,8 @@ impl EventStore for MemoryStore {
                 continue;
             }
             stored.insert(key, envelope.clone());
+            s.stored
+                .push((shard.id, env_id, chrono::Utc::now().timestamp_millis(), key));
             let name_key = (
                 shard.id,
                 env_id,
@@ -587,5 +593,76 @@ impl CatalogSource for MemoryCatalog {
             return Err(Error::Catalog("the memory catalog is failing".into()));
         }
         Ok(state.api_keys.get(hash).copied())
+    }
+}
+
+impl MemoryStore {
+    /// Store a sampled refusal for an environment on a shard (what the doors
+    /// write to `rejected_samples`), stored now.
+    pub fn add_rejected_sample(&self, shard_id: u32, env_id: u32, mut sample: RejectedSample) {
+        sample.stored_at = chrono::Utc::now().timestamp_millis();
+        lock(&self.shards)
+            .rejected
+            .push((shard_id, env_id, sample));
+    }
+}
+
+#[async_trait]
+impl TailStore for MemoryStore {
+    async fn clock(&self, _shard: &Shard) -> Result<i64> {
+        Ok(chrono::Utc::now().timestamp_millis())
+    }
+
+    async fn stored_keys(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        since: i64,
+        after: Option<TailKey>,
+        limit: u32,
+    ) -> Result<Vec<TailKey>> {
+        let s = lock(&self.shards);
+        let mut keys: Vec<TailKey> = s
+            .stored
+            .iter()
+            .filter(|(sh, env, at, _)| *sh == shard.id && *env == env_id && *at >= since)
+            .map(|(_, _, at, key)| (*at, *key))
+            .filter(|k| after.is_none_or(|a| *k > a))
+            .collect();
+        keys.sort();
+        keys.truncate(limit as usize);
+        Ok(keys)
+    }
+
+    async fn events(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        keys: &[[u8; 16]],
+    ) -> Result<Vec<Envelope>> {
+        let s = lock(&self.shards);
+        let Some(stored) = s.events.get(&(shard.id, env_id)) else {
+            return Ok(Vec::new());
+        };
+        Ok(keys.iter().filter_map(|k| stored.get(k).cloned()).collect())
+    }
+
+    async fn rejected_since(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        since: i64,
+        limit: u32,
+    ) -> Result<Vec<RejectedSample>> {
+        let s = lock(&self.shards);
+        let mut samples: Vec<RejectedSample> = s
+            .rejected
+            .iter()
+            .filter(|(sh, env, r)| *sh == shard.id && *env == env_id && r.stored_at >= since)
+            .map(|(_, _, r)| r.clone())
+            .collect();
+        samples.sort_by_key(|r| (r.stored_at, r.source, r.seq));
+        samples.truncate(limit as usize);
+        Ok(samples)
     }
 }

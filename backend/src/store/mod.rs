@@ -193,3 +193,60 @@ pub trait StatsStore: Send + Sync {
         until: i64,
     ) -> Result<Vec<Second>>;
 }
+
+/// A row's place in the live tail's order: when it was stored (ms, the
+/// database's clock) and its 16-byte key.
+pub type TailKey = (i64, [u8; 16]);
+
+/// A refused request as a door sampled it (`rejected_samples`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RejectedSample {
+    /// The sample's identity: the request (or report) that refused it, and
+    /// its number there.
+    #[serde(skip)]
+    pub source: [u8; 16],
+    #[serde(skip)]
+    pub seq: u16,
+    /// When the sample was stored (ms, the database's clock).
+    pub stored_at: i64,
+    /// When the door got the request (ms).
+    pub received_at: i64,
+    pub code: String,
+    pub message: String,
+    /// The refused body, truncated (≤ 2 KB).
+    pub body: String,
+}
+
+/// The live tail's reads (`/v1/stats/tail`): what an environment's primary
+/// shard stored lately, by stored time. One poller per environment calls
+/// these, whatever the number of viewers.
+#[async_trait]
+pub trait TailStore: Send + Sync {
+    /// The shard's clock (ms): where a new tail starts.
+    async fn clock(&self, shard: &Shard) -> Result<i64>;
+
+    /// Keys of the events stored at or after `since` (ms) and after `after`
+    /// in (stored time, key) order, at most `limit`, oldest first.
+    async fn stored_keys(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        since: i64,
+        after: Option<TailKey>,
+        limit: u32,
+    ) -> Result<Vec<TailKey>>;
+
+    /// The stored events of these keys, whole (in any order; keys not
+    /// found are left out).
+    async fn events(&self, shard: &Shard, env_id: u32, keys: &[[u8; 16]])
+        -> Result<Vec<Envelope>>;
+
+    /// Rejected samples stored at or after `since` (ms), oldest first, at most `limit`.
+    async fn rejected_since(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        since: i64,
+        limit: u32,
+    ) -> Result<Vec<RejectedSample>>;
+}

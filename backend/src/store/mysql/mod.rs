@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod counters;
 pub mod shards;
 pub mod stats;
+pub mod tail;
 
 pub use catalog::MySqlCatalog;
 pub use shards::Shards;

@@ -1,0 +1,647 @@
+//! The live tail (`GET /v1/stats/tail`): an environment's events as they
+//! are stored and its sampled refusals, for the dashboard's debugger.
+//!
+//! One poller per environment per process reads the primary shard every
+//! [`POLL_INTERVAL`], whatever the number of viewers, into a bounded ring
+//! of recent items ([`RING_ITEMS`], [`RING_AGE`]) with ids that only grow.
+//! Viewers read the ring after the last id they sent; nothing waits for a
+//! viewer: the poller overwrites the ring, a viewer that fell out of it is
+//! dropped (it reconnects with `Last-Event-ID` and is told of the gap), and
+//! ingest never touches any of this (the poller reads the database).
+//!
+//! The cursor: rows are stamped with `stored_at` when their statement
+//! starts and become visible at commit, a little later, so a row can appear
+//! with a `stored_at` older than rows already read. Each poll re-reads the
+//! keys of the last [`OVERLAP_MS`] before the newest stored time seen (an
+//! index-only scan) and reads whole only the keys it has not seen. A row
+//! that commits more than the overlap after its statement started is not
+//! shown (nothing else is lost: it is stored and counted).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    convert::Infallible,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{Query, State},
+    http::HeaderMap,
+    response::sse::{Event, KeepAlive, Sse},
+};
+use futures::Stream;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::{auth::ReadAuth, primary_shard};
+use crate::{
+    catalog::{Environment, Shard},
+    error::Result,
+    store::{RejectedSample, TailKey, TailStore},
+    AppState,
+};
+
+/// How often an environment's poller reads its shard.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How far before the newest stored time seen each poll reads again (rows
+/// commit after their `stored_at`).
+pub const OVERLAP_MS: i64 = 3_000;
+/// The ring buffer of an environment: at most this many items ...
+pub const RING_ITEMS: usize = 10_000;
+/// ... and none older than this (the window of a gapless reconnect).
+pub const RING_AGE: Duration = Duration::from_secs(30);
+/// What one viewer is sent per second at most (burst: one second's worth);
+/// the rest is counted in a `skipped` marker.
+pub const VIEWER_RATE: f64 = 200.0;
+/// A poller outlives its last viewer by this much, so that a reconnect
+/// within it (`Last-Event-ID`) finds the ring still there.
+pub const LINGER: Duration = Duration::from_secs(15);
+/// Keys per read of the stored-time index.
+const KEYS_PER_PAGE: u32 = 2_000;
+/// New rows one poll reads at most; past it the next poll starts at once.
+const NEW_ROWS_PER_POLL: usize = 10_000;
+/// Pages one poll reads at most (overlap included).
+const PAGES_PER_POLL: usize = 20;
+/// Rows read whole per statement.
+const ROWS_PER_READ: usize = 500;
+/// Samples one poll reads at most (the doors sample a bounded number per minute).
+const REJECTED_PER_POLL: u32 = 1_000;
+/// A new viewer starts with at most this many recent items.
+const BACKLOG: usize = 100;
+/// Items a viewer takes from the ring at once.
+const BATCH: usize = 1_000;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What an item is, for the filters.
+#[derive(Debug, Clone)]
+enum Kind {
+    Event {
+        name: String,
+        user_id: Option<String>,
+        anonymous_id: Option<String>,
+    },
+    Rejected,
+}
+
+/// One item of the tail, serialized once for every viewer.
+#[derive(Debug)]
+struct Item {
+    id: u64,
+    kind: Kind,
+    data: String,
+    added: Instant,
+}
+
+impl Item {
+    fn event(&self) -> Event {
+        let name = match self.kind {
+            Kind::Event { .. } => "event",
+            Kind::Rejected => "rejected",
+        };
+        Event::default()
+            .id(self.id.to_string())
+            .event(name)
+            .data(&self.data)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    items: VecDeque<Arc<Item>>,
+    /// Items of this environment with an id up to this one may be missing
+    /// (evicted, or from before the ring existed); after it, none is.
+    floor: u64,
+}
+
+/// Why a viewer cannot go on from where it is.
+struct Evicted;
+
+/// One environment's ring, its newest id, and how many viewers read it.
+struct Channel {
+    ring: Mutex<Ring>,
+    head: watch::Sender<u64>,
+    viewers: AtomicUsize,
+    /// When the last viewer left (for [`LINGER`]).
+    left: Mutex<Instant>,
+}
+
+impl Channel {
+    fn new(floor: u64) -> Self {
+        Self {
+            ring: Mutex::new(Ring {
+                items: VecDeque::new(),
+                floor,
+            }),
+            head: watch::channel(floor).0,
+            viewers: AtomicUsize::new(0),
+            left: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn evict(ring: &mut Ring) {
+        while let Some(front) = ring.items.front() {
+            if ring.items.len() <= RING_ITEMS && front.added.elapsed() <= RING_AGE {
+                break;
+            }
+            ring.floor = front.id;
+            ring.items.pop_front();
+        }
+    }
+
+    fn push(&self, items: Vec<Item>) {
+        let mut ring = lock(&self.ring);
+        let last = items.last().map(|i| i.id);
+        ring.items.extend(items.into_iter().map(Arc::new));
+        Self::evict(&mut ring);
+        drop(ring);
+        if let Some(last) = last {
+            self.head.send_replace(last);
+        }
+    }
+
+    /// Items after `pos`, at most `max`; `Evicted` when some are gone.
+    fn after(&self, pos: u64, max: usize) -> std::result::Result<Vec<Arc<Item>>, Evicted> {
+        let ring = lock(&self.ring);
+        if pos < ring.floor {
+            return Err(Evicted);
+        }
+        let start = ring.items.partition_point(|i| i.id <= pos);
+        Ok(ring.items.range(start..).take(max).cloned().collect())
+    }
+
+    /// Where a viewer starts: after `last` when nothing of this
+    /// environment after it is gone, else (`true`: a gap) with the recent
+    /// backlog, like a new viewer.
+    fn start(&self, last: Option<u64>, issued: u64) -> (u64, bool) {
+        let ring = lock(&self.ring);
+        if let Some(last) = last {
+            if last >= ring.floor && last <= issued {
+                return (last, false);
+            }
+        }
+        let backlog = ring
+            .items
+            .len()
+            .checked_sub(BACKLOG + 1)
+            .map_or(ring.floor, |i| ring.items[i].id);
+        (backlog, last.is_some())
+    }
+}
+
+/// The live tail's pollers, one per environment with viewers, and the ids
+/// they give items (one sequence per process, starting at its start time
+/// in µs, so a restarted process does not reuse ids).
+pub struct TailHub {
+    channels: Mutex<HashMap<u32, Arc<Channel>>>,
+    next_id: AtomicU64,
+    polls: AtomicU64,
+}
+
+impl Default for TailHub {
+    fn default() -> Self {
+        let start = chrono::Utc::now().timestamp_micros().max(0) as u64;
+        Self {
+            channels: Mutex::default(),
+            next_id: AtomicU64::new(start),
+            polls: AtomicU64::new(0),
+        }
+    }
+}
+
+impl TailHub {
+    /// Polls done by every tail poller of this process so far.
+    pub fn polls(&self) -> u64 {
+        self.polls.load(Ordering::Relaxed)
+    }
+
+    /// Environments with a running poller.
+    pub fn pollers(&self) -> usize {
+        lock(&self.channels).len()
+    }
+
+    /// The highest id issued so far.
+    fn issued(&self) -> u64 {
+        self.next_id.load(Ordering::SeqCst)
+    }
+
+    /// `n` new ids, the first of them returned.
+    fn ids(&self, n: usize) -> u64 {
+        self.next_id.fetch_add(n as u64, Ordering::SeqCst) + 1
+    }
+}
+
+/// Where one environment's poller is: the newest stored time it read, and
+/// the keys of the overlap before it.
+#[derive(Debug)]
+struct Cursor {
+    newest: i64,
+    seen: HashMap<[u8; 16], i64>,
+    rejected_newest: i64,
+    rejected_seen: HashMap<([u8; 16], u16), i64>,
+}
+
+impl Cursor {
+    fn new(now: i64) -> Self {
+        Self {
+            newest: now,
+            seen: HashMap::new(),
+            rejected_newest: now,
+            rejected_seen: HashMap::new(),
+        }
+    }
+}
+
+/// An item read, before it has an id.
+enum Read {
+    Event(i64, protocol::Envelope),
+    Rejected(RejectedSample),
+}
+
+impl Read {
+    fn stored_at(&self) -> i64 {
+        match self {
+            Read::Event(at, _) => *at,
+            Read::Rejected(r) => r.stored_at,
+        }
+    }
+
+    fn into_item(self, id: u64) -> Item {
+        let (kind, data) = match self {
+            Read::Event(stored_at, envelope) => {
+                let data = json!({
+                    "id": id,
+                    "kind": "event",
+                    "stored_at": stored_at,
+                    "type": envelope.event_type.as_str(),
+                    "event": envelope,
+                });
+                (
+                    Kind::Event {
+                        name: envelope.name,
+                        user_id: envelope.user_id,
+                        anonymous_id: envelope.anonymous_id,
+                    },
+                    data,
+                )
+            }
+            Read::Rejected(sample) => {
+                let mut data = serde_json::to_value(&sample).unwrap_or_default();
+                data["id"] = json!(id);
+                data["kind"] = json!("rejected");
+                (Kind::Rejected, data)
+            }
+        };
+        Item {
+            id,
+            kind,
+            data: data.to_string(),
+            added: Instant::now(),
+        }
+    }
+}
+
+/// One poll: what was stored since the cursor and not read yet, in stored
+/// order, and whether the poll stopped at its bound with more to read.
+async fn read(
+    store: &dyn TailStore,
+    shard: &Shard,
+    env_id: u32,
+    cursor: &mut Option<Cursor>,
+) -> Result<(Vec<Read>, bool)> {
+    let c = match cursor {
+        Some(c) => c,
+        None => cursor.insert(Cursor::new(store.clock(shard).await?)),
+    };
+    let since = c.newest - OVERLAP_MS;
+    let mut fresh: Vec<TailKey> = Vec::new();
+    let mut after: Option<TailKey> = None;
+    let mut more = false;
+    for _ in 0..PAGES_PER_POLL {
+        let page = store
+            .stored_keys(shard, env_id, since, after, KEYS_PER_PAGE)
+            .await?;
+        let full = page.len() == KEYS_PER_PAGE as usize;
+        after = page.last().copied().or(after);
+        for (at, key) in page {
+            if c.seen.insert(key, at).is_none() {
+                fresh.push((at, key));
+            }
+        }
+        more = full;
+        if !full || fresh.len() >= NEW_ROWS_PER_POLL {
+            break;
+        }
+    }
+    let mut found: HashMap<[u8; 16], protocol::Envelope> = HashMap::with_capacity(fresh.len());
+    for chunk in fresh.chunks(ROWS_PER_READ) {
+        let keys: Vec<[u8; 16]> = chunk.iter().map(|(_, k)| *k).collect();
+        for envelope in store.events(shard, env_id, &keys).await? {
+            found.insert(envelope.key(), envelope);
+        }
+    }
+    let mut items: Vec<Read> = fresh
+        .iter()
+        .filter_map(|(at, key)| found.remove(key).map(|e| Read::Event(*at, e)))
+        .collect();
+    // Every key up to `after` was read (seen before or fresh).
+    if let Some((newest, _)) = after {
+        c.newest = c.newest.max(newest);
+    }
+    let keep_from = c.newest - OVERLAP_MS;
+    c.seen.retain(|_, at| *at >= keep_from);
+
+    let samples = store
+        .rejected_since(
+            shard,
+            env_id,
+            c.rejected_newest - OVERLAP_MS,
+            REJECTED_PER_POLL,
+        )
+        .await?;
+    for sample in samples {
+        if c
+            .rejected_seen
+            .insert((sample.source, sample.seq), sample.stored_at)
+            .is_none()
+        {
+            c.rejected_newest = c.rejected_newest.max(sample.stored_at);
+            items.push(Read::Rejected(sample));
+        }
+    }
+    let keep_from = c.rejected_newest - OVERLAP_MS;
+    c.rejected_seen.retain(|_, at| *at >= keep_from);
+    // Stable: events keep their (stored_at, key) order.
+    items.sort_by_key(Read::stored_at);
+    Ok((items, more))
+}
+
+/// Whether the poller of `channel` should stop; if so it is unregistered
+/// (under the hub's lock, which subscribing takes too).
+fn retire(state: &AppState, env_id: u32, channel: &Arc<Channel>) -> bool {
+    if channel.viewers.load(Ordering::SeqCst) > 0 || lock(&channel.left).elapsed() < LINGER {
+        return false;
+    }
+    let mut channels = lock(&state.tail.channels);
+    if channel.viewers.load(Ordering::SeqCst) > 0 {
+        return false;
+    }
+    if channels
+        .get(&env_id)
+        .is_some_and(|c| Arc::ptr_eq(c, channel))
+    {
+        channels.remove(&env_id);
+    }
+    true
+}
+
+async fn poll(state: AppState, env: Environment, channel: Arc<Channel>) {
+    let mut tick = tokio::time::interval(POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut cursor = None;
+    loop {
+        tick.tick().await;
+        if retire(&state, env.id, &channel) {
+            return;
+        }
+        let read = match primary_shard(&state, &env) {
+            Ok(shard) => read(state.tail_store.as_ref(), &shard, env.id, &mut cursor).await,
+            Err(e) => Err(e),
+        };
+        state.tail.polls.fetch_add(1, Ordering::Relaxed);
+        match read {
+            Ok((reads, more)) => {
+                let first = state.tail.ids(reads.len());
+                let items: Vec<Item> = reads
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, r)| r.into_item(first + i as u64))
+                    .collect();
+                channel.push(items);
+                if more {
+                    tick.reset_immediately();
+                }
+            }
+            Err(error) => {
+                // Evict by age even when nothing can be read.
+                channel.push(Vec::new());
+                tracing::warn!(env = %env.name, %error, "live tail read failed");
+            }
+        }
+    }
+}
+
+/// The viewer's filters (`name=`, `user=`, `rejected=1`).
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct TailParams {
+    pub name: Option<String>,
+    pub user: Option<String>,
+    pub rejected: Option<String>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Filter {
+    name: Option<String>,
+    user: Option<String>,
+    rejected_only: bool,
+}
+
+impl Filter {
+    fn new(params: TailParams) -> Self {
+        let given = |v: Option<String>| v.filter(|v| !v.is_empty());
+        Self {
+            name: given(params.name),
+            user: given(params.user),
+            rejected_only: matches!(params.rejected.as_deref(), Some("1" | "true")),
+        }
+    }
+
+    /// Refusals carry no name or user: a name or user filter hides them.
+    fn matches(&self, kind: &Kind) -> bool {
+        match kind {
+            Kind::Rejected => self.name.is_none() && self.user.is_none(),
+            Kind::Event {
+                name,
+                user_id,
+                anonymous_id,
+            } => {
+                !self.rejected_only
+                    && self.name.as_ref().is_none_or(|n| n == name)
+                    && self.user.as_ref().is_none_or(|u| {
+                        user_id.as_ref() == Some(u) || anonymous_id.as_ref() == Some(u)
+                    })
+            }
+        }
+    }
+}
+
+/// A token bucket: [`VIEWER_RATE`] per second, a second's worth at once.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * VIEWER_RATE).min(VIEWER_RATE);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One viewer's place in its environment's ring.
+struct Viewer {
+    channel: Arc<Channel>,
+    head: watch::Receiver<u64>,
+    pos: u64,
+    filter: Filter,
+    bucket: Bucket,
+    out: VecDeque<Event>,
+    done: bool,
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        *lock(&self.channel.left) = Instant::now();
+        self.channel.viewers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Viewer {
+    fn open(state: &AppState, env: &Environment, filter: Filter, last: Option<u64>) -> Self {
+        let channel = {
+            let mut channels = lock(&state.tail.channels);
+            let channel = match channels.get(&env.id) {
+                Some(channel) => channel.clone(),
+                None => {
+                    let channel = Arc::new(Channel::new(state.tail.issued()));
+                    channels.insert(env.id, channel.clone());
+                    tokio::spawn(poll(state.clone(), env.clone(), channel.clone()));
+                    channel
+                }
+            };
+            channel.viewers.fetch_add(1, Ordering::SeqCst);
+            channel
+        };
+        let (pos, gap) = channel.start(last, state.tail.issued());
+        let mut out = VecDeque::new();
+        if gap {
+            out.push_back(Event::default().event("gap").data(
+                json!({
+                    "kind": "gap",
+                    "after": last,
+                    "message": "the items after Last-Event-ID are no longer kept (past the reconnect window, or another backend process): some may be missing",
+                })
+                .to_string(),
+            ));
+        }
+        Self {
+            head: channel.head.subscribe(),
+            channel,
+            pos,
+            filter,
+            bucket: Bucket {
+                tokens: VIEWER_RATE,
+                at: Instant::now(),
+            },
+            out,
+            done: false,
+        }
+    }
+
+    async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.out.pop_front() {
+                return Some(event);
+            }
+            if self.done {
+                return None;
+            }
+            self.head.borrow_and_update();
+            let batch = match self.channel.after(self.pos, BATCH) {
+                Ok(batch) => batch,
+                Err(Evicted) => {
+                    // Too slow for the ring: dropped, not waited for.
+                    self.done = true;
+                    self.out.push_back(
+                        Event::default().event("dropped").data(
+                            json!({"kind": "dropped", "after": self.pos,
+                                   "message": "this viewer fell behind the tail's buffer"})
+                            .to_string(),
+                        ),
+                    );
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                if self.head.changed().await.is_err() {
+                    return None;
+                }
+                continue;
+            }
+            let mut skipped = 0u64;
+            for item in &batch {
+                self.pos = item.id;
+                if !self.filter.matches(&item.kind) {
+                    continue;
+                }
+                if self.bucket.take() {
+                    self.out.push_back(item.event());
+                } else {
+                    skipped += 1;
+                }
+            }
+            if skipped > 0 {
+                self.out.push_back(
+                    Event::default()
+                        .id(self.pos.to_string())
+                        .event("skipped")
+                        .data(
+                            json!({"id": self.pos, "kind": "skipped", "skipped": skipped})
+                                .to_string(),
+                        ),
+                );
+            }
+        }
+    }
+}
+
+/// `GET /v1/stats/tail?env=&name=&user=&rejected=1`: Server-Sent Events,
+/// `event` (a stored event, whole) and `rejected` (a sampled refusal) items
+/// with their id, at most [`VIEWER_RATE`] per second and a `skipped` marker
+/// for the rest; `Last-Event-ID` resumes after that id when it is still in
+/// the ring, else a `gap` event says items may be missing.
+pub async fn tail(
+    State(state): State<AppState>,
+    auth: ReadAuth,
+    Query(params): Query<TailParams>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
+    primary_shard(&state, &auth.env)?;
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let viewer = Viewer::open(&state, &auth.env, Filter::new(params), last);
+    let stream = futures::stream::unfold(viewer, |mut viewer| async move {
+        viewer.next().await.map(|event| (Ok(event), viewer))
+    });
+    Ok(Sse::new(stream).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("heartbeat"),
+    ))
+}
