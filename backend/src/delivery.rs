@@ -105,16 +105,12 @@ pub fn count_write(
             n,
         })
         .collect();
-    entries.extend(
-        acceptances
-            .into_iter()
-            .map(|((minute, source), n)| Entry {
-                minute,
-                outcome: ACCEPTED.to_owned(),
-                source,
-                n,
-            }),
-    );
+    entries.extend(acceptances.into_iter().map(|((minute, source), n)| Entry {
+        minute,
+        outcome: ACCEPTED.to_owned(),
+        source,
+        n,
+    }));
     entries
 }
 
@@ -276,8 +272,8 @@ mod tests {
         ];
         let refs: Vec<&Envelope> = list.iter().collect();
         let before = HashMap::from([
-            (list[0].key(), 60_500),  // the same acceptance again
-            (list[1].key(), 61_000),  // an earlier request stored it
+            (list[0].key(), 60_500), // the same acceptance again
+            (list[1].key(), 61_000), // an earlier request stored it
         ]);
         let got = outcomes(&count_write(&refs, &before, [9; 16]));
         assert_eq!(got.get(&(60, REDELIVERED.into())), Some(&1));
@@ -297,7 +293,10 @@ mod tests {
         ];
         let refs: Vec<&Envelope> = list.iter().collect();
         let first = outcomes(&count_write(&refs, &HashMap::new(), [1; 16]));
-        assert_eq!((first[&(60, STORED.into())], first[&(60, RESENT.into())]), (1, 1));
+        assert_eq!(
+            (first[&(60, STORED.into())], first[&(60, RESENT.into())]),
+            (1, 1)
+        );
         let before = HashMap::from([(list[0].key(), 60_500)]);
         let again = outcomes(&count_write(&refs, &before, [2; 16]));
         assert_eq!(again.get(&(60, REDELIVERED.into())), Some(&2));
@@ -344,7 +343,9 @@ mod tests {
         };
         let entries = count_report(&report);
         assert_eq!(entries.len(), 3);
-        assert!(entries.iter().all(|e| e.minute == 60 && e.source == source_of(A)));
+        assert!(entries
+            .iter()
+            .all(|e| e.minute == 60 && e.source == source_of(A)));
         assert_eq!(source_of("not hex"), source_of("not hex"));
         assert_ne!(source_of("not hex"), source_of(A));
     }

@@ -366,8 +366,7 @@ async fn read(
         )
         .await?;
     for sample in samples {
-        if c
-            .rejected_seen
+        if c.rejected_seen
             .insert((sample.source, sample.seq), sample.stored_at)
             .is_none()
         {
@@ -644,4 +643,410 @@ pub async fn tail(
             .interval(Duration::from_secs(15))
             .text("heartbeat"),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The tail on in-memory storage, through `app(state)`.
+
+    use std::sync::Arc;
+
+    use axum::{body::Body, http::Request};
+    use http_body_util::BodyExt as _;
+    use serde_json::Value;
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::{
+        app,
+        catalog::Catalog,
+        store::memory::{MemoryCatalog, MemoryStore},
+        Config, Ports,
+    };
+
+    const TOKEN: &str = "unit-ingest-token-0123456789abcdef0123456789";
+    const WEB: u32 = 10;
+
+    async fn state() -> (AppState, Arc<MemoryStore>) {
+        let catalog = Arc::new(MemoryCatalog::new());
+        catalog.add_shard(1, "a");
+        catalog.put_environment(WEB, "web", 1, None);
+        catalog.add_read_token("srt_web", WEB);
+        let config = Config::new("mysql://nobody@127.0.0.1:1/none", TOKEN);
+        let opened = Catalog::open(catalog, config.catalog_refresh())
+            .await
+            .expect("memory catalog");
+        let store = Arc::new(MemoryStore::new());
+        (
+            AppState::from_parts(config, opened, Ports::all(store.clone())),
+            store,
+        )
+    }
+
+    fn envelope(n: u64, name: &str, user: &str) -> Value {
+        let now = chrono::Utc::now().timestamp_millis();
+        json!({"id": protocol::uuid_v7(1_700_000_000_000 + n, &[n as u8; 10]), "env_id": WEB,
+               "name": name, "timestamp": now, "received_at": now, "user_id": user,
+               "anonymous_id": format!("anon-{user}"), "properties": {"n": n},
+               "context": {"country": "DE", "page": {"url": "/x"}}})
+    }
+
+    async fn ingest(state: &AppState, batch: Vec<Value>) {
+        let request = Request::post("/v1/ingest")
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&batch).unwrap()))
+            .unwrap();
+        let response = app(state.clone()).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    /// One frame of the stream: (event, id, data).
+    type Frame = (String, Option<String>, Value);
+
+    struct Sse {
+        body: Body,
+        buffer: String,
+    }
+
+    impl Sse {
+        async fn open(state: &AppState, query: &str, last: Option<&str>) -> Self {
+            let mut request = Request::get(format!("/v1/stats/tail?env=web{query}"))
+                .header("authorization", "Bearer srt_web");
+            if let Some(last) = last {
+                request = request.header("last-event-id", last);
+            }
+            let response = app(state.clone())
+                .oneshot(request.body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            Self {
+                body: response.into_body(),
+                buffer: String::new(),
+            }
+        }
+
+        /// The next frame within `wait`, or `None`.
+        async fn within(&mut self, wait: Duration) -> Option<Frame> {
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                if let Some(end) = self.buffer.find("\n\n") {
+                    let frame: String = self.buffer.drain(..end + 2).collect();
+                    let field = |name: &str| {
+                        frame
+                            .lines()
+                            .find_map(|l| l.strip_prefix(name))
+                            .map(|s| s.trim().to_string())
+                    };
+                    if let Some(data) = field("data:") {
+                        let event = field("event:").unwrap_or_else(|| "message".into());
+                        return Some((event, field("id:"), serde_json::from_str(&data).unwrap()));
+                    }
+                    continue;
+                }
+                let frame = tokio::time::timeout_at(deadline, self.body.frame())
+                    .await
+                    .ok()??
+                    .expect("frame");
+                if let Ok(data) = frame.into_data() {
+                    self.buffer.push_str(&String::from_utf8_lossy(&data));
+                }
+            }
+        }
+
+        async fn next(&mut self) -> Frame {
+            self.within(Duration::from_secs(3))
+                .await
+                .expect("a frame within 3 s")
+        }
+    }
+
+    #[tokio::test]
+    async fn stored_events_appear_whole_and_filters_apply() {
+        let (state, store) = state().await;
+        let mut all = Sse::open(&state, "", None).await;
+        let mut by_name = Sse::open(&state, "&name=buy", None).await;
+        let mut by_user = Sse::open(&state, "&user=anon-bob", None).await;
+        let mut rejected = Sse::open(&state, "&rejected=1", None).await;
+        ingest(
+            &state,
+            vec![
+                envelope(1, "view", "alice"),
+                envelope(2, "buy", "alice"),
+                envelope(3, "view", "bob"),
+            ],
+        )
+        .await;
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let (event, id, data) = all.next().await;
+            assert_eq!(event, "event");
+            assert_eq!(id.unwrap(), data["id"].to_string());
+            seen.push(data);
+        }
+        assert_eq!(seen[1]["event"]["name"], "buy");
+        assert_eq!(seen[1]["type"], "track");
+        assert_eq!(seen[1]["event"]["properties"]["n"], 2);
+        assert_eq!(seen[1]["event"]["context"]["page"]["url"], "/x");
+        assert_eq!(seen[1]["event"]["user_id"], "alice");
+        assert!(seen[0]["stored_at"].as_i64().unwrap() > 0);
+        let (_, _, only) = by_name.next().await;
+        assert_eq!(only["event"]["properties"]["n"], 2);
+        let (_, _, only) = by_user.next().await;
+        assert_eq!(
+            only["event"]["properties"]["n"], 3,
+            "user= matches anonymous_id"
+        );
+        assert!(by_name.within(Duration::from_millis(800)).await.is_none());
+
+        // A refusal: on the unfiltered and the rejected-only streams.
+        store.add_rejected_sample(
+            1,
+            WEB,
+            RejectedSample {
+                source: [7; 16],
+                seq: 0,
+                stored_at: 0,
+                received_at: 1_700_000_000_000,
+                code: "invalid_json".into(),
+                message: "the body is not JSON".into(),
+                body: "{oops".into(),
+            },
+        );
+        let (event, _, data) = rejected.next().await;
+        assert_eq!(event, "rejected");
+        assert_eq!(
+            (
+                data["code"].as_str(),
+                data["message"].as_str(),
+                data["body"].as_str()
+            ),
+            (
+                Some("invalid_json"),
+                Some("the body is not JSON"),
+                Some("{oops")
+            )
+        );
+        let (event, _, _) = all.next().await;
+        assert_eq!(event, "rejected");
+        assert!(by_user.within(Duration::from_millis(800)).await.is_none());
+    }
+
+    fn sample(n: u8) -> RejectedSample {
+        RejectedSample {
+            source: [n; 16],
+            seq: 0,
+            stored_at: 0,
+            received_at: 0,
+            code: "invalid_events".into(),
+            message: format!("refusal {n}"),
+            body: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn last_event_id_resumes_without_gap_or_repeat() {
+        let (state, _) = state().await;
+        let mut first = Sse::open(&state, "", None).await;
+        ingest(&state, (0..10).map(|n| envelope(n, "a", "u")).collect()).await;
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            got.push(first.next().await);
+        }
+        drop(first);
+        let last = got.last().unwrap().1.clone().unwrap();
+        ingest(&state, (10..15).map(|n| envelope(n, "a", "u")).collect()).await;
+        tokio::time::sleep(POLL_INTERVAL * 2).await;
+        let mut resumed = Sse::open(&state, "", Some(&last)).await;
+        while let Some(frame) = resumed.within(Duration::from_millis(1500)).await {
+            got.push(frame);
+        }
+        let ns: Vec<i64> = got
+            .iter()
+            .map(|(_, _, d)| d["event"]["properties"]["n"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ns, (0..15).collect::<Vec<_>>(), "no gap, no repeat");
+
+        // An id past the window (or of another process) is told as a gap.
+        let mut lost = Sse::open(&state, "", Some("12")).await;
+        let (event, _, data) = lost.next().await;
+        assert_eq!((event.as_str(), data["after"].as_u64()), ("gap", Some(12)));
+    }
+
+    #[tokio::test]
+    async fn a_viewer_over_the_rate_gets_a_skipped_marker() {
+        let (state, _) = state().await;
+        let mut viewer = Sse::open(&state, "", None).await;
+        ingest(&state, (0..500).map(|n| envelope(n, "a", "u")).collect()).await;
+        let mut events = 0;
+        let skipped = loop {
+            let (event, id, data) = viewer.next().await;
+            match event.as_str() {
+                "event" => events += 1,
+                "skipped" => {
+                    assert_eq!(id.unwrap(), data["id"].to_string());
+                    break data["skipped"].as_u64().unwrap();
+                }
+                other => panic!("{other}"),
+            }
+        };
+        assert_eq!(events, VIEWER_RATE as u64, "a second's worth at once");
+        assert_eq!(events + skipped, 500);
+    }
+
+    #[tokio::test]
+    async fn one_poller_reads_for_every_viewer() {
+        let (state, store) = state().await;
+        let mut viewers = Vec::new();
+        for _ in 0..50 {
+            viewers.push(Sse::open(&state, "", None).await);
+        }
+        store.add_rejected_sample(1, WEB, sample(1));
+        for viewer in &mut viewers {
+            assert_eq!(viewer.next().await.0, "rejected");
+        }
+        let before = state.tail.polls();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let polls = state.tail.polls() - before;
+        assert!(
+            (3..=5).contains(&polls),
+            "{polls} polls in 2 s for 50 viewers"
+        );
+        assert_eq!(state.tail.pollers(), 1);
+    }
+
+    fn item(id: u64) -> Item {
+        Item {
+            id,
+            kind: Kind::Rejected,
+            data: "{}".into(),
+            added: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn the_ring_is_bounded_and_a_viewer_behind_it_is_evicted() {
+        let channel = Channel::new(100);
+        channel.push((101..=100 + RING_ITEMS as u64 + 5).map(item).collect());
+        let ring = lock(&channel.ring);
+        assert_eq!(ring.items.len(), RING_ITEMS);
+        assert_eq!(ring.floor, 105);
+        drop(ring);
+        assert!(channel.after(104, 10).is_err(), "fell out of the ring");
+        let next = channel.after(105, 10).ok().unwrap();
+        assert_eq!(next.first().map(|i| i.id), Some(106));
+        // A reconnect within the ring resumes; one before it is a gap.
+        assert_eq!(channel.start(Some(200), 20_000), (200, false));
+        assert!(channel.start(Some(50), 20_000).1);
+        let (pos, gap) = channel.start(None, 20_000);
+        assert!(!gap);
+        assert_eq!(channel.after(pos, BATCH).ok().unwrap().len(), BACKLOG);
+    }
+
+    /// A store whose rows become visible late (their commit after their stored time).
+    #[derive(Default)]
+    struct Late {
+        rows: Mutex<Vec<(i64, [u8; 16])>>,
+        now: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl TailStore for Late {
+        async fn clock(&self, _: &Shard) -> Result<i64> {
+            Ok(self.now.load(Ordering::SeqCst) as i64)
+        }
+        async fn stored_keys(
+            &self,
+            _: &Shard,
+            _: u32,
+            since: i64,
+            after: Option<TailKey>,
+            limit: u32,
+        ) -> Result<Vec<TailKey>> {
+            let mut rows: Vec<TailKey> = lock(&self.rows)
+                .iter()
+                .copied()
+                .filter(|k| k.0 >= since && after.is_none_or(|a| *k > a))
+                .collect();
+            rows.sort();
+            rows.truncate(limit as usize);
+            Ok(rows)
+        }
+        async fn events(
+            &self,
+            _: &Shard,
+            _: u32,
+            keys: &[[u8; 16]],
+        ) -> Result<Vec<protocol::Envelope>> {
+            Ok(keys
+                .iter()
+                .map(|k| protocol::Envelope {
+                    id: protocol::uuid_of_key(*k),
+                    name: "late".into(),
+                    ..Default::default()
+                })
+                .collect())
+        }
+        async fn rejected_since(
+            &self,
+            _: &Shard,
+            _: u32,
+            _: i64,
+            _: u32,
+        ) -> Result<Vec<RejectedSample>> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn key(n: u32) -> [u8; 16] {
+        let mut k = [0u8; 16];
+        k[12..].copy_from_slice(&n.to_be_bytes());
+        k
+    }
+
+    #[tokio::test]
+    async fn rows_that_commit_late_within_the_overlap_are_read_once() {
+        let store = Late::default();
+        store.now.store(1_000_000, Ordering::SeqCst);
+        let shard = Shard {
+            id: 1,
+            name: "a".into(),
+            url: String::new(),
+            status: crate::model::ShardStatus::Active,
+        };
+        let mut cursor = None;
+        let (none, _) = read(&store, &shard, WEB, &mut cursor).await.unwrap();
+        assert!(none.is_empty());
+        lock(&store.rows).push((1_000_500, key(1)));
+        let (one, _) = read(&store, &shard, WEB, &mut cursor).await.unwrap();
+        assert_eq!(one.len(), 1);
+        // Visible now, stored before the row already read: still within the overlap.
+        lock(&store.rows).push((1_000_400, key(2)));
+        lock(&store.rows).push((1_000_600, key(3)));
+        let (two, _) = read(&store, &shard, WEB, &mut cursor).await.unwrap();
+        assert_eq!(
+            two.iter().map(Read::stored_at).collect::<Vec<_>>(),
+            vec![1_000_400, 1_000_600]
+        );
+        let (again, _) = read(&store, &shard, WEB, &mut cursor).await.unwrap();
+        assert!(again.is_empty(), "nothing is read twice");
+
+        // More than a poll's bound: the rest comes with the next polls.
+        let total = NEW_ROWS_PER_POLL + 3_000;
+        lock(&store.rows)
+            .extend((0..total as u32).map(|n| (1_001_000 + i64::from(n / 10), key(100 + n))));
+        let (first, more) = read(&store, &shard, WEB, &mut cursor).await.unwrap();
+        assert!(more);
+        assert!(
+            (NEW_ROWS_PER_POLL..NEW_ROWS_PER_POLL + KEYS_PER_PAGE as usize).contains(&first.len())
+        );
+        let (rest, more) = read(&store, &shard, WEB, &mut cursor).await.unwrap();
+        assert!(!more);
+        assert_eq!(first.len() + rest.len(), total);
+        assert!(
+            cursor.unwrap().seen.len() <= OVERLAP_MS as usize * 10 + 10,
+            "the overlap's keys only"
+        );
+    }
 }

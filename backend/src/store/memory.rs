@@ -601,9 +601,7 @@ impl MemoryStore {
     /// write to `rejected_samples`), stored now.
     pub fn add_rejected_sample(&self, shard_id: u32, env_id: u32, mut sample: RejectedSample) {
         sample.stored_at = chrono::Utc::now().timestamp_millis();
-        lock(&self.shards)
-            .rejected
-            .push((shard_id, env_id, sample));
+        lock(&self.shards).rejected.push((shard_id, env_id, sample));
     }
 }
 
@@ -634,12 +632,7 @@ impl TailStore for MemoryStore {
         Ok(keys)
     }
 
-    async fn events(
-        &self,
-        shard: &Shard,
-        env_id: u32,
-        keys: &[[u8; 16]],
-    ) -> Result<Vec<Envelope>> {
+    async fn events(&self, shard: &Shard, env_id: u32, keys: &[[u8; 16]]) -> Result<Vec<Envelope>> {
         let s = lock(&self.shards);
         let Some(stored) = s.events.get(&(shard.id, env_id)) else {
             return Ok(Vec::new());

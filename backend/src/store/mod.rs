@@ -238,8 +238,7 @@ pub trait TailStore: Send + Sync {
 
     /// The stored events of these keys, whole (in any order; keys not
     /// found are left out).
-    async fn events(&self, shard: &Shard, env_id: u32, keys: &[[u8; 16]])
-        -> Result<Vec<Envelope>>;
+    async fn events(&self, shard: &Shard, env_id: u32, keys: &[[u8; 16]]) -> Result<Vec<Envelope>>;
 
     /// Rejected samples stored at or after `since` (ms), oldest first, at most `limit`.
     async fn rejected_since(

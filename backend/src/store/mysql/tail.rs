@@ -34,17 +34,14 @@ fn ms(at: NaiveDateTime) -> i64 {
 }
 
 fn key16(bytes: &[u8]) -> Result<[u8; 16]> {
-    <[u8; 16]>::try_from(bytes)
-        .map_err(|_| Error::Internal("a stored key is not 16 bytes".into()))
+    <[u8; 16]>::try_from(bytes).map_err(|_| Error::Internal("a stored key is not 16 bytes".into()))
 }
 
 #[async_trait]
 impl TailStore for Shards {
     async fn clock(&self, shard: &Shard) -> Result<i64> {
         let pool = self.counters_pool(shard)?;
-        let now: NaiveDateTime = sqlx::query_scalar("SELECT NOW(3)")
-            .fetch_one(&pool)
-            .await?;
+        let now: NaiveDateTime = sqlx::query_scalar("SELECT NOW(3)").fetch_one(&pool).await?;
         Ok(ms(now))
     }
 
@@ -79,12 +76,7 @@ impl TailStore for Shards {
             .collect()
     }
 
-    async fn events(
-        &self,
-        shard: &Shard,
-        env_id: u32,
-        keys: &[[u8; 16]],
-    ) -> Result<Vec<Envelope>> {
+    async fn events(&self, shard: &Shard, env_id: u32, keys: &[[u8; 16]]) -> Result<Vec<Envelope>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -99,7 +91,9 @@ impl TailStore for Shards {
         }
         select.push(")");
         let rows = select.build().fetch_all(&pool).await?;
-        rows.iter().map(|row| stored_envelope(row, env_id)).collect()
+        rows.iter()
+            .map(|row| stored_envelope(row, env_id))
+            .collect()
     }
 
     async fn rejected_since(
