@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use protocol::{Envelope, Report};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub const ACCEPTED: &str = "accepted";
@@ -141,6 +140,22 @@ pub fn count_report(report: &Report) -> Vec<Entry> {
     entries
 }
 
+/// The acceptance a dead letter belongs to, counted with the dead letter:
+/// none of its envelopes may ever have reached a write. One without an
+/// acceptance (sent before the edge stamped them) is its own.
+pub fn dead_letter_acceptance(letter: &protocol::DeadLetter) -> Entry {
+    let (source, n) = match &letter.acceptance {
+        Some(a) => (source_of(&a.id), u64::from(a.n)),
+        None => (protocol::event_key(&letter.id), 1),
+    };
+    Entry {
+        minute: minute_of(letter.received_at),
+        outcome: ACCEPTED.to_owned(),
+        source,
+        n,
+    }
+}
+
 /// Summed ledger rows of one minute or a range: outcome → events. Dead
 /// letters are counted apart (from their own table), with how many of them
 /// are stored since (replayed).
@@ -162,7 +177,7 @@ impl Counts {
 }
 
 /// The ledger of a minute or a range, as the API answers it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
     pub received: u64,
     pub accepted: u64,
@@ -210,6 +225,23 @@ impl Ledger {
             rejected,
             dropped,
         }
+    }
+
+    /// As the API answers it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "received": self.received,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "stored": self.stored,
+            "resent": self.resent,
+            "redelivered": self.redelivered,
+            "dropped": self.dropped,
+            "dead_lettered": self.dead_lettered,
+            "replayed": self.replayed,
+            "lost": self.lost,
+            "in_flight": self.in_flight,
+        })
     }
 
     /// Whether this minute adds up: nothing in flight, nothing over-counted.
