@@ -37,7 +37,7 @@ pub use api::app;
 pub use config::Config;
 pub use error::{Error, Result};
 
-use store::{CounterStore, EventStore, StatsStore, TailStore};
+use store::{CounterStore, EventStore, LedgerStore, StatsStore, TailStore};
 
 pub struct Inner {
     pub config: Config,
@@ -48,6 +48,8 @@ pub struct Inner {
     pub counter_store: Arc<dyn CounterStore>,
     /// Where the stats API reads.
     pub stats_store: Arc<dyn StatsStore>,
+    /// The delivery ledger's reports, dead letters and reads.
+    pub ledger: Arc<dyn LedgerStore>,
     /// Where the live tail reads.
     pub tail_store: Arc<dyn TailStore>,
     pub counters: counters::Counters,
@@ -65,18 +67,22 @@ pub struct Ports {
     pub events: Arc<dyn EventStore>,
     pub counters: Arc<dyn CounterStore>,
     pub stats: Arc<dyn StatsStore>,
+    pub ledger: Arc<dyn LedgerStore>,
     pub tail: Arc<dyn TailStore>,
 }
 
 impl Ports {
     /// One store behind every port.
-    pub fn all<S: EventStore + CounterStore + StatsStore + TailStore + 'static>(
+    pub fn all<
+        S: EventStore + CounterStore + StatsStore + LedgerStore + TailStore + 'static,
+    >(
         store: Arc<S>,
     ) -> Self {
         Self {
             events: store.clone(),
             counters: store.clone(),
             stats: store.clone(),
+            ledger: store.clone(),
             tail: store,
         }
     }
@@ -120,6 +126,7 @@ impl AppState {
             events: ports.events,
             counter_store: ports.counters,
             stats_store: ports.stats,
+            ledger: ports.ledger,
             tail_store: ports.tail,
             counters,
             metrics: metrics::Metrics::new(),
@@ -140,6 +147,24 @@ impl AppState {
             if let Err(error) = self.counter_store.prune(shard, cutoffs.0, cutoffs.1).await {
                 tracing::warn!(shard = %shard.name, %error, "pruning counts failed");
             }
+        }
+    }
+
+    /// Write the direct door's refusal counts to the delivery ledger (also
+    /// done every second); what fails is kept for the next time.
+    pub async fn flush_tallies(&self) {
+        let reports = self.direct.tallies.take();
+        if reports.is_empty() {
+            return;
+        }
+        let batch = protocol::Reports {
+            reports,
+            dead_letters: Vec::new(),
+        };
+        if let Err(error) = ingest::report(self, &batch).await {
+            tracing::warn!(%error, "refusal counts not written yet");
+            self.metrics.ledger_report_failures.inc();
+            self.direct.tallies.put_back(batch.reports);
         }
     }
 
@@ -221,6 +246,14 @@ fn spawn_background(state: &AppState, stop: &watch::Receiver<bool>) -> Vec<JoinH
         every(state, stop, (minute, minute), |state| async move {
             state.prune_counters().await;
         }),
+        every(
+            state,
+            stop,
+            (Duration::from_secs(1), Duration::from_secs(1)),
+            |state| async move {
+                state.flush_tallies().await;
+            },
+        ),
     ]
 }
 
@@ -260,6 +293,7 @@ pub async fn start(
         for job in background {
             let _ = job.await;
         }
+        server_state.flush_tallies().await;
         let mut failed = server_state.flush_counters().await;
         for _ in 0..3 {
             if failed == 0 {

@@ -891,7 +891,8 @@ mod tests {
                 other => panic!("{other}"),
             }
         };
-        assert_eq!(events, VIEWER_RATE as u64, "a second's worth at once");
+        // A second's worth at once (plus what refilled meanwhile, on a busy machine).
+        assert!((200..250).contains(&events), "{events} events before the marker");
         assert_eq!(events + skipped, 500);
     }
 
