@@ -672,6 +672,7 @@ mod tests {
         catalog.add_shard(1, "a");
         catalog.put_environment(WEB, "web", 1, None);
         catalog.add_read_token("srt_web", WEB);
+        catalog.add_api_key("sk_unit_web", WEB);
         let config = Config::new("mysql://nobody@127.0.0.1:1/none", TOKEN);
         let opened = Catalog::open(catalog, config.catalog_refresh())
             .await
@@ -1049,5 +1050,31 @@ mod tests {
             cursor.unwrap().seen.len() <= OVERLAP_MS as usize * 10 + 10,
             "the overlap's keys only"
         );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_at_the_direct_door_shows_with_its_reason() {
+        let (state, _) = state().await;
+        let mut rejected = Sse::open(&state, "&rejected=1", None).await;
+        let mut named = Sse::open(&state, "&name=ok", None).await;
+        let send = |body: &'static str| {
+            let request = Request::post("/v1/events")
+                .header("authorization", "Bearer sk_unit_web")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            app(state.clone()).oneshot(request)
+        };
+        assert_eq!(send(r#"{"event": "ok"}"#).await.unwrap().status(), 202);
+        assert_eq!(send(r#"{"event": ""}"#).await.unwrap().status(), 422);
+        state.flush_tallies().await;
+        let (event, _, data) = rejected.next().await;
+        assert_eq!(event, "rejected");
+        assert_eq!(data["code"], "invalid_events", "{data}");
+        assert!(!data["message"].as_str().unwrap().is_empty());
+        assert!(data["body"].as_str().unwrap().contains(r#""event": """#), "{data}");
+        let (event, _, data) = named.next().await;
+        assert_eq!((event.as_str(), data["event"]["name"].as_str()), ("event", Some("ok")));
+        assert!(rejected.within(Duration::from_millis(700)).await.is_none());
     }
 }
