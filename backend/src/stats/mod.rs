@@ -5,7 +5,7 @@
 mod auth;
 mod delivery;
 mod live;
-mod tail;
+pub mod tail;
 
 use std::collections::BTreeMap;
 
