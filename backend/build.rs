@@ -15,6 +15,7 @@ fn main() {
     for path in [
         "dashboard/app.js",
         "dashboard/delivery.js",
+        "dashboard/debugger.js",
         "dashboard/app.css",
         "../node_modules/uplot/package.json",
         "../node_modules/.bin/esbuild",

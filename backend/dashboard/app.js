@@ -2,6 +2,7 @@
 // the SSE stream (read with fetch, so the token travels in a header).
 import uPlot from "uplot";
 import { renderDelivery } from "./delivery.js";
+import { initDebugger } from "./debugger.js";
 
 const $ = (id) => document.getElementById(id);
 const fmt = new Intl.NumberFormat();
@@ -12,6 +13,8 @@ const settings = {
   token: localStorage.getItem("sluice.token") || "",
   range: Number(localStorage.getItem("sluice.range") || 86400000),
 };
+
+const debuggerView = initDebugger(() => settings, $, fmt);
 
 let live = new Map(); // second (ms) -> {total, by_event}
 let liveChart, seriesChart, stream, lastId = null, lastTotal = -1;
@@ -197,6 +200,7 @@ function start() {
   stream = {};
   loadSummary().catch((e) => showError(e.message));
   connect(stream);
+  debuggerView.restart();
 }
 
 $("env").value = settings.env;
