@@ -17,6 +17,9 @@
 //! event counted back from the shard, and the backend's peak RSS under
 //! that load.
 //!
+//! and the live tail (issue 17, [`tail`]): MySQL SELECTs/s with 1 and 200
+//! viewers of `/v1/stats/tail` beside the same for `/v1/stats/stream`.
+//!
 //! Every run is bounded, seeded, and talks to 127.0.0.1 only.
 
 use std::{
@@ -27,6 +30,7 @@ use std::{
 
 mod direct;
 mod edge;
+mod tail;
 
 use backend::shards::{events_insert, EventRow};
 use futures::{stream, StreamExt};
@@ -58,7 +62,7 @@ struct Args {
     storage_events: usize,
     /// Length of each direct-ingest stage (after a 1 s warm-up).
     direct_seconds: u64,
-    /// Stages left out (`--skip storage,direct,edge`), for a quicker partial run.
+    /// Stages left out (`--skip storage,direct,edge,tail`), for a quicker partial run.
     skip: Vec<String>,
     write_md: Option<PathBuf>,
     command: String,
@@ -97,8 +101,8 @@ fn args() -> Args {
                 a.skip = value().split(',').map(|s| s.trim().to_string()).collect();
                 for stage in &a.skip {
                     assert!(
-                        ["storage", "direct", "edge"].contains(&stage.as_str()),
-                        "--skip takes storage, direct and edge (comma-separated), not {stage}"
+                        ["storage", "direct", "edge", "tail"].contains(&stage.as_str()),
+                        "--skip takes storage, direct, edge and tail (comma-separated), not {stage}"
                     );
                 }
             }
@@ -716,6 +720,20 @@ async fn main() {
                 .expect("shard s1"),
         };
         edge::figures(target, args.runs, &mut figures).await;
+    }
+    if !args.skips("tail") {
+        let catalog = format!("{}/{prefix}_catalog", args.mysql);
+        let (_backend, port) = start_backend(&args, &catalog).await;
+        let read_token = cli(&args, &catalog, &["env", "token", "env_s1"]);
+        tail::figures(
+            &format!("http://127.0.0.1:{port}"),
+            env_ids[0],
+            "env_s1",
+            &read_token,
+            &args.mysql,
+            &mut figures,
+        )
+        .await;
     }
 
     let admin = MySqlPool::connect(&args.mysql).await.expect("server");
