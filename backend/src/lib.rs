@@ -73,9 +73,7 @@ pub struct Ports {
 
 impl Ports {
     /// One store behind every port.
-    pub fn all<
-        S: EventStore + CounterStore + StatsStore + LedgerStore + TailStore + 'static,
-    >(
+    pub fn all<S: EventStore + CounterStore + StatsStore + LedgerStore + TailStore + 'static>(
         store: Arc<S>,
     ) -> Self {
         Self {

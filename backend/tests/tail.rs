@@ -132,7 +132,10 @@ async fn the_tail_streams_what_is_stored_filters_resumes_and_holds_its_rate() {
     }
     let latency = answered.elapsed();
     eprintln!("ingest 200 → tail: {latency:?}");
-    assert!(latency < Duration::from_secs(2), "stored → tail took {latency:?}");
+    assert!(
+        latency < Duration::from_secs(2),
+        "stored → tail took {latency:?}"
+    );
     // Rows of one write share their stored_at and come in key order.
     got.sort_by_key(|f| f.2["event"]["properties"]["n"].as_u64());
     assert_eq!(ns(&got), vec![1, 2, 3]);
@@ -145,7 +148,11 @@ async fn the_tail_streams_what_is_stored_filters_resumes_and_holds_its_rate() {
     }
     assert_eq!(ns(&[buys.next().await]), vec![2]);
     assert_eq!(ns(&[bob.next().await]), vec![2]);
-    assert_eq!(ns(&[anon.next().await]), vec![3], "user= matches anonymous_id");
+    assert_eq!(
+        ns(&[anon.next().await]),
+        vec![3],
+        "user= matches anonymous_id"
+    );
     assert!(buys.within(Duration::from_millis(1200)).await.is_none());
 
     // A sampled refusal as the doors write it: only on the unfiltered and
@@ -191,7 +198,10 @@ async fn the_tail_streams_what_is_stored_filters_resumes_and_holds_its_rate() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let polls = server.state.tail.polls() - polls;
     eprintln!("{polls} tail polls in 3 s for 5 viewers");
-    assert!((5..=8).contains(&polls), "{polls} polls in 3 s for 5 viewers");
+    assert!(
+        (5..=8).contains(&polls),
+        "{polls} polls in 3 s for 5 viewers"
+    );
     assert_eq!(server.state.tail.pollers(), 1);
 
     // Over the rate: a second's worth, then a skipped marker for the rest.
@@ -260,7 +270,10 @@ async fn a_refusal_at_the_direct_door_appears_with_its_reason() {
     assert!(!data["message"].as_str().unwrap().is_empty());
     assert!(data["body"].as_str().unwrap().contains(r#""event": """#));
     // The door writes its refusals every second; the tail polls every 500 ms.
-    assert!(latency < Duration::from_secs(2), "refusal → tail took {latency:?}");
+    assert!(
+        latency < Duration::from_secs(2),
+        "refusal → tail took {latency:?}"
+    );
 
     drop((rejected, all));
     stop(server, tx).await;

@@ -893,7 +893,10 @@ mod tests {
             }
         };
         // A second's worth at once (plus what refilled meanwhile, on a busy machine).
-        assert!((200..250).contains(&events), "{events} events before the marker");
+        assert!(
+            (200..250).contains(&events),
+            "{events} events before the marker"
+        );
         assert_eq!(events + skipped, 500);
     }
 
@@ -1072,9 +1075,15 @@ mod tests {
         assert_eq!(event, "rejected");
         assert_eq!(data["code"], "invalid_events", "{data}");
         assert!(!data["message"].as_str().unwrap().is_empty());
-        assert!(data["body"].as_str().unwrap().contains(r#""event": """#), "{data}");
+        assert!(
+            data["body"].as_str().unwrap().contains(r#""event": """#),
+            "{data}"
+        );
         let (event, _, data) = named.next().await;
-        assert_eq!((event.as_str(), data["event"]["name"].as_str()), ("event", Some("ok")));
+        assert_eq!(
+            (event.as_str(), data["event"]["name"].as_str()),
+            ("event", Some("ok"))
+        );
         assert!(rejected.within(Duration::from_millis(700)).await.is_none());
     }
 }
