@@ -323,10 +323,26 @@ async fn read(
     let mut fresh: Vec<TailKey> = Vec::new();
     let mut after: Option<TailKey> = None;
     let mut more = false;
-    for _ in 0..PAGES_PER_POLL {
-        let page = store
-            .stored_keys(shard, env_id, since, after, KEYS_PER_PAGE)
-            .await?;
+    let mut samples = Vec::new();
+    for page_no in 0..PAGES_PER_POLL {
+        // The first page and the refusals in one statement (an idle poll
+        // costs one SELECT); further pages of keys alone.
+        let page = if page_no == 0 {
+            let (page, rejected) = store
+                .changes(
+                    shard,
+                    env_id,
+                    (since, KEYS_PER_PAGE),
+                    (c.rejected_newest - OVERLAP_MS, REJECTED_PER_POLL),
+                )
+                .await?;
+            samples = rejected;
+            page
+        } else {
+            store
+                .stored_keys(shard, env_id, since, after, KEYS_PER_PAGE)
+                .await?
+        };
         let full = page.len() == KEYS_PER_PAGE as usize;
         after = page.last().copied().or(after);
         for (at, key) in page {
@@ -357,14 +373,6 @@ async fn read(
     let keep_from = c.newest - OVERLAP_MS;
     c.seen.retain(|_, at| *at >= keep_from);
 
-    let samples = store
-        .rejected_since(
-            shard,
-            env_id,
-            c.rejected_newest - OVERLAP_MS,
-            REJECTED_PER_POLL,
-        )
-        .await?;
     for sample in samples {
         if c.rejected_seen
             .insert((sample.source, sample.seq), sample.stored_at)

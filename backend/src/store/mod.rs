@@ -281,4 +281,24 @@ pub trait TailStore: Send + Sync {
         since: i64,
         limit: u32,
     ) -> Result<Vec<RejectedSample>>;
+
+    /// One poll's first read: [`TailStore::stored_keys`] from `events.0`
+    /// (at most `events.1`) and [`TailStore::rejected_since`] from
+    /// `rejected.0` (at most `rejected.1`). A store may answer both with
+    /// one statement.
+    async fn changes(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        events: (i64, u32),
+        rejected: (i64, u32),
+    ) -> Result<(Vec<TailKey>, Vec<RejectedSample>)> {
+        let keys = self
+            .stored_keys(shard, env_id, events.0, None, events.1)
+            .await?;
+        let samples = self
+            .rejected_since(shard, env_id, rejected.0, rejected.1)
+            .await?;
+        Ok((keys, samples))
+    }
 }

@@ -23,6 +23,15 @@ const REJECTED: &str = "SELECT source, seq, stored_at, received_at, code, messag
     FROM rejected_samples WHERE env_id = ? AND stored_at >= ? \
     ORDER BY stored_at, source, seq LIMIT ?";
 
+/// The first page of keys and the refusals in one statement: `kind` 0 is a
+/// key (stored_at, id), 1 a sample (stored_at, source, seq, ...).
+const CHANGES: &str = "(SELECT CAST(0 AS SIGNED) AS kind, stored_at, id, CAST(NULL AS SIGNED) AS seq, NULL AS received_at, \
+    NULL AS code, NULL AS message, NULL AS body FROM events \
+    WHERE env_id = ? AND stored_at >= ? ORDER BY stored_at, id LIMIT ?) \
+    UNION ALL (SELECT 1, stored_at, source, CAST(seq AS SIGNED), received_at, code, message, body \
+    FROM rejected_samples WHERE env_id = ? AND stored_at >= ? \
+    ORDER BY stored_at, source, seq LIMIT ?) ORDER BY kind, stored_at, id";
+
 fn datetime_ms(ms: i64) -> NaiveDateTime {
     DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
@@ -94,6 +103,51 @@ impl TailStore for Shards {
         rows.iter()
             .map(|row| stored_envelope(row, env_id))
             .collect()
+    }
+
+    async fn changes(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        events: (i64, u32),
+        rejected: (i64, u32),
+    ) -> Result<(Vec<TailKey>, Vec<RejectedSample>)> {
+        let pool = self.counters_pool(shard)?;
+        let rows = sqlx::query(CHANGES)
+            .bind(env_id)
+            .bind(datetime_ms(events.0))
+            .bind(events.1)
+            .bind(env_id)
+            .bind(datetime_ms(rejected.0))
+            .bind(rejected.1)
+            .fetch_all(&pool)
+            .await?;
+        let (mut keys, mut samples) = (Vec::new(), Vec::new());
+        for row in &rows {
+            let kind: i64 = row.try_get(0)?;
+            let at: NaiveDateTime = row.try_get(1)?;
+            let id: Vec<u8> = row.try_get(2)?;
+            if kind == 0 {
+                keys.push((ms(at), key16(&id)?));
+                continue;
+            }
+            let text = |i: usize| -> Result<String> {
+                let bytes: Option<Vec<u8>> = row.try_get(i)?;
+                Ok(String::from_utf8_lossy(&bytes.unwrap_or_default()).into_owned())
+            };
+            let seq: Option<i64> = row.try_get(3)?;
+            let received_at: Option<NaiveDateTime> = row.try_get(4)?;
+            samples.push(RejectedSample {
+                source: key16(&id)?,
+                seq: u16::try_from(seq.unwrap_or_default()).unwrap_or_default(),
+                stored_at: ms(at),
+                received_at: received_at.map(ms).unwrap_or_default(),
+                code: text(5)?,
+                message: text(6)?,
+                body: text(7)?,
+            });
+        }
+        Ok((keys, samples))
     }
 
     async fn rejected_since(
