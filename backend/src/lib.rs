@@ -171,7 +171,7 @@ impl AppState {
             for shard in snapshot.targets(*env_id).unwrap_or_default() {
                 match self
                     .ledger
-                    .compact(&shard, *env_id, before, LEDGER_COMPACT_MINUTES)
+                    .compact(shard, *env_id, before, LEDGER_COMPACT_MINUTES)
                     .await
                 {
                     Ok(n) => removed += n,

@@ -26,6 +26,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// (shard, env, minute, outcome, source) of a ledger row, whose value is
+/// (events, summable).
+type LedgerKey = (u32, u32, i64, String, [u8; 16]);
+
 #[derive(Default)]
 struct Shards {
     /// (shard, env) → stored envelopes by key, in insertion order of keys.
@@ -40,8 +44,8 @@ struct Shards {
     down: HashSet<u32>,
     /// (shard, env, envelopes) of every write attempted.
     writes: Vec<(u32, u32, usize)>,
-    /// (shard, env, minute, outcome, source) → (events, summable): the delivery ledger.
-    ledger: BTreeMap<(u32, u32, i64, String, [u8; 16]), (u64, bool)>,
+    /// The delivery ledger.
+    ledger: BTreeMap<LedgerKey, (u64, bool)>,
     /// (shard, env, key, receive time) of dead letters.
     dead_letters: BTreeSet<(u32, u32, [u8; 16], i64)>,
     /// (shard, env, source, seq) → sampled refusal.
