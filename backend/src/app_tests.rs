@@ -1232,7 +1232,10 @@ async fn the_direct_door_ledger_counts_acceptances_resends_and_refusals() {
     )
     .await;
     assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
-    // The client sends o-2 again in a new request.
+    // The client sends o-2 again in a new request (a later one: receive
+    // times are in ms, and a re-send within the same ms would read as a
+    // redelivery).
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let a = events(&h.state, json!({"event": "b", "id": "o-2"})).await;
     assert_eq!(a.status, StatusCode::ACCEPTED);
     for _ in 0..2 {
@@ -1391,6 +1394,17 @@ async fn a_redelivered_batch_is_redelivered_not_accepted_again() {
         ),
         (Some(2), Some(2), Some(4)),
         "{body}"
+    );
+    // Compaction sums the three writes' rows; the ledger reads the same.
+    assert_eq!(
+        h.state.compact_ledger(Duration::ZERO).await,
+        1,
+        "two redelivered rows became one"
+    );
+    let again = ledger(&h.state, &range_around(now)).await;
+    assert_eq!(
+        (again["accepted"].clone(), again["redelivered"].clone()),
+        (json!(2), json!(4))
     );
     // Only one envelope of a two-event acceptance has arrived: one in flight,
     // which a settled minute would show as a gap.

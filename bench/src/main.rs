@@ -30,6 +30,7 @@ use std::{
 
 mod direct;
 mod edge;
+mod ledger;
 mod tail;
 
 use backend::shards::{events_insert, EventRow};
@@ -62,7 +63,7 @@ struct Args {
     storage_events: usize,
     /// Length of each direct-ingest stage (after a 1 s warm-up).
     direct_seconds: u64,
-    /// Stages left out (`--skip storage,direct,edge,tail`), for a quicker partial run.
+    /// Stages left out (`--skip storage,direct,edge,ledger,tail`), for a quicker partial run.
     skip: Vec<String>,
     write_md: Option<PathBuf>,
     command: String,
@@ -101,8 +102,8 @@ fn args() -> Args {
                 a.skip = value().split(',').map(|s| s.trim().to_string()).collect();
                 for stage in &a.skip {
                     assert!(
-                        ["storage", "direct", "edge", "tail"].contains(&stage.as_str()),
-                        "--skip takes storage, direct, edge and tail (comma-separated), not {stage}"
+                        ["storage", "direct", "edge", "ledger", "tail"].contains(&stage.as_str()),
+                        "--skip takes storage, direct, edge, ledger and tail (comma-separated), not {stage}"
                     );
                 }
             }
@@ -485,6 +486,9 @@ async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) -> (Ve
         );
     }
     let rss = peak_rss_mb(server.0.id());
+    if !args.skips("ledger") {
+        ledger::figures(&pools[0], per_env, args.runs, figures).await;
+    }
     // Stats figures are taken over `--storage-events` events in one environment: top it up.
     let mut stored = args.runs * per_env;
     let mut seed = 9000;

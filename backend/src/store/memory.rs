@@ -26,6 +26,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// (shard, env, minute, outcome, source) of a ledger row, whose value is
+/// (events, summable).
+type LedgerKey = (u32, u32, i64, String, [u8; 16]);
+
 #[derive(Default)]
 struct Shards {
     /// (shard, env) → stored envelopes by key, in insertion order of keys.
@@ -44,8 +48,8 @@ struct Shards {
     stored: Vec<(u32, u32, i64, [u8; 16])>,
     /// (shard, env, sample) of refusals, for the live tail.
     rejected: Vec<(u32, u32, RejectedSample)>,
-    /// (shard, env, minute, outcome, source) → events: the delivery ledger.
-    ledger: BTreeMap<(u32, u32, i64, String, [u8; 16]), u64>,
+    /// The delivery ledger.
+    ledger: BTreeMap<LedgerKey, (u64, bool)>,
     /// (shard, env, key, receive time) of dead letters.
     dead_letters: BTreeSet<(u32, u32, [u8; 16], i64)>,
     /// (shard, env, source, seq) → sampled refusal.
@@ -57,7 +61,7 @@ impl Shards {
         for e in entries {
             self.ledger
                 .entry((shard_id, env_id, e.minute, e.outcome.clone(), e.source))
-                .or_insert(e.n);
+                .or_insert((e.n, e.summable));
         }
     }
 }
@@ -300,17 +304,72 @@ impl LedgerStore for MemoryStore {
         Ok(())
     }
 
-    async fn dead_letters(&self, shard: &Shard, env_id: u32, letters: &[DeadLetter]) -> Result<()> {
+    async fn dead_letters(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        letters: &[DeadLetter],
+    ) -> Result<HashSet<usize>> {
         let mut s = lock(&self.shards);
-        for letter in letters {
-            s.dead_letters.insert((
-                shard.id,
-                env_id,
-                protocol::event_key(&letter.id),
-                letter.received_at,
-            ));
+        let mut stored = HashSet::new();
+        for (i, letter) in letters.iter().enumerate() {
+            let key = protocol::event_key(&letter.id);
+            s.dead_letters
+                .insert((shard.id, env_id, key, letter.received_at));
+            if s.events
+                .get(&(shard.id, env_id))
+                .and_then(|m| m.get(&key))
+                .is_some_and(|e| e.received_at == letter.received_at)
+            {
+                stored.insert(i);
+            }
         }
-        Ok(())
+        Ok(stored)
+    }
+
+    async fn compact(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        before: i64,
+        max_minutes: u32,
+    ) -> Result<u64> {
+        let mut s = lock(&self.shards);
+        let mut minutes = BTreeSet::new();
+        for ((sh, env, minute, _, source), (_, summable)) in &s.ledger {
+            if (*sh, *env) == (shard.id, env_id)
+                && *minute < before
+                && *summable
+                && *source != delivery::SUMMED
+            {
+                minutes.insert(*minute);
+            }
+        }
+        let mut removed = 0;
+        for minute in minutes.into_iter().take(max_minutes as usize) {
+            let keys: Vec<_> = s
+                .ledger
+                .iter()
+                .filter(|((sh, env, m, _, _), (_, summable))| {
+                    (*sh, *env, *m) == (shard.id, env_id, minute) && *summable
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut sums: BTreeMap<String, u64> = BTreeMap::new();
+            for key in &keys {
+                if let Some((n, _)) = s.ledger.remove(key) {
+                    *sums.entry(key.3.clone()).or_default() += n;
+                }
+            }
+            removed += (keys.len() - sums.len()) as u64;
+            for (outcome, n) in sums {
+                s.ledger.insert(
+                    (shard.id, env_id, minute, outcome, delivery::SUMMED),
+                    (n, true),
+                );
+            }
+        }
+        Ok(removed)
     }
 
     async fn ledger(
@@ -322,7 +381,7 @@ impl LedgerStore for MemoryStore {
     ) -> Result<BTreeMap<i64, Counts>> {
         let s = lock(&self.shards);
         let mut out: BTreeMap<i64, Counts> = BTreeMap::new();
-        for ((sh, env, minute, outcome, _), n) in &s.ledger {
+        for ((sh, env, minute, outcome, _), (n, _)) in &s.ledger {
             if (*sh, *env) == (shard.id, env_id) && (start..end).contains(minute) {
                 *out.entry(*minute)
                     .or_default()

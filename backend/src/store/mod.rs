@@ -77,8 +77,26 @@ pub trait LedgerStore: Send + Sync {
         samples: &[([u8; 16], Sample)],
     ) -> Result<()>;
 
-    /// Dead-lettered events, once each (by id and receive time).
-    async fn dead_letters(&self, shard: &Shard, env_id: u32, letters: &[DeadLetter]) -> Result<()>;
+    /// Dead-lettered events, once each (by id and receive time); returns
+    /// the positions of those already stored with their receive time (a
+    /// write counted their acceptance).
+    async fn dead_letters(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        letters: &[DeadLetter],
+    ) -> Result<std::collections::HashSet<usize>>;
+
+    /// Sums the write rows (`summable`) of up to `max_minutes` minutes
+    /// before `before` (unix seconds) into one row per minute and outcome;
+    /// returns how many rows went.
+    async fn compact(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        before: i64,
+        max_minutes: u32,
+    ) -> Result<u64>;
 
     /// Summed counts per minute (unix seconds) of [start, end).
     async fn ledger(
