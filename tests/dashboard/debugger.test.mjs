@@ -159,3 +159,18 @@ test("debugger: a stored event within 2 s of its 202, a refusal with its reason,
   assert.deepEqual(problems, [], "no console errors");
   await page.close();
 });
+
+test("debugger at phone width: no horizontal scrolling, rows still readable", async () => {
+  const page = await browser.newPage({ viewport: { width: 390, height: 844 } });
+  await page.goto(`${backend.url}/dashboard#debugger`);
+  await page.fill("#env", "dbg");
+  await page.fill("#token", readToken);
+  await page.click("#settings button[type=submit]");
+  await eventually(async () => (await page.getByTestId("dbg-state").textContent()) === "live", { what: "tail live" });
+  assert.equal((await send({ event: "phone", user_id: "u-phone" })).status, 202);
+  await waitForRow(page, (r) => r.cells[2] === "phone", "the phone row");
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `page is ${overflow}px wider than the phone`);
+  await page.screenshot({ path: path.join(artifacts, "dashboard-debugger-phone.png"), fullPage: true });
+  await page.close();
+});
