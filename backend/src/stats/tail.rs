@@ -3,7 +3,8 @@
 //!
 //! One poller per environment per process reads the primary shard every
 //! [`POLL_INTERVAL`], whatever the number of viewers, into a bounded ring
-//! of recent items ([`RING_ITEMS`], [`RING_AGE`]) with ids that only grow.
+//! of recent items ([`RING_ITEMS`], [`RING_AGE`], [`RING_BYTES`]) with ids
+//! that only grow; a viewer holds only shared pointers into it.
 //! Viewers read the ring after the last id they sent; nothing waits for a
 //! viewer: the poller overwrites the ring, a viewer that fell out of it is
 //! dropped (it reconnects with `Last-Event-ID` and is told of the gap), and
@@ -54,6 +55,9 @@ pub const OVERLAP_MS: i64 = 3_000;
 pub const RING_ITEMS: usize = 10_000;
 /// ... and none older than this (the window of a gapless reconnect).
 pub const RING_AGE: Duration = Duration::from_secs(30);
+/// ... and at most this many bytes of serialized items (events are up to
+/// 64 KB each).
+pub const RING_BYTES: usize = 32 << 20;
 /// What one viewer is sent per second at most (burst: one second's worth);
 /// the rest is counted in a `skipped` marker.
 pub const VIEWER_RATE: f64 = 200.0;
@@ -115,6 +119,8 @@ impl Item {
 #[derive(Debug, Default)]
 struct Ring {
     items: VecDeque<Arc<Item>>,
+    /// The serialized size of `items`.
+    bytes: usize,
     /// Items of this environment with an id up to this one may be missing
     /// (evicted, or from before the ring existed); after it, none is.
     floor: u64,
@@ -137,6 +143,7 @@ impl Channel {
         Self {
             ring: Mutex::new(Ring {
                 items: VecDeque::new(),
+                bytes: 0,
                 floor,
             }),
             head: watch::channel(floor).0,
@@ -147,10 +154,14 @@ impl Channel {
 
     fn evict(ring: &mut Ring) {
         while let Some(front) = ring.items.front() {
-            if ring.items.len() <= RING_ITEMS && front.added.elapsed() <= RING_AGE {
+            if ring.items.len() <= RING_ITEMS
+                && ring.bytes <= RING_BYTES
+                && front.added.elapsed() <= RING_AGE
+            {
                 break;
             }
             ring.floor = front.id;
+            ring.bytes -= front.data.len();
             ring.items.pop_front();
         }
     }
@@ -158,6 +169,7 @@ impl Channel {
     fn push(&self, items: Vec<Item>) {
         let mut ring = lock(&self.ring);
         let last = items.last().map(|i| i.id);
+        ring.bytes += items.iter().map(|i| i.data.len()).sum::<usize>();
         ring.items.extend(items.into_iter().map(Arc::new));
         Self::evict(&mut ring);
         drop(ring);
@@ -509,6 +521,12 @@ impl Bucket {
     }
 }
 
+/// A viewer's next frame.
+enum Out {
+    Item(Arc<Item>),
+    Marker(Event),
+}
+
 /// One viewer's place in its environment's ring.
 struct Viewer {
     channel: Arc<Channel>,
@@ -516,7 +534,8 @@ struct Viewer {
     pos: u64,
     filter: Filter,
     bucket: Bucket,
-    out: VecDeque<Event>,
+    /// What to send next: ring items (shared, serialized once) or markers.
+    out: VecDeque<Out>,
     done: bool,
 }
 
@@ -546,14 +565,14 @@ impl Viewer {
         let (pos, gap) = channel.start(last, state.tail.issued());
         let mut out = VecDeque::new();
         if gap {
-            out.push_back(Event::default().event("gap").data(
+            out.push_back(Out::Marker(Event::default().event("gap").data(
                 json!({
                     "kind": "gap",
                     "after": last,
                     "message": "the items after Last-Event-ID are no longer kept (past the reconnect window, or another backend process): some may be missing",
                 })
                 .to_string(),
-            ));
+            )));
         }
         Self {
             head: channel.head.subscribe(),
@@ -571,8 +590,10 @@ impl Viewer {
 
     async fn next(&mut self) -> Option<Event> {
         loop {
-            if let Some(event) = self.out.pop_front() {
-                return Some(event);
+            match self.out.pop_front() {
+                Some(Out::Item(item)) => return Some(item.event()),
+                Some(Out::Marker(event)) => return Some(event),
+                None => {}
             }
             if self.done {
                 return None;
@@ -583,13 +604,13 @@ impl Viewer {
                 Err(Evicted) => {
                     // Too slow for the ring: dropped, not waited for.
                     self.done = true;
-                    self.out.push_back(
+                    self.out.push_back(Out::Marker(
                         Event::default().event("dropped").data(
                             json!({"kind": "dropped", "after": self.pos,
                                    "message": "this viewer fell behind the tail's buffer"})
                             .to_string(),
                         ),
-                    );
+                    ));
                     continue;
                 }
             };
@@ -606,13 +627,13 @@ impl Viewer {
                     continue;
                 }
                 if self.bucket.take() {
-                    self.out.push_back(item.event());
+                    self.out.push_back(Out::Item(item.clone()));
                 } else {
                     skipped += 1;
                 }
             }
             if skipped > 0 {
-                self.out.push_back(
+                self.out.push_back(Out::Marker(
                     Event::default()
                         .id(self.pos.to_string())
                         .event("skipped")
@@ -620,7 +641,7 @@ impl Viewer {
                             json!({"id": self.pos, "kind": "skipped", "skipped": skipped})
                                 .to_string(),
                         ),
-                );
+                ));
             }
         }
     }
@@ -955,6 +976,20 @@ mod tests {
         let (pos, gap) = channel.start(None, 20_000);
         assert!(!gap);
         assert_eq!(channel.after(pos, BATCH).ok().unwrap().len(), BACKLOG);
+    }
+
+    #[test]
+    fn the_ring_is_bounded_in_bytes_too() {
+        let channel = Channel::new(0);
+        let big = |id| Item {
+            data: "x".repeat(1 << 20),
+            ..item(id)
+        };
+        channel.push((1..=40).map(big).collect());
+        let ring = lock(&channel.ring);
+        assert_eq!(ring.items.len(), RING_BYTES >> 20);
+        assert_eq!(ring.bytes, RING_BYTES);
+        assert_eq!(ring.floor, 40 - (RING_BYTES >> 20) as u64);
     }
 
     /// A store whose rows become visible late (their commit after their stored time).
