@@ -88,6 +88,21 @@ pub fn storage_key(record: &Record) -> String {
     )
 }
 
+/// What the delivery ledger is told of a dead letter's original body: its
+/// envelopes (read leniently: `env_id`, `id`, `received_at`, `acceptance`)
+/// as `dead_letters`, or, for a report message, its reports. `None` for
+/// anything else (nothing to count it by).
+pub fn ledger_reports(body: &str) -> Option<protocol::Reports> {
+    if crate::report::is_reports(body) {
+        return crate::forward::decode_reports(body).ok();
+    }
+    let dead_letters: Vec<protocol::DeadLetter> = serde_json::from_str(body).ok()?;
+    (!dead_letters.is_empty()).then_some(protocol::Reports {
+        reports: Vec::new(),
+        dead_letters,
+    })
+}
+
 /// Text of a message body that is not a string (a producer that sent JSON).
 pub fn body_text(value: &Value) -> String {
     match value {

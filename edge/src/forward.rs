@@ -31,6 +31,50 @@ pub fn decode(body: &str) -> Result<Vec<Envelope>, String> {
     Ok(envelopes)
 }
 
+/// A report message body: a [`protocol::Reports`] object whose reports are
+/// all valid and which holds at least one.
+pub fn decode_reports(body: &str) -> Result<protocol::Reports, String> {
+    let reports: protocol::Reports =
+        serde_json::from_str(body).map_err(|e| format!("not a reports object: {e}"))?;
+    if reports.reports.is_empty() && reports.dead_letters.is_empty() {
+        return Err("a reports object with nothing in it".into());
+    }
+    for (i, report) in reports.reports.iter().enumerate() {
+        report
+            .validate()
+            .map_err(|e| format!("report {i} is invalid: {e}"))?;
+    }
+    Ok(reports)
+}
+
+/// Report messages merged into backend requests of about `max_bytes` of
+/// JSON each (one message always fits): (message indices, body).
+pub fn merge_reports(
+    messages: &[(usize, &protocol::Reports)],
+    max_bytes: usize,
+) -> Result<Vec<(Vec<usize>, String)>, serde_json::Error> {
+    let mut out = Vec::new();
+    let mut current = (Vec::new(), protocol::Reports::default(), 0usize);
+    for (index, reports) in messages {
+        let size = serde_json::to_string(reports)?.len();
+        if !current.0.is_empty() && current.2 + size > max_bytes {
+            let (owners, merged, _) = std::mem::take(&mut current);
+            out.push((owners, serde_json::to_string(&merged)?));
+        }
+        current.0.push(*index);
+        current.1.reports.extend(reports.reports.iter().cloned());
+        current
+            .1
+            .dead_letters
+            .extend(reports.dead_letters.iter().cloned());
+        current.2 += size;
+    }
+    if !current.0.is_empty() {
+        out.push((current.0, serde_json::to_string(&current.1)?));
+    }
+    Ok(out)
+}
+
 /// One backend request: envelopes, each with the index of its message, and
 /// the JSON array text that carries them.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,8 +10,10 @@ use crate::auth::{self, KeyCache, Lookup};
 use crate::config::Config;
 use crate::error::EdgeError;
 use crate::pack;
-use crate::ports::{Clock, EventQueue, KeyStore, Log, Request};
-use intake::door::{self, Doors};
+use crate::ports::{Backend, Clock, EventQueue, KeyStore, Log, Request};
+use crate::report::{self, Reporter};
+use intake::door::{self, Doors, Tally};
+use protocol::{Acceptance, Report, Reports};
 
 /// How often a queue `sendBatch` is tried, and the pause before each retry.
 pub const QUEUE_SEND_BACKOFF_MS: [u64; 3] = [0, 100, 400];
@@ -20,11 +22,30 @@ pub const QUEUE_SEND_BACKOFF_MS: [u64; 3] = [0, 100, 400];
 /// `ctx.wait_until`).
 pub type Response = door::Response<Deferred>;
 
-/// Queue batches of one environment still to be sent.
+/// Queue batches of one request (one environment, one acceptance) still to be sent.
 #[derive(Debug)]
 pub struct Deferred {
     pub batches: Vec<Vec<pack::Message>>,
     pub env_id: u32,
+    pub received_at: i64,
+    /// The acceptance every envelope carries.
+    pub acceptance: Acceptance,
+}
+
+/// What a request leaves to do once it is answered (in `ctx.wait_until`):
+/// queue its events, report what was lost, add its refusals to the window.
+#[derive(Debug, Default)]
+pub struct After {
+    pub deferred: Option<Deferred>,
+    pub tally: Option<Tally>,
+    /// Lost reports of events the door tried to queue before answering.
+    pub lost: Vec<Report>,
+}
+
+impl After {
+    pub fn is_empty(&self) -> bool {
+        self.deferred.is_none() && self.tally.is_none() && self.lost.is_empty()
+    }
 }
 
 /// The doors with the ports they use.
@@ -36,6 +57,9 @@ pub struct Edge<'a, K, Q, C, L> {
     pub log: &'a L,
     /// The isolate's key cache.
     pub cache: &'a RefCell<KeyCache>,
+    /// Lost reports of this request's queue sends before the answer
+    /// (`Prefer: wait`, the Segment API), for [`Edge::after`].
+    pub unsent: RefCell<Vec<Report>>,
 }
 
 impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> Edge<'_, K, Q, C, L> {
@@ -48,7 +72,31 @@ impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> Edge<'_, K, Q, C, L> {
             clock: self.clock,
             log: self.log,
         };
-        doors.fetch(method, path, req).await
+        let response = doors.fetch(method, path, req).await;
+        if response.tally.is_none() && response.status >= 400 {
+            // No environment to count it for (an unknown key, an unknown
+            // route): one line, counted globally from the logs.
+            let code = response
+                .body
+                .as_ref()
+                .and_then(|b| b.get("error"))
+                .and_then(|c| c.as_str())
+                .unwrap_or("");
+            self.log.info(
+                "request_refused",
+                json!({"status": response.status, "error": code, "path": path}),
+            );
+        }
+        response
+    }
+
+    /// Takes what is left to do after the answer out of a response.
+    pub fn after(&self, response: &mut Response) -> After {
+        After {
+            deferred: response.deferred.take(),
+            tally: response.tally.take(),
+            lost: self.unsent.take(),
+        }
     }
 
     /// The record of the key with this hash, from the isolate cache or the store.
@@ -111,24 +159,51 @@ struct QueueSink<'e, 'a, K, Q, C, L>(&'e Edge<'a, K, Q, C, L>);
 impl<K, Q: EventQueue, C: Clock, L: Log> door::Sink for QueueSink<'_, '_, K, Q, C, L> {
     type Pending = Deferred;
 
-    /// Packs the envelopes, once the queue binding is known to exist.
+    /// Stamps the request's acceptance on every envelope and packs them,
+    /// once the queue binding is known to exist.
     fn prepare(
         &self,
         env_id: u32,
-        envelopes: Vec<protocol::Envelope>,
+        mut envelopes: Vec<protocol::Envelope>,
     ) -> Result<Deferred, EdgeError> {
+        self.0.queue.ready()?;
+        let acceptance = Acceptance {
+            id: report::random_id(self.0.clock),
+            n: u32::try_from(envelopes.len()).unwrap_or(u32::MAX),
+        };
+        let received_at = envelopes
+            .first()
+            .map_or_else(|| self.0.clock.now_ms(), |e| e.received_at);
+        for envelope in &mut envelopes {
+            envelope.acceptance = Some(acceptance.clone());
+        }
         let messages =
             pack::messages(&envelopes).map_err(|e| EdgeError::Internal(e.to_string()))?;
-        self.0.queue.ready()?;
         Ok(Deferred {
             batches: pack::batches(messages),
             env_id,
+            received_at,
+            acceptance,
         })
     }
 
+    /// Queues before the answer; what could not be queued is answered 503
+    /// and reported lost after the answer (some of it may be queued).
     async fn commit(&self, pending: Deferred) -> Result<(), EdgeError> {
         let edge = self.0;
-        if enqueue(edge.queue, edge.clock, edge.log, pending).await > 0 {
+        let (env_id, received_at, acceptance) = (
+            pending.env_id,
+            pending.received_at,
+            pending.acceptance.clone(),
+        );
+        let lost = enqueue(edge.queue, edge.clock, edge.log, pending).await;
+        if lost > 0 {
+            edge.unsent.borrow_mut().push(report::lost(
+                env_id,
+                received_at,
+                &acceptance,
+                lost as u64,
+            ));
             return Err(EdgeError::QueueUnavailable);
         }
         Ok(())
@@ -136,6 +211,49 @@ impl<K, Q: EventQueue, C: Clock, L: Log> door::Sink for QueueSink<'_, '_, K, Q, 
 
     fn answers_early(&self) -> bool {
         true
+    }
+}
+
+/// The work of a request after its answer: queue its events (a lost report
+/// for what could not be), then add its refusals to its window (which the
+/// first refusal of a window waits out and sends).
+pub async fn after<Q: EventQueue, B: Backend, C: Clock, L: Log>(
+    reporter: &Reporter<'_, Q, B, C, L>,
+    work: After,
+) {
+    let mut lost = work.lost;
+    // The door answered 503 for events it had tried to queue: they are
+    // accepted and (partly) lost, not refused.
+    let tally = work.tally.filter(|t| {
+        lost.is_empty() || t.rejected.map(|(code, _)| code) != Some("queue_unavailable")
+    });
+    if let Some(deferred) = work.deferred {
+        let (env_id, received_at, acceptance) = (
+            deferred.env_id,
+            deferred.received_at,
+            deferred.acceptance.clone(),
+        );
+        let n = enqueue(reporter.queue, reporter.clock, reporter.log, deferred).await;
+        if n > 0 {
+            lost.push(report::lost(env_id, received_at, &acceptance, n as u64));
+        }
+    }
+    if !lost.is_empty() {
+        let fields = json!({"reports": lost.iter().map(|r| json!({"id": r.id, "env_id": r.env_id, "accepted": r.accepted, "lost": r.lost})).collect::<Vec<_>>()});
+        let sent = reporter
+            .send(Reports {
+                reports: lost,
+                dead_letters: Vec::new(),
+            })
+            .await;
+        if sent {
+            reporter.log.info("lost_reported", fields);
+        } else {
+            reporter.log.error("lost_unreported", fields);
+        }
+    }
+    if let Some(tally) = tally {
+        reporter.tally(&tally).await;
     }
 }
 
@@ -216,6 +334,7 @@ mod tests {
                 clock: &self.clock,
                 log: &self.log,
                 cache: &self.cache,
+                unsent: RefCell::default(),
             }
         }
 
