@@ -14,6 +14,7 @@ fn main() {
     let uplot_css = modules.join("uplot/dist/uPlot.min.css");
     for path in [
         "dashboard/app.js",
+        "dashboard/delivery.js",
         "dashboard/app.css",
         "../node_modules/uplot/package.json",
         "../node_modules/.bin/esbuild",

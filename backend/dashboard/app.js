@@ -1,6 +1,7 @@
 // Sluice dashboard: summary and series over the read API, live updates over
 // the SSE stream (read with fetch, so the token travels in a header).
 import uPlot from "uplot";
+import { renderDelivery } from "./delivery.js";
 
 const $ = (id) => document.getElementById(id);
 const fmt = new Intl.NumberFormat();
@@ -95,10 +96,12 @@ async function loadSummary() {
   const from = to - settings.range;
   const q = `env=${encodeURIComponent(settings.env)}&from=${from}&to=${to}`;
   const interval = settings.range > 86400000 ? "hour" : "minute";
-  const [summary, series] = await Promise.all([
+  const [summary, series, ledger] = await Promise.all([
     api(`/v1/stats/summary?${q}`),
     api(`/v1/stats/series?${q}&interval=${interval}`),
+    api(`/v1/stats/delivery?${q}`),
   ]);
+  renderDelivery(ledger, fmt, $);
   $("range-total").textContent = fmt.format(summary.events);
   $("range-label").textContent = `events in the last ${$("range").selectedOptions[0].textContent}`;
   renderTable("by-event", summary.by_event);

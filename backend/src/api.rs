@@ -25,7 +25,9 @@ pub fn app(state: AppState) -> Router {
                 count_ingest_requests,
             )),
         )
+        .route("/v1/ingest/reports", post(ingest_reports))
         .route("/v1/stats/summary", get(stats::summary))
+        .route("/v1/stats/delivery", get(stats::delivery))
         .route("/v1/stats/series", get(stats::series))
         .route("/v1/stats/stream", get(stats::stream))
         .route(
@@ -268,6 +270,33 @@ async fn ingest_batch(
             };
             (status, Json(outcome)).into_response()
         }
+        Err(error) => error.into_response(),
+    }
+}
+
+/// `POST /v1/ingest/reports`: the doors' reports and the dead letters
+/// (`protocol::Reports`), recorded in the delivery ledger. 200 with what was
+/// recorded; 422 for a body no retry can fix; 503 when a shard did not
+/// take it (retry: it is idempotent).
+async fn ingest_reports(
+    State(state): State<AppState>,
+    _auth: IngestAuth,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        check_content_type(&headers)?;
+        let raw = read_body(body, state.config.max_body_bytes).await?;
+        let reports: protocol::Reports =
+            serde_json::from_slice(&raw).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => Error::InvalidBatch(e.to_string()),
+                _ => Error::MalformedJson(e.to_string()),
+            })?;
+        ingest::report(&state, &reports).await
+    }
+    .await;
+    match result {
+        Ok(done) => Json(done).into_response(),
         Err(error) => error.into_response(),
     }
 }

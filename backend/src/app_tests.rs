@@ -1191,3 +1191,233 @@ async fn the_client_address_and_country_come_from_the_socket_or_a_trusted_proxy(
     .await;
     assert!(!a.headers.contains_key("access-control-allow-origin"));
 }
+
+// ---- the delivery ledger ----
+
+async fn ledger(state: &AppState, query: &str) -> Value {
+    let a = get(
+        state,
+        &format!("/v1/stats/delivery?env=web&{query}"),
+        Some("srt_web"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    a.body
+}
+
+async fn reports(state: &AppState, body: &Value) -> Answer {
+    let auth = format!("Bearer {TOKEN}");
+    let mut request = Request::post("/v1/ingest/reports")
+        .header("authorization", auth)
+        .header("content-type", "application/json");
+    request = request.header("x-test", "1");
+    call(
+        state,
+        request.body(Body::from(body.to_string())).expect("request"),
+    )
+    .await
+}
+
+fn range_around(ms: i64) -> String {
+    format!("from={}&to={}", ms - 120_000, ms + 120_000)
+}
+
+#[tokio::test]
+async fn the_direct_door_ledger_counts_acceptances_resends_and_refusals() {
+    let h = direct_harness(config()).await;
+    let now = now_ms();
+    let a = events(
+        &h.state,
+        json!([{"event": "a", "id": "o-1"}, {"event": "b", "id": "o-2"}, {"event": "c", "id": "o-1"}]),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    // The client sends o-2 again in a new request.
+    let a = events(&h.state, json!({"event": "b", "id": "o-2"})).await;
+    assert_eq!(a.status, StatusCode::ACCEPTED);
+    for _ in 0..2 {
+        let a = events(&h.state, json!([{"event": "ok"}, {"event": ""}])).await;
+        assert_eq!(a.status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let auth = format!("Bearer {KEY}");
+    let a = public(
+        &h.state,
+        "POST",
+        "/v1/events",
+        Value::String("not events".into()),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.text);
+    // Before the flush the refusals are not written; after it they are.
+    let body = ledger(&h.state, &range_around(now)).await;
+    assert_eq!(body["rejected"], json!({}));
+    h.state.flush_tallies().await;
+    let body = ledger(&h.state, &range_around(now)).await;
+    assert_eq!(body["accepted"], 4, "{body}");
+    assert_eq!(body["stored"], 2);
+    assert_eq!(
+        body["resent"], 2,
+        "o-1 twice in one request, o-2 in a new one"
+    );
+    assert_eq!(
+        body["rejected"],
+        json!({"invalid_events": 4, "invalid_body": 1})
+    );
+    assert_eq!(body["received"], 9);
+    assert_eq!(
+        (body["in_flight"].as_i64(), body["balanced"].as_bool()),
+        (Some(0), Some(true))
+    );
+    // A write to a failing shard answers 503 and counts a refusal, not an acceptance.
+    h.store.fail_writes(1, true);
+    let a = events(&h.state, json!({"event": "x"})).await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE);
+    h.store.fail_writes(1, false);
+    h.state.flush_tallies().await;
+    let body = ledger(&h.state, &format!("{}&interval=minute", range_around(now))).await;
+    assert_eq!(body["rejected"]["store_unavailable"], 1, "{body}");
+    assert_eq!(body["accepted"], 4);
+    let series = body["series"].as_array().expect("series");
+    let total: u64 = series.iter().map(|p| p["received"].as_u64().unwrap()).sum();
+    assert_eq!(total, 10);
+    // Unknown keys are not an environment's: counted in /metrics.
+    let a = public(
+        &h.state,
+        "POST",
+        "/v1/events?key=sk_nobody",
+        json!({"event": "x"}),
+        &[("content-type", "application/json")],
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    let metrics = get(&h.state, "/metrics", None).await.text;
+    assert!(
+        metrics.contains("sluice_direct_unattributed_total{code=\"invalid_api_key\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn reports_count_once_and_dead_letters_net_out_when_replayed() {
+    let h = harness().await;
+    let now = now_ms();
+    let acceptance = "00112233445566778899aabbccddeeff";
+    let report = json!({"reports": [{
+        "id": acceptance, "env_id": WEB, "received_at": now,
+        "rejected": {"invalid_json": 2}, "accepted": 3, "lost": 1,
+        "samples": [{"received_at": now, "code": "invalid_json", "message": "bad", "body": "{"}]
+    }], "dead_letters": [
+        {"env_id": WEB, "id": uuid(1), "received_at": now, "acceptance": {"id": acceptance, "n": 3}},
+        {"env_id": WEB, "id": uuid(2), "received_at": now, "acceptance": {"id": acceptance, "n": 3}}
+    ]});
+    for _ in 0..2 {
+        let a = reports(&h.state, &report).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        assert_eq!(a.body, json!({"reports": 1, "dead_letters": 2}));
+    }
+    let body = ledger(&h.state, &range_around(now)).await;
+    assert_eq!(
+        body["accepted"], 3,
+        "the redelivered report counts once: {body}"
+    );
+    assert_eq!(
+        (body["lost"].as_u64(), body["dead_lettered"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(body["in_flight"], 0);
+    // One dead letter is replayed: stored with its receive time.
+    let mut replay = envelope(WEB, 1, "e", now);
+    replay["received_at"] = json!(now);
+    replay["acceptance"] = json!({"id": acceptance, "n": 3});
+    assert_eq!(
+        ingest(&h.state, &json!([replay])).await.status,
+        StatusCode::OK
+    );
+    let body = ledger(&h.state, &range_around(now)).await;
+    assert_eq!(
+        (body["stored"].as_u64(), body["replayed"].as_u64()),
+        (Some(1), Some(1)),
+        "{body}"
+    );
+    assert_eq!(
+        (body["in_flight"].as_i64(), body["balanced"].as_bool()),
+        (Some(0), Some(true))
+    );
+    // A report no retry can fix is a 4xx.
+    let bad = json!({"reports": [{"id": "", "env_id": WEB, "received_at": now}]});
+    assert_eq!(
+        reports(&h.state, &bad).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let bad = json!({"reports": [{"id": "x", "env_id": WEB, "received_at": now, "rejected": {"Bad Code": 1}}]});
+    assert_eq!(
+        reports(&h.state, &bad).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    assert_eq!(
+        reports(&h.state, &json!([1])).await.status,
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_batch_is_redelivered_not_accepted_again() {
+    let h = harness().await;
+    let now = now_ms();
+    let acceptance = json!({"id": "ffeeddccbbaa99887766554433221100", "n": 2});
+    let batch: Vec<Value> = (1..=2)
+        .map(|n| {
+            let mut e = envelope(WEB, n, "e", now);
+            e["received_at"] = json!(now);
+            e["acceptance"] = acceptance.clone();
+            e
+        })
+        .collect();
+    for _ in 0..3 {
+        assert_eq!(ingest(&h.state, &json!(batch)).await.status, StatusCode::OK);
+    }
+    let body = ledger(&h.state, &range_around(now)).await;
+    assert_eq!(
+        (
+            body["accepted"].as_u64(),
+            body["stored"].as_u64(),
+            body["redelivered"].as_u64()
+        ),
+        (Some(2), Some(2), Some(4)),
+        "{body}"
+    );
+    // Only one envelope of a two-event acceptance has arrived: one in flight,
+    // which a settled minute would show as a gap.
+    let mut half = envelope(WEB, 3, "e", now - 600_000);
+    half["received_at"] = json!(now - 600_000);
+    half["acceptance"] = json!({"id": "0000000000000000000000000000000a", "n": 2});
+    assert_eq!(
+        ingest(&h.state, &json!([half])).await.status,
+        StatusCode::OK
+    );
+    let body = ledger(
+        &h.state,
+        &format!("from={}&to={}", now - 700_000, now + 60_000),
+    )
+    .await;
+    assert_eq!(body["in_flight"], 1, "{body}");
+    assert_eq!(
+        (body["balanced"].as_bool(), body["gap"].as_u64()),
+        (Some(false), Some(1))
+    );
+    let a = get(
+        &h.state,
+        "/v1/stats/delivery?env=web&interval=hour",
+        Some("srt_web"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let a = get(&h.state, "/v1/stats/delivery?env=web", None).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+}

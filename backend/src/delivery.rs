@@ -9,7 +9,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use protocol::{Envelope, Report};
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub const ACCEPTED: &str = "accepted";
@@ -105,16 +104,12 @@ pub fn count_write(
             n,
         })
         .collect();
-    entries.extend(
-        acceptances
-            .into_iter()
-            .map(|((minute, source), n)| Entry {
-                minute,
-                outcome: ACCEPTED.to_owned(),
-                source,
-                n,
-            }),
-    );
+    entries.extend(acceptances.into_iter().map(|((minute, source), n)| Entry {
+        minute,
+        outcome: ACCEPTED.to_owned(),
+        source,
+        n,
+    }));
     entries
 }
 
@@ -145,6 +140,22 @@ pub fn count_report(report: &Report) -> Vec<Entry> {
     entries
 }
 
+/// The acceptance a dead letter belongs to, counted with the dead letter:
+/// none of its envelopes may ever have reached a write. One without an
+/// acceptance (sent before the edge stamped them) is its own.
+pub fn dead_letter_acceptance(letter: &protocol::DeadLetter) -> Entry {
+    let (source, n) = match &letter.acceptance {
+        Some(a) => (source_of(&a.id), u64::from(a.n)),
+        None => (protocol::event_key(&letter.id), 1),
+    };
+    Entry {
+        minute: minute_of(letter.received_at),
+        outcome: ACCEPTED.to_owned(),
+        source,
+        n,
+    }
+}
+
 /// Summed ledger rows of one minute or a range: outcome → events. Dead
 /// letters are counted apart (from their own table), with how many of them
 /// are stored since (replayed).
@@ -166,7 +177,7 @@ impl Counts {
 }
 
 /// The ledger of a minute or a range, as the API answers it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ledger {
     pub received: u64,
     pub accepted: u64,
@@ -214,6 +225,23 @@ impl Ledger {
             rejected,
             dropped,
         }
+    }
+
+    /// As the API answers it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "received": self.received,
+            "accepted": self.accepted,
+            "rejected": self.rejected,
+            "stored": self.stored,
+            "resent": self.resent,
+            "redelivered": self.redelivered,
+            "dropped": self.dropped,
+            "dead_lettered": self.dead_lettered,
+            "replayed": self.replayed,
+            "lost": self.lost,
+            "in_flight": self.in_flight,
+        })
     }
 
     /// Whether this minute adds up: nothing in flight, nothing over-counted.
@@ -276,8 +304,8 @@ mod tests {
         ];
         let refs: Vec<&Envelope> = list.iter().collect();
         let before = HashMap::from([
-            (list[0].key(), 60_500),  // the same acceptance again
-            (list[1].key(), 61_000),  // an earlier request stored it
+            (list[0].key(), 60_500), // the same acceptance again
+            (list[1].key(), 61_000), // an earlier request stored it
         ]);
         let got = outcomes(&count_write(&refs, &before, [9; 16]));
         assert_eq!(got.get(&(60, REDELIVERED.into())), Some(&1));
@@ -297,7 +325,10 @@ mod tests {
         ];
         let refs: Vec<&Envelope> = list.iter().collect();
         let first = outcomes(&count_write(&refs, &HashMap::new(), [1; 16]));
-        assert_eq!((first[&(60, STORED.into())], first[&(60, RESENT.into())]), (1, 1));
+        assert_eq!(
+            (first[&(60, STORED.into())], first[&(60, RESENT.into())]),
+            (1, 1)
+        );
         let before = HashMap::from([(list[0].key(), 60_500)]);
         let again = outcomes(&count_write(&refs, &before, [2; 16]));
         assert_eq!(again.get(&(60, REDELIVERED.into())), Some(&2));
@@ -344,7 +375,9 @@ mod tests {
         };
         let entries = count_report(&report);
         assert_eq!(entries.len(), 3);
-        assert!(entries.iter().all(|e| e.minute == 60 && e.source == source_of(A)));
+        assert!(entries
+            .iter()
+            .all(|e| e.minute == 60 && e.source == source_of(A)));
         assert_eq!(source_of("not hex"), source_of("not hex"));
         assert_ne!(source_of("not hex"), source_of(A));
     }

@@ -184,3 +184,76 @@ pub async fn land(state: &AppState, snapshot: &Snapshot, envelopes: &[Envelope])
     }
     response
 }
+
+/// What [`report`] recorded.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Reported {
+    pub reports: usize,
+    pub dead_letters: usize,
+}
+
+/// One environment's part of a report batch: ledger rows, samples (by
+/// source), dead letters.
+type EnvReports = (
+    Vec<crate::delivery::Entry>,
+    Vec<([u8; 16], protocol::Sample)>,
+    Vec<protocol::DeadLetter>,
+);
+
+/// Record the doors' reports and the dead letters in their environments'
+/// ledgers, on every shard the environment writes to (like its events).
+/// Idempotent: a report's id and a dead letter's (id, receive time) count
+/// once. Environments the catalog does not know are skipped (logged): their
+/// reports could never be recorded.
+pub async fn report(state: &AppState, batch: &protocol::Reports) -> Result<Reported, Error> {
+    let mut per_env: BTreeMap<u32, EnvReports> = BTreeMap::new();
+    for (index, r) in batch.reports.iter().enumerate() {
+        r.validate().map_err(|reason| {
+            Error::InvalidEnvelopes(vec![json!({"index": index, "id": r.id, "reason": reason})])
+        })?;
+        let slot = per_env.entry(r.env_id).or_default();
+        slot.0.extend(crate::delivery::count_report(r));
+        let source = crate::delivery::source_of(&r.id);
+        slot.1.extend(r.samples.iter().map(|s| (source, s.clone())));
+    }
+    for letter in &batch.dead_letters {
+        let slot = per_env.entry(letter.env_id).or_default();
+        slot.0.push(crate::delivery::dead_letter_acceptance(letter));
+        slot.2.push(letter.clone());
+    }
+    let env_ids: Vec<u32> = per_env.keys().copied().collect();
+    let snapshot = state.catalog.routing_snapshot(&env_ids).await?;
+    let mut done = Reported::default();
+    for (env_id, (entries, samples, letters)) in &per_env {
+        let targets = snapshot.targets(*env_id).unwrap_or_default();
+        if targets.is_empty() {
+            tracing::warn!(env_id, "report for an unknown environment dropped");
+            continue;
+        }
+        for shard in &targets {
+            let written = async {
+                state
+                    .ledger
+                    .report(shard, *env_id, entries, samples)
+                    .await?;
+                if !letters.is_empty() {
+                    state.ledger.dead_letters(shard, *env_id, letters).await?;
+                }
+                Ok::<_, Error>(())
+            };
+            tokio::time::timeout(state.config.shard_timeout(), written)
+                .await
+                .map_err(|_| Error::ShardUnavailable {
+                    shard: shard.name.clone(),
+                    message: "report write timed out".into(),
+                })?
+                .map_err(|e| Error::ShardUnavailable {
+                    shard: shard.name.clone(),
+                    message: e.to_string(),
+                })?;
+        }
+    }
+    done.reports = batch.reports.len();
+    done.dead_letters = batch.dead_letters.len();
+    Ok(done)
+}

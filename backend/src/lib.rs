@@ -37,7 +37,7 @@ pub use api::app;
 pub use config::Config;
 pub use error::{Error, Result};
 
-use store::{CounterStore, EventStore, StatsStore};
+use store::{CounterStore, EventStore, LedgerStore, StatsStore};
 
 pub struct Inner {
     pub config: Config,
@@ -48,6 +48,8 @@ pub struct Inner {
     pub counter_store: Arc<dyn CounterStore>,
     /// Where the stats API reads.
     pub stats_store: Arc<dyn StatsStore>,
+    /// The delivery ledger's reports, dead letters and reads.
+    pub ledger: Arc<dyn LedgerStore>,
     pub counters: counters::Counters,
     pub metrics: metrics::Metrics,
     pub stats: stats::Hub,
@@ -61,15 +63,19 @@ pub struct Ports {
     pub events: Arc<dyn EventStore>,
     pub counters: Arc<dyn CounterStore>,
     pub stats: Arc<dyn StatsStore>,
+    pub ledger: Arc<dyn LedgerStore>,
 }
 
 impl Ports {
     /// One store behind every port.
-    pub fn all<S: EventStore + CounterStore + StatsStore + 'static>(store: Arc<S>) -> Self {
+    pub fn all<S: EventStore + CounterStore + StatsStore + LedgerStore + 'static>(
+        store: Arc<S>,
+    ) -> Self {
         Self {
             events: store.clone(),
             counters: store.clone(),
-            stats: store,
+            stats: store.clone(),
+            ledger: store,
         }
     }
 }
@@ -112,6 +118,7 @@ impl AppState {
             events: ports.events,
             counter_store: ports.counters,
             stats_store: ports.stats,
+            ledger: ports.ledger,
             counters,
             metrics: metrics::Metrics::new(),
             stats: stats::Hub::default(),
@@ -130,6 +137,24 @@ impl AppState {
             if let Err(error) = self.counter_store.prune(shard, cutoffs.0, cutoffs.1).await {
                 tracing::warn!(shard = %shard.name, %error, "pruning counts failed");
             }
+        }
+    }
+
+    /// Write the direct door's refusal counts to the delivery ledger (also
+    /// done every second); what fails is kept for the next time.
+    pub async fn flush_tallies(&self) {
+        let reports = self.direct.tallies.take();
+        if reports.is_empty() {
+            return;
+        }
+        let batch = protocol::Reports {
+            reports,
+            dead_letters: Vec::new(),
+        };
+        if let Err(error) = ingest::report(self, &batch).await {
+            tracing::warn!(%error, "refusal counts not written yet");
+            self.metrics.ledger_report_failures.inc();
+            self.direct.tallies.put_back(batch.reports);
         }
     }
 
@@ -211,6 +236,14 @@ fn spawn_background(state: &AppState, stop: &watch::Receiver<bool>) -> Vec<JoinH
         every(state, stop, (minute, minute), |state| async move {
             state.prune_counters().await;
         }),
+        every(
+            state,
+            stop,
+            (Duration::from_secs(1), Duration::from_secs(1)),
+            |state| async move {
+                state.flush_tallies().await;
+            },
+        ),
     ]
 }
 
@@ -250,6 +283,7 @@ pub async fn start(
         for job in background {
             let _ = job.await;
         }
+        server_state.flush_tallies().await;
         let mut failed = server_state.flush_counters().await;
         for _ in 0..3 {
             if failed == 0 {

@@ -17,6 +17,12 @@ pub struct Metrics {
     pub stats_polls: prometheus::IntCounter,
     /// Direct ingest: answers of the public API, by status.
     pub direct_requests: IntCounterVec,
+    /// Direct ingest: refusals no environment can be charged with (an unknown
+    /// or missing key, an unreadable Segment body), by error code.
+    pub direct_unattributed: IntCounterVec,
+    /// Direct ingest: refusal reports that could not be written yet (kept
+    /// and retried every second).
+    pub ledger_report_failures: prometheus::IntCounter,
     /// Direct ingest: events per group-commit write.
     pub group_commit_events: prometheus::Histogram,
     /// Set from the catalog when `/metrics` is read.
@@ -58,6 +64,19 @@ impl Metrics {
             "Direct ingest: public API requests by response status",
             &["status"],
         );
+        let direct_unattributed = counter(
+            "sluice_direct_unattributed_total",
+            "Direct ingest: refused requests without a known environment, by error code",
+            &["code"],
+        );
+        let ledger_report_failures = prometheus::IntCounter::new(
+            "sluice_ledger_report_failures_total",
+            "Direct ingest: writes of refusal counts to the delivery ledger that failed (retried)",
+        )
+        .expect("valid counter");
+        registry
+            .register(Box::new(ledger_report_failures.clone()))
+            .expect("unique metric");
         let group_commit_events = prometheus::Histogram::with_opts(
             HistogramOpts::new(
                 "sluice_group_commit_events",
@@ -114,6 +133,8 @@ impl Metrics {
             .expect("unique metric");
         Self {
             direct_requests,
+            direct_unattributed,
+            ledger_report_failures,
             group_commit_events,
             catalog_snapshot_age,
             stats_polls,

@@ -6,7 +6,7 @@
 //! order and answer it with the same status and error code.
 #![allow(async_fn_in_trait)]
 
-use protocol::Envelope;
+use protocol::{Acceptance, Envelope};
 use serde_json::{json, Value};
 
 use crate::error::{Door as Api, Error};
@@ -157,6 +157,26 @@ pub struct Tally {
     pub rejected: Option<(&'static str, u64)>,
     /// The refused request, for the debugger (the runtime bounds how many it keeps).
     pub sample: Option<protocol::Sample>,
+    /// The acceptance every accepted envelope carries (see [`accept`]).
+    pub acceptance: Option<Acceptance>,
+}
+
+/// Stamps every envelope of a request with the request's acceptance: a new
+/// id from `clock` and the number accepted. The first envelope to reach
+/// the backend tells the ledger the whole count.
+pub fn accept(envelopes: &mut [Envelope], clock: &impl Clock) -> Acceptance {
+    let (a, b) = (clock.random10(), clock.random10());
+    let mut id = [0u8; 16];
+    id[..10].copy_from_slice(&a);
+    id[10..].copy_from_slice(&b[..6]);
+    let acceptance = Acceptance {
+        id: crate::credentials::hex(&id),
+        n: u32::try_from(envelopes.len()).unwrap_or(u32::MAX),
+    };
+    for e in envelopes.iter_mut() {
+        e.acceptance = Some(acceptance.clone());
+    }
+    acceptance
 }
 
 /// What a door learned of a request on its way, for its [`Tally`].
@@ -168,6 +188,7 @@ struct Seen {
     /// The body as far as it was decoded.
     body: Option<Vec<u8>>,
     accepted: u64,
+    acceptance: Option<Acceptance>,
     /// Events refused while the rest were accepted (Segment), and why the first was.
     partly_rejected: Option<(u64, String)>,
 }
@@ -194,6 +215,7 @@ impl Seen {
                     .partly_rejected
                     .as_ref()
                     .map(|(_, reason)| sample(invalid, reason)),
+                acceptance: self.acceptance.clone(),
             },
             Err(e) => Tally {
                 env_id,
@@ -201,6 +223,7 @@ impl Seen {
                 accepted: 0,
                 rejected: Some((e.code(), self.events.unwrap_or(1).max(1))),
                 sample: Some(sample(e.code(), &e.body().message)),
+                acceptance: None,
             },
         })
     }
@@ -424,7 +447,8 @@ impl<K: Keys, S: Sink, C: Clock, L: Log> Doors<'_, K, S, C, L> {
         let payload = events::shape(body)?;
         seen.events = Some(payload.events.len() as u64);
         events::check_limits(&payload, limits)?;
-        let envelopes = events::build(payload, &meta, || self.clock.random10())?;
+        let mut envelopes = events::build(payload, &meta, || self.clock.random10())?;
+        seen.acceptance = Some(accept(&mut envelopes, self.clock));
         let accepted = envelopes.len();
         let pending = self.sink.prepare(env_id, envelopes)?;
         let body = Some(json!({ "accepted": accepted }));
@@ -504,7 +528,9 @@ impl<K: Keys, S: Sink, C: Clock, L: Log> Doors<'_, K, S, C, L> {
         }
         let body = outcome.body();
         let accepted = outcome.envelopes.len() as u64;
-        let pending = self.sink.prepare(env_id, outcome.envelopes)?;
+        let mut envelopes = outcome.envelopes;
+        seen.acceptance = Some(accept(&mut envelopes, self.clock));
+        let pending = self.sink.prepare(env_id, envelopes)?;
         self.sink.commit(pending).await?;
         seen.accepted = accepted;
         if outcome.rejected_count > 0 {

@@ -61,6 +61,7 @@ impl Keys for TestKeys {
 struct TestSink {
     fail: bool,
     taken: RefCell<usize>,
+    acceptances: RefCell<Vec<protocol::Acceptance>>,
 }
 
 impl Sink for TestSink {
@@ -69,6 +70,9 @@ impl Sink for TestSink {
         if self.fail {
             return Err(Error::QueueUnavailable);
         }
+        self.acceptances
+            .borrow_mut()
+            .extend(envelopes.iter().filter_map(|e| e.acceptance.clone()));
         Ok(envelopes.len())
     }
     async fn commit(&self, n: usize) -> Result<(), Error> {
@@ -131,9 +135,21 @@ fn accepted_events_are_counted_with_the_receive_time() {
     let (status, tally) = post("/v1/events", Some("sk_good"), &events(3), &sink);
     assert_eq!(status, 202);
     let tally = tally.expect("a tally");
-    assert_eq!((tally.env_id, tally.received_at, tally.accepted), (7, NOW, 3));
+    assert_eq!(
+        (tally.env_id, tally.received_at, tally.accepted),
+        (7, NOW, 3)
+    );
     assert_eq!(tally.rejected, None);
     assert_eq!(tally.sample, None);
+    let acceptance = tally.acceptance.expect("an acceptance");
+    assert_eq!(acceptance.n, 3);
+    assert_eq!(acceptance.id.len(), 32);
+    assert!(sink.acceptances.borrow().iter().all(|a| *a == acceptance));
+    assert_eq!(
+        sink.acceptances.borrow().len(),
+        3,
+        "every envelope carries it"
+    );
 }
 
 #[test]
@@ -181,7 +197,10 @@ fn a_rate_limited_key_is_counted_for_its_environment_an_unknown_key_is_not() {
     let (status, tally) = post("/v1/events", Some("sk_busy"), &events(2), &sink);
     assert_eq!(status, 429);
     let tally = tally.expect("the key's environment is known");
-    assert_eq!((tally.env_id, tally.rejected), (7, Some(("rate_limited", 1))));
+    assert_eq!(
+        (tally.env_id, tally.rejected),
+        (7, Some(("rate_limited", 1)))
+    );
 
     let (status, tally) = post("/v1/events", Some("sk_nope"), &events(2), &sink);
     assert_eq!((status, tally), (401, None));
@@ -216,7 +235,11 @@ fn segment_partial_batches_count_both_sides() {
     assert_eq!(tally.accepted, 2);
     assert_eq!(tally.rejected, Some(("invalid_events", 2)));
     let sample = tally.sample.unwrap();
-    assert!(sample.message.starts_with("message 1: "), "{}", sample.message);
+    assert!(
+        sample.message.starts_with("message 1: "),
+        "{}",
+        sample.message
+    );
     assert_eq!(*sink.taken.borrow(), 2);
 
     // Unparseable: no write key to attribute it to.

@@ -233,12 +233,22 @@ impl Report {
             return Err("received_at is out of range".into());
         }
         for code in self.rejected.keys().chain(self.dropped.keys()) {
-            if code.is_empty() || code.len() > MAX_REASON_LEN || !code.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()) {
-                return Err(format!("reason code {code:?} must be 1 to {MAX_REASON_LEN} of a-z, 0-9, _"));
+            if code.is_empty()
+                || code.len() > MAX_REASON_LEN
+                || !code
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+            {
+                return Err(format!(
+                    "reason code {code:?} must be 1 to {MAX_REASON_LEN} of a-z, 0-9, _"
+                ));
             }
         }
         for sample in &self.samples {
-            if sample.body.len() > MAX_SAMPLE_BYTES || sample.message.chars().count() > MAX_SAMPLE_MESSAGE_CHARS || sample.code.len() > MAX_REASON_LEN {
+            if sample.body.len() > MAX_SAMPLE_BYTES
+                || sample.message.chars().count() > MAX_SAMPLE_MESSAGE_CHARS
+                || sample.code.len() > MAX_REASON_LEN
+            {
                 return Err("a sample is over its limits".into());
             }
             if !timestamp_in_range(sample.received_at) {

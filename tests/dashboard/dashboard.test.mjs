@@ -14,7 +14,7 @@ process.env.SLUICE_COUNTER_FLUSH_MS = "500";
 
 const artifacts = path.join(root, "target/artifacts");
 const backend = new Backend();
-let browser, envId, readToken, bigEnvId, bigToken;
+let browser, envId, readToken, bigEnvId, bigToken, ledgerEnvId, ledgerToken;
 
 before(async () => {
   await backend.setup();
@@ -23,6 +23,8 @@ before(async () => {
   await backend.cli("metric", "add", "shop", "revenue", "--event", "checkout", "--sum", "amount");
   bigEnvId = await backend.createEnv("big", "a");
   bigToken = (await backend.cli("env", "token", "big")).trim();
+  ledgerEnvId = await backend.createEnv("ledger", "a");
+  ledgerToken = (await backend.cli("env", "token", "ledger")).trim();
   await backend.start();
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM_PATH || "/usr/bin/chromium",
@@ -38,8 +40,8 @@ after(async () => {
   await backend.drop();
 });
 
-async function ingest(events) {
-  const res = await fetch(`${backend.url}/v1/ingest`, {
+async function ingest(events, path = "/v1/ingest") {
+  const res = await fetch(`${backend.url}${path}`, {
     method: "POST",
     headers: { authorization: `Bearer ${INGEST_TOKEN}`, "content-type": "application/json" },
     body: JSON.stringify(events),
@@ -209,6 +211,46 @@ test("realistic data: long names truncate, counts never wrap, the y axis fits it
   }, Number(total));
   assert.ok(fit.axis >= fit.label + 10, `y axis ${fit.axis}px for a ${Math.round(fit.label)}px label`);
   await page.screenshot({ path: path.join(artifacts, "dashboard-realistic.png"), fullPage: true });
+  assert.deepEqual(problems, []);
+  await page.close();
+});
+
+test("the delivery panel shows the ledger, the reasons of rejections and a gap", async () => {
+  // Ten minutes ago (settled): a 3-event acceptance of which 2 arrived, and
+  // the door's report of what it refused then.
+  const at = Math.floor((Date.now() - 600_000) / 60_000) * 60_000 + 500;
+  const acceptance = { id: "abcdefabcdefabcdefabcdefabcdef01", n: 3 };
+  const envelope = (i) => ({ id: `ledger-${i}`, env_id: ledgerEnvId, name: "signup", timestamp: at, received_at: at, acceptance });
+  await ingest([envelope(0), envelope(1)]);
+  await ingest({ reports: [{ id: "abcdefabcdefabcdefabcdefabcdef02", env_id: ledgerEnvId, received_at: at,
+                             rejected: { invalid_json: 4, invalid_events: 3 } }] }, "/v1/ingest/reports");
+
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(e.message));
+  await page.goto(`${backend.url}/dashboard`);
+  await page.fill("#env", "ledger");
+  await page.fill("#token", ledgerToken);
+  await page.click("button[type=submit]");
+  await eventually(async () => (await page.getByTestId("rejected-total").textContent()) === "7", { ms: 20_000, what: "7 rejected" });
+  const rows = async (testid) => page.getByTestId(testid).locator("tbody tr").evaluateAll((trs) =>
+    Object.fromEntries(trs.map((tr) => [tr.children[0].textContent, tr.children[1].textContent])));
+  assert.deepEqual(await rows("rejections"), { invalid_json: "4", invalid_events: "3" });
+  const ledger = await rows("ledger");
+  assert.equal(ledger.Received, "10");
+  assert.equal(ledger.Accepted, "3");
+  assert.equal(ledger.Stored, "2");
+  assert.equal(ledger["In flight"], "1");
+  const warning = page.getByTestId("unbalanced");
+  assert.ok(await warning.isVisible(), "a settled minute with an event in flight is a gap");
+  assert.match(await warning.textContent(), /Not balanced: 1 event /);
+  await page.screenshot({ path: path.join(artifacts, "dashboard-delivery.png"), fullPage: true });
+
+  // The missing event arrives: the ledger adds up and the warning goes.
+  await ingest([envelope(2)]);
+  await page.click("button[type=submit]");
+  await eventually(async () => !(await warning.isVisible()), { ms: 20_000, what: "warning gone" });
+  assert.equal((await rows("ledger"))["In flight"], "0");
   assert.deepEqual(problems, []);
   await page.close();
 });

@@ -143,6 +143,27 @@ fn every_event_answered_2xx_is_stored_once_across_sigkills() {
         acked_hex.len(),
         "only the events sent are stored"
     );
+    // The delivery ledger was written with the rows, in their transaction:
+    // the kills lost none of it. Every acceptance (a 2xx, or a commit whose
+    // answer a kill cut off) is a stored row or a re-send of one.
+    let ledger = sql(
+        &server,
+        &format!(
+            "SELECT outcome, SUM(n) FROM `{prefix}_one`.delivery WHERE env_id = {env} GROUP BY outcome"
+        ),
+    );
+    let of = |outcome: &str| -> u64 {
+        ledger
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{outcome}\t")))
+            .map_or(0, |n| n.trim().parse().expect("a count"))
+    };
+    assert_eq!(of("stored"), unique.len() as u64, "{ledger}");
+    assert_eq!(
+        of("accepted"),
+        of("stored") + of("resent"),
+        "accepted = stored + resent after two SIGKILLs: {ledger}"
+    );
     drop(serving);
 }
 

@@ -11,6 +11,7 @@
 pub mod client;
 pub mod commit;
 pub mod keys;
+pub mod tallies;
 
 use std::{net::SocketAddr, sync::Mutex, time::Duration};
 
@@ -33,6 +34,8 @@ pub struct Direct {
     pub proxies: client::TrustedProxies,
     pub keys: keys::ApiKeys,
     pub commit: commit::GroupCommit,
+    /// Refusals waiting to be written to the delivery ledger.
+    pub tallies: tallies::Tallies,
     /// `SLUICE_PUBLIC_URL` as (scheme, host), when set.
     public_url: Option<(String, String)>,
 }
@@ -54,6 +57,7 @@ impl Direct {
                 config.direct_writers,
                 config.insert_chunk_rows,
             ),
+            tallies: tallies::Tallies::default(),
             public_url: config.public_url().ok().flatten(),
         }
     }
@@ -99,6 +103,23 @@ pub async fn fallback(State(state): State<AppState>, request: HttpRequest) -> Re
         .direct_requests
         .with_label_values(&[&answer.status.to_string()])
         .inc();
+    match &answer.tally {
+        Some(tally) => direct.tallies.add(tally),
+        None if answer.status >= 400 => {
+            let code = answer
+                .body
+                .as_ref()
+                .and_then(|b| b.get("error"))
+                .and_then(Value::as_str)
+                .unwrap_or("unknown");
+            state
+                .metrics
+                .direct_unattributed
+                .with_label_values(&[code])
+                .inc();
+        }
+        None => {}
+    }
     respond(answer)
 }
 

@@ -3,6 +3,7 @@
 //! Authorised by per-environment read tokens (`backend env token NAME`).
 
 mod auth;
+mod delivery;
 mod live;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use serde_json::json;
 
 pub use crate::store::{NamedCount, Second};
 pub use auth::{ReadAuth, TokenCache, TOKEN_CACHE_TTL};
+pub use delivery::{delivery, SETTLE_SECS};
 pub use live::{stream, Hub, Update};
 
 use crate::{
@@ -27,7 +29,7 @@ use crate::{
     AppState,
 };
 
-const MAX_POINTS: i64 = 10_000;
+pub(crate) const MAX_POINTS: i64 = 10_000;
 
 pub(crate) fn primary_shard(state: &AppState, env: &Environment) -> Result<Shard> {
     let snapshot = state.catalog.snapshot();
@@ -69,7 +71,7 @@ pub(crate) fn env_metrics(state: &AppState, env_id: u32) -> Vec<catalog::Metric>
 }
 
 /// The requested range in ms, defaulting to the last 24 hours.
-fn range(params: &RangeParams) -> Result<(i64, i64)> {
+pub(crate) fn range(params: &RangeParams) -> Result<(i64, i64)> {
     let now = chrono::Utc::now().timestamp_millis();
     let to = params
         .to
@@ -93,7 +95,7 @@ fn range(params: &RangeParams) -> Result<(i64, i64)> {
 }
 
 /// Minute buckets covering [from, to): from rounded down, to rounded up.
-fn minute_bounds(from: i64, to: i64) -> (chrono::NaiveDateTime, chrono::NaiveDateTime) {
+pub(crate) fn minute_bounds(from: i64, to: i64) -> (chrono::NaiveDateTime, chrono::NaiveDateTime) {
     let start = from.div_euclid(60_000) * 60;
     let end = (to + 59_999).div_euclid(60_000) * 60;
     (datetime(start), datetime(end))

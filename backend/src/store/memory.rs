@@ -2,22 +2,23 @@
 //! the catalog live in maps; any shard (or the catalog) can be made to fail.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     sync::{Mutex, MutexGuard},
     time::Instant,
 };
 
 use async_trait::async_trait;
-use protocol::{Envelope, EventType};
+use protocol::{DeadLetter, Envelope, EventType, Sample};
 use serde_json::json;
 
 use crate::{
+    delivery::{self, Counts, Entry},
     error::{Error, Result},
     model::{self, counted, Deltas, Sketch, KIND_SESSIONS, KIND_USERS},
     model::{Environment, Metric, Shard, Snapshot},
     store::{
-        Buckets, CatalogSource, CounterStore, EventStore, NamedCount, Second, StatsStore, Summary,
-        SummaryRange, WriteOutcome,
+        Buckets, CatalogSource, CounterStore, EventStore, LedgerStore, NamedCount, Second,
+        StatsStore, Summary, SummaryRange, WriteOutcome,
     },
 };
 
@@ -39,6 +40,22 @@ struct Shards {
     down: HashSet<u32>,
     /// (shard, env, envelopes) of every write attempted.
     writes: Vec<(u32, u32, usize)>,
+    /// (shard, env, minute, outcome, source) → events: the delivery ledger.
+    ledger: BTreeMap<(u32, u32, i64, String, [u8; 16]), u64>,
+    /// (shard, env, key, receive time) of dead letters.
+    dead_letters: BTreeSet<(u32, u32, [u8; 16], i64)>,
+    /// (shard, env, source, seq) → sampled refusal.
+    samples: BTreeMap<(u32, u32, [u8; 16], u16), Sample>,
+}
+
+impl Shards {
+    fn record(&mut self, shard_id: u32, env_id: u32, entries: &[Entry]) {
+        for e in entries {
+            self.ledger
+                .entry((shard_id, env_id, e.minute, e.outcome.clone(), e.source))
+                .or_insert(e.n);
+        }
+    }
 }
 
 /// Events, names and flushed counts per shard, in memory.
@@ -192,6 +209,15 @@ impl EventStore for MemoryStore {
                 shard.name
             )));
         }
+        let stored_before: HashMap<[u8; 16], i64> = {
+            let stored = s.events.entry((shard.id, env_id)).or_default();
+            envelopes
+                .iter()
+                .filter_map(|e| stored.get(&e.key()).map(|s| (e.key(), s.received_at)))
+                .collect()
+        };
+        let ledger = delivery::count_write(envelopes, &stored_before, rand::random());
+        s.record(shard.id, env_id, &ledger);
         let mut outcome = WriteOutcome::default();
         for &envelope in envelopes {
             let key = envelope.key();
@@ -224,6 +250,83 @@ impl EventStore for MemoryStore {
 
     fn recently_down(&self, shard_id: u32) -> bool {
         lock(&self.shards).down.contains(&shard_id)
+    }
+}
+
+#[async_trait]
+impl LedgerStore for MemoryStore {
+    async fn report(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        entries: &[Entry],
+        samples: &[([u8; 16], Sample)],
+    ) -> Result<()> {
+        let mut s = lock(&self.shards);
+        if s.failing_writes.contains(&shard.id) {
+            return Err(Error::Internal(format!(
+                "memory shard {} is failing",
+                shard.name
+            )));
+        }
+        s.record(shard.id, env_id, entries);
+        let mut seq: BTreeMap<[u8; 16], u16> = BTreeMap::new();
+        for (source, sample) in samples {
+            let n = seq.entry(*source).or_default();
+            s.samples
+                .entry((shard.id, env_id, *source, *n))
+                .or_insert_with(|| sample.clone());
+            *n += 1;
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self, shard: &Shard, env_id: u32, letters: &[DeadLetter]) -> Result<()> {
+        let mut s = lock(&self.shards);
+        for letter in letters {
+            s.dead_letters.insert((
+                shard.id,
+                env_id,
+                protocol::event_key(&letter.id),
+                letter.received_at,
+            ));
+        }
+        Ok(())
+    }
+
+    async fn ledger(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        start: i64,
+        end: i64,
+    ) -> Result<BTreeMap<i64, Counts>> {
+        let s = lock(&self.shards);
+        let mut out: BTreeMap<i64, Counts> = BTreeMap::new();
+        for ((sh, env, minute, outcome, _), n) in &s.ledger {
+            if (*sh, *env) == (shard.id, env_id) && (start..end).contains(minute) {
+                *out.entry(*minute)
+                    .or_default()
+                    .outcomes
+                    .entry(outcome.clone())
+                    .or_default() += n;
+            }
+        }
+        let stored = s.events.get(&(shard.id, env_id));
+        for (sh, env, key, received_at) in &s.dead_letters {
+            let minute = delivery::minute_of(*received_at);
+            if (*sh, *env) == (shard.id, env_id) && (start..end).contains(&minute) {
+                let counts = out.entry(minute).or_default();
+                counts.dead_lettered += 1;
+                if stored
+                    .and_then(|m| m.get(key))
+                    .is_some_and(|e| e.received_at == *received_at)
+                {
+                    counts.replayed += 1;
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

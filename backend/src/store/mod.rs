@@ -17,7 +17,10 @@ use protocol::Envelope;
 
 use serde::Serialize;
 
+use protocol::{DeadLetter, Sample};
+
 use crate::{
+    delivery::{Counts, Entry},
     error::Result,
     model::{Counted, Deltas, Metric, Shard, Snapshot},
 };
@@ -35,7 +38,9 @@ pub struct WriteOutcome {
 pub trait EventStore: Send + Sync {
     /// Write idempotently: envelopes whose id is already stored (or repeated
     /// in `envelopes`) are duplicates; `counted` lists exactly the new rows,
-    /// with their contributions to `metrics`.
+    /// with their contributions to `metrics`. The delivery ledger's rows of
+    /// the write (`crate::delivery::count_write`) are stored with the rows,
+    /// all or nothing.
     async fn write(
         &self,
         shard: &Shard,
@@ -55,6 +60,34 @@ pub trait EventStore: Send + Sync {
 
     /// Release connections (graceful shutdown).
     async fn close(&self) {}
+}
+
+/// The delivery ledger's storage beyond what writes count themselves (see
+/// [`EventStore::write`]): the doors' reports, dead letters, and the reads.
+#[async_trait]
+pub trait LedgerStore: Send + Sync {
+    /// Ledger rows of one environment (`INSERT IGNORE`: a source counted
+    /// twice counts once) and its doors' sampled refusals (by source and
+    /// position, so a redelivered report adds none).
+    async fn report(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        entries: &[Entry],
+        samples: &[([u8; 16], Sample)],
+    ) -> Result<()>;
+
+    /// Dead-lettered events, once each (by id and receive time).
+    async fn dead_letters(&self, shard: &Shard, env_id: u32, letters: &[DeadLetter]) -> Result<()>;
+
+    /// Summed counts per minute (unix seconds) of [start, end).
+    async fn ledger(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        start: i64,
+        end: i64,
+    ) -> Result<BTreeMap<i64, Counts>>;
 }
 
 /// Where the catalog cache (`crate::catalog::Catalog`) reads its snapshots from.

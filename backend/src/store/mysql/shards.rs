@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{mysql::MySqlPool, MySql, QueryBuilder, Row as _, Transaction};
 
 use crate::{
-    db,
+    db, delivery,
     error::Result,
     model::counted,
     model::{Metric, Shard},
@@ -169,6 +169,19 @@ pub fn events_insert<'q>(rows: &'q [&EventRow<'_>]) -> QueryBuilder<'q, MySql> {
     insert
 }
 
+/// One multi-row `INSERT IGNORE` of ledger rows.
+pub fn delivery_insert<'q>(env_id: u32, entries: &'q [delivery::Entry]) -> QueryBuilder<'q, MySql> {
+    let mut insert = QueryBuilder::<MySql>::new(INSERT_DELIVERY);
+    insert.push_values(entries, |mut b, e| {
+        b.push_bind(env_id)
+            .push_bind(crate::model::datetime(e.minute))
+            .push_bind(e.outcome.as_bytes())
+            .push_bind(&e.source[..])
+            .push_bind(e.n);
+    });
+    insert
+}
+
 /// A row being written, and the hash of its context's shared part (`None`
 /// when that part is empty) until its id is known.
 struct Row<'a> {
@@ -195,7 +208,8 @@ const INSERT_NAMES: &str = "INSERT IGNORE INTO event_names (env_id, event_type, 
 const INSERT_CONTEXTS: &str = "INSERT IGNORE INTO contexts (env_id, hash, context) ";
 const SELECT_CONTEXTS: &str = "SELECT id, hash FROM contexts WHERE env_id = ";
 const SELECT_NAMES: &str = "SELECT id, event_type, name FROM event_names WHERE env_id = ";
-const SELECT_EXISTING: &str = "SELECT id FROM events WHERE env_id = ";
+const SELECT_EXISTING: &str = "SELECT id, received_at FROM events WHERE env_id = ";
+const INSERT_DELIVERY: &str = "INSERT IGNORE INTO delivery (env_id, minute, outcome, source, n) ";
 
 impl Shards {
     pub fn new(pool_size: u32, acquire_timeout: Duration, chunk_rows: usize) -> Self {
@@ -401,6 +415,22 @@ impl Shards {
         Ok(found)
     }
 
+    /// Ledger rows, `INSERT IGNORE`d (a source counted twice counts once).
+    async fn record(
+        &self,
+        conn: &mut sqlx::MySqlConnection,
+        env_id: u32,
+        entries: &[delivery::Entry],
+    ) -> Result<()> {
+        for chunk in entries.chunks(self.chunk_rows) {
+            delivery_insert(env_id, chunk)
+                .build()
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn insert(&self, tx: &mut Transaction<'_, MySql>, rows: &[&EventRow<'_>]) -> Result<u64> {
         let mut affected = 0;
         for chunk in rows.chunks(self.chunk_rows) {
@@ -413,13 +443,14 @@ impl Shards {
         Ok(affected)
     }
 
+    /// The stored keys among `rows`, with their stored receive time (ms).
     async fn existing_keys(
         &self,
-        pool: &MySqlPool,
+        conn: &mut sqlx::MySqlConnection,
         env_id: u32,
         rows: &[&EventRow<'_>],
-    ) -> Result<HashSet<[u8; 16]>> {
-        let mut existing = HashSet::new();
+    ) -> Result<HashMap<[u8; 16], i64>> {
+        let mut existing = HashMap::new();
         for chunk in rows.chunks(self.chunk_rows) {
             let mut select = QueryBuilder::<MySql>::new(SELECT_EXISTING);
             select.push_bind(env_id).push(" AND id IN (");
@@ -428,23 +459,26 @@ impl Shards {
                 list.push_bind(&row.key[..]);
             }
             select.push(")");
-            for found in select.build().fetch_all(pool).await? {
+            for found in select.build().fetch_all(&mut *conn).await? {
                 let key: Vec<u8> = found.try_get(0)?;
+                let received_at: NaiveDateTime = found.try_get(1)?;
                 if let Ok(key) = <[u8; 16]>::try_from(key.as_slice()) {
-                    existing.insert(key);
+                    existing.insert(key, received_at.and_utc().timestamp_millis());
                 }
             }
         }
         Ok(existing)
     }
 
-    /// Write one environment's envelopes to one shard, idempotently.
+    /// Write one environment's envelopes to one shard, idempotently, with
+    /// their delivery-ledger rows in the same transaction.
     ///
-    /// The common cases (all new, or all already stored) cost one multi-row
-    /// `INSERT IGNORE` per chunk in one transaction. When only some rows are
-    /// new, the transaction is rolled back, the stored ids are read, and only
-    /// the new rows are inserted, so the counters learn exactly which rows
-    /// this write added.
+    /// The common case (all new) costs one multi-row `INSERT IGNORE` per
+    /// chunk and one ledger insert in one transaction. When some rows are
+    /// already stored, their stored receive times are read (they tell a
+    /// redelivery from a client's re-send); when only some are new, the
+    /// transaction is rolled back and only the new rows are inserted, so the
+    /// counters learn exactly which rows this write added.
     pub async fn write(
         &self,
         shard: &Shard,
@@ -504,29 +538,38 @@ impl Shards {
         }
 
         let all: Vec<&EventRow> = rows.iter().map(|r| &r.event).collect();
+        let write_source = rand::random::<[u8; 16]>();
         let mut tx = pool.begin().await?;
         let affected = self.insert(&mut tx, &all).await?;
-        let inserted: Vec<&EventRow> = if affected == all.len() as u64 || affected == 0 {
+        let inserted: Vec<&EventRow> = if affected == all.len() as u64 {
+            let ledger = delivery::count_write(envelopes, &HashMap::new(), write_source);
+            self.record(&mut tx, env_id, &ledger).await?;
             tx.commit().await?;
-            if affected == 0 {
-                Vec::new()
-            } else {
-                all
-            }
+            all
+        } else if affected == 0 {
+            let existing = self.existing_keys(&mut tx, env_id, &all).await?;
+            let ledger = delivery::count_write(envelopes, &existing, write_source);
+            self.record(&mut tx, env_id, &ledger).await?;
+            tx.commit().await?;
+            Vec::new()
         } else {
             tx.rollback().await?;
-            let existing = self.existing_keys(&pool, env_id, &all).await?;
+            let mut conn = pool.acquire().await?;
+            let existing = self.existing_keys(&mut conn, env_id, &all).await?;
+            drop(conn);
             let fresh: Vec<&EventRow> = all
                 .into_iter()
-                .filter(|r| !existing.contains(&r.key))
+                .filter(|r| !existing.contains_key(&r.key))
                 .collect();
+            let ledger = delivery::count_write(envelopes, &existing, write_source);
             let mut tx = pool.begin().await?;
             let affected = self.insert(&mut tx, &fresh).await?;
+            self.record(&mut tx, env_id, &ledger).await?;
             tx.commit().await?;
             if affected != fresh.len() as u64 {
                 // A concurrent writer stored some of the same ids in between;
-                // rows are still exact, only the derived counts may be off
-                // until `backend counters rebuild`.
+                // rows are still exact, only the derived counts (and this
+                // write's ledger rows) may be off until `backend counters rebuild`.
                 tracing::warn!(shard = %shard.name, env_id, affected, expected = fresh.len(), "concurrent duplicate write");
             }
             fresh.into_iter().take(affected as usize).collect()

@@ -1,0 +1,131 @@
+//! The delivery ledger on a shard: reports, dead letters, and the reads.
+//! (Writes add their own rows in `Shards::write`.)
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::NaiveDateTime;
+use protocol::{DeadLetter, Sample};
+use sqlx::{MySql, QueryBuilder, Row};
+
+use super::shards::{delivery_insert, Shards};
+use crate::{
+    delivery::{self, Counts, Entry},
+    error::Result,
+    model::{datetime, Shard},
+    store::LedgerStore,
+};
+
+const SUM_DELIVERY: &str = "SELECT minute, outcome, CAST(SUM(n) AS UNSIGNED) FROM delivery \
+    WHERE env_id = ? AND minute >= ? AND minute < ? GROUP BY minute, outcome";
+/// A dead letter was replayed when its event is stored with its receive time.
+const SUM_DEAD_LETTERS: &str = "SELECT d.minute, COUNT(*), \
+    CAST(COALESCE(SUM(e.id IS NOT NULL), 0) AS UNSIGNED) FROM dead_letters d \
+    LEFT JOIN events e ON e.env_id = d.env_id AND e.id = d.id AND e.received_at = d.received_at \
+    WHERE d.env_id = ? AND d.minute >= ? AND d.minute < ? GROUP BY d.minute";
+const INSERT_SAMPLES: &str =
+    "INSERT IGNORE INTO rejected_samples (env_id, source, seq, received_at, code, message, body) ";
+const INSERT_DEAD_LETTERS: &str =
+    "INSERT IGNORE INTO dead_letters (env_id, id, received_at, minute) ";
+
+fn ms_datetime(ms: i64) -> NaiveDateTime {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .naive_utc()
+}
+
+#[async_trait]
+impl LedgerStore for Shards {
+    async fn report(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        entries: &[Entry],
+        samples: &[([u8; 16], Sample)],
+    ) -> Result<()> {
+        let pool = self.pool(shard)?;
+        let mut tx = pool.begin().await?;
+        for chunk in entries.chunks(500) {
+            delivery_insert(env_id, chunk)
+                .build()
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !samples.is_empty() {
+            let mut insert = QueryBuilder::<MySql>::new(INSERT_SAMPLES);
+            let mut seq: BTreeMap<[u8; 16], u16> = BTreeMap::new();
+            insert.push_values(samples, |mut b, (source, sample)| {
+                let n = seq.entry(*source).or_default();
+                b.push_bind(env_id)
+                    .push_bind(&source[..])
+                    .push_bind(*n)
+                    .push_bind(ms_datetime(sample.received_at))
+                    .push_bind(sample.code.as_str())
+                    .push_bind(sample.message.as_str())
+                    .push_bind(sample.body.as_str());
+                *n += 1;
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, shard: &Shard, env_id: u32, letters: &[DeadLetter]) -> Result<()> {
+        let pool = self.pool(shard)?;
+        for chunk in letters.chunks(500) {
+            let mut insert = QueryBuilder::<MySql>::new(INSERT_DEAD_LETTERS);
+            insert.push_values(chunk, |mut b, letter| {
+                b.push_bind(env_id)
+                    .push_bind(protocol::event_key(&letter.id).to_vec())
+                    .push_bind(ms_datetime(letter.received_at))
+                    .push_bind(datetime(delivery::minute_of(letter.received_at)));
+            });
+            insert.build().execute(&pool).await?;
+        }
+        Ok(())
+    }
+
+    async fn ledger(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        start: i64,
+        end: i64,
+    ) -> Result<BTreeMap<i64, Counts>> {
+        let pool = self.counters_pool(shard)?;
+        let (start, end) = (datetime(start), datetime(end));
+        let mut out: BTreeMap<i64, Counts> = BTreeMap::new();
+        let rows = sqlx::query(SUM_DELIVERY)
+            .bind(env_id)
+            .bind(start)
+            .bind(end)
+            .fetch_all(&pool)
+            .await?;
+        for row in rows {
+            let minute: NaiveDateTime = row.try_get(0)?;
+            let outcome: Vec<u8> = row.try_get(1)?;
+            let n: u64 = row.try_get(2)?;
+            let counts = out.entry(minute.and_utc().timestamp()).or_default();
+            *counts
+                .outcomes
+                .entry(String::from_utf8_lossy(&outcome).into_owned())
+                .or_default() += n;
+        }
+        let rows = sqlx::query(SUM_DEAD_LETTERS)
+            .bind(env_id)
+            .bind(start)
+            .bind(end)
+            .fetch_all(&pool)
+            .await?;
+        for row in rows {
+            let minute: NaiveDateTime = row.try_get(0)?;
+            let all: i64 = row.try_get(1)?;
+            let replayed: u64 = row.try_get(2)?;
+            let counts = out.entry(minute.and_utc().timestamp()).or_default();
+            counts.dead_lettered += all.max(0) as u64;
+            counts.replayed += replayed;
+        }
+        Ok(out)
+    }
+}

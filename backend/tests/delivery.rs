@@ -1,0 +1,155 @@
+//! The delivery ledger against a real MariaDB: writes count their own rows
+//! (stored, resent, redelivered, accepted) in the insert's transaction,
+//! reports and dead letters count once, and the API adds them up.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use serde_json::{json, Value};
+
+async fn ledger(addr: SocketAddr, token: &str, from: i64, to: i64) -> Value {
+    let response = reqwest::Client::new()
+        .get(format!(
+            "http://{addr}/v1/stats/delivery?env=web&from={from}&to={to}&interval=minute"
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), 200);
+    response.json().await.expect("json")
+}
+
+async fn report(addr: SocketAddr, body: &Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("http://{addr}/v1/ingest/reports"))
+        .bearer_auth(TOKEN)
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn accepted(env: u32, id: &str, received_at: i64, acceptance: &str, n: u32) -> Value {
+    json!({"id": id, "env_id": env, "name": "e", "timestamp": received_at,
+           "received_at": received_at, "acceptance": {"id": acceptance, "n": n}})
+}
+
+const A: &str = "0123456789abcdef0123456789abcdef";
+const B: &str = "fedcba9876543210fedcba9876543210";
+
+#[tokio::test]
+async fn every_outcome_is_counted_once_and_the_ledger_adds_up() {
+    let (t, env, token) = Env::with_reader("web").await;
+    let (server, tx) = t.start(t.config()).await;
+    let addr = server.addr;
+    // A minute well in the past, so it is settled.
+    let at = (chrono::Utc::now().timestamp_millis() - 600_000) / 60_000 * 60_000 + 1_000;
+
+    // Acceptance A: 5 events, the fourth id twice (the client repeated it).
+    let a: Vec<Value> = ["a1", "a2", "a3", "a4", "a4"]
+        .iter()
+        .map(|id| accepted(env, id, at, A, 5))
+        .collect();
+    // The first three arrive; then all five (a redelivery of the three,
+    // the partial-write path for the rest); then all five again.
+    assert_eq!(ingest(addr, &json!(a[..3])).await.0, 200);
+    assert_eq!(ingest(addr, &json!(a)).await.0, 200);
+    assert_eq!(ingest(addr, &json!(a)).await.0, 200);
+    // A client re-send of a2 in a later request (acceptance B, 1 event).
+    assert_eq!(
+        ingest(addr, &json!([accepted(env, "a2", at + 5_000, B, 1)]))
+            .await
+            .0,
+        200
+    );
+
+    // The door's report, twice (a redelivery), and two dead letters of an
+    // acceptance none of whose envelopes arrived, one replayed later.
+    let c = "00000000000000000000000000000c0c";
+    let body = json!({
+        "reports": [{"id": "11111111111111111111111111111111", "env_id": env, "received_at": at,
+                     "rejected": {"invalid_json": 1, "invalid_events": 7},
+                     "samples": [{"received_at": at, "code": "invalid_json", "message": "body is not valid JSON", "body": "{oops"}]}],
+        "dead_letters": [
+            {"env_id": env, "id": "d1", "received_at": at, "acceptance": {"id": c, "n": 2}},
+            {"env_id": env, "id": "d2", "received_at": at, "acceptance": {"id": c, "n": 2}}
+        ]
+    });
+    for _ in 0..2 {
+        assert_eq!(
+            report(addr, &body).await,
+            (200, json!({"reports": 1, "dead_letters": 2}))
+        );
+    }
+    assert_eq!(
+        ingest(addr, &json!([accepted(env, "d1", at, c, 2)]))
+            .await
+            .0,
+        200
+    );
+
+    let l = ledger(addr, &token, at - 60_000, at + 120_000).await;
+    assert_eq!(l["accepted"], 5 + 1 + 2, "{l}");
+    assert_eq!(l["stored"], 4 + 1, "a1..a4 and the replayed d1");
+    assert_eq!(
+        l["resent"], 2,
+        "a4's repeat in its request, and a2 sent again"
+    );
+    assert_eq!(l["redelivered"], 3 + 5, "a1..a3, then all five again: {l}");
+    assert_eq!(
+        l["rejected"],
+        json!({"invalid_events": 7, "invalid_json": 1})
+    );
+    assert_eq!(l["received"], 16);
+    assert_eq!(
+        (l["dead_lettered"].as_u64(), l["replayed"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(l["in_flight"], 0, "{l}");
+    assert_eq!(l["balanced"], true);
+    let series = l["series"].as_array().expect("series");
+    assert_eq!(series.len(), 1, "one minute has counts: {l}");
+    assert_eq!(series[0]["t"], at / 60_000 * 60_000);
+
+    // What the ledger says is what the shard holds: a row per acceptance,
+    // the sample once, events once.
+    let pool = t.shard_pool("a").await;
+    assert_eq!(count(&pool, env).await, 5);
+    let samples: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rejected_samples WHERE env_id = ?")
+        .bind(env)
+        .fetch_one(&pool)
+        .await
+        .expect("samples");
+    assert_eq!(samples, 1);
+    let acceptances: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM delivery WHERE env_id = ? AND outcome = 'accepted'",
+    )
+    .bind(env)
+    .fetch_one(&pool)
+    .await
+    .expect("acceptances");
+    assert_eq!(
+        acceptances, 3,
+        "A, B and the dead letters' acceptance, once each"
+    );
+    // Stored events carry the time they were stored, for the live tail.
+    let stored_late: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM events_full WHERE env_id = ? AND stored_at > received_at",
+    )
+    .bind(env)
+    .fetch_one(&pool)
+    .await
+    .expect("stored_at");
+    assert_eq!(stored_late, 5);
+
+    // An environment the catalog does not know: skipped, not refused.
+    let stray = json!({"reports": [{"id": "x1", "env_id": 999_999, "received_at": at, "lost": 1}]});
+    assert_eq!(report(addr, &stray).await.0, 200);
+    stop(server, tx).await;
+    t.cleanup().await;
+}
