@@ -31,7 +31,8 @@ pub const SAMPLES_PER_MINUTE: u32 = 10;
 
 const MINUTE_MS: i64 = 60_000;
 
-/// 32 lowercase hex digits from the clock's randomness: an acceptance or report id.
+/// 32 lowercase hex digits from the clock's randomness: a report id (an
+/// acceptance's comes from `door::accept`, the same way).
 pub fn random_id(clock: &impl intake::door::Clock) -> String {
     let (a, b) = (clock.random10(), clock.random10());
     let mut id = String::with_capacity(32);
@@ -243,6 +244,7 @@ mod tests {
             received_at: fakes::NOW,
             accepted: 0,
             rejected: Some((code, n)),
+            acceptance: None,
             sample: sampled.then(|| protocol::Sample::new(fakes::NOW, code, "why", b"{\"x\":1}")),
         }
     }
