@@ -94,7 +94,11 @@ impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> Edge<'_, K, Q, C, L> {
     pub fn after(&self, response: &mut Response) -> After {
         After {
             deferred: response.deferred.take(),
-            tally: response.tally.take(),
+            // Accepted events need no report: their envelopes tell it.
+            tally: response
+                .tally
+                .take()
+                .filter(|t| t.rejected.is_some() || t.sample.is_some()),
             lost: self.unsent.take(),
         }
     }
@@ -478,6 +482,11 @@ mod tests {
         assert_eq!(r.status, 401);
         assert!(w.edge().after(&mut r).is_empty(), "nothing to report");
         assert!(w.log.has("request_refused"));
+
+        let mut r = w.fetch("POST", "/v1/events", &events(json!({"event": "a"})));
+        let after = w.edge().after(&mut r);
+        assert!(after.deferred.is_some());
+        assert!(after.tally.is_none(), "accepted events need no report");
     }
 
     #[test]
