@@ -131,7 +131,7 @@ impl<B: Backend, D: DeadLetterQueue, L: Log> Forwarder<'_, B, D, L> {
         }
         let all: Vec<(usize, &Reports)> = reports.iter().map(|(i, r)| (*i, r)).collect();
         let mut alone = Vec::new();
-        for (posts, isolate) in [(REPORTS_POST_BYTES, false), (0, true)] {
+        for (max_bytes, isolate) in [(REPORTS_POST_BYTES, false), (0, true)] {
             let scope: Vec<(usize, &Reports)> = if isolate {
                 all.iter()
                     .filter(|(i, _)| alone.contains(i))
@@ -143,7 +143,7 @@ impl<B: Backend, D: DeadLetterQueue, L: Log> Forwarder<'_, B, D, L> {
             if scope.is_empty() {
                 break;
             }
-            let merged = match forward::merge_reports(&scope, posts) {
+            let merged = match forward::merge_reports(&scope, max_bytes) {
                 Ok(merged) => merged,
                 Err(e) => {
                     self.log

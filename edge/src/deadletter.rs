@@ -154,6 +154,45 @@ mod tests {
     }
 
     #[test]
+    fn the_ledger_counts_envelopes_and_reports_of_a_dead_letter_and_nothing_else() {
+        let envelopes = r#"[{"id":"a","env_id":3,"name":"e","timestamp":1,"received_at":1700000000000,
+            "acceptance":{"id":"0123456789abcdef0123456789abcdef","n":1}}]"#;
+        let reports = ledger_reports(envelopes).expect("envelopes count");
+        assert_eq!(reports.dead_letters.len(), 1);
+        assert_eq!(
+            (
+                reports.dead_letters[0].env_id,
+                reports.dead_letters[0].id.as_str()
+            ),
+            (3, "a")
+        );
+        assert_eq!(
+            reports.dead_letters[0].acceptance.as_ref().map(|a| a.n),
+            Some(1)
+        );
+
+        let report = r#"{"reports":[{"id":"r1","env_id":3,"received_at":1700000000000,"rejected":{"invalid_json":1}}]}"#;
+        assert_eq!(
+            ledger_reports(report)
+                .expect("a report message")
+                .reports
+                .len(),
+            1
+        );
+
+        for junk in [
+            "not json",
+            "[]",
+            "[1]",
+            r#"[{"id":"x"}]"#,
+            "{}",
+            r#"{"reports":[{"id":""}]}"#,
+        ] {
+            assert!(ledger_reports(junk).is_none(), "{junk}");
+        }
+    }
+
+    #[test]
     fn non_string_bodies_become_json_text() {
         assert_eq!(body_text(&Value::String("a".into())), "a");
         assert_eq!(body_text(&serde_json::json!({"a": 1})), r#"{"a":1}"#);

@@ -373,6 +373,48 @@ mod tests {
         assert!(decode(&text).unwrap_err().contains("envelope 0"));
     }
 
+    fn reports(id: &str) -> protocol::Reports {
+        protocol::Reports {
+            reports: vec![protocol::Report {
+                id: id.into(),
+                env_id: 1,
+                received_at: 1_700_000_000_000,
+                rejected: [("invalid_json".to_owned(), 1)].into(),
+                ..protocol::Report::default()
+            }],
+            dead_letters: vec![],
+        }
+    }
+
+    #[test]
+    fn report_messages_decode_only_when_valid_and_merge_under_a_byte_cap() {
+        let text = serde_json::to_string(&reports("a")).unwrap();
+        assert_eq!(decode_reports(&text).unwrap(), reports("a"));
+        assert!(decode_reports("{}").unwrap_err().contains("nothing"));
+        assert!(decode_reports(r#"{"reports":[],"extra":1}"#).is_err());
+        let mut bad = reports("a");
+        bad.reports[0].rejected = [("Bad Code".to_owned(), 1)].into();
+        assert!(decode_reports(&serde_json::to_string(&bad).unwrap())
+            .unwrap_err()
+            .contains("report 0"));
+
+        let (a, b, c) = (reports("a"), reports("b"), reports("c"));
+        let all = [(0, &a), (1, &b), (2, &c)];
+        let merged = merge_reports(&all, BIG).unwrap();
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].0, vec![0, 1, 2]);
+        let back: protocol::Reports = serde_json::from_str(&merged[0].1).unwrap();
+        assert_eq!(back.reports.len(), 3);
+        let one = text.len();
+        let pairs = merge_reports(&all, 2 * one).unwrap();
+        assert_eq!(
+            pairs.iter().map(|(o, _)| o.len()).collect::<Vec<_>>(),
+            [2, 1]
+        );
+        let alone = merge_reports(&all, 0).unwrap();
+        assert_eq!(alone.len(), 3, "a cap below one message still sends each");
+    }
+
     #[test]
     fn grouping_packs_across_messages_up_to_the_size() {
         let m0 = vec![env("a"), env("b"), env("c")];
