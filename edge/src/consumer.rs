@@ -18,6 +18,9 @@ use crate::report;
 pub const STORE_MISSING_RETRY_SECONDS: u32 = 60;
 /// A dead letter whose write to the store failed is tried again after this.
 pub const STORE_FAILED_RETRY_SECONDS: u32 = 30;
+/// A dead letter the backend could not count this many times is stored
+/// uncounted (under the DLQ's `max_retries`, past which the queue drops it).
+pub const DEAD_LETTER_COUNT_ATTEMPTS: u32 = 5;
 /// About how much JSON one `POST /v1/ingest/reports` carries.
 pub const REPORTS_POST_BYTES: usize = 1024 * 1024;
 
@@ -304,8 +307,16 @@ pub async fn store_dead_letters<B: Backend>(
         );
         let key = deadletter::storage_key(&record);
         if let Err(delay_seconds) = count_dead_letter(&record, &key, backend, log).await {
-            message.retry(delay_seconds);
-            continue;
+            if message.attempts() < DEAD_LETTER_COUNT_ATTEMPTS {
+                message.retry(delay_seconds);
+                continue;
+            }
+            // The DLQ drops a message past its own max_retries: keep the
+            // letter for an operator rather than lose it uncounted.
+            log.error(
+                "dead_letter_uncounted",
+                json!({"key": key, "attempts": message.attempts(), "why": "the backend could not count it; stored anyway"}),
+            );
         }
         let stored = match serde_json::to_string(&record) {
             Ok(value) => store.put(&key, &value).await,
@@ -665,6 +676,22 @@ mod tests {
         );
         assert!(store.puts.borrow().is_empty(), "stored only once counted");
         assert!(log.has("dead_letter_report_failed"));
+        // Until it has been tried too often: then it is kept uncounted.
+        let messages = [Message::new(
+            "d1",
+            DEAD_LETTER_COUNT_ATTEMPTS,
+            json!([stamped("a")]).to_string(),
+        )];
+        block_on(store_dead_letters(
+            &messages,
+            Some(&store),
+            Some(&down),
+            &clock,
+            &log,
+        ));
+        assert_eq!(messages[0].outcome(), Some(Done::Acked));
+        assert_eq!(store.puts.borrow_mut().drain(..).count(), 1);
+        assert!(log.has("dead_letter_uncounted"));
 
         // Without the ingest token it waits; a refused count is stored anyway.
         let messages = [Message::new("d2", 1, json!([stamped("a")]).to_string())];
