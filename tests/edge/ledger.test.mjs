@@ -99,18 +99,18 @@ async function events(ids, { on = mf, name = "ledger" } = {}) {
   return res;
 }
 
-async function ledger() {
-  const q = new URLSearchParams({ env: ENV, from: String(started - 60_000), to: String(Date.now() + 120_000) });
+async function ledger(extra = {}) {
+  const q = new URLSearchParams({ env: ENV, from: String(started - 60_000), to: String(Date.now() + 120_000), ...extra });
   const res = await fetch(`${backend.url}/v1/stats/delivery?${q}`, { headers: { Authorization: `Bearer ${readToken}` } });
   if (res.status !== 200) throw new Error(`stats/delivery answered ${res.status}: ${await res.text()}`);
   return res.json();
 }
 
 test("the ledger balances after a load with refusals, re-sends, poison, redelivery and a SIGKILL", async () => {
-  // 1. Valid events, 40 requests × 20, 4 at a time; the backend is
+  // 1. Valid events, 100 requests × 20, 4 at a time; the backend is
   //    SIGKILLed after a quarter of them and restarted 3 s later. Refused
   //    requests are sent while it is down: their reports wait in the queue.
-  const REQUESTS = 40;
+  const REQUESTS = Number(process.env.SLUICE_LEDGER_REQUESTS || 100);
   const PER = 20;
   let next = 0;
   let done = 0;
@@ -222,6 +222,11 @@ test("the ledger balances after a load with refusals, re-sends, poison, redelive
   assert.equal(last.in_flight, 0);
   assert.equal(last.balanced, true);
   assert.ok(last.redelivered >= PER, `the lost answer's batch counted as redelivered (${last.redelivered})`);
+  // Per minute too: every minute of the load adds up on its own.
+  const { series } = await ledger({ interval: "minute" });
+  assert.ok(series.length >= 1, JSON.stringify(series));
+  for (const point of series) assert.equal(point.in_flight, 0, `minute ${point.t}: ${JSON.stringify(point)}`);
+  assert.equal(series.reduce((n, p) => n + p.accepted, 0), sent.accepted, "the minutes sum to the range");
   assert.ok(faults.r503 === 1 && faults.redeliver === 1 && faults.report503 === 1 && faults.poison >= 1, JSON.stringify(faults));
 });
 
