@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use protocol::{Envelope, Report};
+use protocol::{DeadLetter, Envelope, Report};
 use sha2::{Digest, Sha256};
 
 pub const ACCEPTED: &str = "accepted";
@@ -61,10 +61,14 @@ pub fn new_id() -> String {
 ///   receive time (the same acceptance, delivered again), else `resent`
 ///   (the client sent it again);
 /// - a new key: `stored` the first time it occurs, `resent` after;
-/// - `accepted`: each acceptance an envelope carries, with its own count
-///   (its id makes the rows of its other envelopes count once); an
-///   envelope without one is its own acceptance when it is stored or
-///   resent.
+/// - `accepted`, once per acceptance: one that arrives whole and for the
+///   first time (every one of its `n` envelopes here, none redelivered; a
+///   one-event request always does) is summed into this write's own row;
+///   one that arrives in parts gets a row keyed by its id, which its other
+///   parts' rows (and a report of its lost or dead-lettered part) repeat
+///   and `INSERT IGNORE` counts once; one whose envelopes are all
+///   redelivered was counted by the write that stored them. An envelope
+///   without an acceptance is its own when it is stored or resent.
 ///
 /// `write` is the source of this write's rows (fresh per write).
 pub fn count_write(
@@ -72,8 +76,14 @@ pub fn count_write(
     stored_before: &HashMap<[u8; 16], i64>,
     write: [u8; 16],
 ) -> Vec<Entry> {
+    struct Seen {
+        minute: i64,
+        n: u64,
+        here: u64,
+        redelivered: u64,
+    }
     let mut per_minute: BTreeMap<(i64, &'static str), u64> = BTreeMap::new();
-    let mut acceptances: BTreeMap<(i64, [u8; 16]), u64> = BTreeMap::new();
+    let mut acceptances: BTreeMap<[u8; 16], Seen> = BTreeMap::new();
     let mut first = HashSet::with_capacity(envelopes.len());
     for e in envelopes {
         let key = e.key();
@@ -87,12 +97,35 @@ pub fn count_write(
         *per_minute.entry((minute, outcome)).or_default() += 1;
         match &e.acceptance {
             Some(a) => {
-                acceptances.insert((minute, source_of(&a.id)), u64::from(a.n));
+                let seen = acceptances.entry(source_of(&a.id)).or_insert(Seen {
+                    minute,
+                    n: u64::from(a.n),
+                    here: 0,
+                    redelivered: 0,
+                });
+                seen.here += 1;
+                seen.redelivered += u64::from(outcome == REDELIVERED);
             }
             None if outcome != REDELIVERED => {
                 *per_minute.entry((minute, ACCEPTED)).or_default() += 1;
             }
             None => {}
+        }
+    }
+    let mut parts = Vec::new();
+    for (source, seen) in acceptances {
+        if seen.redelivered == seen.here {
+            continue;
+        }
+        if seen.redelivered == 0 && seen.here >= seen.n {
+            *per_minute.entry((seen.minute, ACCEPTED)).or_default() += seen.n;
+        } else {
+            parts.push(Entry {
+                minute: seen.minute,
+                outcome: ACCEPTED.to_owned(),
+                source,
+                n: seen.n,
+            });
         }
     }
     let mut entries: Vec<Entry> = per_minute
@@ -104,12 +137,7 @@ pub fn count_write(
             n,
         })
         .collect();
-    entries.extend(acceptances.into_iter().map(|((minute, source), n)| Entry {
-        minute,
-        outcome: ACCEPTED.to_owned(),
-        source,
-        n,
-    }));
+    entries.extend(parts);
     entries
 }
 
@@ -140,20 +168,32 @@ pub fn count_report(report: &Report) -> Vec<Entry> {
     entries
 }
 
-/// The acceptance a dead letter belongs to, counted with the dead letter:
-/// none of its envelopes may ever have reached a write. One without an
-/// acceptance (sent before the edge stamped them) is its own.
-pub fn dead_letter_acceptance(letter: &protocol::DeadLetter) -> Entry {
-    let (source, n) = match &letter.acceptance {
-        Some(a) => (source_of(&a.id), u64::from(a.n)),
-        None => (protocol::event_key(&letter.id), 1),
-    };
-    Entry {
-        minute: minute_of(letter.received_at),
-        outcome: ACCEPTED.to_owned(),
-        source,
-        n,
+/// The acceptances of dead letters, counted with them (none of their
+/// envelopes may ever have reached a write), except those whose every dead
+/// letter here is stored (`stored`: positions in `letters`) — a write
+/// counted them. One without an acceptance (sent before the edge stamped
+/// them) is its own.
+pub fn dead_letter_acceptances(letters: &[DeadLetter], stored: &HashSet<usize>) -> Vec<Entry> {
+    let mut out: BTreeMap<[u8; 16], (Entry, bool)> = BTreeMap::new();
+    for (i, letter) in letters.iter().enumerate() {
+        let (source, n) = match &letter.acceptance {
+            Some(a) => (source_of(&a.id), u64::from(a.n)),
+            None => (protocol::event_key(&letter.id), 1),
+        };
+        let slot = out.entry(source).or_insert_with(|| {
+            let entry = Entry {
+                minute: minute_of(letter.received_at),
+                outcome: ACCEPTED.to_owned(),
+                source,
+                n,
+            };
+            (entry, false)
+        });
+        slot.1 |= !stored.contains(&i);
     }
+    out.into_values()
+        .filter_map(|(entry, unstored)| unstored.then_some(entry))
+        .collect()
 }
 
 /// Summed ledger rows of one minute or a range: outcome → events. Dead
@@ -290,9 +330,39 @@ mod tests {
         // The same id twice in one request: the client sent it again.
         assert_eq!(got[&(60, RESENT.into())], 1);
         assert_eq!(got[&(60, ACCEPTED.into())], 3);
+        // Whole and new: summed into the write's own row.
         let accepted: Vec<_> = entries.iter().filter(|e| e.outcome == ACCEPTED).collect();
-        assert_eq!(accepted.len(), 1, "one row per acceptance");
-        assert_eq!(accepted[0].source, source_of(A));
+        assert_eq!(accepted.len(), 1);
+        assert_eq!(accepted[0].source, [9; 16]);
+    }
+
+    #[test]
+    fn an_acceptance_in_parts_is_keyed_by_its_id_and_counted_once() {
+        let list: Vec<Envelope> = ["a", "b", "c"]
+            .iter()
+            .map(|id| envelope(id, 60_500, Some((A, 3))))
+            .collect();
+        let refs: Vec<&Envelope> = list.iter().collect();
+        // Two of three arrive: a row keyed by the acceptance.
+        let part = count_write(&refs[..2], &HashMap::new(), [1; 16]);
+        let keyed: Vec<_> = part.iter().filter(|e| e.outcome == ACCEPTED).collect();
+        assert_eq!(
+            (keyed.len(), keyed[0].source, keyed[0].n),
+            (1, source_of(A), 3)
+        );
+        // The rest arrives with a redelivery of the first two: the same row again.
+        let before = HashMap::from([(list[0].key(), 60_500), (list[1].key(), 60_500)]);
+        let rest = count_write(&refs, &before, [2; 16]);
+        let keyed: Vec<_> = rest.iter().filter(|e| e.outcome == ACCEPTED).collect();
+        assert_eq!((keyed.len(), keyed[0].source), (1, source_of(A)));
+        // All redelivered: nothing accepted (the writes that stored them counted it).
+        let all = HashMap::from([
+            (list[0].key(), 60_500),
+            (list[1].key(), 60_500),
+            (list[2].key(), 60_500),
+        ]);
+        let again = count_write(&refs[1..], &all, [3; 16]);
+        assert!(again.iter().all(|e| e.outcome != ACCEPTED), "{again:?}");
     }
 
     #[test]

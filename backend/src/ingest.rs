@@ -217,9 +217,11 @@ pub async fn report(state: &AppState, batch: &protocol::Reports) -> Result<Repor
         slot.1.extend(r.samples.iter().map(|s| (source, s.clone())));
     }
     for letter in &batch.dead_letters {
-        let slot = per_env.entry(letter.env_id).or_default();
-        slot.0.push(crate::delivery::dead_letter_acceptance(letter));
-        slot.2.push(letter.clone());
+        per_env
+            .entry(letter.env_id)
+            .or_default()
+            .2
+            .push(letter.clone());
     }
     let env_ids: Vec<u32> = per_env.keys().copied().collect();
     let snapshot = state.catalog.routing_snapshot(&env_ids).await?;
@@ -232,13 +234,15 @@ pub async fn report(state: &AppState, batch: &protocol::Reports) -> Result<Repor
         }
         for shard in &targets {
             let written = async {
+                let mut entries = entries.clone();
+                if !letters.is_empty() {
+                    let stored = state.ledger.dead_letters(shard, *env_id, letters).await?;
+                    entries.extend(crate::delivery::dead_letter_acceptances(letters, &stored));
+                }
                 state
                     .ledger
-                    .report(shard, *env_id, entries, samples)
+                    .report(shard, *env_id, &entries, samples)
                     .await?;
-                if !letters.is_empty() {
-                    state.ledger.dead_letters(shard, *env_id, letters).await?;
-                }
                 Ok::<_, Error>(())
             };
             tokio::time::timeout(state.config.shard_timeout(), written)

@@ -92,10 +92,22 @@ async fn every_outcome_is_counted_once_and_the_ledger_adds_up() {
             .0,
         200
     );
+    // A one-event request stored whole, then dead-lettered anyway (its
+    // answers were lost until the queue gave up): its acceptance was
+    // counted by the write, and the dead letter nets out as replayed.
+    let d = "00000000000000000000000000000d0d";
+    assert_eq!(
+        ingest(addr, &json!([accepted(env, "e1", at, d, 1)]))
+            .await
+            .0,
+        200
+    );
+    let late = json!({"dead_letters": [{"env_id": env, "id": "e1", "received_at": at, "acceptance": {"id": d, "n": 1}}]});
+    assert_eq!(report(addr, &late).await.0, 200);
 
     let l = ledger(addr, &token, at - 60_000, at + 120_000).await;
-    assert_eq!(l["accepted"], 5 + 1 + 2, "{l}");
-    assert_eq!(l["stored"], 4 + 1, "a1..a4 and the replayed d1");
+    assert_eq!(l["accepted"], 5 + 1 + 2 + 1, "{l}");
+    assert_eq!(l["stored"], 4 + 1 + 1, "a1..a4, the replayed d1, e1");
     assert_eq!(
         l["resent"], 2,
         "a4's repeat in its request, and a2 sent again"
@@ -105,10 +117,10 @@ async fn every_outcome_is_counted_once_and_the_ledger_adds_up() {
         l["rejected"],
         json!({"invalid_events": 7, "invalid_json": 1})
     );
-    assert_eq!(l["received"], 16);
+    assert_eq!(l["received"], 17);
     assert_eq!(
         (l["dead_lettered"].as_u64(), l["replayed"].as_u64()),
-        (Some(2), Some(1))
+        (Some(3), Some(2))
     );
     assert_eq!(l["in_flight"], 0, "{l}");
     assert_eq!(l["balanced"], true);
@@ -119,7 +131,7 @@ async fn every_outcome_is_counted_once_and_the_ledger_adds_up() {
     // What the ledger says is what the shard holds: a row per acceptance,
     // the sample once, events once.
     let pool = t.shard_pool("a").await;
-    assert_eq!(count(&pool, env).await, 5);
+    assert_eq!(count(&pool, env).await, 6);
     let samples: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rejected_samples WHERE env_id = ?")
         .bind(env)
         .fetch_one(&pool)
@@ -134,8 +146,8 @@ async fn every_outcome_is_counted_once_and_the_ledger_adds_up() {
     .await
     .expect("acceptances");
     assert_eq!(
-        acceptances, 3,
-        "A, B and the dead letters' acceptance, once each"
+        acceptances, 4,
+        "A and C came in parts: keyed by their ids, once each; B and D came whole: in their writes' rows"
     );
     // Stored events carry the time they were stored, for the live tail.
     let stored_late: i64 = sqlx::query_scalar(
@@ -145,7 +157,7 @@ async fn every_outcome_is_counted_once_and_the_ledger_adds_up() {
     .fetch_one(&pool)
     .await
     .expect("stored_at");
-    assert_eq!(stored_late, 5);
+    assert_eq!(stored_late, 6);
 
     // An environment the catalog does not know: skipped, not refused.
     let stray = json!({"reports": [{"id": "x1", "env_id": 999_999, "received_at": at, "lost": 1}]});

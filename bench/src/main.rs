@@ -27,6 +27,7 @@ use std::{
 
 mod direct;
 mod edge;
+mod ledger;
 
 use backend::shards::{events_insert, EventRow};
 use futures::{stream, StreamExt};
@@ -97,8 +98,8 @@ fn args() -> Args {
                 a.skip = value().split(',').map(|s| s.trim().to_string()).collect();
                 for stage in &a.skip {
                     assert!(
-                        ["storage", "direct", "edge"].contains(&stage.as_str()),
-                        "--skip takes storage, direct and edge (comma-separated), not {stage}"
+                        ["storage", "direct", "edge", "ledger"].contains(&stage.as_str()),
+                        "--skip takes storage, direct, edge and ledger (comma-separated), not {stage}"
                     );
                 }
             }
@@ -481,6 +482,9 @@ async fn throughput(args: &Args, prefix: &str, figures: &mut Vec<Figure>) -> (Ve
         );
     }
     let rss = peak_rss_mb(server.0.id());
+    if !args.skips("ledger") {
+        ledger::figures(&pools[0], per_env, args.runs, figures).await;
+    }
     // Stats figures are taken over `--storage-events` events in one environment: top it up.
     let mut stored = args.runs * per_env;
     let mut seed = 9000;

@@ -281,17 +281,27 @@ impl LedgerStore for MemoryStore {
         Ok(())
     }
 
-    async fn dead_letters(&self, shard: &Shard, env_id: u32, letters: &[DeadLetter]) -> Result<()> {
+    async fn dead_letters(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        letters: &[DeadLetter],
+    ) -> Result<HashSet<usize>> {
         let mut s = lock(&self.shards);
-        for letter in letters {
-            s.dead_letters.insert((
-                shard.id,
-                env_id,
-                protocol::event_key(&letter.id),
-                letter.received_at,
-            ));
+        let mut stored = HashSet::new();
+        for (i, letter) in letters.iter().enumerate() {
+            let key = protocol::event_key(&letter.id);
+            s.dead_letters
+                .insert((shard.id, env_id, key, letter.received_at));
+            if s.events
+                .get(&(shard.id, env_id))
+                .and_then(|m| m.get(&key))
+                .is_some_and(|e| e.received_at == letter.received_at)
+            {
+                stored.insert(i);
+            }
         }
-        Ok(())
+        Ok(stored)
     }
 
     async fn ledger(

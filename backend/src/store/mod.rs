@@ -77,8 +77,15 @@ pub trait LedgerStore: Send + Sync {
         samples: &[([u8; 16], Sample)],
     ) -> Result<()>;
 
-    /// Dead-lettered events, once each (by id and receive time).
-    async fn dead_letters(&self, shard: &Shard, env_id: u32, letters: &[DeadLetter]) -> Result<()>;
+    /// Dead-lettered events, once each (by id and receive time); returns
+    /// the positions of those already stored with their receive time (a
+    /// write counted their acceptance).
+    async fn dead_letters(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        letters: &[DeadLetter],
+    ) -> Result<std::collections::HashSet<usize>>;
 
     /// Summed counts per minute (unix seconds) of [start, end).
     async fn ledger(

@@ -1,7 +1,7 @@
 //! The delivery ledger on a shard: reports, dead letters, and the reads.
 //! (Writes add their own rows in `Shards::write`.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
@@ -25,6 +25,7 @@ const SUM_DEAD_LETTERS: &str = "SELECT d.minute, COUNT(*), \
     WHERE d.env_id = ? AND d.minute >= ? AND d.minute < ? GROUP BY d.minute";
 const INSERT_SAMPLES: &str =
     "INSERT IGNORE INTO rejected_samples (env_id, source, seq, received_at, code, message, body) ";
+const SELECT_STORED: &str = "SELECT id, received_at FROM events WHERE env_id = ";
 const INSERT_DEAD_LETTERS: &str =
     "INSERT IGNORE INTO dead_letters (env_id, id, received_at, minute) ";
 
@@ -71,9 +72,15 @@ impl LedgerStore for Shards {
         Ok(())
     }
 
-    async fn dead_letters(&self, shard: &Shard, env_id: u32, letters: &[DeadLetter]) -> Result<()> {
+    async fn dead_letters(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        letters: &[DeadLetter],
+    ) -> Result<HashSet<usize>> {
         let pool = self.pool(shard)?;
-        for chunk in letters.chunks(500) {
+        let mut stored = HashSet::new();
+        for (c, chunk) in letters.chunks(500).enumerate() {
             let mut insert = QueryBuilder::<MySql>::new(INSERT_DEAD_LETTERS);
             insert.push_values(chunk, |mut b, letter| {
                 b.push_bind(env_id)
@@ -82,8 +89,27 @@ impl LedgerStore for Shards {
                     .push_bind(datetime(delivery::minute_of(letter.received_at)));
             });
             insert.build().execute(&pool).await?;
+            let mut select = QueryBuilder::<MySql>::new(SELECT_STORED);
+            select.push_bind(env_id).push(" AND id IN (");
+            let mut list = select.separated(", ");
+            for letter in chunk {
+                list.push_bind(protocol::event_key(&letter.id).to_vec());
+            }
+            select.push(")");
+            let mut found: HashMap<Vec<u8>, i64> = HashMap::new();
+            for row in select.build().fetch_all(&pool).await? {
+                let key: Vec<u8> = row.try_get(0)?;
+                let at: NaiveDateTime = row.try_get(1)?;
+                found.insert(key, at.and_utc().timestamp_millis());
+            }
+            for (i, letter) in chunk.iter().enumerate() {
+                let key = protocol::event_key(&letter.id).to_vec();
+                if found.get(&key) == Some(&letter.received_at) {
+                    stored.insert(c * 500 + i);
+                }
+            }
         }
-        Ok(())
+        Ok(stored)
     }
 
     async fn ledger(
