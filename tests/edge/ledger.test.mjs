@@ -173,7 +173,15 @@ test("the ledger balances after a load with refusals, re-sends, poison, redelive
   // The worker logs it, the only trace it leaves.
   await eventually(() => mf.logs.join("").includes('"event":"request_refused"'), { ms: 5_000, what: "the 401 logged" });
 
-  // 5. Through the proxy's faults: a 503 once, a lost answer (redelivery), poison.
+  // 5. One request of 1,000 events over several queue messages and backend
+  //    sub-batches: its acceptance arrives in parts and counts once.
+  const big = Array.from({ length: 1000 }, (_, i) => ({ event: "big", id: `big-${i}`, properties: { pad: "x".repeat(400) } }));
+  const bigRes = await post(mf, "/v1/events", { key, body: big });
+  assert.equal(bigRes.status, 202, bigRes.text);
+  sent.accepted += big.length;
+  for (const e of big) sent.ids.add(e.id);
+
+  // 6. Through the proxy's faults: a 503 once, a lost answer (redelivery), poison.
   assert.equal((await events(Array.from({ length: PER }, (_, i) => `r503-${i}`))).status, 202);
   assert.equal((await events(Array.from({ length: PER }, (_, i) => `redeliver-${i}`))).status, 202);
   const poison = Array.from({ length: 5 }, (_, i) => `poison-${i}`);
@@ -183,7 +191,7 @@ test("the ledger balances after a load with refusals, re-sends, poison, redelive
   // A message no edge sent: dead-lettered, and counted nowhere.
   await (await mf.getQueueProducer("EVENTS")).send("not json at all", { contentType: "text" });
 
-  // 6. A burst at the rate-limited worker: 3 pass per 10 s, the rest are 429.
+  // 7. A burst at the rate-limited worker: 3 pass per 10 s, the rest are 429.
   let limitedCount = 0;
   for (let r = 0; r < 8; r++) {
     const res = await events([`limited-${r}-a`, `limited-${r}-b`], { on: limited });
