@@ -1395,6 +1395,17 @@ async fn a_redelivered_batch_is_redelivered_not_accepted_again() {
         (Some(2), Some(2), Some(4)),
         "{body}"
     );
+    // Compaction sums the three writes' rows; the ledger reads the same.
+    assert_eq!(
+        h.state.compact_ledger(Duration::ZERO).await,
+        1,
+        "two redelivered rows became one"
+    );
+    let again = ledger(&h.state, &range_around(now)).await;
+    assert_eq!(
+        (again["accepted"].clone(), again["redelivered"].clone()),
+        (json!(2), json!(4))
+    );
     // Only one envelope of a two-event acceptance has arrived: one in flight,
     // which a settled minute would show as a gap.
     let mut half = envelope(WEB, 3, "e", now - 600_000);

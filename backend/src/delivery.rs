@@ -29,7 +29,13 @@ pub struct Entry {
     pub outcome: String,
     pub source: [u8; 16],
     pub n: u64,
+    /// A write's own row (its source is that write's alone), which
+    /// compaction may sum with the minute's others.
+    pub summable: bool,
 }
+
+/// The source of a minute's compacted write rows.
+pub const SUMMED: [u8; 16] = [0; 16];
 
 /// The minute (unix seconds) a receive time in ms falls in.
 pub fn minute_of(ms: i64) -> i64 {
@@ -125,6 +131,7 @@ pub fn count_write(
                 outcome: ACCEPTED.to_owned(),
                 source,
                 n: seen.n,
+                summable: false,
             });
         }
     }
@@ -135,6 +142,7 @@ pub fn count_write(
             outcome: outcome.to_owned(),
             source: write,
             n,
+            summable: true,
         })
         .collect();
     entries.extend(parts);
@@ -150,6 +158,7 @@ pub fn count_report(report: &Report) -> Vec<Entry> {
         outcome,
         source,
         n,
+        summable: false,
     };
     let mut entries = Vec::new();
     for (code, &n) in &report.rejected {
@@ -186,6 +195,7 @@ pub fn dead_letter_acceptances(letters: &[DeadLetter], stored: &HashSet<usize>) 
                 outcome: ACCEPTED.to_owned(),
                 source,
                 n,
+                summable: false,
             };
             (entry, false)
         });

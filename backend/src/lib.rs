@@ -158,6 +158,32 @@ impl AppState {
         }
     }
 
+    /// Sum the delivery ledger's write rows of minutes older than
+    /// `older_than` into one row per minute and outcome, on every shard,
+    /// at most `LEDGER_COMPACT_MINUTES` minutes per environment and shard
+    /// (also done every minute for minutes over an hour old). Returns how
+    /// many rows went.
+    pub async fn compact_ledger(&self, older_than: Duration) -> u64 {
+        let before = chrono::Utc::now().timestamp() - older_than.as_secs() as i64;
+        let snapshot = self.catalog.snapshot();
+        let mut removed = 0;
+        for env_id in snapshot.environments.keys() {
+            for shard in snapshot.targets(*env_id).unwrap_or_default() {
+                match self
+                    .ledger
+                    .compact(shard, *env_id, before, LEDGER_COMPACT_MINUTES)
+                    .await
+                {
+                    Ok(n) => removed += n,
+                    Err(error) => {
+                        tracing::warn!(shard = %shard.name, env_id, %error, "ledger compaction failed")
+                    }
+                }
+            }
+        }
+        removed
+    }
+
     /// Flush counter deltas now (also done every `SLUICE_COUNTER_FLUSH_MS`).
     /// Returns how many shards failed (their deltas are kept for the next flush).
     pub async fn flush_counters(&self) -> usize {
@@ -174,6 +200,12 @@ impl AppState {
         failed.len()
     }
 }
+
+/// Minutes of one environment's ledger compacted per pass and shard.
+pub const LEDGER_COMPACT_MINUTES: u32 = 120;
+/// Write rows of the ledger are summed once their minute is this old (late
+/// writes into it still count, added beside the sum).
+pub const LEDGER_COMPACT_AFTER: Duration = Duration::from_secs(3600);
 
 /// Run `job` every `period` (first after `delay`) in a task of its own,
 /// until `stop` turns true.
@@ -244,6 +276,9 @@ fn spawn_background(state: &AppState, stop: &watch::Receiver<bool>) -> Vec<JoinH
                 state.flush_tallies().await;
             },
         ),
+        every(state, stop, (minute, minute), |state| async move {
+            state.compact_ledger(LEDGER_COMPACT_AFTER).await;
+        }),
     ]
 }
 

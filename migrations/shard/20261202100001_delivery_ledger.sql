@@ -5,12 +5,17 @@
 -- source: what counted the row (an acceptance, a report, one write); rows
 -- are written with INSERT IGNORE, so a source counted twice counts once.
 -- Writes add their rows in the same transaction as the events they count.
+-- summable: a write's own row (its source is unique to that write), which
+-- the background compaction sums into one row per minute and outcome
+-- (source all zeros); rows keyed by an acceptance or a report id stay, as
+-- they must for a redelivered report or part to count once.
 CREATE TABLE IF NOT EXISTS delivery (
     env_id INT UNSIGNED NOT NULL,
     minute DATETIME NOT NULL,
     outcome VARBINARY(80) NOT NULL,
     source BINARY(16) NOT NULL,
     n BIGINT UNSIGNED NOT NULL,
+    summable TINYINT(1) NOT NULL DEFAULT 0,
     PRIMARY KEY (env_id, minute, outcome, source)
 ) ENGINE=InnoDB;
 

@@ -26,6 +26,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// (shard, env, minute, outcome, source) of a ledger row, whose value is
+/// (events, summable).
+type LedgerKey = (u32, u32, i64, String, [u8; 16]);
+
 #[derive(Default)]
 struct Shards {
     /// (shard, env) → stored envelopes by key, in insertion order of keys.
@@ -40,8 +44,8 @@ struct Shards {
     down: HashSet<u32>,
     /// (shard, env, envelopes) of every write attempted.
     writes: Vec<(u32, u32, usize)>,
-    /// (shard, env, minute, outcome, source) → events: the delivery ledger.
-    ledger: BTreeMap<(u32, u32, i64, String, [u8; 16]), u64>,
+    /// The delivery ledger.
+    ledger: BTreeMap<LedgerKey, (u64, bool)>,
     /// (shard, env, key, receive time) of dead letters.
     dead_letters: BTreeSet<(u32, u32, [u8; 16], i64)>,
     /// (shard, env, source, seq) → sampled refusal.
@@ -53,7 +57,7 @@ impl Shards {
         for e in entries {
             self.ledger
                 .entry((shard_id, env_id, e.minute, e.outcome.clone(), e.source))
-                .or_insert(e.n);
+                .or_insert((e.n, e.summable));
         }
     }
 }
@@ -304,6 +308,51 @@ impl LedgerStore for MemoryStore {
         Ok(stored)
     }
 
+    async fn compact(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        before: i64,
+        max_minutes: u32,
+    ) -> Result<u64> {
+        let mut s = lock(&self.shards);
+        let mut minutes = BTreeSet::new();
+        for ((sh, env, minute, _, source), (_, summable)) in &s.ledger {
+            if (*sh, *env) == (shard.id, env_id)
+                && *minute < before
+                && *summable
+                && *source != delivery::SUMMED
+            {
+                minutes.insert(*minute);
+            }
+        }
+        let mut removed = 0;
+        for minute in minutes.into_iter().take(max_minutes as usize) {
+            let keys: Vec<_> = s
+                .ledger
+                .iter()
+                .filter(|((sh, env, m, _, _), (_, summable))| {
+                    (*sh, *env, *m) == (shard.id, env_id, minute) && *summable
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut sums: BTreeMap<String, u64> = BTreeMap::new();
+            for key in &keys {
+                if let Some((n, _)) = s.ledger.remove(key) {
+                    *sums.entry(key.3.clone()).or_default() += n;
+                }
+            }
+            removed += (keys.len() - sums.len()) as u64;
+            for (outcome, n) in sums {
+                s.ledger.insert(
+                    (shard.id, env_id, minute, outcome, delivery::SUMMED),
+                    (n, true),
+                );
+            }
+        }
+        Ok(removed)
+    }
+
     async fn ledger(
         &self,
         shard: &Shard,
@@ -313,7 +362,7 @@ impl LedgerStore for MemoryStore {
     ) -> Result<BTreeMap<i64, Counts>> {
         let s = lock(&self.shards);
         let mut out: BTreeMap<i64, Counts> = BTreeMap::new();
-        for ((sh, env, minute, outcome, _), n) in &s.ledger {
+        for ((sh, env, minute, outcome, _), (n, _)) in &s.ledger {
             if (*sh, *env) == (shard.id, env_id) && (start..end).contains(minute) {
                 *out.entry(*minute)
                     .or_default()

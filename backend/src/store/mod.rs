@@ -87,6 +87,17 @@ pub trait LedgerStore: Send + Sync {
         letters: &[DeadLetter],
     ) -> Result<std::collections::HashSet<usize>>;
 
+    /// Sums the write rows (`summable`) of up to `max_minutes` minutes
+    /// before `before` (unix seconds) into one row per minute and outcome;
+    /// returns how many rows went.
+    async fn compact(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        before: i64,
+        max_minutes: u32,
+    ) -> Result<u64>;
+
     /// Summed counts per minute (unix seconds) of [start, end).
     async fn ledger(
         &self,

@@ -25,6 +25,13 @@ const SUM_DEAD_LETTERS: &str = "SELECT d.minute, COUNT(*), \
     WHERE d.env_id = ? AND d.minute >= ? AND d.minute < ? GROUP BY d.minute";
 const INSERT_SAMPLES: &str =
     "INSERT IGNORE INTO rejected_samples (env_id, source, seq, received_at, code, message, body) ";
+const UNSUMMED_MINUTES: &str = "SELECT minute FROM delivery \
+    WHERE env_id = ? AND minute < ? AND summable = 1 AND source <> ? \
+    GROUP BY minute ORDER BY minute LIMIT ?";
+const LOCK_SUMMABLE: &str = "SELECT outcome, n FROM delivery \
+    WHERE env_id = ? AND minute = ? AND summable = 1 FOR UPDATE";
+const DELETE_SUMMABLE: &str =
+    "DELETE FROM delivery WHERE env_id = ? AND minute = ? AND summable = 1";
 const SELECT_STORED: &str = "SELECT id, received_at FROM events WHERE env_id = ";
 const INSERT_DEAD_LETTERS: &str =
     "INSERT IGNORE INTO dead_letters (env_id, id, received_at, minute) ";
@@ -110,6 +117,64 @@ impl LedgerStore for Shards {
             }
         }
         Ok(stored)
+    }
+
+    async fn compact(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        before: i64,
+        max_minutes: u32,
+    ) -> Result<u64> {
+        let pool = self.counters_pool(shard)?;
+        let minutes: Vec<NaiveDateTime> = sqlx::query_scalar(UNSUMMED_MINUTES)
+            .bind(env_id)
+            .bind(datetime(before))
+            .bind(&delivery::SUMMED[..])
+            .bind(max_minutes)
+            .fetch_all(&pool)
+            .await?;
+        let mut removed = 0;
+        for minute in minutes {
+            // The locking read holds the minute's write rows (and the gaps
+            // between them) until the sum replaces them: a write counting
+            // a late event into this minute waits for it, never goes lost.
+            let mut tx = pool.begin().await?;
+            let rows = sqlx::query(LOCK_SUMMABLE)
+                .bind(env_id)
+                .bind(minute)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut sums: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+            for row in &rows {
+                *sums.entry(row.try_get(0)?).or_default() += row.try_get::<u64, _>(1)?;
+            }
+            let deleted = sqlx::query(DELETE_SUMMABLE)
+                .bind(env_id)
+                .bind(minute)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            let entries: Vec<Entry> = sums
+                .into_iter()
+                .map(|(outcome, n)| Entry {
+                    minute: minute.and_utc().timestamp(),
+                    outcome: String::from_utf8_lossy(&outcome).into_owned(),
+                    source: delivery::SUMMED,
+                    n,
+                    summable: true,
+                })
+                .collect();
+            for chunk in entries.chunks(500) {
+                delivery_insert(env_id, chunk)
+                    .build()
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            removed += deleted.saturating_sub(entries.len() as u64);
+        }
+        Ok(removed)
     }
 
     async fn ledger(

@@ -177,7 +177,8 @@ pub fn delivery_insert<'q>(env_id: u32, entries: &'q [delivery::Entry]) -> Query
             .push_bind(crate::model::datetime(e.minute))
             .push_bind(e.outcome.as_bytes())
             .push_bind(&e.source[..])
-            .push_bind(e.n);
+            .push_bind(e.n)
+            .push_bind(e.summable);
     });
     insert
 }
@@ -209,7 +210,8 @@ const INSERT_CONTEXTS: &str = "INSERT IGNORE INTO contexts (env_id, hash, contex
 const SELECT_CONTEXTS: &str = "SELECT id, hash FROM contexts WHERE env_id = ";
 const SELECT_NAMES: &str = "SELECT id, event_type, name FROM event_names WHERE env_id = ";
 const SELECT_EXISTING: &str = "SELECT id, received_at FROM events WHERE env_id = ";
-const INSERT_DELIVERY: &str = "INSERT IGNORE INTO delivery (env_id, minute, outcome, source, n) ";
+const INSERT_DELIVERY: &str =
+    "INSERT IGNORE INTO delivery (env_id, minute, outcome, source, n, summable) ";
 
 impl Shards {
     pub fn new(pool_size: u32, acquire_timeout: Duration, chunk_rows: usize) -> Self {
