@@ -12,7 +12,6 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
 
 use intake::door::Tally;
 use protocol::{Acceptance, Report, Reports};
@@ -31,16 +30,7 @@ pub const SAMPLES_PER_MINUTE: u32 = 10;
 
 const MINUTE_MS: i64 = 60_000;
 
-/// 32 lowercase hex digits from the clock's randomness: a report id (an
-/// acceptance's comes from `door::accept`, the same way).
-pub fn random_id(clock: &impl intake::door::Clock) -> String {
-    let (a, b) = (clock.random10(), clock.random10());
-    let mut id = String::with_capacity(32);
-    for byte in a.iter().chain(&b[..6]) {
-        let _ = write!(id, "{byte:02x}");
-    }
-    id
-}
+pub use intake::door::random_id;
 
 /// Whether a queue message body is a [`Reports`] object (envelope messages
 /// are JSON arrays): its first non-space byte is `{`.
