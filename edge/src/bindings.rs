@@ -22,6 +22,7 @@ use crate::error::EdgeError;
 use crate::forward::Outcome;
 use crate::log;
 use crate::ports;
+use crate::report::Windows;
 use intake::events;
 
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,9 +49,15 @@ extern "C" {
 }
 
 thread_local! {
+    static REPORT_WINDOWS: Rc<RefCell<Windows>> = Rc::new(RefCell::new(Windows::default()));
     static KEY_CACHE: Rc<RefCell<KeyCache>> = Rc::new(RefCell::new(
         KeyCache::new(config::DEFAULT_POSITIVE_TTL_MS, config::DEFAULT_NEGATIVE_TTL_MS),
     ));
+}
+
+/// The isolate's report windows (`report.rs`).
+pub fn report_windows() -> Rc<RefCell<Windows>> {
+    REPORT_WINDOWS.with(Rc::clone)
 }
 
 /// The isolate's key cache (it lives as long as the isolate).
@@ -275,15 +282,36 @@ impl ports::DeadLetterStore for DeadLetterKv {
     }
 }
 
-/// The backend's `POST /v1/ingest`, over fetch.
+/// The backend's ingest API (`/v1/ingest`, `/v1/ingest/reports`), over fetch.
 pub struct IngestApi {
-    pub url: String,
+    /// `BACKEND_URL`, without a trailing slash.
+    pub base: String,
     pub token: String,
+}
+
+impl IngestApi {
+    /// `None` when the `INGEST_TOKEN` secret is missing.
+    pub fn new(env: &Env, config: &Config) -> Option<Self> {
+        let token = env.secret(config::INGEST_TOKEN).ok()?;
+        Some(Self {
+            base: config.backend_url.clone(),
+            token: token.to_string(),
+        })
+    }
 }
 
 impl ports::Backend for IngestApi {
     async fn ingest(&self, body: &str) -> Outcome {
-        post_ingest(&self.url, &self.token, body).await
+        post_ingest(&format!("{}/v1/ingest", self.base), &self.token, body).await
+    }
+
+    async fn report(&self, body: &str) -> Outcome {
+        post_ingest(
+            &format!("{}/v1/ingest/reports", self.base),
+            &self.token,
+            body,
+        )
+        .await
     }
 }
 

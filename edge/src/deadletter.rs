@@ -88,6 +88,21 @@ pub fn storage_key(record: &Record) -> String {
     )
 }
 
+/// What the delivery ledger is told of a dead letter's original body: its
+/// envelopes (read leniently: `env_id`, `id`, `received_at`, `acceptance`)
+/// as `dead_letters`, or, for a report message, its reports. `None` for
+/// anything else (nothing to count it by).
+pub fn ledger_reports(body: &str) -> Option<protocol::Reports> {
+    if crate::report::is_reports(body) {
+        return crate::forward::decode_reports(body).ok();
+    }
+    let dead_letters: Vec<protocol::DeadLetter> = serde_json::from_str(body).ok()?;
+    (!dead_letters.is_empty()).then_some(protocol::Reports {
+        reports: Vec::new(),
+        dead_letters,
+    })
+}
+
 /// Text of a message body that is not a string (a producer that sent JSON).
 pub fn body_text(value: &Value) -> String {
     match value {
@@ -136,6 +151,45 @@ mod tests {
         assert_eq!(r.reason, "delivery retries exhausted");
         assert_eq!(r.body, r#"[{"id":"x"}]"#);
         assert_eq!(storage_key(&r), "dlq/0000000000005/d2");
+    }
+
+    #[test]
+    fn the_ledger_counts_envelopes_and_reports_of_a_dead_letter_and_nothing_else() {
+        let envelopes = r#"[{"id":"a","env_id":3,"name":"e","timestamp":1,"received_at":1700000000000,
+            "acceptance":{"id":"0123456789abcdef0123456789abcdef","n":1}}]"#;
+        let reports = ledger_reports(envelopes).expect("envelopes count");
+        assert_eq!(reports.dead_letters.len(), 1);
+        assert_eq!(
+            (
+                reports.dead_letters[0].env_id,
+                reports.dead_letters[0].id.as_str()
+            ),
+            (3, "a")
+        );
+        assert_eq!(
+            reports.dead_letters[0].acceptance.as_ref().map(|a| a.n),
+            Some(1)
+        );
+
+        let report = r#"{"reports":[{"id":"r1","env_id":3,"received_at":1700000000000,"rejected":{"invalid_json":1}}]}"#;
+        assert_eq!(
+            ledger_reports(report)
+                .expect("a report message")
+                .reports
+                .len(),
+            1
+        );
+
+        for junk in [
+            "not json",
+            "[]",
+            "[1]",
+            r#"[{"id":"x"}]"#,
+            "{}",
+            r#"{"reports":[{"id":""}]}"#,
+        ] {
+            assert!(ledger_reports(junk).is_none(), "{junk}");
+        }
     }
 
     #[test]

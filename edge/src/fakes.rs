@@ -158,10 +158,12 @@ impl Queue {
     }
 }
 
-/// A backend answering from a script: each request gets `answer(body)`.
+/// A backend answering from a script: each request, to `/v1/ingest`
+/// (`bodies`) or `/v1/ingest/reports` (`reports`), gets `answer(body)`.
 pub struct Backend<F: Fn(&str) -> Outcome> {
     pub answer: F,
     pub bodies: RefCell<Vec<String>>,
+    pub reports: RefCell<Vec<String>>,
 }
 
 impl<F: Fn(&str) -> Outcome> Backend<F> {
@@ -169,13 +171,28 @@ impl<F: Fn(&str) -> Outcome> Backend<F> {
         Self {
             answer,
             bodies: RefCell::new(Vec::new()),
+            reports: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Every report posted, decoded.
+    pub fn posted_reports(&self) -> Vec<protocol::Reports> {
+        self.reports
+            .borrow()
+            .iter()
+            .map(|body| serde_json::from_str(body).expect("a Reports body"))
+            .collect()
     }
 }
 
 impl<F: Fn(&str) -> Outcome> ports::Backend for Backend<F> {
     async fn ingest(&self, body: &str) -> Outcome {
         self.bodies.borrow_mut().push(body.to_owned());
+        (self.answer)(body)
+    }
+
+    async fn report(&self, body: &str) -> Outcome {
+        self.reports.borrow_mut().push(body.to_owned());
         (self.answer)(body)
     }
 }
@@ -198,7 +215,8 @@ impl ports::DeadLetterStore for Store {
     }
 }
 
-/// A fixed clock whose sleeps return at once and are recorded.
+/// A fixed clock whose sleeps are recorded and return at the next poll
+/// (they yield once, so joined futures can run while one sleeps).
 #[derive(Default)]
 pub struct Clock {
     pub slept: RefCell<Vec<u64>>,
@@ -217,6 +235,26 @@ impl intake::door::Clock for Clock {
 impl ports::Clock for Clock {
     async fn sleep_ms(&self, ms: u64) {
         self.slept.borrow_mut().push(ms);
+        YieldOnce(false).await;
+    }
+}
+
+/// Pending once (waking itself at once), then ready.
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
     }
 }
 

@@ -31,6 +31,50 @@ pub fn decode(body: &str) -> Result<Vec<Envelope>, String> {
     Ok(envelopes)
 }
 
+/// A report message body: a [`protocol::Reports`] object whose reports are
+/// all valid and which holds at least one.
+pub fn decode_reports(body: &str) -> Result<protocol::Reports, String> {
+    let reports: protocol::Reports =
+        serde_json::from_str(body).map_err(|e| format!("not a reports object: {e}"))?;
+    if reports.reports.is_empty() && reports.dead_letters.is_empty() {
+        return Err("a reports object with nothing in it".into());
+    }
+    for (i, report) in reports.reports.iter().enumerate() {
+        report
+            .validate()
+            .map_err(|e| format!("report {i} is invalid: {e}"))?;
+    }
+    Ok(reports)
+}
+
+/// Report messages merged into backend requests of about `max_bytes` of
+/// JSON each (one message always fits): (message indices, body).
+pub fn merge_reports(
+    messages: &[(usize, &protocol::Reports)],
+    max_bytes: usize,
+) -> Result<Vec<(Vec<usize>, String)>, serde_json::Error> {
+    let mut out = Vec::new();
+    let mut current = (Vec::new(), protocol::Reports::default(), 0usize);
+    for (index, reports) in messages {
+        let size = serde_json::to_string(reports)?.len();
+        if !current.0.is_empty() && current.2 + size > max_bytes {
+            let (owners, merged, _) = std::mem::take(&mut current);
+            out.push((owners, serde_json::to_string(&merged)?));
+        }
+        current.0.push(*index);
+        current.1.reports.extend(reports.reports.iter().cloned());
+        current
+            .1
+            .dead_letters
+            .extend(reports.dead_letters.iter().cloned());
+        current.2 += size;
+    }
+    if !current.0.is_empty() {
+        out.push((current.0, serde_json::to_string(&current.1)?));
+    }
+    Ok(out)
+}
+
 /// One backend request: envelopes, each with the index of its message, and
 /// the JSON array text that carries them.
 #[derive(Debug, Clone, PartialEq)]
@@ -327,6 +371,48 @@ mod tests {
         bad.name = String::new();
         let text = serde_json::to_string(&vec![bad]).unwrap();
         assert!(decode(&text).unwrap_err().contains("envelope 0"));
+    }
+
+    fn reports(id: &str) -> protocol::Reports {
+        protocol::Reports {
+            reports: vec![protocol::Report {
+                id: id.into(),
+                env_id: 1,
+                received_at: 1_700_000_000_000,
+                rejected: [("invalid_json".to_owned(), 1)].into(),
+                ..protocol::Report::default()
+            }],
+            dead_letters: vec![],
+        }
+    }
+
+    #[test]
+    fn report_messages_decode_only_when_valid_and_merge_under_a_byte_cap() {
+        let text = serde_json::to_string(&reports("a")).unwrap();
+        assert_eq!(decode_reports(&text).unwrap(), reports("a"));
+        assert!(decode_reports("{}").unwrap_err().contains("nothing"));
+        assert!(decode_reports(r#"{"reports":[],"extra":1}"#).is_err());
+        let mut bad = reports("a");
+        bad.reports[0].rejected = [("Bad Code".to_owned(), 1)].into();
+        assert!(decode_reports(&serde_json::to_string(&bad).unwrap())
+            .unwrap_err()
+            .contains("report 0"));
+
+        let (a, b, c) = (reports("a"), reports("b"), reports("c"));
+        let all = [(0, &a), (1, &b), (2, &c)];
+        let merged = merge_reports(&all, BIG).unwrap();
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].0, vec![0, 1, 2]);
+        let back: protocol::Reports = serde_json::from_str(&merged[0].1).unwrap();
+        assert_eq!(back.reports.len(), 3);
+        let one = text.len();
+        let pairs = merge_reports(&all, 2 * one).unwrap();
+        assert_eq!(
+            pairs.iter().map(|(o, _)| o.len()).collect::<Vec<_>>(),
+            [2, 1]
+        );
+        let alone = merge_reports(&all, 0).unwrap();
+        assert_eq!(alone.len(), 3, "a cap below one message still sends each");
     }
 
     #[test]

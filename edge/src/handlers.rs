@@ -10,8 +10,10 @@ use crate::auth::{self, KeyCache, Lookup};
 use crate::config::Config;
 use crate::error::EdgeError;
 use crate::pack;
-use crate::ports::{Clock, EventQueue, KeyStore, Log, Request};
-use intake::door::{self, Doors};
+use crate::ports::{Backend, Clock, EventQueue, KeyStore, Log, Request};
+use crate::report::{self, Reporter};
+use intake::door::{self, Doors, Tally};
+use protocol::{Acceptance, Report, Reports};
 
 /// How often a queue `sendBatch` is tried, and the pause before each retry.
 pub const QUEUE_SEND_BACKOFF_MS: [u64; 3] = [0, 100, 400];
@@ -20,11 +22,30 @@ pub const QUEUE_SEND_BACKOFF_MS: [u64; 3] = [0, 100, 400];
 /// `ctx.wait_until`).
 pub type Response = door::Response<Deferred>;
 
-/// Queue batches of one environment still to be sent.
+/// Queue batches of one request (one environment, one acceptance) still to be sent.
 #[derive(Debug)]
 pub struct Deferred {
     pub batches: Vec<Vec<pack::Message>>,
     pub env_id: u32,
+    pub received_at: i64,
+    /// The acceptance every envelope carries.
+    pub acceptance: Acceptance,
+}
+
+/// What a request leaves to do once it is answered (in `ctx.wait_until`):
+/// queue its events, report what was lost, add its refusals to the window.
+#[derive(Debug, Default)]
+pub struct After {
+    pub deferred: Option<Deferred>,
+    pub tally: Option<Tally>,
+    /// Lost reports of events the door tried to queue before answering.
+    pub lost: Vec<Report>,
+}
+
+impl After {
+    pub fn is_empty(&self) -> bool {
+        self.deferred.is_none() && self.tally.is_none() && self.lost.is_empty()
+    }
 }
 
 /// The doors with the ports they use.
@@ -36,6 +57,9 @@ pub struct Edge<'a, K, Q, C, L> {
     pub log: &'a L,
     /// The isolate's key cache.
     pub cache: &'a RefCell<KeyCache>,
+    /// Lost reports of this request's queue sends before the answer
+    /// (`Prefer: wait`, the Segment API), for [`Edge::after`].
+    pub unsent: RefCell<Vec<Report>>,
 }
 
 impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> Edge<'_, K, Q, C, L> {
@@ -48,7 +72,35 @@ impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> Edge<'_, K, Q, C, L> {
             clock: self.clock,
             log: self.log,
         };
-        doors.fetch(method, path, req).await
+        let response = doors.fetch(method, path, req).await;
+        if response.tally.is_none() && response.status >= 400 {
+            // No environment to count it for (an unknown key, an unknown
+            // route): one line, counted globally from the logs.
+            let code = response
+                .body
+                .as_ref()
+                .and_then(|b| b.get("error"))
+                .and_then(|c| c.as_str())
+                .unwrap_or("");
+            self.log.info(
+                "request_refused",
+                json!({"status": response.status, "error": code, "path": path}),
+            );
+        }
+        response
+    }
+
+    /// Takes what is left to do after the answer out of a response.
+    pub fn after(&self, response: &mut Response) -> After {
+        After {
+            deferred: response.deferred.take(),
+            // Accepted events need no report: their envelopes tell it.
+            tally: response
+                .tally
+                .take()
+                .filter(|t| t.rejected.is_some() || t.sample.is_some()),
+            lost: self.unsent.take(),
+        }
     }
 
     /// The record of the key with this hash, from the isolate cache or the store.
@@ -111,24 +163,50 @@ struct QueueSink<'e, 'a, K, Q, C, L>(&'e Edge<'a, K, Q, C, L>);
 impl<K, Q: EventQueue, C: Clock, L: Log> door::Sink for QueueSink<'_, '_, K, Q, C, L> {
     type Pending = Deferred;
 
-    /// Packs the envelopes, once the queue binding is known to exist.
+    /// Packs the envelopes, once the queue binding is known to exist. The
+    /// door stamped them with the request's acceptance (`door::accept`);
+    /// envelopes without one get one here, so every queued envelope has it.
     fn prepare(
         &self,
         env_id: u32,
-        envelopes: Vec<protocol::Envelope>,
+        mut envelopes: Vec<protocol::Envelope>,
     ) -> Result<Deferred, EdgeError> {
+        self.0.queue.ready()?;
+        let stamped = envelopes.first().and_then(|e| e.acceptance.clone());
+        let acceptance = match stamped {
+            Some(a) if envelopes.iter().all(|e| e.acceptance.as_ref() == Some(&a)) => a,
+            _ => door::accept(&mut envelopes, self.0.clock),
+        };
+        let received_at = envelopes
+            .first()
+            .map_or_else(|| self.0.clock.now_ms(), |e| e.received_at);
         let messages =
             pack::messages(&envelopes).map_err(|e| EdgeError::Internal(e.to_string()))?;
-        self.0.queue.ready()?;
         Ok(Deferred {
             batches: pack::batches(messages),
             env_id,
+            received_at,
+            acceptance,
         })
     }
 
+    /// Queues before the answer; what could not be queued is answered 503
+    /// and reported lost after the answer (some of it may be queued).
     async fn commit(&self, pending: Deferred) -> Result<(), EdgeError> {
         let edge = self.0;
-        if enqueue(edge.queue, edge.clock, edge.log, pending).await > 0 {
+        let (env_id, received_at, acceptance) = (
+            pending.env_id,
+            pending.received_at,
+            pending.acceptance.clone(),
+        );
+        let lost = enqueue(edge.queue, edge.clock, edge.log, pending).await;
+        if lost > 0 {
+            edge.unsent.borrow_mut().push(report::lost(
+                env_id,
+                received_at,
+                &acceptance,
+                lost as u64,
+            ));
             return Err(EdgeError::QueueUnavailable);
         }
         Ok(())
@@ -136,6 +214,49 @@ impl<K, Q: EventQueue, C: Clock, L: Log> door::Sink for QueueSink<'_, '_, K, Q, 
 
     fn answers_early(&self) -> bool {
         true
+    }
+}
+
+/// The work of a request after its answer: queue its events (a lost report
+/// for what could not be), then add its refusals to its window (which the
+/// first refusal of a window waits out and sends).
+pub async fn after<Q: EventQueue, B: Backend, C: Clock, L: Log>(
+    reporter: &Reporter<'_, Q, B, C, L>,
+    work: After,
+) {
+    let mut lost = work.lost;
+    // The door answered 503 for events it had tried to queue: they are
+    // accepted and (partly) lost, not refused.
+    let tally = work.tally.filter(|t| {
+        lost.is_empty() || t.rejected.map(|(code, _)| code) != Some("queue_unavailable")
+    });
+    if let Some(deferred) = work.deferred {
+        let (env_id, received_at, acceptance) = (
+            deferred.env_id,
+            deferred.received_at,
+            deferred.acceptance.clone(),
+        );
+        let n = enqueue(reporter.queue, reporter.clock, reporter.log, deferred).await;
+        if n > 0 {
+            lost.push(report::lost(env_id, received_at, &acceptance, n as u64));
+        }
+    }
+    if !lost.is_empty() {
+        let fields = json!({"reports": lost.iter().map(|r| json!({"id": r.id, "env_id": r.env_id, "accepted": r.accepted, "lost": r.lost})).collect::<Vec<_>>()});
+        let sent = reporter
+            .send(Reports {
+                reports: lost,
+                dead_letters: Vec::new(),
+            })
+            .await;
+        if sent {
+            reporter.log.info("lost_reported", fields);
+        } else {
+            reporter.log.error("lost_unreported", fields);
+        }
+    }
+    if let Some(tally) = tally {
+        reporter.tally(&tally).await;
     }
 }
 
@@ -179,7 +300,9 @@ pub async fn enqueue(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fakes::{self, Clock, Keys, Log, Queue, Request};
+    use crate::fakes::{self, Backend, Clock, Keys, Log, Queue, Request};
+    use crate::forward::Outcome;
+    use crate::report::Windows;
     use futures_executor::block_on;
     use serde_json::Value;
 
@@ -216,12 +339,213 @@ mod tests {
                 clock: &self.clock,
                 log: &self.log,
                 cache: &self.cache,
+                unsent: RefCell::default(),
             }
         }
 
         fn fetch(&self, method: &str, path: &str, req: &Request) -> Response {
             block_on(self.edge().fetch(method, path, req))
         }
+
+        /// A request answered, then its `wait_until` work run to the end.
+        fn fetch_and_after<F: Fn(&str) -> Outcome>(
+            &self,
+            path: &str,
+            req: &Request,
+            backend: &Backend<F>,
+            windows: &RefCell<Windows>,
+        ) -> Response {
+            let edge = self.edge();
+            let mut r = block_on(edge.fetch("POST", path, req));
+            let work = edge.after(&mut r);
+            let reporter = Reporter {
+                queue: &self.queue,
+                backend: Some(backend),
+                clock: &self.clock,
+                log: &self.log,
+                windows,
+            };
+            block_on(after(&reporter, work));
+            r
+        }
+
+        /// Every report message sent on the queue so far.
+        fn report_messages(&self) -> Vec<Reports> {
+            self.queue
+                .sent
+                .borrow()
+                .iter()
+                .flatten()
+                .filter(|body| report::is_reports(body))
+                .map(|body| serde_json::from_str(body).unwrap())
+                .collect()
+        }
+    }
+
+    fn landing() -> Backend<fn(&str) -> Outcome> {
+        Backend::new(|_: &str| Outcome::Landed)
+    }
+
+    #[test]
+    fn every_queued_envelope_carries_its_requests_acceptance() {
+        let w = World::new();
+        let (backend, windows) = (landing(), RefCell::new(Windows::default()));
+        let body = json!([{"event": "a"}, {"event": "b"}, {"event": "c"}]);
+        w.fetch_and_after("/v1/events", &events(body.clone()), &backend, &windows);
+        w.fetch_and_after("/v1/events", &events(body), &backend, &windows);
+        let sent = w.queue.sent.borrow();
+        let envelopes: Vec<Vec<protocol::Envelope>> = sent
+            .iter()
+            .flatten()
+            .map(|b| serde_json::from_str(b).unwrap())
+            .collect();
+        assert_eq!(envelopes.len(), 2, "no report for accepted events");
+        for request in &envelopes {
+            let a = request[0].acceptance.clone().expect("an acceptance");
+            assert_eq!((a.n, a.id.len()), (3, 32));
+            assert!(request.iter().all(|e| e.acceptance.as_ref() == Some(&a)));
+        }
+    }
+
+    #[test]
+    fn refusals_are_reported_once_per_window_with_their_counts_summed() {
+        let w = World::new();
+        let (backend, windows) = (landing(), RefCell::new(Windows::default()));
+        // A window already open (another request of this isolate is waiting it out).
+        let opener = door::Tally {
+            env_id: 42,
+            received_at: fakes::NOW,
+            accepted: 0,
+            rejected: Some(("invalid_json", 1)),
+            sample: None,
+            acceptance: None,
+        };
+        assert!(windows.borrow_mut().add(&opener, fakes::NOW, || "w".into()));
+        let bad = json!([{"event": "ok"}, {"event": ""}]);
+        let r = w.fetch_and_after("/v1/events", &events(bad), &backend, &windows);
+        assert_eq!(r.status, 422);
+        let malformed = Request::default()
+            .with("Content-Type", "application/json")
+            .with("Authorization", &format!("Bearer {KEY}"))
+            .with_body(b"{not json".to_vec());
+        let r = w.fetch_and_after("/v1/events", &malformed, &backend, &windows);
+        assert_eq!(r.status, 400);
+        assert!(w.report_messages().is_empty(), "joiners send nothing");
+        assert!(w.clock.slept.borrow().is_empty(), "nor wait");
+
+        let reports = windows.borrow_mut().take(42);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(
+            reports[0].rejected,
+            std::collections::BTreeMap::from([
+                ("invalid_events".to_owned(), 2),
+                ("invalid_json".to_owned(), 2)
+            ])
+        );
+        assert_eq!(reports[0].samples.len(), 2);
+
+        // With no window open, the refused request opens one, waits it out, sends it.
+        let r = w.fetch_and_after(
+            "/v1/events",
+            &events(json!({"event": ""})),
+            &backend,
+            &windows,
+        );
+        assert_eq!(r.status, 422);
+        assert_eq!(*w.clock.slept.borrow(), vec![report::REPORT_WINDOW_MS]);
+        let sent = w.report_messages();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].reports[0].rejected["invalid_events"], 1);
+        assert_eq!(sent[0].reports[0].env_id, 42);
+    }
+
+    #[test]
+    fn a_rate_limited_request_is_reported_an_unknown_key_only_logged() {
+        let mut w = World::new();
+        w.keys.over_limit = true;
+        let (backend, windows) = (landing(), RefCell::new(Windows::default()));
+        let r = w.fetch_and_after(
+            "/v1/events",
+            &events(json!({"event": "a"})),
+            &backend,
+            &windows,
+        );
+        assert_eq!(r.status, 429);
+        assert_eq!(
+            w.report_messages()[0].reports[0].rejected["rate_limited"],
+            1
+        );
+
+        let w = World::new();
+        let unknown = Request::json(&json!({"event": "a"})).with("Authorization", "Bearer sk_nope");
+        let mut r = w.fetch("POST", "/v1/events", &unknown);
+        assert_eq!(r.status, 401);
+        assert!(w.edge().after(&mut r).is_empty(), "nothing to report");
+        assert!(w.log.has("request_refused"));
+
+        let mut r = w.fetch("POST", "/v1/events", &events(json!({"event": "a"})));
+        let after = w.edge().after(&mut r);
+        assert!(after.deferred.is_some());
+        assert!(after.tally.is_none(), "accepted events need no report");
+    }
+
+    #[test]
+    fn events_the_queue_would_not_take_are_reported_lost_under_their_acceptance() {
+        let w = World::new();
+        let (backend, windows) = (landing(), RefCell::new(Windows::default()));
+        // Three failed tries for the events, then one for the report: it goes
+        // straight to the backend.
+        w.queue.failures.set(4);
+        let r = w.fetch_and_after(
+            "/v1/events",
+            &events(json!([{"event": "a"}, {"event": "b"}])),
+            &backend,
+            &windows,
+        );
+        assert_eq!(r.status, 202);
+        assert!(w.log.has("queue_send_failed") && w.log.has("lost_reported"));
+        let posted = backend.posted_reports();
+        assert_eq!(posted.len(), 1);
+        let lost = &posted[0].reports[0];
+        assert_eq!((lost.env_id, lost.accepted, lost.lost), (42, 2, 2));
+        assert_eq!(lost.id.len(), 32);
+        assert!(lost.rejected.is_empty());
+
+        // The queue takes the report when it can.
+        w.queue.failures.set(3);
+        w.fetch_and_after(
+            "/v1/events",
+            &events(json!({"event": "a"})),
+            &backend,
+            &windows,
+        );
+        assert_eq!(w.report_messages()[0].reports[0].lost, 1);
+        assert_eq!(backend.posted_reports().len(), 1);
+    }
+
+    #[test]
+    fn a_503_after_trying_to_queue_is_lost_not_refused() {
+        let w = World::new();
+        let (backend, windows) = (landing(), RefCell::new(Windows::default()));
+        w.queue.failures.set(3);
+        let r = w.fetch_and_after(
+            "/v1/events",
+            &events(json!([{"event": "a"}])).with("Prefer", "wait"),
+            &backend,
+            &windows,
+        );
+        assert_eq!((r.status, error_code(&r)), (503, Some("queue_unavailable")));
+        let sent = w.report_messages();
+        assert_eq!(sent.len(), 1, "the lost report only");
+        let report = &sent[0].reports[0];
+        assert_eq!((report.accepted, report.lost), (1, 1));
+        assert!(report.rejected.is_empty());
+        assert!(w
+            .clock
+            .slept
+            .borrow()
+            .iter()
+            .all(|ms| *ms != report::REPORT_WINDOW_MS));
     }
 
     fn events(body: Value) -> Request {

@@ -15,6 +15,7 @@ pub mod handlers;
 pub mod log;
 pub mod pack;
 pub mod ports;
+pub mod report;
 
 #[cfg(target_arch = "wasm32")]
 mod bindings;
@@ -28,6 +29,7 @@ mod entry {
     use crate::config;
     use crate::consumer::{self, Forwarder};
     use crate::handlers::{self, Edge};
+    use crate::report::Reporter;
 
     #[event(start)]
     fn start() {
@@ -49,13 +51,24 @@ mod entry {
             clock: &Runtime,
             log: &Runtime,
             cache: &cache,
+            unsent: Default::default(),
         };
-        let answer = edge
+        let mut answer = edge
             .fetch(req.method().as_ref(), &req.path(), &Incoming(&req))
             .await;
-        if let Some(deferred) = answer.deferred {
+        let after = edge.after(&mut answer);
+        if !after.is_empty() {
+            let backend = rt::IngestApi::new(&env, &config);
+            let windows = rt::report_windows();
             ctx.wait_until(async move {
-                handlers::enqueue(&queue, &Runtime, &Runtime, deferred).await;
+                let reporter = Reporter {
+                    queue: &queue,
+                    backend: backend.as_ref(),
+                    clock: &Runtime,
+                    log: &Runtime,
+                    windows: &windows,
+                };
+                handlers::after(&reporter, after).await;
             });
         }
         let mut builder = Response::builder().with_status(answer.status);
@@ -91,15 +104,17 @@ mod entry {
         };
         if config.is_dead_letter_queue(&queue_name) {
             let store = env.kv(config::DEAD_LETTERS_KV).ok().map(rt::DeadLetterKv);
-            consumer::store_dead_letters(&messages, store.as_ref(), &Runtime, &Runtime).await;
+            let backend = rt::IngestApi::new(&env, &config);
+            consumer::store_dead_letters(
+                &messages,
+                store.as_ref(),
+                backend.as_ref(),
+                &Runtime,
+                &Runtime,
+            )
+            .await;
         } else {
-            let backend = env
-                .secret(config::INGEST_TOKEN)
-                .ok()
-                .map(|token| rt::IngestApi {
-                    url: format!("{}/v1/ingest", config.backend_url),
-                    token: token.to_string(),
-                });
+            let backend = rt::IngestApi::new(&env, &config);
             let dead_letters = Outbox::new(&env, config::DLQ_QUEUE);
             let forwarder = Forwarder {
                 config: &config,

@@ -27,9 +27,12 @@ pub trait EventQueue {
     async fn send_batch(&self, bodies: &[String]) -> Result<(), String>;
 }
 
-/// The backend's `POST /v1/ingest`.
+/// The backend's ingest API.
 pub trait Backend {
+    /// `POST /v1/ingest`: a JSON array of envelopes.
     async fn ingest(&self, body: &str) -> Outcome;
+    /// `POST /v1/ingest/reports`: a `protocol::Reports` object.
+    async fn report(&self, body: &str) -> Outcome;
 }
 
 /// The dead-letter queue, which poison messages are sent to.

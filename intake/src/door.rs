@@ -161,16 +161,22 @@ pub struct Tally {
     pub acceptance: Option<Acceptance>,
 }
 
-/// Stamps every envelope of a request with the request's acceptance: a new
-/// id from `clock` and the number accepted. The first envelope to reach
-/// the backend tells the ledger the whole count.
-pub fn accept(envelopes: &mut [Envelope], clock: &impl Clock) -> Acceptance {
+/// 32 lowercase hex digits from the clock's randomness: an acceptance's or
+/// a report's id.
+pub fn random_id(clock: &impl Clock) -> String {
     let (a, b) = (clock.random10(), clock.random10());
     let mut id = [0u8; 16];
     id[..10].copy_from_slice(&a);
     id[10..].copy_from_slice(&b[..6]);
+    crate::credentials::hex(&id)
+}
+
+/// Stamps every envelope of a request with the request's acceptance: a new
+/// id from `clock` and the number accepted. The first envelope to reach
+/// the backend tells the ledger the whole count.
+pub fn accept(envelopes: &mut [Envelope], clock: &impl Clock) -> Acceptance {
     let acceptance = Acceptance {
-        id: crate::credentials::hex(&id),
+        id: random_id(clock),
         n: u32::try_from(envelopes.len()).unwrap_or(u32::MAX),
     };
     for e in envelopes.iter_mut() {

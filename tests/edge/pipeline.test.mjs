@@ -8,6 +8,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
+import { createServer } from "node:http";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Backend, startWorker, seedKey, post, newKey, eventually, deadLetters, sql, root, INGEST_TOKEN } from "./harness.mjs";
 
@@ -295,10 +296,21 @@ test("messages whose retries ran out are stored, and scripts/dlq.mjs replays the
   assert.equal((await deadLetters(mf)).some((l) => l.key === letter.key), false, "a replayed letter is deleted");
 });
 
-test("past max_retries the queue itself moves a message to the DLQ, where it is stored", async () => {
-  // A second worker whose backend never answers, and whose queue gives up after one retry.
+test("past max_retries the queue itself moves a message to the DLQ, where it is counted and stored", async () => {
+  // A second worker whose backend never takes events (a proxy drops every
+  // /v1/ingest; reports pass, so the DLQ consumer can count the letter),
+  // and whose queue gives up after one retry.
+  const proxy = createServer(async (req, res) => {
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    if (req.url.split("?")[0] === "/v1/ingest") return req.socket.destroy();
+    const upstream = await fetch(`${backend.url}${req.url}`, { method: req.method, headers: req.headers, body: Buffer.concat(chunks) });
+    res.writeHead(upstream.status, Object.fromEntries(upstream.headers));
+    res.end(Buffer.from(await upstream.arrayBuffer()));
+  });
+  await new Promise((resolve) => proxy.listen(0, "127.0.0.1", resolve));
   const dead = await startWorker({
-    backendUrl: "http://127.0.0.1:9",
+    backendUrl: `http://127.0.0.1:${proxy.address().port}`,
     maxRetries: 1,
     vars: { RETRY_BASE_SECONDS: "0", RETRY_MAX_SECONDS: "1" },
   });
@@ -313,7 +325,9 @@ test("past max_retries the queue itself moves a message to the DLQ, where it is 
     );
     assert.equal(letter.record.reason, "delivery retries exhausted");
     assert.equal(JSON.parse(letter.record.body)[0].name, name);
+    assert.ok(dead.logs.join("").includes('"event":"dead_letter_counted"'), "counted in the ledger before it was stored");
   } finally {
     await dead.dispose();
+    proxy.close();
   }
 });
