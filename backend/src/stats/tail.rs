@@ -51,6 +51,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 /// How far before the newest stored time seen each poll reads again (rows
 /// commit after their `stored_at`).
 pub const OVERLAP_MS: i64 = 3_000;
+/// The shortest overlap a poll falls back to under load (see `Cursor::overlap_ms`).
+pub const MIN_OVERLAP_MS: i64 = 250;
 /// The ring buffer of an environment: at most this many items ...
 pub const RING_ITEMS: usize = 10_000;
 /// ... and none older than this (the window of a gapless reconnect).
@@ -254,6 +256,12 @@ impl TailHub {
 #[derive(Debug)]
 struct Cursor {
     newest: i64,
+    /// How far before `newest` the next poll reads again: [`OVERLAP_MS`],
+    /// halved (down to [`MIN_OVERLAP_MS`]) while a poll's pages hold only
+    /// rows already seen — at thousands of events per second the full
+    /// overlap would be more than a poll reads, and the tail would stop —
+    /// and grown back while polls are not full.
+    overlap_ms: i64,
     seen: HashMap<[u8; 16], i64>,
     rejected_newest: i64,
     rejected_seen: HashMap<([u8; 16], u16), i64>,
@@ -263,6 +271,7 @@ impl Cursor {
     fn new(now: i64) -> Self {
         Self {
             newest: now,
+            overlap_ms: OVERLAP_MS,
             seen: HashMap::new(),
             rejected_newest: now,
             rejected_seen: HashMap::new(),
@@ -331,7 +340,7 @@ async fn read(
         Some(c) => c,
         None => cursor.insert(Cursor::new(store.clock(shard).await?)),
     };
-    let since = c.newest - OVERLAP_MS;
+    let since = c.newest - c.overlap_ms;
     let mut fresh: Vec<TailKey> = Vec::new();
     let mut after: Option<TailKey> = None;
     let mut more = false;
@@ -382,6 +391,13 @@ async fn read(
     if let Some((newest, _)) = after {
         c.newest = c.newest.max(newest);
     }
+    c.overlap_ms = if more && fresh.is_empty() {
+        (c.overlap_ms / 2).max(MIN_OVERLAP_MS)
+    } else if !more {
+        (c.overlap_ms * 2).min(OVERLAP_MS)
+    } else {
+        c.overlap_ms
+    };
     let keep_from = c.newest - OVERLAP_MS;
     c.seen.retain(|_, at| *at >= keep_from);
 
@@ -1096,6 +1112,43 @@ mod tests {
             cursor.unwrap().seen.len() <= OVERLAP_MS as usize * 10 + 10,
             "the overlap's keys only"
         );
+    }
+
+    #[tokio::test]
+    async fn an_overlap_busier_than_a_poll_does_not_stop_the_tail() {
+        let store = Late::default();
+        store.now.store(2_000_000, Ordering::SeqCst);
+        let shard = Shard {
+            id: 1,
+            name: "a".into(),
+            url: String::new(),
+            status: crate::model::ShardStatus::Active,
+        };
+        let mut cursor = None;
+        read(&store, &shard, WEB, &mut cursor).await.unwrap();
+        // 60,000 rows within 2.4 s: the full overlap holds more keys than
+        // one poll reads (PAGES_PER_POLL × KEYS_PER_PAGE = 40,000).
+        let busy = 60_000u32;
+        lock(&store.rows).extend((0..busy).map(|n| (2_000_000 + i64::from(n / 25), key(n))));
+        let mut got = 0;
+        for _ in 0..30 {
+            got += read(&store, &shard, WEB, &mut cursor)
+                .await
+                .unwrap()
+                .0
+                .len();
+        }
+        assert_eq!(got, busy as usize, "every row once");
+        lock(&store.rows).extend((0..10u32).map(|n| (2_002_500 + i64::from(n), key(busy + n))));
+        let mut later = 0;
+        for _ in 0..10 {
+            later += read(&store, &shard, WEB, &mut cursor)
+                .await
+                .unwrap()
+                .0
+                .len();
+        }
+        assert_eq!(later, 10, "rows stored after the busy second still arrive");
     }
 
     #[tokio::test]
