@@ -23,6 +23,8 @@ pub struct Metrics {
     /// Direct ingest: refusal reports that could not be written yet (kept
     /// and retried every second).
     pub ledger_report_failures: prometheus::IntCounter,
+    /// Database reads by the live tail's pollers.
+    pub tail_polls: prometheus::IntCounter,
     /// Direct ingest: events per group-commit write.
     pub group_commit_events: prometheus::Histogram,
     /// Set from the catalog when `/metrics` is read.
@@ -123,6 +125,14 @@ impl Metrics {
         registry
             .register(Box::new(stats_polls.clone()))
             .expect("unique metric");
+        let tail_polls = prometheus::IntCounter::new(
+            "sluice_tail_polls_total",
+            "Polls by live-tail pollers (one per environment every 500 ms, however many viewers)",
+        )
+        .expect("valid counter");
+        registry
+            .register(Box::new(tail_polls.clone()))
+            .expect("unique metric");
         let catalog_snapshot_age = prometheus::Gauge::new(
             "sluice_catalog_snapshot_age_seconds",
             "Age of the catalog snapshot writes route with (above SLUICE_CATALOG_REFRESH_MS: the catalog cannot be read)",
@@ -138,6 +148,7 @@ impl Metrics {
             group_commit_events,
             catalog_snapshot_age,
             stats_polls,
+            tail_polls,
             registry,
             events_inserted,
             events_duplicate,

@@ -450,6 +450,7 @@ async fn poll(state: AppState, env: Environment, channel: Arc<Channel>) {
             Err(e) => Err(e),
         };
         state.tail.polls.fetch_add(1, Ordering::Relaxed);
+        state.metrics.tail_polls.inc();
         match read {
             Ok((reads, more)) => {
                 let first = state.tail.ids(reads.len());
@@ -964,6 +965,11 @@ mod tests {
             "{polls} polls in 2 s for 50 viewers"
         );
         assert_eq!(state.tail.pollers(), 1);
+        assert_eq!(
+            state.metrics.tail_polls.get(),
+            state.tail.polls(),
+            "/metrics counts every poll"
+        );
     }
 
     fn item(id: u64) -> Item {
