@@ -37,6 +37,18 @@ pub struct Entry {
 /// The source of a minute's compacted write rows.
 pub const SUMMED: [u8; 16] = [0; 16];
 
+impl Entry {
+    /// The stored `summable` column: 0 keyed, 1 a write's own row, 2 a sum
+    /// of them (compaction looks for 1s only).
+    pub fn summable_kind(&self) -> u8 {
+        match (self.summable, self.source == SUMMED) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => 2,
+        }
+    }
+}
+
 /// The minute (unix seconds) a receive time in ms falls in.
 pub fn minute_of(ms: i64) -> i64 {
     ms.div_euclid(60_000) * 60
@@ -177,33 +189,44 @@ pub fn count_report(report: &Report) -> Vec<Entry> {
     entries
 }
 
-/// The acceptances of dead letters, counted with them (none of their
-/// envelopes may ever have reached a write), except those whose every dead
-/// letter here is stored (`stored`: positions in `letters`) — a write
-/// counted them. One without an acceptance (sent before the edge stamped
-/// them) is its own.
-pub fn dead_letter_acceptances(letters: &[DeadLetter], stored: &HashSet<usize>) -> Vec<Entry> {
-    let mut out: BTreeMap<[u8; 16], (Entry, bool)> = BTreeMap::new();
-    for (i, letter) in letters.iter().enumerate() {
-        let (source, n) = match &letter.acceptance {
-            Some(a) => (source_of(&a.id), u64::from(a.n)),
-            None => (protocol::event_key(&letter.id), 1),
-        };
-        let slot = out.entry(source).or_insert_with(|| {
-            let entry = Entry {
-                minute: minute_of(letter.received_at),
-                outcome: ACCEPTED.to_owned(),
-                source,
-                n,
-                summable: false,
-            };
-            (entry, false)
-        });
-        slot.1 |= !stored.contains(&i);
+/// The acceptance a dead letter is counted under: its request's (id, n),
+/// or its own key and 1 when it carried none.
+pub fn dead_letter_acceptance(letter: &DeadLetter) -> ([u8; 16], u32) {
+    match &letter.acceptance {
+        Some(a) => (source_of(&a.id), a.n),
+        None => (protocol::event_key(&letter.id), 1),
     }
-    out.into_values()
-        .filter_map(|(entry, unstored)| unstored.then_some(entry))
-        .collect()
+}
+
+/// One acceptance's dead letters in a minute, as the ledger reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadAcceptance {
+    pub minute: i64,
+    pub acceptance: [u8; 16],
+    pub n: u64,
+    pub letters: u64,
+    /// Of them, stored since with their receive time (replayed).
+    pub stored: u64,
+}
+
+/// Adds dead letters to the minutes' counts. An acceptance no write
+/// counted is accepted here: none of its dead letters is stored (a write
+/// that stored one counted it, whole in its own row or in parts keyed by
+/// it) and no row is keyed by it (`keyed`: the acceptance ids with an
+/// `accepted` row of their own, which a stored part of it wrote).
+pub fn add_dead_letters(
+    minutes: &mut BTreeMap<i64, Counts>,
+    dead: &[DeadAcceptance],
+    keyed: &HashSet<[u8; 16]>,
+) {
+    for d in dead {
+        let counts = minutes.entry(d.minute).or_default();
+        counts.dead_lettered += d.letters;
+        counts.replayed += d.stored;
+        if d.stored == 0 && !keyed.contains(&d.acceptance) {
+            *counts.outcomes.entry(ACCEPTED.to_owned()).or_default() += d.n;
+        }
+    }
 }
 
 /// Summed ledger rows of one minute or a range: outcome → events. Dead
@@ -414,6 +437,26 @@ mod tests {
         assert_eq!(again.get(&(60, REDELIVERED.into())), Some(&2));
         assert_eq!(again.get(&(60, STORED.into())), None);
         assert_eq!(again.get(&(60, RESENT.into())), None);
+    }
+
+    #[test]
+    fn a_dead_acceptance_is_accepted_only_when_no_write_counted_it() {
+        let dead = |acceptance: u8, stored| DeadAcceptance {
+            minute: 60,
+            acceptance: [acceptance; 16],
+            n: 2,
+            letters: 2,
+            stored,
+        };
+        let mut minutes = BTreeMap::new();
+        // 1: never stored, nothing keyed by it → accepted here.
+        // 2: replayed (stored since) → its write counted it.
+        // 3: a stored part of it wrote a row keyed by it.
+        let keyed = HashSet::from([[3; 16]]);
+        add_dead_letters(&mut minutes, &[dead(1, 0), dead(2, 2), dead(3, 0)], &keyed);
+        let counts = &minutes[&60];
+        assert_eq!(counts.outcomes.get(ACCEPTED), Some(&2));
+        assert_eq!((counts.dead_lettered, counts.replayed), (6, 2));
     }
 
     #[test]

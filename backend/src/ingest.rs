@@ -234,14 +234,12 @@ pub async fn report(state: &AppState, batch: &protocol::Reports) -> Result<Repor
         }
         for shard in &targets {
             let written = async {
-                let mut entries = entries.clone();
                 if !letters.is_empty() {
-                    let stored = state.ledger.dead_letters(shard, *env_id, letters).await?;
-                    entries.extend(crate::delivery::dead_letter_acceptances(letters, &stored));
+                    state.ledger.dead_letters(shard, *env_id, letters).await?;
                 }
                 state
                     .ledger
-                    .report(shard, *env_id, &entries, samples)
+                    .report(shard, *env_id, entries, samples)
                     .await?;
                 Ok::<_, Error>(())
             };

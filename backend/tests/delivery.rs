@@ -114,10 +114,27 @@ async fn every_outcome_is_counted_once_and_the_ledger_adds_up() {
     );
     let late = json!({"dead_letters": [{"env_id": env, "id": "e1", "received_at": at, "acceptance": {"id": d, "n": 1}}]});
     assert_eq!(report(addr, &late).await.0, 200);
+    // A one-event request dead-lettered before any write stored it: accepted
+    // by its dead letter; then replayed whole: still accepted once.
+    let f = "00000000000000000000000000000f0f";
+    let dead = json!({"dead_letters": [{"env_id": env, "id": "f1", "received_at": at, "acceptance": {"id": f, "n": 1}}]});
+    assert_eq!(report(addr, &dead).await.0, 200);
+    let before_replay = ledger(addr, &token, at - 60_000, at + 120_000).await;
+    assert_eq!(before_replay["in_flight"], 0, "{before_replay}");
+    assert_eq!(
+        ingest(addr, &json!([accepted(env, "f1", at, f, 1)]))
+            .await
+            .0,
+        200
+    );
 
     let l = ledger(addr, &token, at - 60_000, at + 120_000).await;
-    assert_eq!(l["accepted"], 5 + 1 + 2 + 1, "{l}");
-    assert_eq!(l["stored"], 4 + 1 + 1, "a1..a4, the replayed d1, e1");
+    assert_eq!(l["accepted"], 5 + 1 + 2 + 1 + 1, "{l}");
+    assert_eq!(
+        l["stored"],
+        4 + 1 + 1 + 1,
+        "a1..a4, the replayed d1, e1, the replayed f1"
+    );
     assert_eq!(
         l["resent"], 2,
         "a4's repeat in its request, and a2 sent again"
@@ -127,10 +144,10 @@ async fn every_outcome_is_counted_once_and_the_ledger_adds_up() {
         l["rejected"],
         json!({"invalid_events": 7, "invalid_json": 1})
     );
-    assert_eq!(l["received"], 17);
+    assert_eq!(l["received"], 18);
     assert_eq!(
         (l["dead_lettered"].as_u64(), l["replayed"].as_u64()),
-        (Some(3), Some(2))
+        (Some(4), Some(3))
     );
     assert_eq!(l["in_flight"], 0, "{l}");
     assert_eq!(l["balanced"], true);
@@ -141,7 +158,7 @@ async fn every_outcome_is_counted_once_and_the_ledger_adds_up() {
     // What the ledger says is what the shard holds: a row per acceptance,
     // the sample once, events once.
     let pool = t.shard_pool("a").await;
-    assert_eq!(count(&pool, env).await, 6);
+    assert_eq!(count(&pool, env).await, 7);
     let samples: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM rejected_samples WHERE env_id = ?")
         .bind(env)
         .fetch_one(&pool)
@@ -156,8 +173,8 @@ async fn every_outcome_is_counted_once_and_the_ledger_adds_up() {
     .await
     .expect("acceptances");
     assert_eq!(
-        acceptances, 4,
-        "A and C came in parts: keyed by their ids, once each; B and D came whole: in their writes' rows"
+        acceptances, 5,
+        "A and C came in parts: keyed by their ids, once each; B, D and F came whole: in their writes' rows"
     );
     // Stored events carry the time they were stored, for the live tail.
     let stored_late: i64 = sqlx::query_scalar(
@@ -167,13 +184,13 @@ async fn every_outcome_is_counted_once_and_the_ledger_adds_up() {
     .fetch_one(&pool)
     .await
     .expect("stored_at");
-    assert_eq!(stored_late, 6);
+    assert_eq!(stored_late, 7);
 
     // Compaction sums the writes' rows per minute and outcome; the ledger
     // reads the same, and a late write into the minute still counts.
     let rows = |pool: MySqlPool| async move {
         sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM delivery WHERE env_id = ? AND summable = 1",
+            "SELECT COUNT(*) FROM delivery WHERE env_id = ? AND summable > 0",
         )
         .bind(env)
         .fetch_one(&pool)
@@ -211,7 +228,7 @@ async fn every_outcome_is_counted_once_and_the_ledger_adds_up() {
     let after = ledger(addr, &token, at - 60_000, at + 120_000).await;
     assert_eq!(
         (after["resent"].as_u64(), after["accepted"].as_u64()),
-        (Some(3), Some(10)),
+        (Some(3), Some(11)),
         "{after}"
     );
     assert_eq!(after["balanced"], true);

@@ -5,28 +5,33 @@
 -- source: what counted the row (an acceptance, a report, one write); rows
 -- are written with INSERT IGNORE, so a source counted twice counts once.
 -- Writes add their rows in the same transaction as the events they count.
--- summable: a write's own row (its source is unique to that write), which
--- the background compaction sums into one row per minute and outcome
--- (source all zeros); rows keyed by an acceptance or a report id stay, as
--- they must for a redelivered report or part to count once.
+-- summable: 0 for a row keyed by an acceptance or report id (it stays, so
+-- a redelivered report or part counts once); 1 for a write's own row (its
+-- source is that write's alone), which the background compaction sums
+-- into one row per minute and outcome; 2 for such a sum (source all zeros).
 CREATE TABLE IF NOT EXISTS delivery (
     env_id INT UNSIGNED NOT NULL,
     minute DATETIME NOT NULL,
     outcome VARBINARY(80) NOT NULL,
     source BINARY(16) NOT NULL,
     n BIGINT UNSIGNED NOT NULL,
-    summable TINYINT(1) NOT NULL DEFAULT 0,
-    PRIMARY KEY (env_id, minute, outcome, source)
+    summable TINYINT UNSIGNED NOT NULL DEFAULT 0,
+    PRIMARY KEY (env_id, minute, outcome, source),
+    KEY delivery_env_summable (env_id, summable, minute)
 ) ENGINE=InnoDB;
 
 -- Events the pipeline gave up on (the edge's dead-letter queue), by their
 -- acceptance's receive time; one that is stored since with that receive
--- time was replayed.
+-- time was replayed. acceptance/n: the request it came in (the event's own
+-- key and 1 when it carried none); the ledger counts it as accepted when no
+-- write counted it (none of its dead letters stored, no row keyed by it).
 CREATE TABLE IF NOT EXISTS dead_letters (
     env_id INT UNSIGNED NOT NULL,
     id BINARY(16) NOT NULL,
     received_at DATETIME(3) NOT NULL,
     minute DATETIME NOT NULL,
+    acceptance BINARY(16) NOT NULL,
+    n INT UNSIGNED NOT NULL,
     PRIMARY KEY (env_id, id, received_at),
     KEY dead_letters_env_minute (env_id, minute)
 ) ENGINE=InnoDB;

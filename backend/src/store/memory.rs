@@ -29,6 +29,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// (shard, env, minute, outcome, source) of a ledger row, whose value is
 /// (events, summable).
 type LedgerKey = (u32, u32, i64, String, [u8; 16]);
+/// (shard, env, key, receive time) of a dead letter.
+type DeadLetterKey = (u32, u32, [u8; 16], i64);
 
 #[derive(Default)]
 struct Shards {
@@ -50,8 +52,8 @@ struct Shards {
     rejected: Vec<(u32, u32, RejectedSample)>,
     /// The delivery ledger.
     ledger: BTreeMap<LedgerKey, (u64, bool)>,
-    /// (shard, env, key, receive time) of dead letters.
-    dead_letters: BTreeSet<(u32, u32, [u8; 16], i64)>,
+    /// Dead letters → (acceptance, n).
+    dead_letters: BTreeMap<DeadLetterKey, ([u8; 16], u32)>,
     /// (shard, env, source, seq) → sampled refusal.
     samples: BTreeMap<(u32, u32, [u8; 16], u16), Sample>,
 }
@@ -304,27 +306,21 @@ impl LedgerStore for MemoryStore {
         Ok(())
     }
 
-    async fn dead_letters(
-        &self,
-        shard: &Shard,
-        env_id: u32,
-        letters: &[DeadLetter],
-    ) -> Result<HashSet<usize>> {
+    async fn dead_letters(&self, shard: &Shard, env_id: u32, letters: &[DeadLetter]) -> Result<()> {
         let mut s = lock(&self.shards);
-        let mut stored = HashSet::new();
-        for (i, letter) in letters.iter().enumerate() {
-            let key = protocol::event_key(&letter.id);
-            s.dead_letters
-                .insert((shard.id, env_id, key, letter.received_at));
-            if s.events
-                .get(&(shard.id, env_id))
-                .and_then(|m| m.get(&key))
-                .is_some_and(|e| e.received_at == letter.received_at)
-            {
-                stored.insert(i);
-            }
+        for letter in letters {
+            let (acceptance, n) = delivery::dead_letter_acceptance(letter);
+            s.dead_letters.insert(
+                (
+                    shard.id,
+                    env_id,
+                    protocol::event_key(&letter.id),
+                    letter.received_at,
+                ),
+                (acceptance, n),
+            );
         }
-        Ok(stored)
+        Ok(())
     }
 
     async fn compact(
@@ -391,19 +387,41 @@ impl LedgerStore for MemoryStore {
             }
         }
         let stored = s.events.get(&(shard.id, env_id));
-        for (sh, env, key, received_at) in &s.dead_letters {
+        let mut dead: BTreeMap<(i64, [u8; 16]), delivery::DeadAcceptance> = BTreeMap::new();
+        for ((sh, env, key, received_at), (acceptance, n)) in &s.dead_letters {
             let minute = delivery::minute_of(*received_at);
-            if (*sh, *env) == (shard.id, env_id) && (start..end).contains(&minute) {
-                let counts = out.entry(minute).or_default();
-                counts.dead_lettered += 1;
-                if stored
-                    .and_then(|m| m.get(key))
-                    .is_some_and(|e| e.received_at == *received_at)
-                {
-                    counts.replayed += 1;
-                }
+            if (*sh, *env) != (shard.id, env_id) || !(start..end).contains(&minute) {
+                continue;
+            }
+            let d = dead
+                .entry((minute, *acceptance))
+                .or_insert(delivery::DeadAcceptance {
+                    minute,
+                    acceptance: *acceptance,
+                    n: u64::from(*n),
+                    letters: 0,
+                    stored: 0,
+                });
+            d.letters += 1;
+            if stored
+                .and_then(|m| m.get(key))
+                .is_some_and(|e| e.received_at == *received_at)
+            {
+                d.stored += 1;
             }
         }
+        let keyed: HashSet<[u8; 16]> = s
+            .ledger
+            .keys()
+            .filter(|(sh, env, minute, outcome, _)| {
+                (*sh, *env) == (shard.id, env_id)
+                    && (start..end).contains(minute)
+                    && outcome == delivery::ACCEPTED
+            })
+            .map(|k| k.4)
+            .collect();
+        let dead: Vec<_> = dead.into_values().collect();
+        delivery::add_dead_letters(&mut out, &dead, &keyed);
         Ok(out)
     }
 }

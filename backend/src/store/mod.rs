@@ -77,15 +77,9 @@ pub trait LedgerStore: Send + Sync {
         samples: &[([u8; 16], Sample)],
     ) -> Result<()>;
 
-    /// Dead-lettered events, once each (by id and receive time); returns
-    /// the positions of those already stored with their receive time (a
-    /// write counted their acceptance).
-    async fn dead_letters(
-        &self,
-        shard: &Shard,
-        env_id: u32,
-        letters: &[DeadLetter],
-    ) -> Result<std::collections::HashSet<usize>>;
+    /// Dead-lettered events, once each (by id and receive time), with the
+    /// acceptance they came in (the ledger counts it when no write did).
+    async fn dead_letters(&self, shard: &Shard, env_id: u32, letters: &[DeadLetter]) -> Result<()>;
 
     /// Sums the write rows (`summable`) of up to `max_minutes` minutes
     /// before `before` (unix seconds) into one row per minute and outcome;

@@ -1,7 +1,7 @@
 //! The delivery ledger on a shard: reports, dead letters, and the reads.
 //! (Writes add their own rows in `Shards::write`.)
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
@@ -10,7 +10,7 @@ use sqlx::{MySql, QueryBuilder, Row};
 
 use super::shards::{delivery_insert, Shards};
 use crate::{
-    delivery::{self, Counts, Entry},
+    delivery::{self, Counts, DeadAcceptance, Entry},
     error::Result,
     model::{datetime, Shard},
     store::LedgerStore,
@@ -18,23 +18,23 @@ use crate::{
 
 const SUM_DELIVERY: &str = "SELECT minute, outcome, CAST(SUM(n) AS UNSIGNED) FROM delivery \
     WHERE env_id = ? AND minute >= ? AND minute < ? GROUP BY minute, outcome";
-/// A dead letter was replayed when its event is stored with its receive time.
-const SUM_DEAD_LETTERS: &str = "SELECT d.minute, COUNT(*), \
+/// Dead letters by minute and acceptance; one was replayed when its event
+/// is stored with its receive time.
+const SUM_DEAD_LETTERS: &str =
+    "SELECT d.minute, d.acceptance, CAST(MAX(d.n) AS UNSIGNED), COUNT(*), \
     CAST(COALESCE(SUM(e.id IS NOT NULL), 0) AS UNSIGNED) FROM dead_letters d \
     LEFT JOIN events e ON e.env_id = d.env_id AND e.id = d.id AND e.received_at = d.received_at \
-    WHERE d.env_id = ? AND d.minute >= ? AND d.minute < ? GROUP BY d.minute";
+    WHERE d.env_id = ? AND d.minute >= ? AND d.minute < ? GROUP BY d.minute, d.acceptance";
 const INSERT_SAMPLES: &str =
     "INSERT IGNORE INTO rejected_samples (env_id, source, seq, received_at, code, message, body) ";
-const UNSUMMED_MINUTES: &str = "SELECT minute FROM delivery \
-    WHERE env_id = ? AND minute < ? AND summable = 1 AND source <> ? \
-    GROUP BY minute ORDER BY minute LIMIT ?";
-const LOCK_SUMMABLE: &str = "SELECT outcome, n FROM delivery \
-    WHERE env_id = ? AND minute = ? AND summable = 1 FOR UPDATE";
-const DELETE_SUMMABLE: &str =
-    "DELETE FROM delivery WHERE env_id = ? AND minute = ? AND summable = 1";
-const SELECT_STORED: &str = "SELECT id, received_at FROM events WHERE env_id = ";
+/// Minutes with write rows not summed yet (`delivery_env_summable` holds
+/// only those under `summable = 1`, so older, summed minutes cost nothing).
+const UNSUMMED_MINUTES: &str = "SELECT DISTINCT minute FROM delivery \
+    WHERE env_id = ? AND summable = 1 AND minute < ? ORDER BY minute LIMIT ?";
+const LOCK_SUMMABLE: &str = "SELECT outcome, source, n FROM delivery \
+    WHERE env_id = ? AND minute = ? AND summable IN (1, 2) FOR UPDATE";
 const INSERT_DEAD_LETTERS: &str =
-    "INSERT IGNORE INTO dead_letters (env_id, id, received_at, minute) ";
+    "INSERT IGNORE INTO dead_letters (env_id, id, received_at, minute, acceptance, n) ";
 
 fn ms_datetime(ms: i64) -> NaiveDateTime {
     chrono::DateTime::from_timestamp_millis(ms)
@@ -79,44 +79,22 @@ impl LedgerStore for Shards {
         Ok(())
     }
 
-    async fn dead_letters(
-        &self,
-        shard: &Shard,
-        env_id: u32,
-        letters: &[DeadLetter],
-    ) -> Result<HashSet<usize>> {
+    async fn dead_letters(&self, shard: &Shard, env_id: u32, letters: &[DeadLetter]) -> Result<()> {
         let pool = self.pool(shard)?;
-        let mut stored = HashSet::new();
-        for (c, chunk) in letters.chunks(500).enumerate() {
+        for chunk in letters.chunks(500) {
             let mut insert = QueryBuilder::<MySql>::new(INSERT_DEAD_LETTERS);
             insert.push_values(chunk, |mut b, letter| {
+                let (acceptance, n) = delivery::dead_letter_acceptance(letter);
                 b.push_bind(env_id)
                     .push_bind(protocol::event_key(&letter.id).to_vec())
                     .push_bind(ms_datetime(letter.received_at))
-                    .push_bind(datetime(delivery::minute_of(letter.received_at)));
+                    .push_bind(datetime(delivery::minute_of(letter.received_at)))
+                    .push_bind(acceptance.to_vec())
+                    .push_bind(n);
             });
             insert.build().execute(&pool).await?;
-            let mut select = QueryBuilder::<MySql>::new(SELECT_STORED);
-            select.push_bind(env_id).push(" AND id IN (");
-            let mut list = select.separated(", ");
-            for letter in chunk {
-                list.push_bind(protocol::event_key(&letter.id).to_vec());
-            }
-            select.push(")");
-            let mut found: HashMap<Vec<u8>, i64> = HashMap::new();
-            for row in select.build().fetch_all(&pool).await? {
-                let key: Vec<u8> = row.try_get(0)?;
-                let at: NaiveDateTime = row.try_get(1)?;
-                found.insert(key, at.and_utc().timestamp_millis());
-            }
-            for (i, letter) in chunk.iter().enumerate() {
-                let key = protocol::event_key(&letter.id).to_vec();
-                if found.get(&key) == Some(&letter.received_at) {
-                    stored.insert(c * 500 + i);
-                }
-            }
         }
-        Ok(stored)
+        Ok(())
     }
 
     async fn compact(
@@ -130,7 +108,6 @@ impl LedgerStore for Shards {
         let minutes: Vec<NaiveDateTime> = sqlx::query_scalar(UNSUMMED_MINUTES)
             .bind(env_id)
             .bind(datetime(before))
-            .bind(&delivery::SUMMED[..])
             .bind(max_minutes)
             .fetch_all(&pool)
             .await?;
@@ -139,6 +116,7 @@ impl LedgerStore for Shards {
             // The locking read holds the minute's write rows (and the gaps
             // between them) until the sum replaces them: a write counting
             // a late event into this minute waits for it, never goes lost.
+            // Exactly the rows read are deleted.
             let mut tx = pool.begin().await?;
             let rows = sqlx::query(LOCK_SUMMABLE)
                 .bind(env_id)
@@ -146,15 +124,30 @@ impl LedgerStore for Shards {
                 .fetch_all(&mut *tx)
                 .await?;
             let mut sums: BTreeMap<Vec<u8>, u64> = BTreeMap::new();
+            let mut read: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(rows.len());
             for row in &rows {
-                *sums.entry(row.try_get(0)?).or_default() += row.try_get::<u64, _>(1)?;
+                let outcome: Vec<u8> = row.try_get(0)?;
+                *sums.entry(outcome.clone()).or_default() += row.try_get::<u64, _>(2)?;
+                read.push((outcome, row.try_get(1)?));
             }
-            let deleted = sqlx::query(DELETE_SUMMABLE)
-                .bind(env_id)
-                .bind(minute)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            for chunk in read.chunks(500) {
+                let mut delete = QueryBuilder::<MySql>::new("DELETE FROM delivery WHERE env_id = ");
+                delete
+                    .push_bind(env_id)
+                    .push(" AND minute = ")
+                    .push_bind(minute)
+                    .push(" AND (outcome, source) IN (");
+                let mut list = delete.separated(", ");
+                for (outcome, source) in chunk {
+                    list.push("(")
+                        .push_bind_unseparated(outcome.as_slice())
+                        .push_unseparated(", ")
+                        .push_bind_unseparated(source.as_slice())
+                        .push_unseparated(")");
+                }
+                delete.push(")");
+                delete.build().execute(&mut *tx).await?;
+            }
             let entries: Vec<Entry> = sums
                 .into_iter()
                 .map(|(outcome, n)| Entry {
@@ -172,7 +165,7 @@ impl LedgerStore for Shards {
                     .await?;
             }
             tx.commit().await?;
-            removed += deleted.saturating_sub(entries.len() as u64);
+            removed += (read.len() as u64).saturating_sub(entries.len() as u64);
         }
         Ok(removed)
     }
@@ -209,14 +202,45 @@ impl LedgerStore for Shards {
             .bind(end)
             .fetch_all(&pool)
             .await?;
+        let mut dead = Vec::with_capacity(rows.len());
         for row in rows {
             let minute: NaiveDateTime = row.try_get(0)?;
-            let all: i64 = row.try_get(1)?;
-            let replayed: u64 = row.try_get(2)?;
-            let counts = out.entry(minute.and_utc().timestamp()).or_default();
-            counts.dead_lettered += all.max(0) as u64;
-            counts.replayed += replayed;
+            let acceptance: Vec<u8> = row.try_get(1)?;
+            let letters: i64 = row.try_get(3)?;
+            dead.push(DeadAcceptance {
+                minute: minute.and_utc().timestamp(),
+                acceptance: <[u8; 16]>::try_from(acceptance.as_slice()).unwrap_or_default(),
+                n: row.try_get(2)?,
+                letters: letters.max(0) as u64,
+                stored: row.try_get(4)?,
+            });
         }
+        // Which of the never-stored ones a stored part of them counted.
+        let unstored: Vec<&DeadAcceptance> = dead.iter().filter(|d| d.stored == 0).collect();
+        let mut keyed = HashSet::new();
+        for chunk in unstored.chunks(500) {
+            let mut select =
+                QueryBuilder::<MySql>::new("SELECT source FROM delivery WHERE env_id = ");
+            select
+                .push_bind(env_id)
+                .push(" AND minute >= ")
+                .push_bind(start)
+                .push(" AND minute < ")
+                .push_bind(end)
+                .push(" AND outcome = 'accepted' AND source IN (");
+            let mut list = select.separated(", ");
+            for d in chunk {
+                list.push_bind(d.acceptance.to_vec());
+            }
+            select.push(")");
+            for row in select.build().fetch_all(&pool).await? {
+                let source: Vec<u8> = row.try_get(0)?;
+                if let Ok(source) = <[u8; 16]>::try_from(source.as_slice()) {
+                    keyed.insert(source);
+                }
+            }
+        }
+        delivery::add_dead_letters(&mut out, &dead, &keyed);
         Ok(out)
     }
 }

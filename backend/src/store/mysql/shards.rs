@@ -104,6 +104,10 @@ fn pool_of(
     Ok(pool)
 }
 
+/// Reads of the stored keys a partial write tries before giving up (each
+/// retry follows a concurrent writer of the same keys).
+const CONCURRENT_WRITE_TRIES: usize = 3;
+
 /// How long a shard that failed to connect is skipped before the next try.
 pub const SHARD_BACKOFF: Duration = Duration::from_secs(2);
 /// Connecting (or waiting for a free connection) gives up after this.
@@ -178,7 +182,7 @@ pub fn delivery_insert<'q>(env_id: u32, entries: &'q [delivery::Entry]) -> Query
             .push_bind(e.outcome.as_bytes())
             .push_bind(&e.source[..])
             .push_bind(e.n)
-            .push_bind(e.summable);
+            .push_bind(e.summable_kind());
     });
     insert
 }
@@ -472,6 +476,48 @@ impl Shards {
         Ok(existing)
     }
 
+    /// The partial case of [`Shards::write`]: the stored keys are read, and
+    /// only the new rows are inserted, with the ledger rows counted from
+    /// that read. A concurrent writer that stores some of the same keys in
+    /// between (the insert then adds fewer rows than it should) makes the
+    /// read stale: the transaction is rolled back and the read done again,
+    /// so neither the counters nor the ledger count an event twice.
+    async fn write_new_only<'r>(
+        &self,
+        pool: &MySqlPool,
+        shard: &Shard,
+        env_id: u32,
+        envelopes: &[&Envelope],
+        all: Vec<&'r EventRow<'r>>,
+        write_source: [u8; 16],
+    ) -> Result<Vec<&'r EventRow<'r>>> {
+        for _ in 0..CONCURRENT_WRITE_TRIES {
+            let mut conn = pool.acquire().await?;
+            let existing = self.existing_keys(&mut conn, env_id, &all).await?;
+            drop(conn);
+            let fresh: Vec<&EventRow> = all
+                .iter()
+                .copied()
+                .filter(|r| !existing.contains_key(&r.key))
+                .collect();
+            let ledger = delivery::count_write(envelopes, &existing, write_source);
+            let mut tx = pool.begin().await?;
+            let affected = self.insert(&mut tx, &fresh).await?;
+            if affected != fresh.len() as u64 {
+                tx.rollback().await?;
+                tracing::warn!(shard = %shard.name, env_id, affected, expected = fresh.len(), "concurrent duplicate write; reading again");
+                continue;
+            }
+            self.record(&mut tx, env_id, &ledger).await?;
+            tx.commit().await?;
+            return Ok(fresh);
+        }
+        Err(crate::error::Error::Internal(format!(
+            "writes of the same events kept racing on shard {}",
+            shard.name
+        )))
+    }
+
     /// Write one environment's envelopes to one shard, idempotently, with
     /// their delivery-ledger rows in the same transaction.
     ///
@@ -556,25 +602,8 @@ impl Shards {
             Vec::new()
         } else {
             tx.rollback().await?;
-            let mut conn = pool.acquire().await?;
-            let existing = self.existing_keys(&mut conn, env_id, &all).await?;
-            drop(conn);
-            let fresh: Vec<&EventRow> = all
-                .into_iter()
-                .filter(|r| !existing.contains_key(&r.key))
-                .collect();
-            let ledger = delivery::count_write(envelopes, &existing, write_source);
-            let mut tx = pool.begin().await?;
-            let affected = self.insert(&mut tx, &fresh).await?;
-            self.record(&mut tx, env_id, &ledger).await?;
-            tx.commit().await?;
-            if affected != fresh.len() as u64 {
-                // A concurrent writer stored some of the same ids in between;
-                // rows are still exact, only the derived counts (and this
-                // write's ledger rows) may be off until `backend counters rebuild`.
-                tracing::warn!(shard = %shard.name, env_id, affected, expected = fresh.len(), "concurrent duplicate write");
-            }
-            fresh.into_iter().take(affected as usize).collect()
+            self.write_new_only(&pool, shard, env_id, envelopes, all, write_source)
+                .await?
         };
 
         let counted: Vec<Counted> = inserted
