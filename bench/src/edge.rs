@@ -42,13 +42,27 @@ impl Drop for Wrangler {
 
 fn wrangler(args: &[&str]) -> Wrangler {
     use std::os::unix::process::CommandExt;
+    // Its output (the worker's logs, workerd's errors) goes to a file per
+    // run, for when a stage fails: target/artifacts/wrangler-<port>.log.
+    let _ = std::fs::create_dir_all("target/artifacts");
+    let port = args
+        .iter()
+        .position(|a| *a == "--port")
+        .and_then(|i| args.get(i + 1))
+        .copied()
+        .unwrap_or("dev");
+    let log = std::fs::File::create(format!("target/artifacts/wrangler-{port}.log")).ok();
+    let (out, err) = match log.and_then(|f| f.try_clone().ok().map(|g| (f, g))) {
+        Some((f, g)) => (Stdio::from(f), Stdio::from(g)),
+        None => (Stdio::null(), Stdio::null()),
+    };
     Wrangler(
         Command::new("scripts/wrangler.sh")
             .args(args)
             // Several run at once: each gets its own inspector port.
             .args(["--inspector-port", &free_port().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .process_group(0)
             .spawn()
             .expect("spawn wrangler dev"),
