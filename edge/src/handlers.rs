@@ -137,7 +137,7 @@ struct EdgeKeys<'e, 'a, K, Q, C, L>(&'e Edge<'a, K, Q, C, L>);
 
 impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> door::Keys for EdgeKeys<'_, '_, K, Q, C, L> {
     /// The key lookup and the limiter run side by side.
-    async fn admit(&self, key: &str) -> Result<u32, door::Refused> {
+    async fn admit(&self, key: &str) -> Result<door::Admitted, door::Refused> {
         let edge = self.0;
         let hash = intake::credentials::key_hash(key);
         let (lookup, within_limit) =
@@ -417,6 +417,7 @@ mod tests {
             received_at: fakes::NOW,
             accepted: 0,
             rejected: Some(("invalid_json", 1)),
+            dropped: None,
             sample: None,
             acceptance: None,
         };
