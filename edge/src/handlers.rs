@@ -94,11 +94,12 @@ impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> Edge<'_, K, Q, C, L> {
     pub fn after(&self, response: &mut Response) -> After {
         After {
             deferred: response.deferred.take(),
-            // Accepted events need no report: their envelopes tell it.
+            // Accepted events need no report: their envelopes tell it (not
+            // those dropped, bots: the report does).
             tally: response
                 .tally
                 .take()
-                .filter(|t| t.rejected.is_some() || t.sample.is_some()),
+                .filter(|t| t.rejected.is_some() || t.dropped.is_some() || t.sample.is_some()),
             lost: self.unsent.take(),
         }
     }
