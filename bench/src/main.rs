@@ -20,6 +20,10 @@
 //! and the live tail (issue 17, [`tail`]): MySQL SELECTs/s with 1 and 200
 //! viewers of `/v1/stats/tail` beside the same for `/v1/stats/stream`.
 //!
+//! and user-agent parsing (issue 18, [`ua`]): the parser's build, a parse
+//! per distinct agent and per cached one, and the cost per event of a
+//! realistic mix (`--only ua` runs just that, without MySQL).
+//!
 //! Every run is bounded, seeded, and talks to 127.0.0.1 only.
 
 use std::{
@@ -33,6 +37,7 @@ mod edge;
 mod ledger;
 mod population;
 mod tail;
+mod ua;
 
 use backend::shards::{events_insert, EventRow};
 use futures::{stream, StreamExt};
@@ -64,8 +69,10 @@ struct Args {
     storage_events: usize,
     /// Length of each direct-ingest stage (after a 1 s warm-up).
     direct_seconds: u64,
-    /// Stages left out (`--skip storage,direct,edge,ledger,tail`), for a quicker partial run.
+    /// Stages left out (`--skip storage,direct,edge,ledger,tail,ua`), for a quicker partial run.
     skip: Vec<String>,
+    /// `--only ua`: that stage alone (it needs no database).
+    only: Option<String>,
     write_md: Option<PathBuf>,
     command: String,
 }
@@ -86,6 +93,7 @@ fn args() -> Args {
         storage_events: 1_000_000,
         direct_seconds: 15,
         skip: Vec::new(),
+        only: None,
         write_md: None,
         command: std::env::args().collect::<Vec<_>>().join(" "),
     };
@@ -103,10 +111,18 @@ fn args() -> Args {
                 a.skip = value().split(',').map(|s| s.trim().to_string()).collect();
                 for stage in &a.skip {
                     assert!(
-                        ["storage", "direct", "edge", "ledger", "tail"].contains(&stage.as_str()),
-                        "--skip takes storage, direct, edge, ledger and tail (comma-separated), not {stage}"
+                        ["storage", "direct", "edge", "ledger", "tail", "ua"].contains(&stage.as_str()),
+                        "--skip takes storage, direct, edge, ledger, tail and ua (comma-separated), not {stage}"
                     );
                 }
+            }
+            "--only" => {
+                let stage = value();
+                assert!(
+                    stage == "ua",
+                    "--only takes ua (the stage without a database), not {stage}"
+                );
+                a.only = Some(stage);
             }
             "--write-md" => a.write_md = Some(value().into()),
             "--command" => a.command = value(),
@@ -704,6 +720,14 @@ async fn main() {
     let args = args();
     let prefix = format!("sluice_bench_{}", std::process::id());
     let mut figures = Vec::new();
+    // First, while nothing else of the bench runs: CPU only, in-process.
+    if !args.skips("ua") {
+        ua::figures(args.runs, &mut figures);
+    }
+    if args.only.is_some() {
+        println!("{}", table(&figures));
+        return;
+    }
     let (env_ids, ingest_rate) = throughput(&args, &prefix, &mut figures).await;
     if !args.skips("direct") {
         direct::figures(&args, &prefix, ingest_rate, &mut figures).await;

@@ -134,6 +134,8 @@ test("addresses, geo and bots are stored as each environment's policy says, and 
   assert.equal(by(trunc, "v4-header")[0].country, "DE");
   assert.equal(by(trunc, "v4-header")[0].bot, false, "Miniflare's score 99 is no bot");
   assert.deepEqual(by(trunc, "bot").map((c) => c.bot), [true, true]);
+  const human = by(trunc, "v4-header")[0];
+  assert.ok(human.ua && typeof human.ua.device === "string", `the parsed user agent: ${JSON.stringify(human)}`);
 
   // open: everything as sent.
   assert.equal(by(open, "v4-header")[0].ip, V4);
@@ -185,16 +187,25 @@ test("the edge and the backend's door count dropped bots in the delivery ledger"
     body: JSON.stringify([{ event: "human" }]),
   });
   assert.equal(direct.status, 202);
+  // A crawler's user agent is a bot's, whatever Bot Management says (here: nothing, at the backend's door).
+  const crawler = await fetch(`${backend.url}/v1/events`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json", Authorization: `Bearer ${keys.private}`, "User-Agent": "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)" },
+    body: JSON.stringify([{ event: "crawl" }]),
+  });
+  assert.equal(crawler.status, 202);
+  assert.deepEqual(await crawler.json(), { accepted: 1 }, "answered as accepted");
   const ledger = await eventually(
     async () => {
       const q = new URLSearchParams({ env: "private", from: String(from), to: String(Date.now() + 60_000) });
       const res = await fetch(`${backend.url}/v1/stats/delivery?${q}`, { headers: { Authorization: `Bearer ${token}` } });
       const body = await res.json();
-      if (body.dropped?.bot >= 2 && body.stored >= 5 && body.in_flight === 0) return body;
+      if (body.dropped?.bot >= 3 && body.stored >= 5 && body.in_flight === 0) return body;
       throw new Error(JSON.stringify(body));
     },
     { what: "the private environment's ledger with its dropped bots" },
   );
-  // Sent: 4 requests' worth through the edge (2 of them bots) + 1 to the backend's door, + the human above.
-  assert.deepEqual([ledger.received, ledger.accepted, ledger.stored, ledger.dropped.bot], [7, 7, 5, 2], JSON.stringify(ledger));
+  // Sent: 5 events through the edge (2 of them bots) + 1 to the backend's door, + the human and the crawler above.
+  assert.deepEqual([ledger.received, ledger.accepted, ledger.stored, ledger.dropped.bot], [8, 8, 5, 3], JSON.stringify(ledger));
+  assert.equal((await backend.events("a", env.private)).filter((r) => r.name === "crawl").length, 0);
 });
