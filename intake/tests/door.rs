@@ -511,12 +511,21 @@ fn a_crawlers_user_agent_makes_a_bot_whatever_bot_management_says() {
     // Bot Management (score 99, not verified) says human: the parser's verdict stands.
     let human_score = client(V4, false);
     let sink = TestSink::default();
-    post_from(human_score.clone(), "/v1/batch", None, &body("sk_good"), &sink);
+    post_from(
+        human_score.clone(),
+        "/v1/batch",
+        None,
+        &body("sk_good"),
+        &sink,
+    );
     let stored = sink.envelopes.borrow();
     assert_eq!(stored.len(), 2);
     assert_eq!(stored[0].context["bot"], true);
     assert_eq!(stored[0].context["ua"]["device"], "bot");
-    assert_eq!(stored[0].context["user_agent"], GOOGLEBOT, "the raw user agent stays");
+    assert_eq!(
+        stored[0].context["user_agent"], GOOGLEBOT,
+        "the raw user agent stays"
+    );
     assert_eq!(stored[1].context["bot"], false);
     assert_eq!(stored[1].context["ua"]["browser"], "Chrome");
     assert_eq!(stored[1].context["ua"]["os"], "Windows");
