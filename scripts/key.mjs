@@ -6,6 +6,10 @@
 //   node scripts/key.mjs put --hash <sha256 hex> --env-id 7 --env-name web   (a key made by `backend key create --edge`)
 //   node scripts/key.mjs revoke sk_... | --hash <sha256 hex>   [--remote] [--env production]
 //   node scripts/key.mjs list --env-id 7                       [--remote] [--env production]
+//   node scripts/key.mjs policy --env-id 7 --policy '{"ip":"drop","geo":"country","bots":"flag"}'
+//       (the environment's privacy policy, written into every key record of the environment;
+//        `put --policy JSON` writes it with a new key: what `backend env set --edge` and
+//        `backend key create --edge` run)
 //
 // Local by default: wrangler's local KV under .dev/wrangler-state (what
 // `scripts/wrangler.sh dev --persist-to .dev/wrangler-state` serves);
@@ -17,14 +21,14 @@ function usage(message) {
   if (message) console.error(`key: ${message}`);
   console.error(
     "usage: key.mjs create --env-id N --env-name NAME | put --hash HEX --env-id N --env-name NAME |\n" +
-      "       revoke KEY | revoke --hash HEX | list --env-id N\n" +
+      "       revoke KEY | revoke --hash HEX | list --env-id N | policy --env-id N --policy JSON\n" +
       "       [--remote] [--env staging|production] [--persist-to DIR]",
   );
   process.exit(2);
 }
 
 const sha256 = (text) => createHash("sha256").update(text).digest("hex");
-const opts = parseArgs(process.argv.slice(2), ["--env-id", "--env-name", "--env", "--persist-to", "--hash"], usage);
+const opts = parseArgs(process.argv.slice(2), ["--env-id", "--env-name", "--env", "--persist-to", "--hash", "--policy"], usage);
 const keys = kv("API_KEYS", opts);
 
 function record(hash) {
@@ -33,6 +37,22 @@ function record(hash) {
   } catch {
     return null;
   }
+}
+
+// {ip, geo, bots} as the edge reads it (intake::enrich::Policy); the edge
+// refuses a key whose record holds a value it does not know.
+const POLICY_VALUES = { ip: ["drop", "truncate", "keep"], geo: ["full", "city", "country", "none"], bots: ["keep", "flag", "drop"] };
+function policy(opts) {
+  if (opts.policy === undefined) return undefined;
+  let p;
+  try {
+    p = JSON.parse(opts.policy);
+  } catch {
+    usage("--policy must be JSON");
+  }
+  for (const [field, values] of Object.entries(POLICY_VALUES))
+    if (p[field] !== undefined && !values.includes(p[field])) usage(`--policy: ${field} must be one of ${values.join(", ")}`);
+  return p;
 }
 
 function envId(opts) {
@@ -56,7 +76,7 @@ switch (opts.command) {
     const env_id = envId(opts);
     if (!opts.env_name) usage("--env-name is required");
     if (!opts.hash || !/^[0-9a-f]{64}$/.test(opts.hash)) usage("--hash must be the key's SHA-256 hex");
-    keys.put(opts.hash, JSON.stringify({ env_id, name: opts.env_name, status: "active", created_at: new Date().toISOString() }));
+    keys.put(opts.hash, JSON.stringify({ env_id, name: opts.env_name, status: "active", created_at: new Date().toISOString(), policy: policy(opts) }));
     console.error(`key: ${opts.hash} active for env ${env_id} (${opts.env_name})`);
     break;
   }
@@ -78,6 +98,21 @@ switch (opts.command) {
       const r = record(hash);
       if (r && r.env_id === env_id) console.log([hash, r.status, r.name, r.created_at ?? ""].join("\t"));
     }
+    break;
+  }
+  case "policy": {
+    const env_id = envId(opts);
+    const p = policy(opts);
+    if (!p) usage("--policy is required");
+    let n = 0;
+    for (const hash of keys.list()) {
+      const r = record(hash);
+      if (r && r.env_id === env_id) {
+        keys.put(hash, JSON.stringify({ ...r, policy: p }));
+        n++;
+      }
+    }
+    console.error(`key: policy ${JSON.stringify(p)} written to ${n} key record(s) of env ${env_id}; edges apply it within ~60 s (KV) + 30 s (isolate cache)`);
     break;
   }
   default:

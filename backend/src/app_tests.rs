@@ -1161,13 +1161,35 @@ async fn the_client_address_and_country_come_from_the_socket_or_a_trusted_proxy(
             .map(|e| serde_json::to_value(&e).unwrap()["context"].clone())
             .expect("stored")
     };
-    assert_eq!(context("via-proxy")["ip"], "198.51.100.7");
+    // The environment's default policy truncates the address.
+    assert_eq!(context("via-proxy")["ip"], "198.51.100.0");
     assert_eq!(context("via-proxy")["country"], "NL");
-    assert_eq!(context("direct")["ip"], "203.0.113.9");
+    assert_eq!(context("via-proxy")["geo"], json!({"country": "NL"}));
+    assert_eq!(context("direct")["ip"], "203.0.113.0");
     assert!(
         context("direct").get("country").is_none(),
         "an untrusted peer's header is ignored"
     );
+    // A policy change reaches the door with the next catalog snapshot.
+    let keep = intake::enrich::Policy {
+        ip: intake::enrich::IpPolicy::Keep,
+        geo: intake::enrich::GeoPolicy::None,
+        ..Default::default()
+    };
+    h.catalog.set_policy(WEB, keep);
+    h.state.catalog.refresh().await.unwrap();
+    let a = public(
+        &h.state,
+        "POST",
+        "/v1/track",
+        track("kept"),
+        &headers,
+        Some("10.1.1.1:5000"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(context("kept")["ip"], "198.51.100.7");
+    assert!(context("kept").get("country").is_none() && context("kept").get("geo").is_none());
 
     let a = public(
         &h.state,

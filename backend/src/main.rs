@@ -172,6 +172,26 @@ enum EnvCommand {
         name: String,
     },
     List,
+    /// Change an environment's privacy policy (what its events keep of the
+    /// client's address and location, and what becomes of bots' events).
+    Set {
+        name: String,
+        /// The client's address: drop, truncate (IPv4 /24, IPv6 /48) or keep.
+        #[arg(long)]
+        ip: Option<intake::enrich::IpPolicy>,
+        /// Location: full, city (no postal code or coordinates), country or none.
+        #[arg(long)]
+        geo: Option<intake::enrich::GeoPolicy>,
+        /// Bots' events: keep, flag (context.bot) or drop (counted in the ledger).
+        #[arg(long)]
+        bots: Option<intake::enrich::BotPolicy>,
+        #[command(flatten)]
+        edge: EdgeKv,
+    },
+    /// An environment's shards and privacy policy.
+    Show {
+        name: String,
+    },
     /// Create a read-only stats token for an environment; printed once.
     Token {
         name: String,
@@ -348,6 +368,54 @@ async fn run(cli: Cli) -> Result<()> {
                     catalog::promote_environment(&pool, &name).await?;
                     println!("{name}: secondary promoted to primary");
                 }
+                EnvCommand::Set {
+                    name,
+                    ip,
+                    geo,
+                    bots,
+                    edge,
+                } => {
+                    let env = catalog::set_environment_policy(&pool, &name, ip, geo, bots).await?;
+                    let policy = env.policy();
+                    if edge.edge {
+                        let policy_json = serde_json::to_string(&policy)
+                            .map_err(|e| Error::Internal(e.to_string()))?;
+                        let env_id = env.id.to_string();
+                        edge.run(&["policy", "--env-id", &env_id, "--policy", &policy_json])?;
+                    }
+                    println!(
+                        "{name}: {policy}; the backend's door applies it within {} s{}",
+                        config.catalog_refresh().as_secs_f64(),
+                        if edge.edge {
+                            ", the edge within KV's propagation (~60 s) + its key cache TTL (30 s)"
+                        } else {
+                            "; the edge keeps the policy its key records carry (add --edge)"
+                        }
+                    );
+                }
+                EnvCommand::Show { name } => {
+                    let env = catalog::environment_by_name(&pool, &name).await?;
+                    let shards: std::collections::HashMap<u32, String> =
+                        catalog::list_shards(&pool)
+                            .await?
+                            .into_iter()
+                            .map(|s| (s.id, s.name))
+                            .collect();
+                    let shard =
+                        |id: u32| shards.get(&id).cloned().unwrap_or_else(|| id.to_string());
+                    println!("id         {}", env.id);
+                    println!("name       {}", env.name);
+                    println!("primary    {}", shard(env.primary_shard_id));
+                    println!(
+                        "secondary  {}",
+                        env.secondary_shard_id
+                            .map(shard)
+                            .unwrap_or_else(|| "-".into())
+                    );
+                    println!("ip         {}", env.ip_policy);
+                    println!("geo        {}", env.geo_policy);
+                    println!("bots       {}", env.bot_policy);
+                }
                 EnvCommand::Token { name } => {
                     println!("{}", catalog::create_read_token(&pool, &name).await?);
                 }
@@ -404,6 +472,9 @@ async fn run(cli: Cli) -> Result<()> {
                     let (key, stored) = catalog::create_api_key(&pool, &env).await?;
                     if edge.edge {
                         let env_id = stored.env_id.to_string();
+                        let policy = catalog::environment_by_name(&pool, &env).await?.policy();
+                        let policy = serde_json::to_string(&policy)
+                            .map_err(|e| Error::Internal(e.to_string()))?;
                         let put = [
                             "put",
                             "--hash",
@@ -412,6 +483,8 @@ async fn run(cli: Cli) -> Result<()> {
                             &env_id,
                             "--env-name",
                             &env,
+                            "--policy",
+                            &policy,
                         ];
                         if let Err(e) = edge.run(&put) {
                             // A key the edge does not know must not stay usable elsewhere.

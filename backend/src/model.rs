@@ -63,6 +63,23 @@ pub struct Environment {
     pub name: String,
     pub primary_shard_id: u32,
     pub secondary_shard_id: Option<u32>,
+    #[sqlx(try_from = "String")]
+    pub ip_policy: intake::enrich::IpPolicy,
+    #[sqlx(try_from = "String")]
+    pub geo_policy: intake::enrich::GeoPolicy,
+    #[sqlx(try_from = "String")]
+    pub bot_policy: intake::enrich::BotPolicy,
+}
+
+impl Environment {
+    /// The privacy policy both doors apply to the environment's events.
+    pub fn policy(&self) -> intake::enrich::Policy {
+        intake::enrich::Policy {
+            ip: self.ip_policy,
+            geo: self.geo_policy,
+            bots: self.bot_policy,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

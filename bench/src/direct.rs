@@ -609,9 +609,15 @@ mod tests {
             );
             let limits = intake::Limits::default();
             let payload = intake::events::parse(public.as_bytes(), &limits).expect("event");
+            // No client address or location; bots unflagged, as the ingest envelope has none.
+            let policy = intake::enrich::Policy {
+                bots: intake::enrich::BotPolicy::Keep,
+                ..Default::default()
+            };
             let meta = intake::events::Meta {
                 env_id: 3,
                 received_at: now,
+                enrichment: intake::enrich::Enrichment::new(Default::default(), policy),
                 ..Default::default()
             };
             let built = intake::events::build(payload, &meta, || [0; 10]).expect("valid");

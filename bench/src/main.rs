@@ -35,6 +35,7 @@ use std::{
 mod direct;
 mod edge;
 mod ledger;
+mod population;
 mod tail;
 mod ua;
 
@@ -614,8 +615,10 @@ async fn storage(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
         .await
         .expect("naive table");
 
-    // Ours: written by the backend itself, through POST /v1/ingest.
-    let rows = events(env_id, args.storage_events, 42);
+    // Ours: written by the backend itself, through POST /v1/ingest. Contexts
+    // as the door makes them for a realistic population (population.rs).
+    let mut rows = events(env_id, args.storage_events, 42);
+    population::enrich(&mut rows);
     {
         let (_server, port) = start_backend(args, &catalog).await;
         let bodies = rows

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use serde::Deserialize;
 
 use crate::error::EdgeError;
-use intake::door::Refused;
+use intake::door::{Admitted, Refused};
+use intake::enrich::Policy;
 
 /// Bound on the cache; past it, expired entries go, then everything.
 pub const MAX_CACHE_ENTRIES: usize = 10_000;
@@ -28,11 +29,19 @@ pub struct KeyRecord {
     pub env_id: u32,
     pub name: String,
     pub status: KeyStatus,
+    /// The environment's privacy policy (`backend env set --edge` rewrites
+    /// it in every key record of the environment); the default without one.
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    Active { env_id: u32, name: String },
+    Active {
+        env_id: u32,
+        name: String,
+        policy: Policy,
+    },
     Denied,
 }
 
@@ -44,8 +53,8 @@ pub fn admit(
     within_limit: bool,
     now_ms: u64,
     period_seconds: u32,
-) -> Result<u32, Refused> {
-    let Lookup::Active { env_id, .. } = lookup else {
+) -> Result<Admitted, Refused> {
+    let Lookup::Active { env_id, policy, .. } = lookup else {
         return Err(EdgeError::InvalidKey.into());
     };
     if !within_limit {
@@ -58,7 +67,7 @@ pub fn admit(
             env_id: Some(env_id),
         });
     }
-    Ok(env_id)
+    Ok(Admitted { env_id, policy })
 }
 
 /// What a KV answer means. A record we cannot read denies, and says why.
@@ -71,7 +80,15 @@ pub fn interpret(kv_value: Option<&str>) -> (Lookup, Option<String>) {
             env_id,
             name,
             status: KeyStatus::Active,
-        }) => (Lookup::Active { env_id, name }, None),
+            policy,
+        }) => (
+            Lookup::Active {
+                env_id,
+                name,
+                policy,
+            },
+            None,
+        ),
         Ok(_) => (Lookup::Denied, None),
         Err(e) => (Lookup::Denied, Some(format!("malformed key record: {e}"))),
     }
@@ -138,8 +155,15 @@ mod tests {
         let active = || Lookup::Active {
             env_id: 7,
             name: "web".into(),
+            policy: Policy::default(),
         };
-        assert_eq!(admit(active(), true, 0, 10), Ok(7));
+        assert_eq!(
+            admit(active(), true, 0, 10),
+            Ok(Admitted {
+                env_id: 7,
+                policy: Policy::default()
+            })
+        );
         assert_eq!(
             admit(Lookup::Denied, true, 0, 10),
             Err(EdgeError::InvalidKey.into())
@@ -182,9 +206,24 @@ mod tests {
             interpret(Some(r#"{"env_id":7,"name":"web","status":"active"}"#)).0,
             Lookup::Active {
                 env_id: 7,
-                name: "web".into()
+                name: "web".into(),
+                policy: Policy::default(),
             }
         );
+        let private = r#"{"env_id":7,"name":"web","status":"active","policy":{"ip":"drop","geo":"none","bots":"drop"}}"#;
+        let Lookup::Active { policy, .. } = interpret(Some(private)).0 else {
+            panic!("active");
+        };
+        assert_eq!(policy.to_string(), "ip=drop geo=none bots=drop");
+        let (lookup, why) = interpret(Some(
+            r#"{"env_id":7,"name":"web","status":"active","policy":{"ip":"sometimes"}}"#,
+        ));
+        assert_eq!(
+            lookup,
+            Lookup::Denied,
+            "a policy we cannot read is not guessed"
+        );
+        assert!(why.unwrap().contains("ip must be one of"));
         assert_eq!(
             interpret(Some(r#"{"env_id":7,"name":"web","status":"revoked"}"#)).0,
             Lookup::Denied
@@ -204,6 +243,7 @@ mod tests {
         let active = Lookup::Active {
             env_id: 1,
             name: "a".into(),
+            policy: Policy::default(),
         };
         cache.put("h1".into(), active.clone(), 1_000);
         cache.put("h2".into(), Lookup::Denied, 1_000);

@@ -135,13 +135,11 @@ impl ports::Request for Incoming<'_> {
         (url.scheme().trim_end_matches(':').to_owned(), host)
     }
 
-    /// Country and colo from `request.cf`, the address from `CF-Connecting-IP`.
+    /// Location, colo and Bot Management from `request.cf`, the address
+    /// from `CF-Connecting-IP` (the environment's policy decides what of it
+    /// an event keeps: `intake::enrich`).
     fn client(&self) -> ports::Client {
-        ports::Client {
-            country: self.cf("country"),
-            colo: self.cf("colo"),
-            ip: self.header("CF-Connecting-IP"),
-        }
+        ports::Client::from_cf(&self.cf(), self.header("CF-Connecting-IP"))
     }
 
     /// Read from the runtime's own `Request`: the `worker` crate's `bytes()`
@@ -170,15 +168,20 @@ impl ports::Request for Incoming<'_> {
 }
 
 impl Incoming<'_> {
-    /// A string property of `request.cf`, if the runtime set one.
-    fn cf(&self, name: &str) -> Option<String> {
-        let cf = Reflect::get(self.0.inner(), &JsValue::from_str("cf")).ok()?;
+    /// `request.cf` as JSON (its values are not all text: `asn` is a
+    /// number, `botManagement` an object), or null when the runtime set none.
+    fn cf(&self) -> serde_json::Value {
+        let Ok(cf) = Reflect::get(self.0.inner(), &JsValue::from_str("cf")) else {
+            return serde_json::Value::Null;
+        };
         if cf.is_undefined() || cf.is_null() {
-            return None;
+            return serde_json::Value::Null;
         }
-        Reflect::get(&cf, &JsValue::from_str(name))
-            .ok()?
-            .as_string()
+        js_sys::JSON::stringify(&cf)
+            .ok()
+            .and_then(|text| text.as_string())
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or(serde_json::Value::Null)
     }
 }
 

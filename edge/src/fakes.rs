@@ -18,7 +18,8 @@ pub struct Request {
     pub headers: Vec<(String, String)>,
     pub query: Option<String>,
     pub body: Vec<u8>,
-    pub cf: HashMap<String, String>,
+    /// `request.cf`, as the runtime would hand it over.
+    pub cf: Value,
     /// The body read fails with this error.
     pub body_error: Option<EdgeError>,
 }
@@ -58,11 +59,7 @@ impl ports::Request for Request {
     }
 
     fn client(&self) -> ports::Client {
-        ports::Client {
-            country: self.cf.get("country").cloned(),
-            colo: self.cf.get("colo").cloned(),
-            ip: self.header("CF-Connecting-IP"),
-        }
+        ports::Client::from_cf(&self.cf, self.header("CF-Connecting-IP"))
     }
 
     async fn body(&self, _limit: usize) -> Result<Vec<u8>, EdgeError> {

@@ -94,11 +94,12 @@ impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> Edge<'_, K, Q, C, L> {
     pub fn after(&self, response: &mut Response) -> After {
         After {
             deferred: response.deferred.take(),
-            // Accepted events need no report: their envelopes tell it.
+            // Accepted events need no report: their envelopes tell it (not
+            // those dropped, bots: the report does).
             tally: response
                 .tally
                 .take()
-                .filter(|t| t.rejected.is_some() || t.sample.is_some()),
+                .filter(|t| t.rejected.is_some() || t.dropped.is_some() || t.sample.is_some()),
             lost: self.unsent.take(),
         }
     }
@@ -137,7 +138,7 @@ struct EdgeKeys<'e, 'a, K, Q, C, L>(&'e Edge<'a, K, Q, C, L>);
 
 impl<K: KeyStore, Q: EventQueue, C: Clock, L: Log> door::Keys for EdgeKeys<'_, '_, K, Q, C, L> {
     /// The key lookup and the limiter run side by side.
-    async fn admit(&self, key: &str) -> Result<u32, door::Refused> {
+    async fn admit(&self, key: &str) -> Result<door::Admitted, door::Refused> {
         let edge = self.0;
         let hash = intake::credentials::key_hash(key);
         let (lookup, within_limit) =
@@ -417,6 +418,7 @@ mod tests {
             received_at: fakes::NOW,
             accepted: 0,
             rejected: Some(("invalid_json", 1)),
+            dropped: None,
             sample: None,
             acceptance: None,
         };

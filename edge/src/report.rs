@@ -1,5 +1,5 @@
-//! Report messages for the delivery ledger: what the door refused (and
-//! lost) for an environment, sent from the request that saw it.
+//! Report messages for the delivery ledger: what the door refused, dropped
+//! (bots) and lost for an environment, sent from the request that saw it.
 //!
 //! Workers have no timers, so a tally that waited for a later request might
 //! never be sent. Coalescing therefore happens only inside one request's
@@ -76,7 +76,7 @@ impl Windows {
             Some(sample) if self.spend_sample(tally.env_id, now) => Some(sample.clone()),
             _ => None,
         };
-        if tally.rejected.is_none() && sample.is_none() {
+        if tally.rejected.is_none() && tally.dropped.is_none() && sample.is_none() {
             return false;
         }
         let (opened, window) = match self.open.entry(tally.env_id) {
@@ -107,6 +107,13 @@ impl Windows {
             });
         if let Some((code, n)) = tally.rejected {
             let count = report.rejected.entry(code.to_owned()).or_default();
+            *count = count.saturating_add(n);
+        }
+        // Accepted and not stored (bots, where the environment drops them):
+        // no envelope tells the ledger, so the report does.
+        if let Some((reason, n)) = tally.dropped {
+            report.accepted = report.accepted.saturating_add(n);
+            let count = report.dropped.entry(reason.to_owned()).or_default();
             *count = count.saturating_add(n);
         }
         report.samples.extend(sample);
@@ -216,7 +223,8 @@ fn summary(reports: &Reports) -> serde_json::Value {
         .iter()
         .map(|r| {
             json!({"id": r.id, "env_id": r.env_id, "received_at": r.received_at,
-                   "rejected": r.rejected, "accepted": r.accepted, "lost": r.lost})
+                   "rejected": r.rejected, "accepted": r.accepted, "lost": r.lost,
+                   "dropped": r.dropped})
         })
         .collect()
 }
@@ -234,6 +242,7 @@ mod tests {
             received_at: fakes::NOW,
             accepted: 0,
             rejected: Some((code, n)),
+            dropped: None,
             acceptance: None,
             sample: sampled.then(|| protocol::Sample::new(fakes::NOW, code, "why", b"{\"x\":1}")),
         }
@@ -284,6 +293,15 @@ mod tests {
             ..tally(1, "x", 0, false)
         };
         assert!(!windows.add(&accepted_only, fakes::NOW, &mut id));
+        let bots = Tally {
+            accepted: 4,
+            dropped: Some(("bot", 4)),
+            ..accepted_only.clone()
+        };
+        assert!(
+            !windows.add(&bots, fakes::NOW, &mut id),
+            "the window is open"
+        );
 
         let reports = windows.take(1);
         assert_eq!(reports.len(), 1);
@@ -300,6 +318,11 @@ mod tests {
             ])
         );
         assert_eq!(r.samples.len(), 2);
+        assert_eq!(
+            (r.accepted, r.dropped["bot"]),
+            (4, 4),
+            "dropped bots are accepted"
+        );
         assert!(r.validate().is_ok());
         assert!(windows.take(1).is_empty(), "taken once");
         assert!(

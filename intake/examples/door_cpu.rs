@@ -82,16 +82,27 @@ fn ingest(body: &[u8]) -> Vec<Envelope> {
     envelopes
 }
 
+/// The door's view of these requests: no client address or location, and
+/// bots kept unflagged, so both paths make the same envelopes.
+fn meta() -> Meta {
+    let policy = intake::enrich::Policy {
+        bots: intake::enrich::BotPolicy::Keep,
+        ..Default::default()
+    };
+    Meta {
+        env_id: 1,
+        received_at: NOW,
+        enrichment: intake::enrich::Enrichment::new(Default::default(), policy),
+        ..Meta::default()
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let path = args.next().unwrap_or_else(|| "door".into());
     let n: usize = args.next().map_or(200, |v| v.parse().expect("N batches"));
     let limits = Limits::default();
-    let meta = Meta {
-        env_id: 1,
-        received_at: NOW,
-        ..Meta::default()
-    };
+    let meta = meta();
     let run: Box<dyn Fn() -> Vec<Envelope>> = match path.as_str() {
         "door" => {
             let body = batch(false);
@@ -105,13 +116,7 @@ fn main() {
     };
     // Both paths make the same envelopes of the same events.
     assert_eq!(
-        door(&batch(false), &Limits::default(), &{
-            Meta {
-                env_id: 1,
-                received_at: NOW,
-                ..Meta::default()
-            }
-        }),
+        door(&batch(false), &Limits::default(), &crate::meta()),
         ingest(&batch(true))
     );
     black_box(run());

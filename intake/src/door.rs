@@ -28,14 +28,14 @@ pub trait Request {
     async fn body(&self, limit: usize) -> Result<Vec<u8>, Error>;
 }
 
-/// What a door knows of the client: from `request.cf` and
-/// `CF-Connecting-IP` at the edge, from the socket and trusted proxies'
-/// headers at the backend.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Client {
-    pub country: Option<String>,
-    pub colo: Option<String>,
-    pub ip: Option<String>,
+pub use crate::enrich::Client;
+use crate::enrich::{Enrichment, Policy};
+
+/// A key the door admitted: its environment and that environment's policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    pub env_id: u32,
+    pub policy: Policy,
 }
 
 /// A key the door refused: why, and the key's environment when the key
@@ -57,10 +57,11 @@ impl From<Error> for Refused {
 
 /// The API keys, and the per-key rate limit.
 pub trait Keys {
-    /// The environment an active key writes to, if it is within its rate
-    /// limit: [`Error::InvalidKey`], [`Error::RateLimited`] (with the
-    /// environment) or [`Error::KeyStoreUnavailable`] otherwise.
-    async fn admit(&self, key: &str) -> Result<u32, Refused>;
+    /// The environment an active key writes to and its policy, if the key
+    /// is within its rate limit: [`Error::InvalidKey`],
+    /// [`Error::RateLimited`] (with the environment) or
+    /// [`Error::KeyStoreUnavailable`] otherwise.
+    async fn admit(&self, key: &str) -> Result<Admitted, Refused>;
     /// Whether the key is active (no rate limit: the settings read).
     async fn active(&self, key: &str) -> Result<bool, Error>;
 }
@@ -155,6 +156,9 @@ pub struct Tally {
     pub received_at: i64,
     pub accepted: u64,
     pub rejected: Option<(&'static str, u64)>,
+    /// Events accepted but not stored, by reason (bots, where the
+    /// environment drops them): counted in `accepted` too.
+    pub dropped: Option<(&'static str, u64)>,
     /// The refused request, for the debugger (the runtime bounds how many it keeps).
     pub sample: Option<protocol::Sample>,
     /// The acceptance every accepted envelope carries (see [`accept`]).
@@ -195,6 +199,10 @@ struct Seen {
     body: Option<Vec<u8>>,
     accepted: u64,
     acceptance: Option<Acceptance>,
+    /// Bot events accepted and dropped.
+    dropped_bots: u64,
+    /// The environment's address policy, for the sample of a refused body.
+    ip_policy: crate::enrich::IpPolicy,
     /// Events refused while the rest were accepted (Segment), and why the first was.
     partly_rejected: Option<(u64, String)>,
 }
@@ -203,12 +211,9 @@ impl Seen {
     fn tally<T>(self, received_at: i64, result: &Result<T, Error>) -> Option<Tally> {
         let env_id = self.env_id?;
         let sample = |code: &str, message: &str| {
-            protocol::Sample::new(
-                received_at,
-                code,
-                message,
-                self.body.as_deref().unwrap_or_default(),
-            )
+            let body = String::from_utf8_lossy(self.body.as_deref().unwrap_or_default());
+            let body = crate::enrich::scrub(&body, self.ip_policy);
+            protocol::Sample::new(received_at, code, message, body.as_bytes())
         };
         let invalid = Error::InvalidEvents(Vec::new()).code();
         Some(match result {
@@ -217,6 +222,8 @@ impl Seen {
                 received_at,
                 accepted: self.accepted,
                 rejected: self.partly_rejected.as_ref().map(|(n, _)| (invalid, *n)),
+                dropped: (self.dropped_bots > 0)
+                    .then_some((crate::enrich::DROPPED_BOT, self.dropped_bots)),
                 sample: self
                     .partly_rejected
                     .as_ref()
@@ -228,6 +235,7 @@ impl Seen {
                 received_at,
                 accepted: 0,
                 rejected: Some((e.code(), self.events.unwrap_or(1).max(1))),
+                dropped: None,
                 sample: Some(sample(e.code(), &e.body().message)),
                 acceptance: None,
             },
@@ -430,21 +438,19 @@ impl<K: Keys, S: Sink, C: Clock, L: Log> Doors<'_, K, S, C, L> {
             req.header("Authorization").as_deref(),
             query_param(query.as_deref(), "key").as_deref(),
         )?;
-        let env_id = self.admit(&key, seen).await?;
+        let admitted = self.admit(&key, seen).await?;
+        let env_id = admitted.env_id;
         events::check_content_type(req.header("Content-Type").as_deref())?;
         events::check_content_length(req.header("Content-Length").as_deref(), limits)?;
         let wait = wants_wait(
             req.header("Prefer").as_deref(),
             query_param(query.as_deref(), "wait").as_deref(),
         );
-        let client = req.client();
         let meta = events::Meta {
             env_id,
             received_at,
-            country: client.country,
-            colo: client.colo,
             user_agent: user_agent(req),
-            ip: None,
+            enrichment: Enrichment::new(req.client(), admitted.policy),
         };
         let raw = req.body(limits.max_body_bytes).await?;
         let encoding = req.header("Content-Encoding");
@@ -454,27 +460,34 @@ impl<K: Keys, S: Sink, C: Clock, L: Log> Doors<'_, K, S, C, L> {
         seen.events = Some(payload.events.len() as u64);
         events::check_limits(&payload, limits)?;
         let mut envelopes = events::build(payload, &meta, || self.clock.random10())?;
-        seen.acceptance = Some(accept(&mut envelopes, self.clock));
         let accepted = envelopes.len();
-        let pending = self.sink.prepare(env_id, envelopes)?;
+        let dropped = crate::enrich::drop_bots(&mut envelopes, admitted.policy);
         let body = Some(json!({ "accepted": accepted }));
-        let answer = if wait || !self.sink.answers_early() {
-            self.sink.commit(pending).await?;
+        let answer = if envelopes.is_empty() {
             (202, body, None)
         } else {
-            (202, body, Some(pending))
+            seen.acceptance = Some(accept(&mut envelopes, self.clock));
+            let pending = self.sink.prepare(env_id, envelopes)?;
+            if wait || !self.sink.answers_early() {
+                self.sink.commit(pending).await?;
+                (202, body, None)
+            } else {
+                (202, body, Some(pending))
+            }
         };
         seen.accepted = accepted as u64;
+        seen.dropped_bots = dropped;
         Ok(answer)
     }
 
     /// [`Keys::admit`], noting the environment for the tally even when the
     /// key is refused (over its rate limit).
-    async fn admit(&self, key: &str, seen: &mut Seen) -> Result<u32, Error> {
+    async fn admit(&self, key: &str, seen: &mut Seen) -> Result<Admitted, Error> {
         match self.keys.admit(key).await {
-            Ok(env_id) => {
-                seen.env_id = Some(env_id);
-                Ok(env_id)
+            Ok(admitted) => {
+                seen.env_id = Some(admitted.env_id);
+                seen.ip_policy = admitted.policy.ip;
+                Ok(admitted)
             }
             Err(refused) => {
                 seen.env_id = refused.env_id;
@@ -505,15 +518,13 @@ impl<K: Keys, S: Sink, C: Clock, L: Log> Doors<'_, K, S, C, L> {
         )?;
         seen.body = Some(body);
         seen.events = Some(request.messages.len() as u64);
-        let env_id = self.admit(&key, seen).await?;
-        let client = req.client();
+        let admitted = self.admit(&key, seen).await?;
+        let env_id = admitted.env_id;
         let meta = events::Meta {
             env_id,
             received_at,
-            country: client.country,
-            colo: client.colo,
             user_agent: user_agent(req),
-            ip: client.ip,
+            enrichment: Enrichment::new(req.client(), admitted.policy),
         };
         let outcome = match segment::build(request, &meta, || self.clock.random10()) {
             Ok(outcome) => outcome,
@@ -535,10 +546,14 @@ impl<K: Keys, S: Sink, C: Clock, L: Log> Doors<'_, K, S, C, L> {
         let body = outcome.body();
         let accepted = outcome.envelopes.len() as u64;
         let mut envelopes = outcome.envelopes;
-        seen.acceptance = Some(accept(&mut envelopes, self.clock));
-        let pending = self.sink.prepare(env_id, envelopes)?;
-        self.sink.commit(pending).await?;
+        let dropped = crate::enrich::drop_bots(&mut envelopes, admitted.policy);
+        if !envelopes.is_empty() {
+            seen.acceptance = Some(accept(&mut envelopes, self.clock));
+            let pending = self.sink.prepare(env_id, envelopes)?;
+            self.sink.commit(pending).await?;
+        }
         seen.accepted = accepted;
+        seen.dropped_bots = dropped;
         if outcome.rejected_count > 0 {
             let reason = outcome.rejected.first().map_or(String::new(), |d| {
                 format!("message {}: {}", d.index, d.reason)

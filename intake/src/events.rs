@@ -4,6 +4,7 @@ use crate::time::parse_value as parse_time;
 use protocol::{timestamp_in_range, uuid_v7, Envelope, MAX_FIELD_LEN, MAX_ID_LEN, MAX_NAME_LEN};
 use serde_json::{Map, Value};
 
+use crate::enrich::Enrichment;
 use crate::text;
 use crate::Limits;
 use crate::{Detail, Error};
@@ -22,40 +23,46 @@ const EVENT_FIELDS: [&str; 8] = [
     "context",
 ];
 
-/// What the edge knows about the request beyond its body.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the door knows about the request beyond its body.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Meta {
     pub env_id: u32,
-    /// Edge receive time, ms since the epoch.
+    /// Door receive time, ms since the epoch.
     pub received_at: i64,
-    pub country: Option<String>,
-    pub colo: Option<String>,
+    /// The request's `User-Agent`, cut to [`crate::door::MAX_USER_AGENT_CHARS`].
     pub user_agent: Option<String>,
-    /// The client's address (`CF-Connecting-IP`); used by the Segment API only.
-    pub ip: Option<String>,
+    /// Where the request came from, under the environment's policy.
+    pub enrichment: Enrichment,
 }
 
 impl Meta {
-    /// What the edge knows goes into an event's context: its country and
-    /// colo (always, over the client's), and the user agent (the client's
-    /// own `user_agent`, else `client_user_agent`, else the request's) and
-    /// address when the client gave none. Both doors enrich through here.
-    pub fn enrich(&self, context: &mut Map<String, Value>, client_user_agent: Option<&str>) {
-        for (key, value) in [("country", &self.country), ("colo", &self.colo)] {
-            if let Some(value) = value {
-                context.insert(key.into(), Value::String(value.clone()));
-            }
-        }
+    /// What the door knows goes into an event's context: the client's
+    /// address, country, colo and location as the environment's policy
+    /// allows ([`Enrichment::apply`]), the user agent (the client's own
+    /// `user_agent`, else `client_user_agent`, else the request's) and what
+    /// [`crate::ua`] makes of it (`context.ua`), and the bot verdict (the
+    /// parser's or the runtime's). Both doors enrich through here; the
+    /// verdict is returned.
+    pub fn enrich(
+        &self,
+        context: &mut Map<String, Value>,
+        client_user_agent: Option<&str>,
+    ) -> bool {
+        self.enrichment.apply(context);
         if let Some(ua) = client_user_agent.or(self.user_agent.as_deref()) {
             context
                 .entry("user_agent")
                 .or_insert_with(|| Value::String(ua.to_owned()));
         }
-        if let Some(ip) = &self.ip {
-            context
-                .entry("ip")
-                .or_insert_with(|| Value::String(ip.clone()));
+        let agent = match context.get("user_agent") {
+            Some(Value::String(ua)) if !ua.is_empty() => Some(crate::ua::parse(ua)),
+            _ => None,
+        };
+        let parser_says_bot = agent.as_ref().is_some_and(|a| a.is_bot());
+        if let Some(agent) = agent {
+            context.insert("ua".into(), agent.to_json());
         }
+        self.enrichment.judge(context, parser_says_bot)
     }
 }
 
@@ -370,13 +377,20 @@ mod tests {
     const NOW: i64 = 1_700_000_000_000;
 
     fn meta() -> Meta {
+        let client = crate::enrich::Client {
+            ip: None,
+            colo: Some("FRA".into()),
+            geo: crate::enrich::Geo {
+                country: Some("DE".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         Meta {
             env_id: 7,
             received_at: NOW,
-            country: Some("DE".into()),
-            colo: Some("FRA".into()),
             user_agent: Some("test-agent/1".into()),
-            ip: None,
+            enrichment: crate::enrich::Enrichment::new(client, Default::default()),
         }
     }
 

@@ -4,14 +4,16 @@
 //! owner. Content checks and the capped gunzip ([`body`], [`events`]), the
 //! body shapes of `/v1/events` ([`events`]) and of the Segment API
 //! ([`segment`]), the strict JSON parser ([`json`]), validation ([`text`]),
-//! enrichment and skew correction, user agents ([`ua`]: uap-core's families,
-//! a device class, cached), credentials ([`credentials`]), times ([`time`]),
-//! the public API's errors with their statuses ([`error`]), and the doors
-//! themselves, over ports each runtime implements ([`door`]).
+//! enrichment and the environments' privacy policies ([`enrich`]), skew
+//! correction, user agents ([`ua`]: uap-core's families, a device class,
+//! cached), credentials ([`credentials`]), times ([`time`]), the public
+//! API's errors with their statuses ([`error`]), and the doors themselves,
+//! over ports each runtime implements ([`door`]).
 
 pub mod body;
 pub mod credentials;
 pub mod door;
+pub mod enrich;
 pub mod error;
 pub mod events;
 pub mod json;

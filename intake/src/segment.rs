@@ -221,7 +221,8 @@ pub fn build(
 /// - page/screen `name` and `category` are also kept in `properties` (unless
 ///   the client set those keys), so nothing is lost.
 /// - `context`: the batch's, overlaid by the message's, plus `country`,
-///   `colo`, `user_agent` from the edge and `ip` (from `CF-Connecting-IP`) when absent.
+///   `colo`, `geo`, `user_agent`, `bot` from the door and `ip` (from `CF-Connecting-IP`) when
+///   absent, under the environment's policy ([`crate::enrich`]).
 /// - `integrations`, `_metadata`, `writeKey`, `channel` and other fields are ignored.
 pub fn envelope(
     message: Value,
@@ -405,13 +406,20 @@ mod tests {
     const NOW: i64 = 1_700_000_000_000;
 
     fn meta() -> Meta {
+        let client = crate::enrich::Client {
+            ip: Some("203.0.113.9".into()),
+            colo: Some("FRA".into()),
+            geo: crate::enrich::Geo {
+                country: Some("DE".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         Meta {
             env_id: 7,
             received_at: NOW,
-            country: Some("DE".into()),
-            colo: Some("FRA".into()),
             user_agent: Some("edge-ua".into()),
-            ip: Some("203.0.113.9".into()),
+            enrichment: crate::enrich::Enrichment::new(client, Default::default()),
         }
     }
 
@@ -566,7 +574,10 @@ mod tests {
         assert_eq!(e.context["country"], "DE");
         assert_eq!(e.context["colo"], "FRA");
         assert_eq!(e.context["user_agent"], "edge-ua");
-        assert_eq!(e.context["ip"], "203.0.113.9");
+        assert_eq!(
+            e.context["ip"], "203.0.113.0",
+            "truncated to its /24 by default"
+        );
         assert!(
             e.context.get("integrations").is_none(),
             "integrations are not stored"
@@ -585,7 +596,10 @@ mod tests {
         assert_eq!(e.name, "identify");
         assert_eq!(e.user_id.as_deref(), Some("42"));
         assert_eq!(e.traits["plan"], "pro");
-        assert_eq!(e.context["ip"], "198.51.100.1", "the client's ip wins");
+        assert_eq!(
+            e.context["ip"], "198.51.100.0",
+            "the client's ip wins, truncated"
+        );
         assert_eq!(e.context["user_agent"], "Mozilla/5.0");
         assert!(protocol::is_uuid(&e.id), "no messageId: a UUIDv7");
     }

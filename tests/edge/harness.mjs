@@ -350,15 +350,15 @@ export async function seedKey(mf, key, record) {
   await kv.put(hashKey(key), JSON.stringify(record));
 }
 
-/** POSTs to the worker. `body` objects are JSON-encoded. */
-export async function post(mf, pathAndQuery, { body, key, headers = {}, raw } = {}) {
+/** POSTs to the worker. `body` objects are JSON-encoded; `cf` is the request's `request.cf`. */
+export async function post(mf, pathAndQuery, { body, key, headers = {}, raw, cf = { country: "DE", colo: "FRA" } } = {}) {
   const h = { "Content-Type": "application/json", ...headers };
   if (key) h.Authorization = `Bearer ${key}`;
   const res = await mf.dispatchFetch(`http://edge.test${pathAndQuery}`, {
     method: "POST",
     headers: h,
     body: raw ?? JSON.stringify(body),
-    cf: { country: "DE", colo: "FRA" },
+    cf,
   });
   const text = await res.text();
   let json = null;

@@ -98,8 +98,11 @@ impl ClientRules<'_> {
             });
         Client {
             ip: Some(self.forwarded_client(peer, headers).to_string()),
-            country,
-            colo: None,
+            geo: intake::enrich::Geo {
+                country,
+                ..Default::default()
+            },
+            ..Client::default()
         }
     }
 
@@ -242,7 +245,7 @@ mod tests {
         let spoofed = headers(&[("x-forwarded-for", "6.6.6.6"), ("cf-ipcountry", "US")]);
         let direct = rules.client(ip("203.0.113.9"), &spoofed);
         assert_eq!(direct.ip.as_deref(), Some("203.0.113.9"));
-        assert_eq!(direct.country, None);
+        assert_eq!(direct.geo.country, None);
 
         // The client prepended a fake address; the proxy appended the real one.
         let via_proxy = headers(&[
@@ -251,7 +254,7 @@ mod tests {
         ]);
         let c = rules.client(ip("10.0.0.2"), &via_proxy);
         assert_eq!(c.ip.as_deref(), Some("198.51.100.7"));
-        assert_eq!(c.country.as_deref(), Some("DE"));
+        assert_eq!(c.geo.country.as_deref(), Some("DE"));
 
         let forwarded = headers(&[
             (
@@ -274,7 +277,7 @@ mod tests {
             Some("198.51.100.7")
         );
         let bad_country = headers(&[("cf-ipcountry", "<script>")]);
-        assert_eq!(rules.client(ip("10.0.0.2"), &bad_country).country, None);
+        assert_eq!(rules.client(ip("10.0.0.2"), &bad_country).geo.country, None);
         assert_eq!(rules.client(None, &via_proxy), Client::default());
     }
 

@@ -45,7 +45,9 @@ impl Catalog<'_> {
 }
 
 impl intake::door::Keys for Catalog<'_> {
-    async fn admit(&self, key: &str) -> Result<u32, intake::door::Refused> {
+    /// The key's environment and, from the catalog snapshot (refreshed
+    /// when older than the routing bound), that environment's policy.
+    async fn admit(&self, key: &str) -> Result<intake::door::Admitted, intake::door::Refused> {
         let (hash, env) = self.env(key).await?;
         let env = env.ok_or(intake::Error::InvalidKey)?;
         let now = u64::try_from(crate::model::now_secs()).unwrap_or(0);
@@ -58,7 +60,20 @@ impl intake::door::Keys for Catalog<'_> {
                 error,
                 env_id: Some(env),
             })?;
-        Ok(env)
+        let policy = match self.0.catalog.routing_snapshot(&[env]).await {
+            Ok(snapshot) => snapshot.environments.get(&env).map(|e| e.policy()),
+            Err(_) => self
+                .0
+                .catalog
+                .snapshot()
+                .environments
+                .get(&env)
+                .map(|e| e.policy()),
+        };
+        Ok(intake::door::Admitted {
+            env_id: env,
+            policy: policy.unwrap_or_default(),
+        })
     }
 
     async fn active(&self, key: &str) -> Result<bool, intake::Error> {

@@ -1,7 +1,7 @@
-//! The direct door's refusals, for the delivery ledger: summed per
+//! The direct door's refusals and dropped events, for the delivery ledger: summed per
 //! environment and minute, with at most [`SAMPLES_PER_MINUTE`] sampled
 //! bodies each, and written every second (`AppState::flush_tallies`). A
-//! SIGKILL loses at most the last second of refusal counts; the accepted
+//! SIGKILL loses at most the last second of those counts; the stored
 //! events are counted with their rows, in the insert's transaction.
 
 use std::collections::{BTreeMap, HashMap};
@@ -32,12 +32,13 @@ struct Inner {
 }
 
 impl Tallies {
-    /// Note a request's refusal (a tally without one has nothing to add:
-    /// accepted events are counted with their rows).
+    /// Note a request's refusals and the events it accepted but dropped
+    /// (bots, where the environment drops them); a tally with neither has
+    /// nothing to add: accepted events are counted with their rows.
     pub fn add(&self, tally: &Tally) {
-        let Some((code, n)) = tally.rejected else {
+        if tally.rejected.is_none() && tally.dropped.is_none() {
             return;
-        };
+        }
         let minute = delivery::minute_of(tally.received_at);
         let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let key = (tally.env_id, minute);
@@ -53,7 +54,13 @@ impl Tallies {
             received_at: minute * 1000,
             ..Report::default()
         });
-        *report.rejected.entry(code.to_owned()).or_default() += n;
+        if let Some((code, n)) = tally.rejected {
+            *report.rejected.entry(code.to_owned()).or_default() += n;
+        }
+        if let Some((reason, n)) = tally.dropped {
+            report.accepted += n;
+            *report.dropped.entry(reason.to_owned()).or_default() += n;
+        }
         report.samples.extend(sample);
     }
 
@@ -94,6 +101,7 @@ mod tests {
             received_at,
             accepted: 0,
             rejected: Some((code, n)),
+            dropped: None,
             sample: Some(protocol::Sample::new(received_at, code, "no", b"{")),
             acceptance: None,
         }
@@ -111,9 +119,23 @@ mod tests {
         let mut accepted = refused(1, now, "x", 0);
         accepted.rejected = None;
         tallies.add(&accepted);
+        let bots = Tally {
+            accepted: 3,
+            rejected: None,
+            dropped: Some(("bot", 3)),
+            sample: None,
+            ..refused(1, now + 40, "x", 0)
+        };
+        tallies.add(&bots);
+        tallies.add(&bots);
         let reports = tallies.take();
         assert_eq!(reports.len(), 2);
         let one = reports.iter().find(|r| r.env_id == 1).unwrap();
+        assert_eq!(
+            (one.accepted, one.dropped["bot"]),
+            (6, 6),
+            "dropped bots are accepted"
+        );
         assert_eq!(one.rejected["invalid_json"], 25);
         assert_eq!(one.rejected["invalid_events"], 4);
         assert_eq!(one.samples.len(), SAMPLES_PER_MINUTE as usize);

@@ -691,7 +691,21 @@ impl MemoryCatalog {
             name: name.into(),
             primary_shard_id: primary,
             secondary_shard_id: secondary,
+            ip_policy: Default::default(),
+            geo_policy: Default::default(),
+            bot_policy: Default::default(),
         });
+    }
+
+    /// Change an environment's privacy policy.
+    pub fn set_policy(&self, id: u32, policy: intake::enrich::Policy) {
+        for e in lock(&self.state)
+            .environments
+            .iter_mut()
+            .filter(|e| e.id == id)
+        {
+            (e.ip_policy, e.geo_policy, e.bot_policy) = (policy.ip, policy.geo, policy.bots);
+        }
     }
 
     pub fn add_metric(&self, metric: Metric) {

@@ -57,15 +57,19 @@ impl CatalogSource for MySqlCatalog {
 }
 
 const SELECT_SHARDS: &str = "SELECT id, name, url, status FROM shards ORDER BY id";
-const SELECT_ENVIRONMENTS: &str =
-    "SELECT id, name, primary_shard_id, secondary_shard_id FROM environments ORDER BY id";
+const ENVIRONMENT_COLUMNS: &str =
+    "id, name, primary_shard_id, secondary_shard_id, ip_policy, geo_policy, bot_policy";
 
 pub async fn list_shards(pool: &MySqlPool) -> Result<Vec<Shard>> {
     Ok(sqlx::query_as(SELECT_SHARDS).fetch_all(pool).await?)
 }
 
 pub async fn list_environments(pool: &MySqlPool) -> Result<Vec<Environment>> {
-    Ok(sqlx::query_as(SELECT_ENVIRONMENTS).fetch_all(pool).await?)
+    Ok(sqlx::query_as(&format!(
+        "SELECT {ENVIRONMENT_COLUMNS} FROM environments ORDER BY id"
+    ))
+    .fetch_all(pool)
+    .await?)
 }
 
 // ---- administration (the CLI) ----
@@ -126,9 +130,9 @@ pub async fn shard_by_name(pool: &MySqlPool, name: &str) -> Result<Shard> {
 }
 
 pub async fn environment_by_name(pool: &MySqlPool, name: &str) -> Result<Environment> {
-    sqlx::query_as(
-        "SELECT id, name, primary_shard_id, secondary_shard_id FROM environments WHERE name = ?",
-    )
+    sqlx::query_as(&format!(
+        "SELECT {ENVIRONMENT_COLUMNS} FROM environments WHERE name = ?"
+    ))
     .bind(name)
     .fetch_optional(pool)
     .await?
@@ -168,6 +172,32 @@ pub async fn migrate_environment(pool: &MySqlPool, name: &str, to: &str) -> Resu
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// Change an environment's privacy policy (the fields given; the rest stay):
+/// the backend's door applies it within the catalog's routing bound, the
+/// edge once its keys' KV records carry it (`backend env set --edge`).
+pub async fn set_environment_policy(
+    pool: &MySqlPool,
+    name: &str,
+    ip: Option<intake::enrich::IpPolicy>,
+    geo: Option<intake::enrich::GeoPolicy>,
+    bots: Option<intake::enrich::BotPolicy>,
+) -> Result<Environment> {
+    let mut env = environment_by_name(pool, name).await?;
+    env.ip_policy = ip.unwrap_or(env.ip_policy);
+    env.geo_policy = geo.unwrap_or(env.geo_policy);
+    env.bot_policy = bots.unwrap_or(env.bot_policy);
+    sqlx::query(
+        "UPDATE environments SET ip_policy = ?, geo_policy = ?, bot_policy = ? WHERE id = ?",
+    )
+    .bind(env.ip_policy.as_str())
+    .bind(env.geo_policy.as_str())
+    .bind(env.bot_policy.as_str())
+    .bind(env.id)
+    .execute(pool)
+    .await?;
+    Ok(env)
 }
 
 /// End a migration: the secondary becomes the primary, the old primary is no longer written.
