@@ -9,13 +9,15 @@
 //! each distinct user agent is parsed once: the results are kept in a
 //! bounded cache shared by every caller of the process.
 //!
-//! **Where to call it** (BENCHMARKS.md "User-agent parsing"): natively the
-//! build takes ~0.2 s and ~25 MB once per process, a distinct agent ~15 µs,
-//! an event of a realistic mix ~1.5 µs. In the edge worker the same build
-//! took ~0.65 s of the first request with a user agent, in every new
-//! isolate, and the wasm grew by ~390 KB gzipped: parse at the backend (the
-//! direct door and `/v1/ingest`), not in code the edge runs, and call
-//! [`warm_up`] when the backend starts. The module still compiles to wasm32.
+//! **What it costs** (BENCHMARKS.md "User-agent parsing"): natively the
+//! build takes ~0.2 s and ~25 MB once per process, a distinct agent
+//! ~12 µs, an event of a realistic mix ~1.3 µs. In the edge worker the same
+//! build takes ~0.6 s (more on a busy machine) of the first request with a
+//! user agent in every new isolate, and the parser adds ~390 KB of gzipped
+//! wasm. `Meta::enrich` calls it at both doors today; the figures argue for
+//! parsing on the backend's side only (natively, with [`warm_up`] at
+//! start-up), which would leave all of it out of the worker: the linker
+//! drops the module when nothing the edge runs calls it.
 //!
 //! uap-core has no device *class*, so [`Device`] is decided here:
 //! - `bot`: uap-core says `Spider` (its device parsers, which look for
@@ -249,7 +251,7 @@ pub fn parse_uncached(user_agent: &str) -> Agent {
 }
 
 /// Builds the extractors now rather than on the first user agent (~0.2 s
-/// natively: a backend calls it at start-up, off its request path).
+/// natively): for a process to call at start-up, off its request path.
 pub fn warm_up() {
     parsers();
 }
