@@ -251,6 +251,21 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received; draining in-flight requests");
 }
 
+/// Shard names by id, for listings (an id the catalog lacks prints as the id).
+async fn shard_names(pool: &sqlx::MySqlPool) -> Result<impl Fn(u32) -> String> {
+    let names: std::collections::HashMap<u32, String> = catalog::list_shards(pool)
+        .await?
+        .into_iter()
+        .map(|s| (s.id, s.name))
+        .collect();
+    Ok(move |id: u32| names.get(&id).cloned().unwrap_or_else(|| id.to_string()))
+}
+
+/// A policy as `scripts/key.mjs` writes it into the edge's KV records.
+fn policy_json(policy: &intake::enrich::Policy) -> Result<String> {
+    serde_json::to_string(policy).map_err(|e| Error::Internal(e.to_string()))
+}
+
 async fn run(cli: Cli) -> Result<()> {
     let config = cli.config;
     let catalog_pool =
@@ -378,8 +393,7 @@ async fn run(cli: Cli) -> Result<()> {
                     let env = catalog::set_environment_policy(&pool, &name, ip, geo, bots).await?;
                     let policy = env.policy();
                     if edge.edge {
-                        let policy_json = serde_json::to_string(&policy)
-                            .map_err(|e| Error::Internal(e.to_string()))?;
+                        let policy_json = policy_json(&policy)?;
                         let env_id = env.id.to_string();
                         edge.run(&["policy", "--env-id", &env_id, "--policy", &policy_json])?;
                     }
@@ -395,21 +409,14 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 EnvCommand::Show { name } => {
                     let env = catalog::environment_by_name(&pool, &name).await?;
-                    let shards: std::collections::HashMap<u32, String> =
-                        catalog::list_shards(&pool)
-                            .await?
-                            .into_iter()
-                            .map(|s| (s.id, s.name))
-                            .collect();
-                    let shard =
-                        |id: u32| shards.get(&id).cloned().unwrap_or_else(|| id.to_string());
+                    let shard = shard_names(&pool).await?;
                     println!("id         {}", env.id);
                     println!("name       {}", env.name);
                     println!("primary    {}", shard(env.primary_shard_id));
                     println!(
                         "secondary  {}",
                         env.secondary_shard_id
-                            .map(shard)
+                            .map(&shard)
                             .unwrap_or_else(|| "-".into())
                     );
                     println!("ip         {}", env.ip_policy);
@@ -442,17 +449,13 @@ async fn run(cli: Cli) -> Result<()> {
                     );
                 }
                 EnvCommand::List => {
-                    let shards: std::collections::HashMap<u32, String> =
-                        catalog::list_shards(&pool)
-                            .await?
-                            .into_iter()
-                            .map(|s| (s.id, s.name))
-                            .collect();
-                    let name = |id: u32| shards.get(&id).cloned().unwrap_or_else(|| id.to_string());
+                    let name = shard_names(&pool).await?;
                     println!("{:<6} {:<24} {:<16} secondary", "id", "name", "primary");
                     for e in catalog::list_environments(&pool).await? {
-                        let secondary =
-                            e.secondary_shard_id.map(name).unwrap_or_else(|| "-".into());
+                        let secondary = e
+                            .secondary_shard_id
+                            .map(&name)
+                            .unwrap_or_else(|| "-".into());
                         println!(
                             "{:<6} {:<24} {:<16} {}",
                             e.id,
@@ -472,9 +475,9 @@ async fn run(cli: Cli) -> Result<()> {
                     let (key, stored) = catalog::create_api_key(&pool, &env).await?;
                     if edge.edge {
                         let env_id = stored.env_id.to_string();
-                        let policy = catalog::environment_by_name(&pool, &env).await?.policy();
-                        let policy = serde_json::to_string(&policy)
-                            .map_err(|e| Error::Internal(e.to_string()))?;
+                        let policy = policy_json(
+                            &catalog::environment_by_name(&pool, &env).await?.policy(),
+                        )?;
                         let put = [
                             "put",
                             "--hash",

@@ -318,39 +318,16 @@ fn a_full_address_never_leaves_the_door_unless_the_environment_keeps_it() {
             .to_string()
         };
         let sink = TestSink::default();
-        assert_eq!(
-            post_from(
-                client(ip, false),
-                "/v1/events",
-                Some("sk_good"),
-                &events(1),
-                &sink
-            )
-            .0,
-            202
-        );
-        assert_eq!(
-            post_from(
-                client(ip, false),
-                "/v1/events",
-                Some("sk_good"),
-                &own,
-                &sink
-            )
-            .0,
-            202
-        );
-        assert_eq!(
-            post_from(
-                client(ip, false),
-                "/v1/batch",
-                None,
-                &segment("sk_good"),
-                &sink
-            )
-            .0,
-            200
-        );
+        for (path, key, body, status) in [
+            ("/v1/events", Some("sk_good"), events(1), 202),
+            ("/v1/events", Some("sk_good"), own.clone(), 202),
+            ("/v1/batch", None, segment("sk_good"), 200),
+        ] {
+            assert_eq!(
+                post_from(client(ip, false), path, key, &body, &sink).0,
+                status
+            );
+        }
         let text = handed_over(&sink);
         assert!(!text.contains(ip), "{text}");
         let truncated = if ip == V4 {
