@@ -245,7 +245,7 @@ async fn ingest_batch(
         let max_events = state.config.max_batch_events;
         let raw = read_body(body, limit).await?;
         // Inflating and parsing megabytes is CPU work: keep it off the async workers.
-        let envelopes = tokio::task::spawn_blocking(move || {
+        let mut envelopes = tokio::task::spawn_blocking(move || {
             let bytes = if gzip {
                 gunzip(&raw, limit)?
             } else {
@@ -256,7 +256,7 @@ async fn ingest_batch(
         .await
         .map_err(|e| Error::Internal(format!("decoder task failed: {e}")))??;
         let snapshot = ingest::route(&state, &envelopes).await?;
-        Ok::<_, Error>(ingest::land(&state, &snapshot, &envelopes).await)
+        Ok::<_, Error>(ingest::land(&state, &snapshot, &mut envelopes).await)
     }
     .await;
 

@@ -242,7 +242,7 @@ async fn repeats_are_duplicates_and_land_once() {
     assert_eq!(again.status, StatusCode::OK);
     assert_eq!(
         again.body["environments"][WEB.to_string()],
-        json!({"inserted": 0, "duplicates": 2})
+        json!({"inserted": 0, "duplicates": 2, "dropped": 0})
     );
     let twice = ingest(
         &h.state,
@@ -251,7 +251,7 @@ async fn repeats_are_duplicates_and_land_once() {
     .await;
     assert_eq!(
         twice.body["environments"][WEB.to_string()],
-        json!({"inserted": 1, "duplicates": 1}),
+        json!({"inserted": 1, "duplicates": 1, "dropped": 0}),
         "a repeat inside one batch"
     );
     assert_eq!(h.store.count(1, WEB), 3);
@@ -1456,4 +1456,95 @@ async fn a_redelivered_batch_is_redelivered_not_accepted_again() {
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     let a = get(&h.state, "/v1/stats/delivery?env=web", None).await;
     assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+}
+
+// ---- the user agent, parsed at the write ----
+
+#[tokio::test]
+async fn the_write_parses_user_agents_flags_and_drops_bots_and_counts_them_once() {
+    const GOOGLEBOT: &str =
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+    const IPHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1";
+    let h = harness().await;
+    let now = now_ms();
+    let batch = |env_id: u32, first: u64| -> Value {
+        let acceptance = json!({"id": format!("{first:032x}"), "n": 3});
+        let list: Vec<Value> = [
+            (first, IPHONE),
+            (first + 1, GOOGLEBOT),
+            (first + 2, GOOGLEBOT),
+        ]
+        .iter()
+        .map(|&(n, ua)| {
+            let mut e = envelope(env_id, n, "view", now);
+            e["received_at"] = json!(now);
+            e["context"] = json!({"user_agent": ua, "bot": false});
+            e["acceptance"] = acceptance.clone();
+            e
+        })
+        .collect();
+        json!(list)
+    };
+
+    // bots = flag (the default): all stored, the parser's verdict added.
+    let a = ingest(&h.state, &batch(WEB, 1)).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    assert_eq!(a.body["environments"][WEB.to_string()]["dropped"], 0);
+    let stored = h.store.envelopes(1, WEB);
+    assert_eq!(stored.len(), 3);
+    let iphone = stored.iter().find(|e| e.id == uuid(1)).expect("stored");
+    assert_eq!(
+        iphone.context["ua"],
+        json!({"browser": "Mobile Safari", "browser_version": "17.1", "os": "iOS",
+               "os_version": "17.1", "device": "mobile"})
+    );
+    assert_eq!(iphone.context["bot"], false);
+    assert_eq!(
+        iphone.context["user_agent"], IPHONE,
+        "the raw user agent stays"
+    );
+    let crawler = stored.iter().find(|e| e.id == uuid(2)).expect("stored");
+    assert_eq!(
+        (&crawler.context["bot"], &crawler.context["ua"]["device"]),
+        (&json!(true), &json!("bot"))
+    );
+
+    // bots = drop on a migrating environment: the bots are left out on both
+    // shards, and counted as dropped once however often the batch arrives.
+    h.catalog.set_policy(
+        MOVING,
+        intake::enrich::Policy {
+            bots: intake::enrich::BotPolicy::Drop,
+            ..Default::default()
+        },
+    );
+    h.state.catalog.refresh().await.unwrap();
+    for _ in 0..3 {
+        let a = ingest(&h.state, &batch(MOVING, 11)).await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+        assert_eq!(a.body["environments"][MOVING.to_string()]["dropped"], 2);
+    }
+    for shard in [1, 2] {
+        assert_eq!(h.store.ids(shard, MOVING), vec![uuid(11)], "shard {shard}");
+    }
+    h.catalog.add_read_token("srt_moving", MOVING);
+    let a = get(
+        &h.state,
+        &format!("/v1/stats/delivery?env=moving&{}", range_around(now)),
+        Some("srt_moving"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let body = &a.body;
+    assert_eq!(
+        (
+            body["accepted"].as_u64(),
+            body["stored"].as_u64(),
+            body["dropped"]["bot"].as_u64(),
+            body["redelivered"].as_u64(),
+            body["in_flight"].as_u64()
+        ),
+        (Some(3), Some(1), Some(2), Some(2), Some(0)),
+        "{body}"
+    );
 }

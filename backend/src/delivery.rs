@@ -6,7 +6,7 @@
 //! `accepted = stored + resent + dropped + (dead_lettered − replayed) + lost + in_flight`,
 //! and at the door `received = accepted + rejected`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use protocol::{DeadLetter, Envelope, Report};
 use sha2::{Digest, Sha256};
@@ -18,6 +18,9 @@ pub const REDELIVERED: &str = "redelivered";
 pub const LOST: &str = "lost";
 pub const REJECTED: &str = "rejected:";
 pub const DROPPED: &str = "dropped:";
+
+/// An envelope a write took but did not store, and the ledger's reason.
+pub type Dropped<'a> = (&'a Envelope, &'static str);
 
 /// One ledger row: `n` events of an environment's receive `minute` (unix
 /// seconds, a multiple of 60) had `outcome`, as counted by `source` (an
@@ -88,9 +91,16 @@ pub fn new_id() -> String {
 ///   redelivered was counted by the write that stored them. An envelope
 ///   without an acceptance is its own when it is stored or resent.
 ///
+/// Envelopes the write took and did not store (`dropped`, with the
+/// ledger's reason, e.g. a bot in a `bots = drop` environment) leave no row
+/// a redelivery could be told by, so each is counted in a row keyed by its
+/// own key (`INSERT IGNORE` counts it once), and so is the acceptance it
+/// came in.
+///
 /// `write` is the source of this write's rows (fresh per write).
 pub fn count_write(
     envelopes: &[&Envelope],
+    dropped: &[Dropped],
     stored_before: &HashMap<[u8; 16], i64>,
     write: [u8; 16],
 ) -> Vec<Entry> {
@@ -99,6 +109,7 @@ pub fn count_write(
         n: u64,
         here: u64,
         redelivered: u64,
+        dropped: u64,
     }
     let mut per_minute: BTreeMap<(i64, &'static str), u64> = BTreeMap::new();
     let mut acceptances: BTreeMap<[u8; 16], Seen> = BTreeMap::new();
@@ -120,6 +131,7 @@ pub fn count_write(
                     n: u64::from(a.n),
                     here: 0,
                     redelivered: 0,
+                    dropped: 0,
                 });
                 seen.here += 1;
                 seen.redelivered += u64::from(outcome == REDELIVERED);
@@ -130,12 +142,58 @@ pub fn count_write(
             None => {}
         }
     }
-    let mut parts = Vec::new();
+    let mut keyed = BTreeSet::new();
+    let mut occurrences: HashMap<[u8; 16], u32> = HashMap::new();
+    for &(e, reason) in dropped {
+        let minute = minute_of(e.received_at);
+        // A key the client sent twice is dropped twice: its second row needs
+        // a source of its own, the same in every delivery of the write.
+        let seen_before = occurrences.entry(e.key()).or_default();
+        let key = match *seen_before {
+            0 => e.key(),
+            k => {
+                let mut hash = Sha256::new();
+                hash.update(e.key());
+                hash.update(k.to_be_bytes());
+                let mut out = [0u8; 16];
+                out.copy_from_slice(&hash.finalize()[..16]);
+                out
+            }
+        };
+        *seen_before += 1;
+        keyed.insert((minute, format!("{DROPPED}{reason}"), key));
+        match &e.acceptance {
+            Some(a) => {
+                let seen = acceptances.entry(source_of(&a.id)).or_insert(Seen {
+                    minute,
+                    n: u64::from(a.n),
+                    here: 0,
+                    redelivered: 0,
+                    dropped: 0,
+                });
+                seen.here += 1;
+                seen.dropped += 1;
+            }
+            None => {
+                keyed.insert((minute, ACCEPTED.to_owned(), key));
+            }
+        }
+    }
+    let mut parts: Vec<Entry> = keyed
+        .into_iter()
+        .map(|(minute, outcome, source)| Entry {
+            minute,
+            outcome,
+            source,
+            n: 1,
+            summable: false,
+        })
+        .collect();
     for (source, seen) in acceptances {
         if seen.redelivered == seen.here {
             continue;
         }
-        if seen.redelivered == 0 && seen.here >= seen.n {
+        if seen.redelivered == 0 && seen.dropped == 0 && seen.here >= seen.n {
             *per_minute.entry((seen.minute, ACCEPTED)).or_default() += seen.n;
         } else {
             parts.push(Entry {
@@ -357,7 +415,7 @@ mod tests {
             envelope("a", 60_500, Some((A, 3))),
         ];
         let refs: Vec<&Envelope> = list.iter().collect();
-        let entries = count_write(&refs, &HashMap::new(), [9; 16]);
+        let entries = count_write(&refs, &[], &HashMap::new(), [9; 16]);
         let got = outcomes(&entries);
         assert_eq!(got[&(60, STORED.into())], 2);
         // The same id twice in one request: the client sent it again.
@@ -377,7 +435,7 @@ mod tests {
             .collect();
         let refs: Vec<&Envelope> = list.iter().collect();
         // Two of three arrive: a row keyed by the acceptance.
-        let part = count_write(&refs[..2], &HashMap::new(), [1; 16]);
+        let part = count_write(&refs[..2], &[], &HashMap::new(), [1; 16]);
         let keyed: Vec<_> = part.iter().filter(|e| e.outcome == ACCEPTED).collect();
         assert_eq!(
             (keyed.len(), keyed[0].source, keyed[0].n),
@@ -385,7 +443,7 @@ mod tests {
         );
         // The rest arrives with a redelivery of the first two: the same row again.
         let before = HashMap::from([(list[0].key(), 60_500), (list[1].key(), 60_500)]);
-        let rest = count_write(&refs, &before, [2; 16]);
+        let rest = count_write(&refs, &[], &before, [2; 16]);
         let keyed: Vec<_> = rest.iter().filter(|e| e.outcome == ACCEPTED).collect();
         assert_eq!((keyed.len(), keyed[0].source), (1, source_of(A)));
         // All redelivered: nothing accepted (the writes that stored them counted it).
@@ -394,7 +452,7 @@ mod tests {
             (list[1].key(), 60_500),
             (list[2].key(), 60_500),
         ]);
-        let again = count_write(&refs[1..], &all, [3; 16]);
+        let again = count_write(&refs[1..], &[], &all, [3; 16]);
         assert!(again.iter().all(|e| e.outcome != ACCEPTED), "{again:?}");
     }
 
@@ -410,7 +468,7 @@ mod tests {
             (list[0].key(), 60_500), // the same acceptance again
             (list[1].key(), 61_000), // an earlier request stored it
         ]);
-        let got = outcomes(&count_write(&refs, &before, [9; 16]));
+        let got = outcomes(&count_write(&refs, &[], &before, [9; 16]));
         assert_eq!(got.get(&(60, REDELIVERED.into())), Some(&1));
         assert_eq!(got.get(&(120, RESENT.into())), Some(&1));
         assert_eq!(got.get(&(120, STORED.into())), Some(&1));
@@ -420,6 +478,55 @@ mod tests {
         assert_eq!(got.get(&(60, ACCEPTED.into())), None);
     }
 
+    /// What rows of several writes add up to once `INSERT IGNORE`d.
+    fn ledger_of(writes: &[Vec<Entry>]) -> BTreeMap<String, u64> {
+        let mut rows = BTreeMap::new();
+        for entry in writes.iter().flatten() {
+            rows.entry((entry.minute, entry.outcome.clone(), entry.source))
+                .or_insert(entry.n);
+        }
+        let mut out = BTreeMap::new();
+        for ((_, outcome, _), n) in rows {
+            *out.entry(outcome).or_default() += n;
+        }
+        out
+    }
+
+    #[test]
+    fn events_dropped_at_the_write_count_once_however_often_delivered() {
+        let list: Vec<Envelope> = ["a", "b", "c", "c"]
+            .iter()
+            .map(|id| envelope(id, 60_500, Some((A, 4))))
+            .collect();
+        let stored = [&list[0]];
+        let dropped: Vec<Dropped> = list[1..].iter().map(|e| (e, "bot")).collect();
+        let first = count_write(&stored, &dropped, &HashMap::new(), [1; 16]);
+        // Redelivered whole, then the dropped part alone (a queue batch split).
+        let before = HashMap::from([(list[0].key(), 60_500)]);
+        let again = count_write(&stored, &dropped, &before, [2; 16]);
+        let part = count_write(&[], &dropped[..1], &HashMap::new(), [3; 16]);
+        let got = ledger_of(&[first, again, part]);
+        assert_eq!(got["accepted"], 4);
+        assert_eq!(got["stored"], 1);
+        assert_eq!(got["dropped:bot"], 3, "c twice is dropped twice: {got:?}");
+        assert_eq!(got["redelivered"], 1);
+
+        // Without an acceptance each dropped envelope is its own.
+        let lone = envelope("d", 60_500, None);
+        let writes: Vec<_> = (0..2)
+            .map(|_| {
+                count_write(
+                    &[],
+                    &[(&lone, "suppressed")],
+                    &HashMap::new(),
+                    rand::random(),
+                )
+            })
+            .collect();
+        let got = ledger_of(&writes);
+        assert_eq!((got["accepted"], got["dropped:suppressed"]), (1, 1));
+    }
+
     #[test]
     fn a_redelivered_request_with_a_repeated_id_counts_nothing_new() {
         let list = [
@@ -427,13 +534,13 @@ mod tests {
             envelope("a", 60_500, Some((A, 2))),
         ];
         let refs: Vec<&Envelope> = list.iter().collect();
-        let first = outcomes(&count_write(&refs, &HashMap::new(), [1; 16]));
+        let first = outcomes(&count_write(&refs, &[], &HashMap::new(), [1; 16]));
         assert_eq!(
             (first[&(60, STORED.into())], first[&(60, RESENT.into())]),
             (1, 1)
         );
         let before = HashMap::from([(list[0].key(), 60_500)]);
-        let again = outcomes(&count_write(&refs, &before, [2; 16]));
+        let again = outcomes(&count_write(&refs, &[], &before, [2; 16]));
         assert_eq!(again.get(&(60, REDELIVERED.into())), Some(&2));
         assert_eq!(again.get(&(60, STORED.into())), None);
         assert_eq!(again.get(&(60, RESENT.into())), None);

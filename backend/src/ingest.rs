@@ -14,16 +14,52 @@ use serde_json::json;
 
 use crate::{
     catalog::{Metric, Shard, Snapshot},
+    delivery::Dropped,
     error::Error,
     store::WriteOutcome,
     AppState,
 };
 
-/// Envelopes grouped by environment id.
-pub fn group(envelopes: &[Envelope]) -> BTreeMap<u32, Vec<&Envelope>> {
-    let mut groups: BTreeMap<u32, Vec<&Envelope>> = BTreeMap::new();
-    for e in envelopes {
-        groups.entry(e.env_id).or_default().push(e);
+/// One environment's envelopes of a batch: those to store, and those its
+/// policy does not store (with the ledger's reason).
+#[derive(Debug, Default)]
+pub struct Group<'a> {
+    pub stored: Vec<&'a Envelope>,
+    pub dropped: Vec<Dropped<'a>>,
+}
+
+impl Group<'_> {
+    fn ids(&self) -> impl Iterator<Item = &str> {
+        self.stored
+            .iter()
+            .copied()
+            .chain(self.dropped.iter().map(|(e, _)| *e))
+            .map(|e| e.id.as_str())
+    }
+}
+
+/// Envelopes grouped by environment, each with what the write adds to it
+/// under its environment's policy ([`intake::enrich::at_write`]: the parsed
+/// user agent and the parser's bot verdict).
+pub fn prepare<'a>(snapshot: &Snapshot, envelopes: &'a mut [Envelope]) -> BTreeMap<u32, Group<'a>> {
+    let reasons: Vec<Option<&'static str>> = envelopes
+        .iter_mut()
+        .map(|e| {
+            let policy = snapshot
+                .environments
+                .get(&e.env_id)
+                .map(|env| env.policy())
+                .unwrap_or_default();
+            intake::enrich::at_write(&mut e.context, policy)
+        })
+        .collect();
+    let mut groups: BTreeMap<u32, Group> = BTreeMap::new();
+    for (e, reason) in envelopes.iter().zip(reasons) {
+        let group = groups.entry(e.env_id).or_default();
+        match reason {
+            None => group.stored.push(e),
+            Some(reason) => group.dropped.push((e, reason)),
+        }
     }
     groups
 }
@@ -59,7 +95,7 @@ async fn write_one(
     state: &AppState,
     shard: &Shard,
     env_id: u32,
-    group: &[&Envelope],
+    group: &Group<'_>,
     metrics: &[Metric],
 ) -> Result<WriteOutcome, Error> {
     if !shard.is_writable() {
@@ -82,7 +118,9 @@ async fn write_one(
     let started = Instant::now();
     let result = tokio::time::timeout(
         state.config.shard_timeout(),
-        state.events.write(shard, env_id, group, metrics),
+        state
+            .events
+            .write(shard, env_id, &group.stored, &group.dropped, metrics),
     )
     .await;
     if let Ok(written) = &result {
@@ -115,16 +153,21 @@ async fn write_one(
         }
         Err(error) => {
             m.shard_errors.with_label_values(&[&shard.name]).inc();
-            tracing::warn!(shard = %shard.name, env_id, events = group.len(), %error, "shard write failed");
+            tracing::warn!(shard = %shard.name, env_id, events = group.stored.len() + group.dropped.len(), %error, "shard write failed");
         }
     }
     result
 }
 
-/// Write every group to all of its target shards. An environment has landed
-/// when every target (primary, and secondary while migrating) has its rows.
-pub async fn land(state: &AppState, snapshot: &Snapshot, envelopes: &[Envelope]) -> IngestResponse {
-    let groups = group(envelopes);
+/// Write every environment's envelopes ([`prepare`]d) to all of its target
+/// shards. An environment has landed when every target (primary, and
+/// secondary while migrating) has its rows.
+pub async fn land(
+    state: &AppState,
+    snapshot: &Snapshot,
+    envelopes: &mut [Envelope],
+) -> IngestResponse {
+    let groups = prepare(snapshot, envelopes);
 
     let jobs = groups.iter().map(|(&env_id, group)| {
         let targets = snapshot.targets(env_id).unwrap_or_default();
@@ -167,12 +210,13 @@ pub async fn land(state: &AppState, snapshot: &Snapshot, envelopes: &[Envelope])
                     EnvCounts {
                         inserted: outcome.inserted,
                         duplicates: outcome.duplicates,
+                        dropped: groups.get(&env_id).map_or(0, |g| g.dropped.len() as u64),
                     },
                 );
             }
             Err(error) => {
                 if let Some(group) = groups.get(&env_id) {
-                    response.retry.extend(group.iter().map(|e| e.id.clone()));
+                    response.retry.extend(group.ids().map(str::to_owned));
                 }
                 response.failures.push(EnvFailure {
                     env_id,

@@ -311,6 +311,9 @@ pub async fn start(
         .local_addr()
         .map_err(|e| Error::Internal(e.to_string()))?;
     let state = AppState::new(config).await?;
+    // The user-agent parser's tables (~0.2 s of CPU), built off the request
+    // path; a write that needs them first waits for this build.
+    tokio::task::spawn_blocking(intake::ua::warm_up);
     let (stop_tx, stop_rx) = watch::channel(false);
     let background = spawn_background(&state, &stop_rx);
     let app = api::app(state.clone());

@@ -244,3 +244,86 @@ async fn every_outcome_is_counted_once_and_the_ledger_adds_up() {
     stop(server, tx).await;
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn bots_dropped_at_the_write_are_counted_once_in_the_insert_transaction() {
+    const GOOGLEBOT: &str =
+        "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+    let (t, env, token) = Env::with_reader("web").await;
+    backend::catalog::set_environment_policy(
+        &t.catalog,
+        "web",
+        None,
+        None,
+        Some(intake::enrich::BotPolicy::Drop),
+    )
+    .await
+    .expect("policy");
+    let (server, tx) = t.start(t.config()).await;
+    let addr = server.addr;
+    let at = (chrono::Utc::now().timestamp_millis() - 600_000) / 60_000 * 60_000 + 1_000;
+    let event = |id: &str, acceptance: &str, n: u32, ua: &str| {
+        let mut e = accepted(env, id, at, acceptance, n);
+        e["context"] = json!({"user_agent": ua});
+        e
+    };
+    // A request of a person and a crawler, then a crawler's request alone:
+    // each delivered twice, the second in a batch of its own.
+    let mixed = [
+        event(
+            "p1",
+            A,
+            2,
+            "Mozilla/5.0 (X11; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
+        ),
+        event("g1", A, 2, GOOGLEBOT),
+    ];
+    let alone = [event("g2", B, 1, GOOGLEBOT)];
+    for _ in 0..2 {
+        let (status, body, _) = ingest(addr, &json!(mixed)).await;
+        assert_eq!(
+            (status, &body["environments"][env.to_string()]["dropped"]),
+            (200, &json!(1))
+        );
+        let (status, body, _) = ingest(addr, &json!(alone)).await;
+        assert_eq!(
+            (status, &body["environments"][env.to_string()]["dropped"]),
+            (200, &json!(1)),
+            "{body}"
+        );
+    }
+    let pool = t.shard_pool("a").await;
+    assert_eq!(
+        count(&pool, env).await,
+        1,
+        "only the person's event is stored"
+    );
+    let ua: String = sqlx::query_scalar(
+        "SELECT CAST(JSON_UNQUOTE(JSON_EXTRACT(context, '$.ua.browser')) AS CHAR) FROM events_full WHERE env_id = ?",
+    )
+    .bind(env)
+    .fetch_one(&pool)
+    .await
+    .expect("ua");
+    assert_eq!(ua, "Firefox");
+    let l = ledger(addr, &token, at - 60_000, at + 120_000).await;
+    assert_eq!(
+        (
+            &l["accepted"],
+            &l["stored"],
+            &l["dropped"],
+            &l["in_flight"],
+            &l["balanced"]
+        ),
+        (
+            &json!(3),
+            &json!(1),
+            &json!({"bot": 2}),
+            &json!(0),
+            &json!(true)
+        ),
+        "{l}"
+    );
+    stop(server, tx).await;
+    t.cleanup().await;
+}

@@ -90,14 +90,14 @@ async fn repeats_are_ignored_and_counted_as_duplicates() {
     assert_eq!(status, 200);
     assert_eq!(
         body["environments"][&key],
-        json!({"inserted": 10, "duplicates": 0})
+        json!({"inserted": 10, "duplicates": 0, "dropped": 0})
     );
 
     // The same batch again: nothing new.
     let (_, body, _) = ingest(server.addr, &json!(first)).await;
     assert_eq!(
         body["environments"][&key],
-        json!({"inserted": 0, "duplicates": 10})
+        json!({"inserted": 0, "duplicates": 10, "dropped": 0})
     );
 
     // Half old, half new, plus repeats inside the batch: only the new land.
@@ -110,7 +110,7 @@ async fn repeats_are_ignored_and_counted_as_duplicates() {
     let (_, body, _) = ingest(server.addr, &json!(mixed)).await;
     assert_eq!(
         body["environments"][&key],
-        json!({"inserted": 6, "duplicates": 7})
+        json!({"inserted": 6, "duplicates": 7, "dropped": 0})
     );
 
     let pool = t.shard_pool("a").await;

@@ -32,7 +32,7 @@ async fn write(pool: &MySqlPool, chunk: &[Envelope], ledger: bool) {
         .expect("insert");
     if ledger {
         let refs: Vec<&Envelope> = chunk.iter().collect();
-        let entries = delivery::count_write(&refs, &Default::default(), rand::random());
+        let entries = delivery::count_write(&refs, &[], &Default::default(), rand::random());
         let env_id = chunk.first().map_or(0, |e| e.env_id);
         delivery_insert(env_id, &entries)
             .build()

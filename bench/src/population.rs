@@ -1,10 +1,11 @@
 //! A realistic population of clients for the storage figure: each user has
 //! one of thousands of distinct user agents and one of thousands of cities,
-//! and every event's context is what the door makes of it
-//! (`intake::events::Meta::enrich`: geo under the default policy, the
-//! address truncated, the bot verdict, the parsed user agent where the
-//! door parses one), so the stored contexts have the cardinality of real
-//! traffic rather than a handful of fixed ones.
+//! and every event's context is what the door and the backend's write make
+//! of it (`intake::events::Meta::enrich`: geo under the default
+//! policy, the address truncated, the bot verdict; then
+//! `intake::enrich::at_write`: the parsed user agent), so the stored
+//! contexts have the cardinality of real traffic rather than a handful of
+//! fixed ones.
 
 use protocol::Envelope;
 use serde_json::{json, Map, Value};
@@ -94,7 +95,7 @@ fn of_user(user: &str) -> u64 {
     })
 }
 
-/// Replaces each envelope's context with what the door stores for its
+/// Replaces each envelope's context with what is stored for its
 /// user's client (the library it was sent with kept).
 pub fn enrich(rows: &mut [Envelope]) {
     for row in rows {
@@ -112,6 +113,7 @@ pub fn enrich(rows: &mut [Envelope]) {
         let mut context = Map::new();
         context.insert("library".into(), json!("sluice-js/1.0"));
         meta.enrich(&mut context, None);
+        intake::enrich::at_write(&mut context, intake::enrich::Policy::default());
         row.context = context;
     }
 }

@@ -430,15 +430,41 @@ impl Enrichment {
         }
     }
 
-    /// The verdict for an event whose user agent the parser judged
-    /// (`parser_says_bot`), written to `context.bot` unless the policy keeps
-    /// bots unflagged.
-    pub fn judge(&self, context: &mut Map<String, Value>, parser_says_bot: bool) -> bool {
-        let bot = parser_says_bot || self.bot.says_bot();
+    /// The runtime's bot verdict (Bot Management at the edge), written to
+    /// `context.bot` unless the policy keeps bots unflagged. The parser's
+    /// verdict is added at the write ([`at_write`]).
+    pub fn judge(&self, context: &mut Map<String, Value>) -> bool {
+        let bot = self.bot.says_bot();
         if self.policy.bots != BotPolicy::Keep {
             context.insert("bot".into(), Value::Bool(bot));
         }
         bot
+    }
+}
+
+/// What the backend's write adds to an event the door enriched: `context.ua`
+/// from the raw `context.user_agent` ([`crate::ua`], cached per distinct
+/// agent), and the parser's bot verdict, which sets `context.bot` (never
+/// clears the door's) unless the environment keeps bots unflagged. Returns
+/// the ledger's reason when the environment does not store the event
+/// ([`BotPolicy::Drop`] and the parser says bot).
+pub fn at_write(context: &mut Map<String, Value>, policy: Policy) -> Option<&'static str> {
+    let agent = match context.get("user_agent") {
+        Some(Value::String(ua)) if !ua.is_empty() => crate::ua::parse(ua),
+        _ => return None,
+    };
+    let bot = agent.is_bot();
+    context.insert("ua".into(), agent.to_json());
+    if !bot {
+        return None;
+    }
+    match policy.bots {
+        BotPolicy::Keep => None,
+        BotPolicy::Flag => {
+            context.insert("bot".into(), Value::Bool(true));
+            None
+        }
+        BotPolicy::Drop => Some(DROPPED_BOT),
     }
 }
 
@@ -581,7 +607,7 @@ mod tests {
     }
 
     #[test]
-    fn bot_signal_never_clears_the_parser() {
+    fn bot_management_and_the_parser_add_up() {
         let miniflare = BotSignal::from_cf(&cf());
         assert!(!miniflare.says_bot());
         assert!(
@@ -590,23 +616,51 @@ mod tests {
         );
         assert!(BotSignal::from_cf(&json!({"botManagement": {"score": 12}})).says_bot());
         assert!(!BotSignal::from_cf(&json!({"botManagement": {"score": "low"}})).says_bot());
-        let e = Enrichment::new(Client::from_cf(&cf(), None), Policy::default());
-        let mut context = Map::new();
-        assert!(
-            e.judge(&mut context, true),
-            "a crawler stays a crawler at score 99"
-        );
-        assert_eq!(context["bot"], true);
-        let keep = Enrichment {
-            policy: Policy {
-                bots: BotPolicy::Keep,
-                ..Policy::default()
-            },
-            ..e
+
+        const GOOGLEBOT: &str =
+            "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
+        const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
+                              (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36";
+        let door = |cf: Value, policy: Policy, ua: &str| {
+            let mut context = Map::new();
+            context.insert("user_agent".into(), Value::String(ua.into()));
+            Enrichment::new(Client::from_cf(&cf, None), policy).judge(&mut context);
+            context
         };
-        let mut context = Map::new();
-        assert!(keep.judge(&mut context, true));
+        // Miniflare's score 99 at the door, the parser at the write: a crawler stays one.
+        let mut context = door(cf(), Policy::default(), GOOGLEBOT);
+        assert_eq!(context["bot"], false);
+        assert_eq!(at_write(&mut context, Policy::default()), None);
+        assert_eq!(context["bot"], true);
+        assert_eq!(context["ua"]["device"], "bot");
+        // Bot Management's verdict is never cleared by a browser's user agent.
+        let verified = json!({"botManagement": {"verifiedBot": true}});
+        let mut context = door(verified, Policy::default(), CHROME);
+        assert_eq!(at_write(&mut context, Policy::default()), None);
+        assert_eq!(
+            (&context["bot"], &context["ua"]["browser"]),
+            (&json!(true), &json!("Chrome"))
+        );
+        // keep: no verdict stored; drop: the write is told why it drops.
+        let keep = Policy {
+            bots: BotPolicy::Keep,
+            ..Policy::default()
+        };
+        let mut context = door(cf(), keep, GOOGLEBOT);
+        assert_eq!(at_write(&mut context, keep), None);
         assert!(!context.contains_key("bot"));
+        let drop = Policy {
+            bots: BotPolicy::Drop,
+            ..Policy::default()
+        };
+        let mut context = door(cf(), drop, GOOGLEBOT);
+        assert_eq!(at_write(&mut context, drop), Some(DROPPED_BOT));
+        let mut context = door(cf(), drop, CHROME);
+        assert_eq!(at_write(&mut context, drop), None);
+        // No user agent: nothing parsed.
+        let mut context = Map::new();
+        assert_eq!(at_write(&mut context, drop), None);
+        assert!(!context.contains_key("ua"));
     }
 
     #[test]

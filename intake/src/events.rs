@@ -38,11 +38,11 @@ pub struct Meta {
 impl Meta {
     /// What the door knows goes into an event's context: the client's
     /// address, country, colo and location as the environment's policy
-    /// allows ([`Enrichment::apply`]), the user agent (the client's own
-    /// `user_agent`, else `client_user_agent`, else the request's) and what
-    /// [`crate::ua`] makes of it (`context.ua`), and the bot verdict (the
-    /// parser's or the runtime's). Both doors enrich through here; the
-    /// verdict is returned.
+    /// allows ([`Enrichment::apply`]), the raw user agent (the client's own
+    /// `user_agent`, else `client_user_agent`, else the request's), and the
+    /// runtime's bot verdict. Both doors enrich through here; the verdict is
+    /// returned. The user agent is parsed later, at the backend's write
+    /// ([`crate::enrich::at_write`]): the parser stays out of the worker.
     pub fn enrich(
         &self,
         context: &mut Map<String, Value>,
@@ -54,15 +54,7 @@ impl Meta {
                 .entry("user_agent")
                 .or_insert_with(|| Value::String(ua.to_owned()));
         }
-        let agent = match context.get("user_agent") {
-            Some(Value::String(ua)) if !ua.is_empty() => Some(crate::ua::parse(ua)),
-            _ => None,
-        };
-        let parser_says_bot = agent.as_ref().is_some_and(|a| a.is_bot());
-        if let Some(agent) = agent {
-            context.insert("ua".into(), agent.to_json());
-        }
-        self.enrichment.judge(context, parser_says_bot)
+        self.enrichment.judge(context)
     }
 }
 

@@ -14,10 +14,10 @@
 //! ~12 µs, an event of a realistic mix ~1.3 µs. In the edge worker the same
 //! build takes ~0.6 s (more on a busy machine) of the first request with a
 //! user agent in every new isolate, and the parser adds ~390 KB of gzipped
-//! wasm. `Meta::enrich` calls it at both doors today; the figures argue for
-//! parsing on the backend's side only (natively, with [`warm_up`] at
-//! start-up), which would leave all of it out of the worker: the linker
-//! drops the module when nothing the edge runs calls it.
+//! wasm. So only the backend's write calls it
+//! ([`crate::enrich::at_write`], natively, with [`warm_up`] at start-up);
+//! the doors keep the raw user agent, and the linker leaves this module out
+//! of the worker, which never calls it.
 //!
 //! uap-core has no device *class*, so [`Device`] is decided here:
 //! - `bot`: uap-core says `Spider` (its device parsers, which look for

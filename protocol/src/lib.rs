@@ -430,6 +430,10 @@ pub fn uuid_v7(unix_ms: u64, random: &[u8; 10]) -> String {
 pub struct EnvCounts {
     pub inserted: u64,
     pub duplicates: u64,
+    /// Taken and not stored under the environment's policy (e.g. bots in a
+    /// `bots = drop` environment), counted in its delivery ledger.
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// An environment whose envelopes could not be written this time.

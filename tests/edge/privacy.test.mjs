@@ -29,6 +29,7 @@ const CF = {
   botManagement: { verifiedBot: false, score: 99 },
 };
 const BOT_CF = { ...CF, botManagement: { verifiedBot: true, score: 1 } };
+const GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 
 const backend = new Backend({ env: { SLUICE_TRUSTED_PROXIES: "127.0.0.1/32", RUST_LOG: "info,sqlx=warn" } });
 const env = {};
@@ -94,6 +95,8 @@ async function send(name) {
       body: { writeKey: key, batch: [{ type: "track", event: "segment-own", userId: "u1", context: { ip: V6_OTHER } }] },
     }),
     await edge("/v1/events", { body: [{ event: "bot" }, { event: "bot" }], cf: BOT_CF, headers: { "CF-Connecting-IP": V4 } }),
+    // A crawler Bot Management calls human (score 99): the parser at the backend's write says bot.
+    await edge("/v1/events", { body: [{ event: "crawler", context: { user_agent: GOOGLEBOT } }], headers: { "CF-Connecting-IP": V4 } }),
   ];
   const direct = await fetch(`${backend.url}/v1/events`, {
     method: "POST",
@@ -116,8 +119,8 @@ async function stored(name, n) {
 
 test("addresses, geo and bots are stored as each environment's policy says, and a full address goes nowhere else", async () => {
   for (const name of ["trunc", "private", "open"]) await send(name);
-  const trunc = await stored("trunc", 6);
-  const open = await stored("open", 6);
+  const trunc = await stored("trunc", 7);
+  const open = await stored("open", 7);
   const priv = await stored("private", 4);
   const by = (rows, event) => rows.filter((r) => r.name === event).map((r) => r.context);
 
@@ -136,6 +139,8 @@ test("addresses, geo and bots are stored as each environment's policy says, and 
   assert.deepEqual(by(trunc, "bot").map((c) => c.bot), [true, true]);
   const human = by(trunc, "v4-header")[0];
   assert.ok(human.ua && typeof human.ua.device === "string", `the parsed user agent: ${JSON.stringify(human)}`);
+  const crawler = by(trunc, "crawler")[0];
+  assert.deepEqual([crawler.bot, crawler.ua.device, crawler.ua.browser, crawler.user_agent], [true, "bot", "Googlebot", GOOGLEBOT]);
 
   // open: everything as sent.
   assert.equal(by(open, "v4-header")[0].ip, V4);
@@ -187,7 +192,8 @@ test("the edge and the backend's door count dropped bots in the delivery ledger"
     body: JSON.stringify([{ event: "human" }]),
   });
   assert.equal(direct.status, 202);
-  // A crawler's user agent is a bot's, whatever Bot Management says (here: nothing, at the backend's door).
+  // A crawler's user agent is a bot's, whatever Bot Management says (here: nothing, at the backend's door):
+  // answered as accepted, dropped at the write.
   const crawler = await fetch(`${backend.url}/v1/events`, {
     method: "POST",
     headers: { "Content-Type": "application/json", Authorization: `Bearer ${keys.private}`, "User-Agent": "Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)" },
@@ -200,12 +206,13 @@ test("the edge and the backend's door count dropped bots in the delivery ledger"
       const q = new URLSearchParams({ env: "private", from: String(from), to: String(Date.now() + 60_000) });
       const res = await fetch(`${backend.url}/v1/stats/delivery?${q}`, { headers: { Authorization: `Bearer ${token}` } });
       const body = await res.json();
-      if (body.dropped?.bot >= 3 && body.stored >= 5 && body.in_flight === 0) return body;
+      if (body.dropped?.bot >= 4 && body.stored >= 5 && body.in_flight === 0) return body;
       throw new Error(JSON.stringify(body));
     },
     { what: "the private environment's ledger with its dropped bots" },
   );
-  // Sent: 5 events through the edge (2 of them bots) + 1 to the backend's door, + the human and the crawler above.
-  assert.deepEqual([ledger.received, ledger.accepted, ledger.stored, ledger.dropped.bot], [8, 8, 5, 3], JSON.stringify(ledger));
+  // Sent: 6 events through the edge (2 bots by Bot Management, dropped at the door; a crawler by its user agent,
+  // dropped at the write) + 1 to the backend's door, + the human and the crawler above.
+  assert.deepEqual([ledger.received, ledger.accepted, ledger.stored, ledger.dropped.bot], [9, 9, 5, 4], JSON.stringify(ledger));
   assert.equal((await backend.events("a", env.private)).filter((r) => r.name === "crawl").length, 0);
 });

@@ -198,7 +198,7 @@ async fn drain(state: AppState, env_id: u32) {
             .metrics
             .group_commit_events
             .observe(envelopes.len() as f64);
-        let result = write(&state, &envelopes).await;
+        let result = write(&state, &mut envelopes).await;
         for (done, slot) in waiters {
             let _ = done.send(result.clone());
             drop(slot);
@@ -206,7 +206,7 @@ async fn drain(state: AppState, env_id: u32) {
     }
 }
 
-async fn write(state: &AppState, envelopes: &[Envelope]) -> Result<(), intake::Error> {
+async fn write(state: &AppState, envelopes: &mut [Envelope]) -> Result<(), intake::Error> {
     let snapshot = ingest::route(state, envelopes).await.map_err(|error| {
         tracing::warn!(%error, events = envelopes.len(), "direct ingest could not route");
         intake::Error::StoreUnavailable

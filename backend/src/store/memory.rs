@@ -209,6 +209,7 @@ impl EventStore for MemoryStore {
         shard: &Shard,
         env_id: u32,
         envelopes: &[&Envelope],
+        dropped: &[delivery::Dropped<'_>],
         metrics: &[Metric],
     ) -> Result<WriteOutcome> {
         let mut s = lock(&self.shards);
@@ -226,7 +227,7 @@ impl EventStore for MemoryStore {
                 .filter_map(|e| stored.get(&e.key()).map(|s| (e.key(), s.received_at)))
                 .collect()
         };
-        let ledger = delivery::count_write(envelopes, &stored_before, rand::random());
+        let ledger = delivery::count_write(envelopes, dropped, &stored_before, rand::random());
         s.record(shard.id, env_id, &ledger);
         let mut outcome = WriteOutcome::default();
         for &envelope in envelopes {

@@ -20,7 +20,7 @@ use serde::Serialize;
 use protocol::{DeadLetter, Sample};
 
 use crate::{
-    delivery::{Counts, Entry},
+    delivery::{Counts, Dropped, Entry},
     error::Result,
     model::{Counted, Deltas, Metric, Shard, Snapshot},
 };
@@ -39,13 +39,15 @@ pub trait EventStore: Send + Sync {
     /// Write idempotently: envelopes whose id is already stored (or repeated
     /// in `envelopes`) are duplicates; `counted` lists exactly the new rows,
     /// with their contributions to `metrics`. The delivery ledger's rows of
-    /// the write (`crate::delivery::count_write`) are stored with the rows,
-    /// all or nothing.
+    /// the write (`crate::delivery::count_write`, which also counts the
+    /// `dropped` envelopes the write took but does not store) are stored with
+    /// the rows, all or nothing.
     async fn write(
         &self,
         shard: &Shard,
         env_id: u32,
         envelopes: &[&Envelope],
+        dropped: &[Dropped<'_>],
         metrics: &[Metric],
     ) -> Result<WriteOutcome>;
 

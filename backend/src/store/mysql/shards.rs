@@ -217,6 +217,9 @@ const SELECT_EXISTING: &str = "SELECT id, received_at FROM events WHERE env_id =
 const INSERT_DELIVERY: &str =
     "INSERT IGNORE INTO delivery (env_id, minute, outcome, source, n, summable) ";
 
+/// Keys already stored, with their stored receive time (ms).
+type StoredKeys = HashMap<[u8; 16], i64>;
+
 impl Shards {
     pub fn new(pool_size: u32, acquire_timeout: Duration, chunk_rows: usize) -> Self {
         Self {
@@ -455,7 +458,7 @@ impl Shards {
         conn: &mut sqlx::MySqlConnection,
         env_id: u32,
         rows: &[&EventRow<'_>],
-    ) -> Result<HashMap<[u8; 16], i64>> {
+    ) -> Result<StoredKeys> {
         let mut existing = HashMap::new();
         for chunk in rows.chunks(self.chunk_rows) {
             let mut select = QueryBuilder::<MySql>::new(SELECT_EXISTING);
@@ -482,14 +485,14 @@ impl Shards {
     /// between (the insert then adds fewer rows than it should) makes the
     /// read stale: the transaction is rolled back and the read done again,
     /// so neither the counters nor the ledger count an event twice.
+    /// `count` is the write's ledger given the stored keys.
     async fn write_new_only<'r>(
         &self,
         pool: &MySqlPool,
         shard: &Shard,
         env_id: u32,
-        envelopes: &[&Envelope],
         all: Vec<&'r EventRow<'r>>,
-        write_source: [u8; 16],
+        count: &(dyn Fn(&StoredKeys) -> Vec<delivery::Entry> + Sync),
     ) -> Result<Vec<&'r EventRow<'r>>> {
         for _ in 0..CONCURRENT_WRITE_TRIES {
             let mut conn = pool.acquire().await?;
@@ -500,7 +503,7 @@ impl Shards {
                 .copied()
                 .filter(|r| !existing.contains_key(&r.key))
                 .collect();
-            let ledger = delivery::count_write(envelopes, &existing, write_source);
+            let ledger = count(&existing);
             let mut tx = pool.begin().await?;
             let affected = self.insert(&mut tx, &fresh).await?;
             if affected != fresh.len() as u64 {
@@ -532,6 +535,7 @@ impl Shards {
         shard: &Shard,
         env_id: u32,
         envelopes: &[&Envelope],
+        dropped: &[delivery::Dropped<'_>],
         metrics: &[Metric],
     ) -> Result<WriteOutcome> {
         let pool = self.pool(shard)?;
@@ -587,22 +591,25 @@ impl Shards {
 
         let all: Vec<&EventRow> = rows.iter().map(|r| &r.event).collect();
         let write_source = rand::random::<[u8; 16]>();
+        let count = |existing: &StoredKeys| {
+            delivery::count_write(envelopes, dropped, existing, write_source)
+        };
         let mut tx = pool.begin().await?;
         let affected = self.insert(&mut tx, &all).await?;
         let inserted: Vec<&EventRow> = if affected == all.len() as u64 {
-            let ledger = delivery::count_write(envelopes, &HashMap::new(), write_source);
+            let ledger = count(&HashMap::new());
             self.record(&mut tx, env_id, &ledger).await?;
             tx.commit().await?;
             all
         } else if affected == 0 {
             let existing = self.existing_keys(&mut tx, env_id, &all).await?;
-            let ledger = delivery::count_write(envelopes, &existing, write_source);
+            let ledger = count(&existing);
             self.record(&mut tx, env_id, &ledger).await?;
             tx.commit().await?;
             Vec::new()
         } else {
             tx.rollback().await?;
-            self.write_new_only(&pool, shard, env_id, envelopes, all, write_source)
+            self.write_new_only(&pool, shard, env_id, all, &count)
                 .await?
         };
 
@@ -626,9 +633,10 @@ impl EventStore for Shards {
         shard: &Shard,
         env_id: u32,
         envelopes: &[&Envelope],
+        dropped: &[delivery::Dropped<'_>],
         metrics: &[Metric],
     ) -> Result<WriteOutcome> {
-        Shards::write(self, shard, env_id, envelopes, metrics).await
+        Shards::write(self, shard, env_id, envelopes, dropped, metrics).await
     }
 
     fn recently_down(&self, shard_id: u32) -> bool {
@@ -741,7 +749,7 @@ impl Shards {
                 .map(|row| stored_envelope(row, env_id))
                 .collect::<Result<Vec<_>>>()?;
             let refs: Vec<&Envelope> = envelopes.iter().collect();
-            let written = self.write(to, env_id, &refs, metrics).await?;
+            let written = self.write(to, env_id, &refs, &[], metrics).await?;
             record(&written.counted);
             outcome.read += envelopes.len() as u64;
             outcome.inserted += written.inserted;
