@@ -6,19 +6,25 @@
 //   node scripts/dlq.mjs show KEY
 //   node scripts/dlq.mjs replay KEY... | --all      --backend-url URL  (token: $SLUICE_INGEST_TOKEN)
 //   node scripts/dlq.mjs delete KEY...
+//   node scripts/dlq.mjs erase --env-id N --user-id ID | --anonymous-id ID
 //
 // replay POSTs a letter's body (a JSON array of envelopes) to the backend's
 // /v1/ingest. Envelope ids are idempotency keys, so replaying what partly
 // landed inserts nothing twice. A letter is deleted only after a 200.
+// erase takes one person's envelopes (by the id's own field, or as an alias's
+// previous_id) out of every letter: `backend user erase --edge` runs it. A
+// letter left with none is deleted; the others are rewritten without them.
 import { kv, parseArgs } from "./kv.mjs";
 
 function usage(message) {
   if (message) console.error(`dlq: ${message}`);
-  console.error("usage: dlq.mjs list | show KEY | replay KEY...|--all --backend-url URL | delete KEY...  [--remote] [--env E] [--persist-to DIR]");
+  console.error(
+    "usage: dlq.mjs list | show KEY | replay KEY...|--all --backend-url URL | delete KEY... | erase --env-id N --user-id ID|--anonymous-id ID  [--remote] [--env E] [--persist-to DIR]",
+  );
   process.exit(2);
 }
 
-const opts = parseArgs(process.argv.slice(2), ["--env", "--persist-to", "--backend-url"], usage);
+const opts = parseArgs(process.argv.slice(2), ["--env", "--persist-to", "--backend-url", "--env-id", "--user-id", "--anonymous-id"], usage);
 const letters = kv("DEAD_LETTERS", opts);
 const read = (key) => {
   const text = letters.get(key);
@@ -76,6 +82,32 @@ switch (opts.command) {
       }
     }
     process.exit(failed ? 1 : 0);
+  }
+  case "erase": {
+    const envId = Number(opts.env_id);
+    const [field, id] = opts.user_id !== undefined ? ["user_id", opts.user_id] : ["anonymous_id", opts.anonymous_id];
+    if (!Number.isInteger(envId) || envId <= 0 || !id) usage("erase needs --env-id N and --user-id ID or --anonymous-id ID");
+    const theirs = (e) => e && e.env_id === envId && (e[field] === id || e.previous_id === id);
+    let removed = 0;
+    let touched = 0;
+    for (const key of letters.list("dlq/")) {
+      const r = read(key);
+      let envelopes;
+      try {
+        envelopes = JSON.parse(r?.body ?? "");
+      } catch {
+        continue;
+      }
+      if (!Array.isArray(envelopes)) continue;
+      const kept = envelopes.filter((e) => !theirs(e));
+      if (kept.length === envelopes.length) continue;
+      removed += envelopes.length - kept.length;
+      touched++;
+      if (kept.length === 0) letters.delete(key);
+      else letters.put(key, JSON.stringify({ ...r, body: JSON.stringify(kept), erased: (r.erased ?? 0) + envelopes.length - kept.length }));
+    }
+    console.error(`dlq: erase: ${removed} envelopes taken out of ${touched} dead letters`);
+    break;
   }
   default:
     usage(opts.command ? `unknown command ${opts.command}` : undefined);

@@ -133,6 +133,13 @@ impl Config {
     pub fn shard_timeout(&self) -> Duration {
         Duration::from_millis(self.shard_timeout_ms.max(100))
     }
+    /// How long an erasure waits after storing a suppression before it
+    /// sweeps: every backend's catalog snapshot holds the suppression after
+    /// the refresh bound, and a write routed with an older one ends within
+    /// the shard timeout.
+    pub fn erasure_settle(&self) -> Duration {
+        self.catalog_refresh() + self.shard_timeout()
+    }
     pub fn second_retention_secs(&self) -> i64 {
         (self.second_counts_retention_hours * 3600) as i64
     }

@@ -40,7 +40,8 @@ impl Group<'_> {
 
 /// Envelopes grouped by environment, each with what the write adds to it
 /// under its environment's policy ([`intake::enrich::at_write`]: the parsed
-/// user agent and the parser's bot verdict).
+/// user agent and the parser's bot verdict); a suppressed person's
+/// ([`crate::erasure::suppressed`]) and `bots = drop`'s bots are dropped.
 pub fn prepare<'a>(snapshot: &Snapshot, envelopes: &'a mut [Envelope]) -> BTreeMap<u32, Group<'a>> {
     let reasons: Vec<Option<&'static str>> = envelopes
         .iter_mut()
@@ -50,6 +51,9 @@ pub fn prepare<'a>(snapshot: &Snapshot, envelopes: &'a mut [Envelope]) -> BTreeM
                 .get(&e.env_id)
                 .map(|env| env.policy())
                 .unwrap_or_default();
+            if crate::erasure::suppressed(snapshot, e) {
+                return Some(crate::erasure::DROPPED_SUPPRESSED);
+            }
             intake::enrich::at_write(&mut e.context, policy)
         })
         .collect();

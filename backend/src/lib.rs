@@ -19,6 +19,7 @@ pub mod config;
 pub mod counters;
 pub mod db;
 pub mod delivery;
+pub mod erasure;
 pub mod error;
 pub mod ingest;
 pub mod metrics;

@@ -37,6 +37,37 @@ enum Command {
     /// Public API keys (`sk_…`) the apps send; only their SHA-256 is stored.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// A person's events: erasure (GDPR Art. 17) and suppression.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Remove every event of one person from every shard the environment
+    /// writes (and, with --edge, from the edge's dead letters); their later
+    /// events are dropped at the write for --suppress-days.
+    Erase {
+        env: String,
+        #[arg(
+            long,
+            conflicts_with = "anonymous_id",
+            required_unless_present = "anonymous_id"
+        )]
+        user_id: Option<String>,
+        #[arg(long)]
+        anonymous_id: Option<String>,
+        /// Days the person's later events are dropped (counted `dropped: suppressed`); 0: none.
+        #[arg(long, default_value_t = 30)]
+        suppress_days: u32,
+        /// Who asked (kept in the erasure record); default $USER.
+        #[arg(long)]
+        by: Option<String>,
+        #[command(flatten)]
+        edge: EdgeKv,
+    },
+    /// The environment's erasure records (no ids: a hash only).
+    Erasures { env: String },
 }
 
 #[derive(Subcommand)]
@@ -86,8 +117,12 @@ struct EdgeKv {
 impl EdgeKv {
     /// Run `node scripts/key.mjs ARGS` with this target; its messages go to stderr.
     fn run(&self, args: &[&str]) -> Result<()> {
-        let script =
-            std::env::var("SLUICE_KEY_SCRIPT").unwrap_or_else(|_| "scripts/key.mjs".into());
+        self.run_script("SLUICE_KEY_SCRIPT", "scripts/key.mjs", args)
+    }
+
+    /// Run `node SCRIPT ARGS` (`$VAR`, else `default`) with this target.
+    fn run_script(&self, var: &str, default: &str, args: &[&str]) -> Result<()> {
+        let script = std::env::var(var).unwrap_or_else(|_| default.into());
         let mut command = std::process::Command::new("node");
         command.arg(&script).args(args);
         if self.remote {
@@ -264,6 +299,131 @@ async fn shard_names(pool: &sqlx::MySqlPool) -> Result<impl Fn(u32) -> String> {
 /// A policy as `scripts/key.mjs` writes it into the edge's KV records.
 fn policy_json(policy: &intake::enrich::Policy) -> Result<String> {
     serde_json::to_string(policy).map_err(|e| Error::Internal(e.to_string()))
+}
+
+async fn user(config: &backend::Config, cmd: UserCommand) -> Result<()> {
+    db::migrate_catalog(&config.database_url).await?;
+    let pool = db::lazy_pool(&config.database_url, 2, std::time::Duration::from_secs(10))?;
+    match cmd {
+        UserCommand::Erase {
+            env,
+            user_id,
+            anonymous_id,
+            suppress_days,
+            by,
+            edge,
+        } => {
+            use backend::erasure::{IdKind, Person};
+            let person = match (user_id, anonymous_id) {
+                (Some(id), _) => Person {
+                    kind: IdKind::UserId,
+                    id,
+                },
+                (None, Some(id)) => Person {
+                    kind: IdKind::AnonymousId,
+                    id,
+                },
+                (None, None) => {
+                    return Err(Error::InvalidArgument(
+                        "id",
+                        "give --user-id or --anonymous-id".into(),
+                    ))
+                }
+            };
+            let environment = catalog::environment_by_name(&pool, &env).await?;
+            let source =
+                std::sync::Arc::new(backend::store::mysql::MySqlCatalog::new(pool.clone()));
+            let snapshot = catalog::Catalog::open(source, config.catalog_refresh())
+                .await?
+                .snapshot();
+            let shards = backend::shards::Shards::new(
+                2,
+                std::time::Duration::from_secs(10),
+                config.insert_chunk_rows,
+            );
+            let by = by
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "unknown".into());
+            if suppress_days > 0 {
+                eprintln!(
+                    "{env}: suppressing first; waiting {:.1} s for every backend to drop their new events",
+                    config.erasure_settle().as_secs_f64()
+                );
+            }
+            let erased = backend::erasure::erase(
+                &pool,
+                &shards,
+                &snapshot,
+                &environment,
+                &backend::erasure::Request {
+                    person: person.clone(),
+                    suppress_days,
+                    requested_by: by,
+                },
+                config.erasure_settle(),
+            )
+            .await;
+            shards.close().await;
+            let erased = erased?;
+            if edge.edge {
+                let env_id = environment.id.to_string();
+                edge.run_script(
+                    "SLUICE_DLQ_SCRIPT",
+                    "scripts/dlq.mjs",
+                    &[
+                        "erase",
+                        "--env-id",
+                        &env_id,
+                        &format!("--{}", person.kind.column().replace('_', "-")),
+                        &person.id,
+                    ],
+                )?;
+            }
+            for (shard, removed) in &erased.removed {
+                println!(
+                    "{shard}: {} events removed ({} read), {} sampled refusals",
+                    removed.events, removed.scanned, removed.samples
+                );
+            }
+            println!(
+                "erasure {} recorded{}{}",
+                erased.record_id,
+                if suppress_days > 0 {
+                    format!("; their new events are dropped for {suppress_days} days")
+                } else {
+                    String::new()
+                },
+                if edge.edge {
+                    "; the edge's dead letters swept"
+                } else {
+                    "; the edge's dead letters were not swept (add --edge)"
+                }
+            );
+        }
+        UserCommand::Erasures { env } => {
+            let environment = catalog::environment_by_name(&pool, &env).await?;
+            println!(
+                "{:<6} {:<13} {:<24} {:<24} {:<20} {:<20} removed",
+                "id", "kind", "started", "finished", "by", "suppressed until"
+            );
+            for r in backend::store::mysql::erasure::records(&pool, environment.id).await? {
+                let or_dash = |t: Option<chrono::NaiveDateTime>| {
+                    t.map(|t| t.to_string()).unwrap_or_else(|| "-".into())
+                };
+                println!(
+                    "{:<6} {:<13} {:<24} {:<24} {:<20} {:<20} {}",
+                    r.id,
+                    r.id_kind,
+                    r.started_at.to_string(),
+                    or_dash(r.finished_at),
+                    r.requested_by,
+                    or_dash(r.suppressed_until),
+                    r.removed.as_deref().unwrap_or("(not finished)")
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -467,6 +627,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::User(cmd) => user(&config, cmd).await?,
         Command::Key(cmd) => {
             db::migrate_catalog(&config.database_url).await?;
             let pool = catalog_pool()?;

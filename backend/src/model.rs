@@ -3,7 +3,7 @@
 //! every module may depend on this one; it depends on `error` alone.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     time::{Duration, Instant},
 };
 
@@ -88,6 +88,9 @@ pub struct Snapshot {
     pub environments: HashMap<u32, Environment>,
     /// Each environment's metrics.
     pub metrics: HashMap<u32, Vec<Metric>>,
+    /// Each environment's suppressed people (`crate::erasure::person_hash`),
+    /// whose events the write drops.
+    pub suppressed: HashMap<u32, HashSet<[u8; 32]>>,
     /// When the read that produced this snapshot started: it reflects the
     /// catalog as of then, so its age is measured from here.
     pub read_at: Instant,
@@ -99,6 +102,7 @@ impl Default for Snapshot {
             shards: HashMap::new(),
             environments: HashMap::new(),
             metrics: HashMap::new(),
+            suppressed: HashMap::new(),
             read_at: Instant::now(),
         }
     }

@@ -648,6 +648,7 @@ struct CatalogState {
     shards: Vec<Shard>,
     environments: Vec<Environment>,
     metrics: Vec<Metric>,
+    suppressed: HashMap<u32, std::collections::HashSet<[u8; 32]>>,
     tokens: HashMap<[u8; 32], u32>,
     api_keys: HashMap<String, u32>,
     failing: bool,
@@ -767,8 +768,18 @@ impl MemoryCatalog {
                 .map(|e| (e.id, e.clone()))
                 .collect(),
             metrics,
+            suppressed: state.suppressed.clone(),
             read_at,
         }
+    }
+
+    /// Suppress a person (`crate::erasure::person_hash`) from the next snapshot on.
+    pub fn suppress(&self, env_id: u32, person: [u8; 32]) {
+        lock(&self.state)
+            .suppressed
+            .entry(env_id)
+            .or_default()
+            .insert(person);
     }
 }
 

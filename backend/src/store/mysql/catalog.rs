@@ -1,7 +1,10 @@
 //! The catalog database: read as a [`CatalogSource`], and administered by
 //! the CLI (shards, environments, read tokens, API keys, metrics).
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Instant,
+};
 
 use async_trait::async_trait;
 use sqlx::{mysql::MySqlPool, FromRow};
@@ -39,10 +42,15 @@ impl CatalogSource for MySqlCatalog {
         for metric in all_metrics(pool).await? {
             metrics.entry(metric.env_id).or_default().push(metric);
         }
+        let mut suppressed: HashMap<u32, HashSet<[u8; 32]>> = HashMap::new();
+        for (env_id, person) in super::erasure::active_suppressions(pool).await? {
+            suppressed.entry(env_id).or_default().insert(person);
+        }
         Ok(Snapshot {
             shards: shards.into_iter().map(|s| (s.id, s)).collect(),
             environments: environments.into_iter().map(|e| (e.id, e)).collect(),
             metrics,
+            suppressed,
             read_at,
         })
     }
