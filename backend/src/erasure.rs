@@ -83,7 +83,6 @@ pub struct Erased {
     pub record_id: u64,
     /// Rows removed per shard (events, and sampled refusals naming the id).
     pub removed: BTreeMap<String, sql::Removed>,
-    pub suppressed_days: u32,
 }
 
 /// Erase the person's events from every shard `env` writes to (primary and,
@@ -130,7 +129,6 @@ pub async fn erase(
         .ok_or_else(|| Error::UnknownEnvironment(env.name.clone()))?;
     let mut erased = Erased {
         record_id,
-        suppressed_days: suppress_days,
         ..Erased::default()
     };
     for shard in targets {
