@@ -327,7 +327,10 @@ fn spawn_background(state: &AppState, stop: &watch::Receiver<bool>) -> Vec<JoinH
             every(
                 state,
                 stop,
-                (state.config.retention_interval(), minute),
+                (
+                    state.config.retention_interval(),
+                    state.config.retention_interval().min(minute),
+                ),
                 move |state| {
                     let stop = pass_stop.clone();
                     async move {

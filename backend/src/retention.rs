@@ -149,3 +149,127 @@ pub async fn pass(
         .observe(started.elapsed().as_secs_f64());
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{
+        memory::{MemoryCatalog, MemoryStore},
+        CatalogSource, EventStore,
+    };
+
+    const NOW: i64 = 1_800_000_000_000;
+    const DAY: i64 = 86_400_000;
+
+    fn event(env_id: u32, n: u64, ts: i64) -> protocol::Envelope {
+        serde_json::from_value(testkit::envelope(env_id, &testkit::uuid(n), "view", ts))
+            .expect("envelope")
+    }
+
+    /// Shards 1 and 2; env 7 on 1 migrating to 2 with a 30-day retention,
+    /// env 8 on 1 without one; each with events at `times`.
+    async fn setup(times: &[i64]) -> (Snapshot, MemoryStore) {
+        let catalog = MemoryCatalog::new();
+        catalog.add_shard(1, "a");
+        catalog.add_shard(2, "b");
+        catalog.put_environment(7, "web", 1, Some(2));
+        catalog.set_retention(7, Some(30));
+        catalog.put_environment(8, "app", 1, None);
+        let snapshot = catalog.load().await.expect("snapshot");
+        let store = MemoryStore::new();
+        for (env, shards) in [(7, vec![1, 2]), (8, vec![1])] {
+            let events: Vec<_> = times
+                .iter()
+                .enumerate()
+                .map(|(i, ts)| event(env, env as u64 * 1000 + i as u64, *ts))
+                .collect();
+            let refs: Vec<_> = events.iter().collect();
+            for shard in shards {
+                store
+                    .write(&snapshot.shards[&shard], env, &refs, &[])
+                    .await
+                    .expect("write");
+            }
+        }
+        (snapshot, store)
+    }
+
+    fn settings(chunk_rows: u32) -> Settings {
+        Settings {
+            chunk_rows,
+            pause: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test]
+    async fn older_than_the_cutoff_goes_in_chunks_from_both_shards_the_cutoff_itself_stays() {
+        let before = cutoff(NOW, 30);
+        let times = [
+            before - 5 * DAY,
+            before - 2,
+            before - 1,
+            before,
+            before + 1,
+            NOW,
+        ];
+        let (snapshot, store) = setup(&times).await;
+        let (_keep, stop) = watch::channel(false);
+        let removed = pass(
+            &snapshot,
+            &store,
+            settings(2),
+            (None, NOW),
+            &Metrics::new(),
+            &stop,
+        )
+        .await;
+        let shards: Vec<_> = removed.iter().map(|r| r.shard.as_str()).collect();
+        assert_eq!(shards, ["a", "b"], "env 7's primary and secondary only");
+        for r in &removed {
+            assert_eq!((r.of(Expiring::Events), r.error.as_deref()), (3, None));
+        }
+        for shard in [1, 2] {
+            assert_eq!(store.ids(shard, 7).len(), 3, "before, before + 1, now stay");
+        }
+        assert_eq!(store.ids(1, 8).len(), times.len(), "no retention: all stay");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_pass_deletes_nothing_more_and_a_failing_shard_does_not_stop_the_other() {
+        let (snapshot, store) = setup(&[NOW - 40 * DAY, NOW - 50 * DAY]).await;
+        let (stopping, stop) = watch::channel(true);
+        let removed = pass(
+            &snapshot,
+            &store,
+            settings(1),
+            (None, NOW),
+            &Metrics::new(),
+            &stop,
+        )
+        .await;
+        assert!(removed.iter().all(|r| r.of(Expiring::Events) == 0));
+        assert_eq!(store.ids(1, 7).len(), 2);
+
+        stopping.send_replace(false);
+        store.fail_writes(1, true);
+        let metrics = Metrics::new();
+        let removed = pass(
+            &snapshot,
+            &store,
+            settings(1),
+            (Some(7), NOW),
+            &metrics,
+            &stop,
+        )
+        .await;
+        assert!(removed[0].error.is_some(), "{removed:?}");
+        assert_eq!(
+            (removed[1].of(Expiring::Events), &removed[1].error),
+            (2, &None)
+        );
+        assert_eq!((store.ids(1, 7).len(), store.ids(2, 7).len()), (2, 0));
+        assert!(metrics
+            .render()
+            .contains(r#"sluice_retention_errors_total{shard="a"} 1"#));
+    }
+}
