@@ -138,9 +138,11 @@ impl Expiring {
 #[async_trait]
 pub trait RetentionStore: Send + Sync {
     /// Delete at most `limit` rows of one environment's `table` older than
-    /// `before` (unix ms), oldest first; returns how many went (fewer than
-    /// `limit`: no older row is left). Idempotent: two processes deleting
-    /// the same range delete each row once between them.
+    /// `before` (unix ms), oldest first; returns how many went. Fewer than
+    /// `limit`: no older row is left, or another process deleted some of
+    /// the chunk meanwhile (its pass goes on; the next of this one does
+    /// too). Idempotent: two processes deleting the same range delete each
+    /// row once between them.
     async fn expire(
         &self,
         shard: &Shard,
