@@ -37,6 +37,16 @@ const read = (key) => {
   }
 };
 
+/** When a letter stored under `key` (dlq/<ms>/…) expires under its environments' retention (unix s), if it does. */
+function letterExpiry(key, envelopes) {
+  const storedMs = Number(key.split("/")[1]);
+  const days = [...new Set(envelopes.map((e) => e?.env_id))]
+    .map((id) => Number.parseInt(letters.get(`retention/${id}`) ?? "", 10))
+    .filter((d) => Number.isInteger(d) && d > 0);
+  if (!days.length || !Number.isFinite(storedMs)) return undefined;
+  return Math.floor(storedMs / 1000) + Math.min(...days) * 86_400;
+}
+
 switch (opts.command) {
   case "list":
     for (const key of letters.list("dlq/")) {
@@ -103,8 +113,14 @@ switch (opts.command) {
       if (kept.length === envelopes.length) continue;
       removed += envelopes.length - kept.length;
       touched++;
-      if (kept.length === 0) letters.delete(key);
-      else letters.put(key, JSON.stringify({ ...r, body: JSON.stringify(kept), erased: (r.erased ?? 0) + envelopes.length - kept.length }));
+      // A rewritten letter keeps the expiry the consumer gave it: the shortest
+      // retention of its environments (retention/<env id>), from the time in its key.
+      const expiration = letterExpiry(key, kept);
+      if (kept.length === 0 || (expiration && expiration < Date.now() / 1000 + 60)) letters.delete(key);
+      else {
+        const record = { ...r, body: JSON.stringify(kept), erased: (r.erased ?? 0) + envelopes.length - kept.length };
+        letters.put(key, JSON.stringify(record), { expiration });
+      }
     }
     console.error(`dlq: erase: ${removed} envelopes taken out of ${touched} dead letters`);
     break;

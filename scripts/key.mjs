@@ -10,6 +10,11 @@
 //       (the environment's privacy policy, written into every key record of the environment;
 //        `put --policy JSON` writes it with a new key: what `backend env set --edge` and
 //        `backend key create --edge` run)
+//   node scripts/key.mjs retention --env-id 7 --days 30
+//       (the environment's retention, for its dead letters: the DLQ consumer gives each letter
+//        a KV expirationTtl of the shortest retention of its events' environments; --days 0
+//        removes it; what `backend env retention --edge` runs. Written to the DEAD_LETTERS
+//        namespace as retention/<env id>; letters stored before keep theirs.)
 //
 // Local by default: wrangler's local KV under .dev/wrangler-state (what
 // `scripts/wrangler.sh dev --persist-to .dev/wrangler-state` serves);
@@ -21,14 +26,15 @@ function usage(message) {
   if (message) console.error(`key: ${message}`);
   console.error(
     "usage: key.mjs create --env-id N --env-name NAME | put --hash HEX --env-id N --env-name NAME |\n" +
-      "       revoke KEY | revoke --hash HEX | list --env-id N | policy --env-id N --policy JSON\n" +
+      "       revoke KEY | revoke --hash HEX | list --env-id N | policy --env-id N --policy JSON |\n" +
+      "       retention --env-id N --days D\n" +
       "       [--remote] [--env staging|production] [--persist-to DIR]",
   );
   process.exit(2);
 }
 
 const sha256 = (text) => createHash("sha256").update(text).digest("hex");
-const opts = parseArgs(process.argv.slice(2), ["--env-id", "--env-name", "--env", "--persist-to", "--hash", "--policy"], usage);
+const opts = parseArgs(process.argv.slice(2), ["--env-id", "--env-name", "--env", "--persist-to", "--hash", "--policy", "--days"], usage);
 const keys = kv("API_KEYS", opts);
 
 function record(hash) {
@@ -113,6 +119,17 @@ switch (opts.command) {
       }
     }
     console.error(`key: policy ${JSON.stringify(p)} written to ${n} key record(s) of env ${env_id}; edges apply it within ~60 s (KV) + 30 s (isolate cache)`);
+    break;
+  }
+  case "retention": {
+    const env_id = envId(opts);
+    const days = Number(opts.days);
+    if (!Number.isInteger(days) || days < 0 || days > 0xffffffff) usage("--days must be a whole number of days (0: none)");
+    // The DLQ consumer reads it as deadletter::retention_key (edge/src/deadletter.rs).
+    const letters = kv("DEAD_LETTERS", opts);
+    if (days > 0) letters.put(`retention/${env_id}`, String(days));
+    else if (letters.get(`retention/${env_id}`) !== null) letters.delete(`retention/${env_id}`);
+    console.error(`key: env ${env_id}'s dead letters ${days > 0 ? `expire ${days} days after they are stored` : "are kept until deleted"} (those stored from now on)`);
     break;
   }
   default:

@@ -41,7 +41,9 @@ export function kv(binding, opts) {
     return res.stdout;
   };
   return {
-    put: (key, value) => must(["kv", "key", "put", key, value]),
+    /** `expiration`: unix seconds at which KV deletes the key (none: kept). */
+    put: (key, value, { expiration } = {}) =>
+      must(["kv", "key", "put", key, value, ...(expiration ? ["--expiration", String(expiration)] : [])]),
     delete: (key) => must(["kv", "key", "delete", key]),
     /** The value as text, or null when absent. */
     get(key) {

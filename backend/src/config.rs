@@ -72,6 +72,20 @@ pub struct Config {
     )]
     pub minute_counts_retention_days: u64,
 
+    /// Retention: seconds between two passes of the retention task (the
+    /// first starts one minute after `serve` starts).
+    #[arg(long, env = "SLUICE_RETENTION_INTERVAL_SECS", default_value_t = 3600)]
+    pub retention_interval_secs: u64,
+
+    /// Retention: rows per DELETE statement.
+    #[arg(long, env = "SLUICE_RETENTION_CHUNK_ROWS", default_value_t = 5000)]
+    pub retention_chunk_rows: u32,
+
+    /// Retention: pause between two DELETE statements, so ingest gets the
+    /// shard between them.
+    #[arg(long, env = "SLUICE_RETENTION_PAUSE_MS", default_value_t = 50)]
+    pub retention_pause_ms: u64,
+
     /// Direct ingest: origins allowed to call the public API from a browser
     /// (`*`, or a comma-separated list of exact origins), as at the edge.
     #[arg(long, env = "SLUICE_ALLOWED_ORIGINS", default_value = "*")]
@@ -149,6 +163,12 @@ impl Config {
     pub fn counter_flush(&self) -> Duration {
         Duration::from_millis(self.counter_flush_ms.max(10))
     }
+    pub fn retention_interval(&self) -> Duration {
+        Duration::from_secs(self.retention_interval_secs.max(1))
+    }
+    pub fn retention_pause(&self) -> Duration {
+        Duration::from_millis(self.retention_pause_ms)
+    }
     pub fn key_cache_ttl(&self) -> Duration {
         Duration::from_millis(self.key_cache_ttl_ms.min(MAX_KEY_CACHE_TTL_MS))
     }
@@ -194,6 +214,9 @@ impl Config {
                 "SLUICE_KEY_CACHE_TTL_MS must be at most {MAX_KEY_CACHE_TTL_MS} (a revoked key is refused within it)"
             ));
         }
+        if self.retention_chunk_rows == 0 || self.retention_chunk_rows > 100_000 {
+            return Err("SLUICE_RETENTION_CHUNK_ROWS must be between 1 and 100000".into());
+        }
         if self.max_events_in_flight == 0 {
             return Err("SLUICE_MAX_EVENTS_IN_FLIGHT must be at least 1".into());
         }
@@ -222,6 +245,9 @@ impl Config {
             counter_flush_ms: 500,
             second_counts_retention_hours: 2,
             minute_counts_retention_days: 90,
+            retention_interval_secs: 3600,
+            retention_chunk_rows: 5000,
+            retention_pause_ms: 50,
             allowed_origins: "*".into(),
             trusted_proxies: String::new(),
             country_header: String::new(),

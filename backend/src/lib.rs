@@ -25,6 +25,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod public;
+pub mod retention;
 pub mod stats;
 pub mod store;
 
@@ -38,7 +39,7 @@ pub use api::app;
 pub use config::Config;
 pub use error::{Error, Result};
 
-use store::{CounterStore, EventStore, LedgerStore, StatsStore, TailStore};
+use store::{CounterStore, EventStore, LedgerStore, RetentionStore, StatsStore, TailStore};
 
 pub struct Inner {
     pub config: Config,
@@ -53,6 +54,10 @@ pub struct Inner {
     pub ledger: Arc<dyn LedgerStore>,
     /// Where the live tail reads.
     pub tail_store: Arc<dyn TailStore>,
+    /// Where retention deletes.
+    pub retention_store: Arc<dyn RetentionStore>,
+    /// Held by the retention pass that runs (one at a time per process).
+    retention_running: tokio::sync::Mutex<()>,
     pub counters: counters::Counters,
     pub metrics: metrics::Metrics,
     pub stats: stats::Hub,
@@ -70,11 +75,14 @@ pub struct Ports {
     pub stats: Arc<dyn StatsStore>,
     pub ledger: Arc<dyn LedgerStore>,
     pub tail: Arc<dyn TailStore>,
+    pub retention: Arc<dyn RetentionStore>,
 }
 
 impl Ports {
     /// One store behind every port.
-    pub fn all<S: EventStore + CounterStore + StatsStore + LedgerStore + TailStore + 'static>(
+    pub fn all<
+        S: EventStore + CounterStore + StatsStore + LedgerStore + TailStore + RetentionStore + 'static,
+    >(
         store: Arc<S>,
     ) -> Self {
         Self {
@@ -82,7 +90,8 @@ impl Ports {
             counters: store.clone(),
             stats: store.clone(),
             ledger: store.clone(),
-            tail: store,
+            tail: store.clone(),
+            retention: store,
         }
     }
 }
@@ -127,6 +136,8 @@ impl AppState {
             stats_store: ports.stats,
             ledger: ports.ledger,
             tail_store: ports.tail,
+            retention_store: ports.retention,
+            retention_running: tokio::sync::Mutex::new(()),
             counters,
             metrics: metrics::Metrics::new(),
             stats: stats::Hub::default(),
@@ -191,6 +202,28 @@ impl AppState {
             }
         }
         removed
+    }
+
+    /// One retention pass over every environment with a retention (or only
+    /// `only`), unless one is running in this process already (then `None`);
+    /// it stops between two chunks once `stop` turns true.
+    pub async fn retention_pass(
+        &self,
+        only: Option<u32>,
+        stop: &watch::Receiver<bool>,
+    ) -> Option<Vec<retention::Removed>> {
+        let _running = self.retention_running.try_lock().ok()?;
+        Some(
+            retention::pass(
+                &self.catalog.snapshot(),
+                self.retention_store.as_ref(),
+                retention::Settings::of(&self.config),
+                (only, chrono::Utc::now().timestamp_millis()),
+                &self.metrics,
+                stop,
+            )
+            .await,
+        )
     }
 
     /// Flush counter deltas now (also done every `SLUICE_COUNTER_FLUSH_MS`).
@@ -288,6 +321,25 @@ fn spawn_background(state: &AppState, stop: &watch::Receiver<bool>) -> Vec<JoinH
         every(state, stop, (minute, minute), |state| async move {
             state.compact_ledger(LEDGER_COMPACT_AFTER).await;
         }),
+        {
+            // The pass watches `stop` itself: a long one ends between two
+            // chunks at shutdown.
+            let pass_stop = stop.clone();
+            every(
+                state,
+                stop,
+                (
+                    state.config.retention_interval(),
+                    state.config.retention_interval().min(minute),
+                ),
+                move |state| {
+                    let stop = pass_stop.clone();
+                    async move {
+                        state.retention_pass(None, &stop).await;
+                    }
+                },
+            )
+        },
     ]
 }
 

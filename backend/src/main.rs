@@ -40,6 +40,9 @@ enum Command {
     /// A person's events: erasure (GDPR Art. 17) and suppression.
     #[command(subcommand)]
     User(UserCommand),
+    /// Deleting raw events past their environment's retention.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
 }
 
 #[derive(Subcommand)]
@@ -68,6 +71,18 @@ enum UserCommand {
     },
     /// The environment's erasure records (no ids: a hash only).
     Erasures { env: String },
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// One retention pass now (what `serve` runs every
+    /// SLUICE_RETENTION_INTERVAL_SECS); prints the rows it removed per
+    /// environment and shard.
+    Run {
+        /// Only this environment (else every environment with a retention).
+        #[arg(long)]
+        env: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -223,7 +238,20 @@ enum EnvCommand {
         #[command(flatten)]
         edge: EdgeKv,
     },
-    /// An environment's shards and privacy policy.
+    /// Keep an environment's raw events for N days of event time (`serve`
+    /// deletes older ones), or for ever with --none (the default).
+    Retention {
+        name: String,
+        /// Days of event time to keep (at least 1).
+        #[arg(long, required_unless_present = "none", conflicts_with = "none")]
+        days: Option<u32>,
+        /// Keep the environment's events for ever.
+        #[arg(long)]
+        none: bool,
+        #[command(flatten)]
+        edge: EdgeKv,
+    },
+    /// An environment's shards, privacy policy and retention.
     Show {
         name: String,
     },
@@ -567,6 +595,35 @@ async fn run(cli: Cli) -> Result<()> {
                         }
                     );
                 }
+                EnvCommand::Retention {
+                    name,
+                    days,
+                    none: _,
+                    edge,
+                } => {
+                    let env = catalog::set_environment_retention(&pool, &name, days).await?;
+                    if edge.edge {
+                        let env_id = env.id.to_string();
+                        let days = days.unwrap_or(0).to_string();
+                        edge.run(&["retention", "--env-id", &env_id, "--days", &days])?;
+                    }
+                    let kept = match days {
+                        Some(days) => {
+                            format!("events older than {days} days (event time) are deleted")
+                        }
+                        None => "events are kept for ever".into(),
+                    };
+                    println!(
+                        "{name}: {kept}; `backend serve` applies it within {} s + SLUICE_RETENTION_INTERVAL_SECS ({} s){}",
+                        config.catalog_refresh().as_secs_f64(),
+                        config.retention_interval().as_secs(),
+                        if edge.edge {
+                            ", the edge's dead letters once KV has it (~60 s)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
                 EnvCommand::Show { name } => {
                     let env = catalog::environment_by_name(&pool, &name).await?;
                     let shard = shard_names(&pool).await?;
@@ -582,6 +639,12 @@ async fn run(cli: Cli) -> Result<()> {
                     println!("ip         {}", env.ip_policy);
                     println!("geo        {}", env.geo_policy);
                     println!("bots       {}", env.bot_policy);
+                    println!(
+                        "retention  {}",
+                        env.retention_days
+                            .map(|d| format!("{d} days"))
+                            .unwrap_or_else(|| "-".into())
+                    );
                 }
                 EnvCommand::Token { name } => {
                     println!("{}", catalog::create_read_token(&pool, &name).await?);
@@ -753,6 +816,72 @@ async fn run(cli: Cli) -> Result<()> {
                     catalog::remove_metric(&pool, &env, &name).await?;
                     println!("removed {name}");
                 }
+            }
+        }
+        Command::Retention(RetentionCommand::Run { env }) => {
+            let pool = catalog_pool()?;
+            let only = match &env {
+                Some(name) => {
+                    let environment = catalog::environment_by_name(&pool, name).await?;
+                    if environment.retention_days.is_none() {
+                        return Err(Error::InvalidArgument(
+                            "environment",
+                            format!("{name} has no retention; set one with `backend env retention {name} --days N`"),
+                        ));
+                    }
+                    Some(environment.id)
+                }
+                None => None,
+            };
+            let source = std::sync::Arc::new(backend::store::mysql::MySqlCatalog::new(pool));
+            let snapshot = catalog::Catalog::open(source, config.catalog_refresh())
+                .await?
+                .snapshot();
+            let shards = backend::shards::Shards::new(
+                1,
+                std::time::Duration::from_secs(10),
+                config.insert_chunk_rows,
+            );
+            let (_keep, stop) = tokio::sync::watch::channel(false);
+            let removed = backend::retention::pass(
+                &snapshot,
+                &shards,
+                backend::retention::Settings::of(&config),
+                (only, chrono::Utc::now().timestamp_millis()),
+                &backend::metrics::Metrics::new(),
+                &stop,
+            )
+            .await;
+            shards.close().await;
+            println!(
+                "{:<24} {:<16} {:<24} {:>10} {:>10} {:>12} {:>16}",
+                "env", "shard", "before", "events", "delivery", "dead_letters", "rejected_samples"
+            );
+            let mut failed = Vec::new();
+            for r in &removed {
+                use backend::store::Expiring;
+                let before = chrono::DateTime::from_timestamp_millis(r.before)
+                    .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+                    .unwrap_or_default();
+                println!(
+                    "{:<24} {:<16} {:<24} {:>10} {:>10} {:>12} {:>16}",
+                    r.env_name,
+                    r.shard,
+                    before,
+                    r.of(Expiring::Events),
+                    r.of(Expiring::Delivery),
+                    r.of(Expiring::DeadLetters),
+                    r.of(Expiring::RejectedSamples)
+                );
+                if let Some(error) = &r.error {
+                    failed.push(format!("{} on {}: {error}", r.env_name, r.shard));
+                }
+            }
+            if !failed.is_empty() {
+                return Err(Error::Internal(format!(
+                    "retention stopped early (run it again): {}",
+                    failed.join("; ")
+                )));
             }
         }
         Command::Counters(CountersCommand::Rebuild { env, since }) => {

@@ -29,6 +29,12 @@ pub struct Metrics {
     pub group_commit_events: prometheus::Histogram,
     /// Set from the catalog when `/metrics` is read.
     pub catalog_snapshot_age: prometheus::Gauge,
+    /// Rows the retention task deleted, per shard and table.
+    pub retention_deleted: IntCounterVec,
+    /// Retention deletes that failed, per shard (the next pass tries again).
+    pub retention_errors: IntCounterVec,
+    /// How long one retention pass took.
+    pub retention_pass_seconds: prometheus::Histogram,
 }
 
 impl Metrics {
@@ -141,7 +147,31 @@ impl Metrics {
         registry
             .register(Box::new(catalog_snapshot_age.clone()))
             .expect("unique metric");
+        let retention_deleted = counter(
+            "sluice_retention_deleted_total",
+            "Rows deleted by the retention task, per shard and table",
+            &["shard", "table"],
+        );
+        let retention_errors = counter(
+            "sluice_retention_errors_total",
+            "Retention deletes that failed, per shard (the next pass tries again)",
+            &["shard"],
+        );
+        let retention_pass_seconds = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "sluice_retention_pass_seconds",
+                "Time of one retention pass over every environment with a retention",
+            )
+            .buckets(vec![0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0]),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(retention_pass_seconds.clone()))
+            .expect("unique metric");
         Self {
+            retention_deleted,
+            retention_errors,
+            retention_pass_seconds,
             direct_requests,
             direct_unattributed,
             ledger_report_failures,

@@ -69,6 +69,9 @@ pub struct Environment {
     pub geo_policy: intake::enrich::GeoPolicy,
     #[sqlx(try_from = "String")]
     pub bot_policy: intake::enrich::BotPolicy,
+    /// Raw events older than this many days (event time) are deleted by the
+    /// retention task (`crate::retention`); `None`: kept for ever.
+    pub retention_days: Option<u32>,
 }
 
 impl Environment {

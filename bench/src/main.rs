@@ -24,6 +24,10 @@
 //! per distinct agent and per cached one, and the cost per event of a
 //! realistic mix (`--only ua` runs just that, without MySQL).
 //!
+//! and retention (issue 19, [`retention`]): the write throughput inside a
+//! pass deleting `--storage-events` old events against the same without,
+//! and the pass's rate (`--only retention` runs just that).
+//!
 //! Every run is bounded, seeded, and talks to 127.0.0.1 only.
 
 use std::{
@@ -36,6 +40,7 @@ mod direct;
 mod edge;
 mod ledger;
 mod population;
+mod retention;
 mod tail;
 mod ua;
 
@@ -69,9 +74,9 @@ struct Args {
     storage_events: usize,
     /// Length of each direct-ingest stage (after a 1 s warm-up).
     direct_seconds: u64,
-    /// Stages left out (`--skip storage,direct,edge,ledger,tail,ua`), for a quicker partial run.
+    /// Stages left out (`--skip storage,direct,edge,ledger,tail,ua,retention`), for a quicker partial run.
     skip: Vec<String>,
-    /// `--only ua`: that stage alone (it needs no database).
+    /// `--only ua` (it needs no database) or `--only retention`: that stage alone.
     only: Option<String>,
     write_md: Option<PathBuf>,
     command: String,
@@ -111,16 +116,16 @@ fn args() -> Args {
                 a.skip = value().split(',').map(|s| s.trim().to_string()).collect();
                 for stage in &a.skip {
                     assert!(
-                        ["storage", "direct", "edge", "ledger", "tail", "ua"].contains(&stage.as_str()),
-                        "--skip takes storage, direct, edge, ledger, tail and ua (comma-separated), not {stage}"
+                        ["storage", "direct", "edge", "ledger", "tail", "ua", "retention"].contains(&stage.as_str()),
+                        "--skip takes storage, direct, edge, ledger, tail, ua and retention (comma-separated), not {stage}"
                     );
                 }
             }
             "--only" => {
                 let stage = value();
                 assert!(
-                    stage == "ua",
-                    "--only takes ua (the stage without a database), not {stage}"
+                    stage == "ua" || stage == "retention",
+                    "--only takes ua (the stage without a database) or retention, not {stage}"
                 );
                 a.only = Some(stage);
             }
@@ -133,14 +138,24 @@ fn args() -> Args {
     a
 }
 
+static CLOCKS: std::sync::Mutex<std::collections::BTreeMap<u32, i64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Where an environment's next [`events`] start (unix ms).
+fn set_clock(env_id: u32, ms: i64) {
+    CLOCKS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(env_id, ms);
+}
+
 /// ~300-byte events with 5 properties, deterministic for a seed.
 /// `n` events of one environment, 3 ms apart. Each environment's clock
 /// carries on from its previous call, as real traffic does: every run
 /// appends to the end of the time-ordered keys instead of filling in an
-/// hour that earlier runs already wrote.
+/// hour that earlier runs already wrote. It starts two hours ago, or where
+/// [`set_clock`] put it.
 fn events(env_id: u32, n: usize, seed: u64) -> Vec<Envelope> {
-    static CLOCKS: std::sync::Mutex<std::collections::BTreeMap<u32, i64>> =
-        std::sync::Mutex::new(std::collections::BTreeMap::new());
     let base = {
         let mut clocks = CLOCKS.lock().unwrap_or_else(|p| p.into_inner());
         let clock = clocks
@@ -309,6 +324,11 @@ async fn raw_ceiling(pools: &[MySqlPool], per_shard: Vec<Vec<Envelope>>) -> Dura
 
 /// `backend serve` on a free port, once healthy: the process and its port.
 async fn start_backend(args: &Args, catalog: &str) -> (Server, u16) {
+    start_backend_with(args, catalog, &[]).await
+}
+
+/// The same, with more environment variables.
+async fn start_backend_with(args: &Args, catalog: &str, vars: &[(&str, &str)]) -> (Server, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .expect("port")
         .local_addr()
@@ -322,6 +342,7 @@ async fn start_backend(args: &Args, catalog: &str) -> (Server, u16) {
         .env("SLUICE_SHARD_POOL_SIZE", POOL.to_string())
         .env("SLUICE_COUNTER_FLUSH_MS", "500")
         .env("RUST_LOG", "warn")
+        .envs(vars.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -721,21 +742,36 @@ async fn main() {
     let prefix = format!("sluice_bench_{}", std::process::id());
     let mut figures = Vec::new();
     // First, while nothing else of the bench runs: CPU only, in-process.
-    if !args.skips("ua") {
+    if !args.skips("ua") && args.only.as_deref() != Some("retention") {
         ua::figures(args.runs, &mut figures);
     }
-    if args.only.is_some() {
+    if args.only.as_deref() == Some("ua") {
         println!("{}", table(&figures));
         return;
     }
-    let (env_ids, ingest_rate) = throughput(&args, &prefix, &mut figures).await;
-    if !args.skips("direct") {
+    let (env_ids, ingest_rate) = if args.only.is_some() {
+        cli(
+            &args,
+            &format!("{}/{prefix}_catalog", args.mysql),
+            &["migrate"],
+        );
+        (Vec::new(), 0.0)
+    } else {
+        throughput(&args, &prefix, &mut figures).await
+    };
+    if args.only.is_some() {
+        retention::figures(&args, &prefix, &mut figures).await;
+    }
+    if !args.skips("direct") && args.only.is_none() {
         direct::figures(&args, &prefix, ingest_rate, &mut figures).await;
     }
-    if !args.skips("storage") {
+    if !args.skips("storage") && args.only.is_none() {
         storage(&args, &prefix, &mut figures).await;
     }
-    if !args.skips("edge") {
+    if !args.skips("retention") && args.only.is_none() {
+        retention::figures(&args, &prefix, &mut figures).await;
+    }
+    if !args.skips("edge") && args.only.is_none() {
         let (_backend, port) =
             start_backend(&args, &format!("{}/{prefix}_catalog", args.mysql)).await;
         let catalog = format!("{}/{prefix}_catalog", args.mysql);
@@ -752,7 +788,7 @@ async fn main() {
         };
         edge::figures(target, args.runs, &mut figures).await;
     }
-    if !args.skips("tail") {
+    if !args.skips("tail") && args.only.is_none() {
         let catalog = format!("{}/{prefix}_catalog", args.mysql);
         let (_backend, port) = start_backend(&args, &catalog).await;
         let read_token = cli(&args, &catalog, &["env", "token", "env_s1"]);
@@ -795,7 +831,7 @@ async fn main() {
     );
     let report = format!("{header}{}", table(&figures));
     println!("{report}");
-    if let (Some(path), false) = (&args.write_md, args.skip.is_empty()) {
+    if let (Some(path), false) = (&args.write_md, args.skip.is_empty() && args.only.is_none()) {
         eprintln!(
             "not writing {}: stages were skipped ({})",
             path.display(),

@@ -275,13 +275,22 @@ impl ports::DeadLetterQueue for Outbox {
 pub struct DeadLetterKv(pub KvStore);
 
 impl ports::DeadLetterStore for DeadLetterKv {
-    async fn put(&self, key: &str, value: &str) -> Result<(), String> {
-        self.0
-            .put(key, value)
-            .map_err(|e| e.to_string())?
-            .execute()
+    async fn put(&self, key: &str, value: &str, ttl_seconds: Option<u64>) -> Result<(), String> {
+        let mut put = self.0.put(key, value).map_err(|e| e.to_string())?;
+        if let Some(ttl) = ttl_seconds {
+            put = put.expiration_ttl(ttl);
+        }
+        put.execute().await.map_err(|e| e.to_string())
+    }
+
+    async fn retention_days(&self, env_id: u32) -> Result<Option<u32>, String> {
+        let text = self
+            .0
+            .get(&crate::deadletter::retention_key(env_id))
+            .text()
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(text.and_then(|t| t.trim().parse().ok()))
     }
 }
 

@@ -306,6 +306,21 @@ pub async fn store_dead_letters<B: Backend>(
             &message.body(),
         );
         let key = deadletter::storage_key(&record);
+        let mut retention = Vec::new();
+        for env_id in deadletter::env_ids(&record.body) {
+            retention.push(store.retention_days(env_id).await);
+        }
+        let ttl = match retention.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(days) => deadletter::ttl_seconds(days),
+            Err(e) => {
+                log.error(
+                    "dead_letter_retention_unreadable",
+                    json!({"key": key, "error": e}),
+                );
+                message.retry(STORE_FAILED_RETRY_SECONDS);
+                continue;
+            }
+        };
         if let Err(delay_seconds) = count_dead_letter(&record, &key, backend, log).await {
             if message.attempts() < DEAD_LETTER_COUNT_ATTEMPTS {
                 message.retry(delay_seconds);
@@ -319,7 +334,7 @@ pub async fn store_dead_letters<B: Backend>(
             );
         }
         let stored = match serde_json::to_string(&record) {
-            Ok(value) => store.put(&key, &value).await,
+            Ok(value) => store.put(&key, &value, ttl).await,
             Err(e) => Err(e.to_string()),
         };
         match stored {
@@ -652,6 +667,58 @@ mod tests {
         assert_eq!(dl[0].acceptance.as_ref().map(|a| a.n), Some(2));
         assert_eq!(store.puts.borrow().len(), 2);
         assert!(log.has("dead_letter_counted"));
+    }
+
+    #[test]
+    fn a_dead_letter_expires_with_the_shortest_retention_of_its_environments() {
+        let (clock, log) = (Clock::default(), Log::default());
+        let store = Store {
+            retention: [(1, 30), (2, 7)].into_iter().collect(),
+            ..Store::default()
+        };
+        let backend = landing();
+        let mut other = envelope("c");
+        other["env_id"] = json!(2);
+        let mut unknown = envelope("d");
+        unknown["env_id"] = json!(3);
+        let bodies = [
+            json!([envelope("a"), other, unknown.clone()]).to_string(),
+            json!([envelope("b")]).to_string(),
+            json!([unknown]).to_string(),
+        ];
+        let messages: Vec<Message> = bodies
+            .iter()
+            .enumerate()
+            .map(|(i, body)| Message::new(&format!("d{i}"), 1, body.clone()))
+            .collect();
+        block_on(store_dead_letters(
+            &messages,
+            Some(&store),
+            Some(&backend),
+            &clock,
+            &log,
+        ));
+        let ttls: Vec<Option<u64>> = store.puts.borrow().iter().map(|p| p.2).collect();
+        assert_eq!(ttls, [Some(7 * 86_400), Some(30 * 86_400), None]);
+
+        // A retention that cannot be read: retried, not stored for ever.
+        let failing = Store {
+            fail: true,
+            ..Store::default()
+        };
+        let messages = [Message::new("d9", 1, bodies[1].clone())];
+        block_on(store_dead_letters(
+            &messages,
+            Some(&failing),
+            Some(&backend),
+            &clock,
+            &log,
+        ));
+        assert_eq!(
+            messages[0].outcome(),
+            Some(Done::Retried(STORE_FAILED_RETRY_SECONDS))
+        );
+        assert!(log.has("dead_letter_retention_unreadable"));
     }
 
     #[test]

@@ -8,6 +8,36 @@ use serde_json::Value;
 /// KV key prefix of stored dead letters; keys sort by arrival time.
 pub const KEY_PREFIX: &str = "dlq/";
 
+/// KV key prefix of each environment's retention record (its days, as
+/// text), in the same namespace as the letters.
+pub const RETENTION_PREFIX: &str = "retention/";
+
+/// Where an environment's retention record lives.
+pub fn retention_key(env_id: u32) -> String {
+    format!("{RETENTION_PREFIX}{env_id}")
+}
+
+/// The environments a stored body's events belong to (none when it is
+/// neither envelopes nor reports).
+pub fn env_ids(body: &str) -> std::collections::BTreeSet<u32> {
+    ledger_reports(body)
+        .map(|r| {
+            let letters = r.dead_letters.iter().map(|d| d.env_id);
+            letters.chain(r.reports.iter().map(|r| r.env_id)).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A letter's KV `expirationTtl`: the shortest retention of its
+/// environments (a letter outlives none of them), none when none has one.
+pub fn ttl_seconds(retention_days: impl IntoIterator<Item = Option<u32>>) -> Option<u64> {
+    retention_days
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|days| u64::from(days.max(1)) * 86_400)
+}
+
 /// Longest reason kept with a dead letter.
 pub const MAX_REASON_CHARS: usize = 300;
 

@@ -197,18 +197,28 @@ impl<F: Fn(&str) -> Outcome> ports::Backend for Backend<F> {
 #[derive(Default)]
 pub struct Store {
     pub fail: bool,
-    pub puts: RefCell<Vec<(String, String)>>,
+    /// (key, value, TTL in seconds) of every put.
+    pub puts: RefCell<Vec<(String, String, Option<u64>)>>,
+    /// Environments' retention records (days).
+    pub retention: std::collections::HashMap<u32, u32>,
 }
 
 impl ports::DeadLetterStore for Store {
-    async fn put(&self, key: &str, value: &str) -> Result<(), String> {
+    async fn put(&self, key: &str, value: &str, ttl_seconds: Option<u64>) -> Result<(), String> {
         if self.fail {
             return Err("kv says no".into());
         }
         self.puts
             .borrow_mut()
-            .push((key.to_owned(), value.to_owned()));
+            .push((key.to_owned(), value.to_owned(), ttl_seconds));
         Ok(())
+    }
+
+    async fn retention_days(&self, env_id: u32) -> Result<Option<u32>, String> {
+        if self.fail {
+            return Err("kv says no".into());
+        }
+        Ok(self.retention.get(&env_id).copied())
     }
 }
 

@@ -42,7 +42,12 @@ pub trait DeadLetterQueue {
 
 /// Where the dead-letter consumer keeps dead letters for an operator (KV).
 pub trait DeadLetterStore {
-    async fn put(&self, key: &str, value: &str) -> Result<(), String>;
+    /// Store a letter; with `ttl_seconds`, KV deletes it after that long.
+    async fn put(&self, key: &str, value: &str, ttl_seconds: Option<u64>) -> Result<(), String>;
+    /// An environment's retention in days (the record under
+    /// `deadletter::retention_key`, which `backend env retention --edge`
+    /// writes), `None` when it has none.
+    async fn retention_days(&self, env_id: u32) -> Result<Option<u32>, String>;
 }
 
 /// Time, randomness and waiting.

@@ -49,20 +49,30 @@ test("a person's rows, dead letters and later events are gone; the record keeps 
 
   const letters = await mf.getKVNamespace("DEAD_LETTERS");
   const letter = (body) => JSON.stringify({ reason: "test", attempts: 5, source_queue: "sluice-events", body: JSON.stringify(body) });
-  await letters.put("dlq/1/mixed", letter([envelope("d1", "gone"), envelope("d2", "kept")]));
-  await letters.put("dlq/2/theirs", letter([envelope("d3", "gone")]));
+  const storedAt = Date.now();
+  await letters.put(`dlq/${storedAt}/mixed`, letter([envelope("d1", "gone"), envelope("d2", "kept")]));
+  await letters.put(`dlq/${storedAt}/theirs`, letter([envelope("d3", "gone")]));
   // wrangler's local KV and Miniflare share the directory, not a process.
   await mf.dispose();
   mf = null;
+  // A retention the edge knows: a rewritten letter keeps the expiry it had.
+  await backend.cli("env", "retention", "web", "--days", "7", "--edge", "--persist-to", kvDir);
 
   const out = await backend.cli("user", "erase", "web", "--user-id", "gone", "--by", "dpo@example", "--edge", "--persist-to", kvDir);
   assert.match(out, /^a: 2 events removed/m, out);
   mf = await worker();
   const after = await mf.getKVNamespace("DEAD_LETTERS");
-  const mixed = JSON.parse(await after.get("dlq/1/mixed"));
+  const mixed = JSON.parse(await after.get(`dlq/${storedAt}/mixed`));
   assert.deepEqual(JSON.parse(mixed.body).map((e) => e.id), ["d2"]);
   assert.equal(mixed.erased, 1);
-  assert.equal(await after.get("dlq/2/theirs"), null, "a letter left empty is deleted");
+  assert.equal(await after.get(`dlq/${storedAt}/theirs`), null, "a letter left empty is deleted");
+  assert.equal(await after.get(`retention/${envId}`), "7");
+  const { keys } = await after.list({ prefix: "dlq/" });
+  assert.deepEqual(
+    keys.map((k) => [k.name, k.expiration]),
+    [[`dlq/${storedAt}/mixed`, Math.floor(storedAt / 1000) + 7 * 86_400]],
+    "the rewritten letter expires with the environment's retention",
+  );
   const rows = await backend.events("a", envId);
   assert.deepEqual(rows.map((r) => r.name), ["c"]);
 

@@ -120,6 +120,33 @@ fn operator_flow_from_cli_to_graceful_shutdown() {
     backend.ok(&["env", "migrate", "web", "--to", "two"]);
     assert!(backend.ok(&["env", "list"]).contains("two"));
 
+    // Retention from the CLI: set, shown, run on both shards, removed.
+    assert!(backend
+        .ok(&["env", "retention", "web", "--days", "30"])
+        .contains("older than 30 days"));
+    assert!(backend
+        .ok(&["env", "show", "web"])
+        .contains("retention  30 days"));
+    let removed = backend.ok(&["retention", "run", "--env", "web"]);
+    let rows: Vec<&str> = removed.lines().filter(|l| l.starts_with("web ")).collect();
+    assert!(
+        rows.len() == 2 && rows[0].contains(" one ") && rows[1].contains(" two "),
+        "one line per shard of a migrating environment: {removed}"
+    );
+    for (args, expected) in [
+        (vec!["env", "retention", "web", "--days", "0"], "at least 1"),
+        (vec!["env", "retention", "web"], "--days"),
+    ] {
+        let out = backend.run(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    backend.ok(&["env", "retention", "web", "--none"]);
+    assert!(backend.ok(&["env", "show", "web"]).contains("retention  -"));
+    let out = backend.run(&["retention", "run", "--env", "web"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no retention"));
+
     let serving = backend.serve(&[]);
     let client = reqwest::blocking::Client::new();
     let response = client

@@ -17,8 +17,9 @@ use crate::{
     model::{self, counted, Deltas, Sketch, KIND_SESSIONS, KIND_USERS},
     model::{Environment, Metric, Shard, Snapshot},
     store::{
-        Buckets, CatalogSource, CounterStore, EventStore, LedgerStore, NamedCount, RejectedSample,
-        Second, StatsStore, Summary, SummaryRange, TailKey, TailStore, WriteOutcome,
+        Buckets, CatalogSource, CounterStore, EventStore, Expiring, LedgerStore, NamedCount,
+        RejectedSample, RetentionStore, Second, StatsStore, Summary, SummaryRange, TailKey,
+        TailStore, WriteOutcome,
     },
 };
 
@@ -428,6 +429,100 @@ impl LedgerStore for MemoryStore {
 }
 
 #[async_trait]
+impl RetentionStore for MemoryStore {
+    async fn expire(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        table: Expiring,
+        before: i64,
+        limit: u32,
+    ) -> Result<u64> {
+        let mut s = lock(&self.shards);
+        if s.failing_writes.contains(&shard.id) {
+            return Err(Error::Internal(format!(
+                "memory shard {} is failing",
+                shard.name
+            )));
+        }
+        let limit = limit as usize;
+        let minute_before = before.div_euclid(60_000) * 60;
+        let oldest_first = |mut old: Vec<(i64, usize)>| {
+            old.sort();
+            old.truncate(limit);
+            old.into_iter().map(|(_, i)| i).collect::<HashSet<usize>>()
+        };
+        let removed = match table {
+            Expiring::Events => {
+                let Some(events) = s.events.get_mut(&(shard.id, env_id)) else {
+                    return Ok(0);
+                };
+                let mut old: Vec<(i64, [u8; 16])> = events
+                    .iter()
+                    .filter(|(_, e)| e.timestamp < before)
+                    .map(|(k, e)| (e.timestamp, *k))
+                    .collect();
+                old.sort();
+                old.truncate(limit);
+                for (_, key) in &old {
+                    events.remove(key);
+                }
+                old.len()
+            }
+            Expiring::Delivery => {
+                let old: Vec<LedgerKey> = s
+                    .ledger
+                    .keys()
+                    .filter(|k| k.0 == shard.id && k.1 == env_id && k.2 < minute_before)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                for key in &old {
+                    s.ledger.remove(key);
+                }
+                old.len()
+            }
+            Expiring::DeadLetters => {
+                let old: Vec<(i64, DeadLetterKey)> = s
+                    .dead_letters
+                    .keys()
+                    .filter(|k| {
+                        k.0 == shard.id && k.1 == env_id && k.3 / 60_000 * 60 < minute_before
+                    })
+                    .map(|k| (k.3, *k))
+                    .collect();
+                let chosen = oldest_first(old.iter().enumerate().map(|(i, k)| (k.0, i)).collect());
+                for (i, (_, key)) in old.iter().enumerate() {
+                    if chosen.contains(&i) {
+                        s.dead_letters.remove(key);
+                    }
+                }
+                chosen.len()
+            }
+            Expiring::RejectedSamples => {
+                let old: Vec<(i64, usize)> = s
+                    .rejected
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, (sh, env, r))| {
+                        *sh == shard.id && *env == env_id && r.stored_at < before
+                    })
+                    .map(|(i, (_, _, r))| (r.stored_at, i))
+                    .collect();
+                let chosen = oldest_first(old);
+                let mut i = 0;
+                s.rejected.retain(|_| {
+                    i += 1;
+                    !chosen.contains(&(i - 1))
+                });
+                chosen.len()
+            }
+        };
+        Ok(removed as u64)
+    }
+}
+
+#[async_trait]
 impl CounterStore for MemoryStore {
     async fn add(&self, shard: &Shard, deltas: &Deltas) -> Result<()> {
         let mut s = lock(&self.shards);
@@ -696,6 +791,7 @@ impl MemoryCatalog {
             ip_policy: Default::default(),
             geo_policy: Default::default(),
             bot_policy: Default::default(),
+            retention_days: None,
         });
     }
 
@@ -707,6 +803,17 @@ impl MemoryCatalog {
             .filter(|e| e.id == id)
         {
             (e.ip_policy, e.geo_policy, e.bot_policy) = (policy.ip, policy.geo, policy.bots);
+        }
+    }
+
+    /// Change an environment's retention (days of event time).
+    pub fn set_retention(&self, id: u32, days: Option<u32>) {
+        for e in lock(&self.state)
+            .environments
+            .iter_mut()
+            .filter(|e| e.id == id)
+        {
+            e.retention_days = days;
         }
     }
 

@@ -104,6 +104,57 @@ pub trait LedgerStore: Send + Sync {
     ) -> Result<BTreeMap<i64, Counts>>;
 }
 
+/// The tables retention deletes from, each by its own time: raw events by
+/// event time (`ts`, through `events_env_ts`), the delivery ledger's rows
+/// and dead letters by their receive minute, sampled refusals by when they
+/// were stored. The counter tables keep their own retention; `contexts` and
+/// `event_names` stay (shared by many events, a few rows per environment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Expiring {
+    Events,
+    Delivery,
+    DeadLetters,
+    RejectedSamples,
+}
+
+impl Expiring {
+    pub const ALL: [Expiring; 4] = [
+        Expiring::Events,
+        Expiring::Delivery,
+        Expiring::DeadLetters,
+        Expiring::RejectedSamples,
+    ];
+
+    /// The table's name (a metric label, a column of `backend retention run`).
+    pub fn table(self) -> &'static str {
+        match self {
+            Expiring::Events => "events",
+            Expiring::Delivery => "delivery",
+            Expiring::DeadLetters => "dead_letters",
+            Expiring::RejectedSamples => "rejected_samples",
+        }
+    }
+}
+
+/// Where retention deletes (`crate::retention`).
+#[async_trait]
+pub trait RetentionStore: Send + Sync {
+    /// Delete at most `limit` rows of one environment's `table` older than
+    /// `before` (unix ms), oldest first; returns how many went. Fewer than
+    /// `limit`: no older row is left, or another process deleted some of
+    /// the chunk meanwhile (its pass goes on; the next of this one does
+    /// too). Idempotent: two processes deleting the same range delete each
+    /// row once between them.
+    async fn expire(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        table: Expiring,
+        before: i64,
+        limit: u32,
+    ) -> Result<u64>;
+}
+
 /// Where the catalog cache (`crate::catalog::Catalog`) reads its snapshots from.
 #[async_trait]
 pub trait CatalogSource: Send + Sync {

@@ -66,7 +66,7 @@ impl CatalogSource for MySqlCatalog {
 
 const SELECT_SHARDS: &str = "SELECT id, name, url, status FROM shards ORDER BY id";
 const ENVIRONMENT_COLUMNS: &str =
-    "id, name, primary_shard_id, secondary_shard_id, ip_policy, geo_policy, bot_policy";
+    "id, name, primary_shard_id, secondary_shard_id, ip_policy, geo_policy, bot_policy, retention_days";
 
 pub async fn list_shards(pool: &MySqlPool) -> Result<Vec<Shard>> {
     Ok(sqlx::query_as(SELECT_SHARDS).fetch_all(pool).await?)
@@ -205,6 +205,30 @@ pub async fn set_environment_policy(
     .bind(env.id)
     .execute(pool)
     .await?;
+    Ok(env)
+}
+
+/// Set (`Some(days)`, at least 1) or remove (`None`) an environment's
+/// retention: `backend serve` applies it within the catalog's routing bound
+/// plus `SLUICE_RETENTION_INTERVAL_SECS`.
+pub async fn set_environment_retention(
+    pool: &MySqlPool,
+    name: &str,
+    days: Option<u32>,
+) -> Result<Environment> {
+    if days == Some(0) {
+        return Err(Error::InvalidArgument(
+            "retention",
+            "days must be at least 1 (--none removes the retention)".into(),
+        ));
+    }
+    let mut env = environment_by_name(pool, name).await?;
+    env.retention_days = days;
+    sqlx::query("UPDATE environments SET retention_days = ? WHERE id = ?")
+        .bind(days)
+        .bind(env.id)
+        .execute(pool)
+        .await?;
     Ok(env)
 }
 

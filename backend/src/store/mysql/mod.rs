@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod counters;
 pub mod erasure;
 pub mod ledger;
+pub mod retention;
 pub mod shards;
 pub mod stats;
 pub mod tail;

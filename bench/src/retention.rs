@@ -1,0 +1,191 @@
+//! What a retention pass costs ingest (issue 19): one environment filled
+//! with `--storage-events` events 40 days old (through `POST /v1/ingest`,
+//! as the storage stage fills its environment), then the backend's write
+//! throughput into that environment over a fixed window without a pass, and
+//! over the same window inside a pass that `backend serve` itself runs
+//! (`SLUICE_RETENTION_INTERVAL_SECS=1`) once the environment gets a 30-day
+//! retention. The pass's own rate comes from
+//! `sluice_retention_deleted_total`, polled every 100 ms.
+
+use std::time::{Duration, Instant};
+
+use futures::{stream, StreamExt};
+
+use super::{
+    cli, events, post_all, set_clock, start_backend_with, Args, Figure, BATCH, POOL, TOKEN,
+};
+
+/// Each throughput window.
+const WINDOW: Duration = Duration::from_secs(10);
+const DAY_MS: i64 = 86_400_000;
+
+/// Events per second the backend commits into `env_id` over `WINDOW`
+/// (fresh events, `2 × POOL` batches in flight, as the throughput stage).
+async fn ingest_rate(base: &str, env_id: u32, seed: u64) -> f64 {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + WINDOW;
+    let started = Instant::now();
+    let landed: usize = stream::iter(0..)
+        .take_while(|_| std::future::ready(Instant::now() < deadline))
+        .map(|i: u64| {
+            let client = client.clone();
+            async move {
+                let body = serde_json::to_vec(&events(env_id, BATCH, seed + i)).expect("json");
+                let response = client
+                    .post(format!("{base}/v1/ingest"))
+                    .bearer_auth(TOKEN)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .expect("post");
+                assert_eq!(response.status(), 200);
+                BATCH
+            }
+        })
+        .buffer_unordered(2 * POOL as usize)
+        .fold(0, |sum, n| std::future::ready(sum + n))
+        .await;
+    landed as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Events the backend's retention task has deleted so far.
+async fn deleted(base: &str) -> u64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("sluice_retention_deleted_total") && l.contains(r#"table="events""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+pub async fn figures(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
+    let catalog = format!("{}/{prefix}_catalog", args.mysql);
+    cli(
+        args,
+        &catalog,
+        &[
+            "shard",
+            "add",
+            "retention",
+            &format!("{}/{prefix}_retention", args.mysql),
+        ],
+    );
+    let env_id: u32 = cli(
+        args,
+        &catalog,
+        &["env", "create", "env_retention", "--shard", "retention"],
+    )
+    .parse()
+    .expect("id");
+    let (_server, port) =
+        start_backend_with(args, &catalog, &[("SLUICE_RETENTION_INTERVAL_SECS", "1")]).await;
+    let base = format!("http://127.0.0.1:{port}");
+
+    let now = chrono::Utc::now().timestamp_millis();
+    set_clock(env_id, now - 40 * DAY_MS);
+    let old = args.storage_events;
+    let mut filled = 0;
+    while filled < old {
+        let n = (old - filled).min(50_000);
+        let bodies = events(env_id, n, 7_000 + filled as u64)
+            .chunks(BATCH)
+            .map(|c| serde_json::to_vec(c).expect("json"))
+            .collect();
+        post_all(&base, bodies, 2 * POOL as usize).await;
+        filled += n;
+    }
+    // From here on the environment's events are recent ones.
+    set_clock(env_id, now);
+
+    let without = ingest_rate(&base, env_id, 100_000).await;
+    cli(
+        args,
+        &catalog,
+        &["env", "retention", "env_retention", "--days", "30"],
+    );
+    // The pass starts within the catalog refresh (1 s) + the interval (1 s).
+    let wait = Instant::now();
+    let (started, at_start) = loop {
+        let n = deleted(&base).await;
+        if n > 0 {
+            break (Instant::now(), n);
+        }
+        assert!(
+            wait.elapsed() < Duration::from_secs(30),
+            "no retention pass started"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let during = ingest_rate(&base, env_id, 200_000).await;
+    let at_window_end = deleted(&base).await;
+    let inside = at_window_end < old as u64;
+    let ended = loop {
+        if deleted(&base).await >= old as u64 {
+            break Instant::now();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "retention pass did not finish in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let pass_rate = (old as u64 - at_start) as f64 / (ended - started).as_secs_f64();
+    let inside_rate = (at_window_end - at_start) as f64 / WINDOW.as_secs_f64();
+    // Without a pass again, after it: the reference is the mean of the two
+    // windows around it, so neither the fill's nor the deletes' after-work
+    // (InnoDB flushing and purge) weighs on one side only.
+    let after = ingest_rate(&base, env_id, 300_000).await;
+    let without_mean = (without + after) / 2.0;
+    eprintln!(
+        "retention: {without:.0} ev/s without a pass before it, {after:.0} after it, {during:.0} inside it \
+         ({at_start} deleted at its start, {at_window_end} at the window's end: {inside_rate:.0} rows/s; \
+         {old} in all), pass {pass_rate:.0} rows/s"
+    );
+    let without = without_mean;
+    figures.push(Figure {
+        name: format!(
+            "write throughput inside a retention pass ({} s, pass deleting {old} events{})",
+            WINDOW.as_secs(),
+            if inside {
+                ""
+            } else {
+                "; NOT inside: the pass ended first"
+            }
+        ),
+        value: during,
+        unit: "events/s",
+        reference: format!("without a pass {without:.0} (mean of the windows before and after it)"),
+        ratio: Some(during / without),
+        target: "≥ 0.9 ×".into(),
+    });
+    figures.push(Figure {
+        name: format!(
+            "retention deletes inside that window (chunks of {}, {} ms apart)",
+            std::env::var("SLUICE_RETENTION_CHUNK_ROWS").unwrap_or_else(|_| "5000".into()),
+            std::env::var("SLUICE_RETENTION_PAUSE_MS").unwrap_or_else(|_| "50".into()),
+        ),
+        value: inside_rate,
+        unit: "rows/s",
+        reference: "-".into(),
+        ratio: None,
+        target: "-".into(),
+    });
+    figures.push(Figure {
+        name: format!(
+            "retention pass rate (deleting {old} events, {} s of it beside ingest)",
+            WINDOW.as_secs()
+        ),
+        value: pass_rate,
+        unit: "rows/s",
+        reference: "target 20,000".into(),
+        ratio: Some(pass_rate / 20_000.0),
+        target: "≥ 20,000".into(),
+    });
+}
