@@ -5,7 +5,9 @@
 //! over the same window inside a pass that `backend serve` itself runs
 //! (`SLUICE_RETENTION_INTERVAL_SECS=1`) once the environment gets a 30-day
 //! retention. The pass's own rate comes from
-//! `sluice_retention_deleted_total`, polled every 100 ms.
+//! `sluice_retention_deleted_total`, polled every 100 ms. Before the pass,
+//! the same window beside an erasure's sweep of the environment
+//! (`backend user erase`, whose id matches nothing).
 
 use std::time::{Duration, Instant};
 
@@ -105,6 +107,49 @@ pub async fn figures(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
     set_clock(env_id, now);
 
     let without = ingest_rate(&base, env_id, 100_000).await;
+
+    // An erasure's sweep beside ingest: `backend user erase` reads every row
+    // of the environment (no index on user_id) while the same window runs. The
+    // id matches nothing, so the retention's count below stays exact.
+    let erase = tokio::process::Command::new(&args.backend)
+        .args([
+            "user",
+            "erase",
+            "env_retention",
+            "--user-id",
+            "nobody",
+            "--suppress-days",
+            "0",
+        ])
+        .env("SLUICE_DATABASE_URL", &catalog)
+        .output();
+    let swept = Instant::now();
+    let (erase, during_erasure) = tokio::join!(
+        async {
+            let out = erase.await.expect("backend user erase");
+            (out, swept.elapsed())
+        },
+        ingest_rate(&base, env_id, 150_000)
+    );
+    let ((out, took), during_erasure) = (erase, during_erasure);
+    assert!(
+        out.status.success(),
+        "user erase: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let scanned: u64 = stdout
+        .split('(')
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("rows read");
+    let sweep_rate = scanned as f64 / took.as_secs_f64();
+    eprintln!(
+        "erasure sweep: {scanned} rows read in {:.1} s beside ingest at {during_erasure:.0} ev/s",
+        took.as_secs_f64()
+    );
+
     cli(
         args,
         &catalog,
@@ -164,6 +209,27 @@ pub async fn figures(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
         reference: format!("without a pass {without:.0} (mean of the windows before and after it)"),
         ratio: Some(during / without),
         target: "≥ 0.9 ×".into(),
+    });
+    figures.push(Figure {
+        name: format!(
+            "write throughput during an erasure's sweep ({} s; the sweep read {scanned} rows in {:.1} s{})",
+            WINDOW.as_secs(),
+            took.as_secs_f64(),
+            if took >= WINDOW { "" } else { ", shorter than the window" }
+        ),
+        value: during_erasure,
+        unit: "events/s",
+        reference: format!("without a pass {without:.0}"),
+        ratio: Some(during_erasure / without),
+        target: "-".into(),
+    });
+    figures.push(Figure {
+        name: "erasure sweep rate (backend user erase, primary-key chunks of 5,000)".into(),
+        value: sweep_rate,
+        unit: "rows read/s",
+        reference: "-".into(),
+        ratio: None,
+        target: "-".into(),
     });
     figures.push(Figure {
         name: format!(
