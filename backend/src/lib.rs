@@ -20,6 +20,7 @@ pub mod counters;
 pub mod db;
 pub mod delivery;
 pub mod error;
+pub mod export;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
@@ -37,7 +38,7 @@ pub use api::app;
 pub use config::Config;
 pub use error::{Error, Result};
 
-use store::{CounterStore, EventStore, LedgerStore, StatsStore, TailStore};
+use store::{CounterStore, EventStore, ExportStore, LedgerStore, StatsStore, TailStore};
 
 pub struct Inner {
     pub config: Config,
@@ -52,6 +53,8 @@ pub struct Inner {
     pub ledger: Arc<dyn LedgerStore>,
     /// Where the live tail reads.
     pub tail_store: Arc<dyn TailStore>,
+    /// Where exports read.
+    pub export_store: Arc<dyn ExportStore>,
     pub counters: counters::Counters,
     pub metrics: metrics::Metrics,
     pub stats: stats::Hub,
@@ -69,11 +72,14 @@ pub struct Ports {
     pub stats: Arc<dyn StatsStore>,
     pub ledger: Arc<dyn LedgerStore>,
     pub tail: Arc<dyn TailStore>,
+    pub export: Arc<dyn ExportStore>,
 }
 
 impl Ports {
     /// One store behind every port.
-    pub fn all<S: EventStore + CounterStore + StatsStore + LedgerStore + TailStore + 'static>(
+    pub fn all<
+        S: EventStore + CounterStore + StatsStore + LedgerStore + TailStore + ExportStore + 'static,
+    >(
         store: Arc<S>,
     ) -> Self {
         Self {
@@ -81,7 +87,8 @@ impl Ports {
             counters: store.clone(),
             stats: store.clone(),
             ledger: store.clone(),
-            tail: store,
+            tail: store.clone(),
+            export: store,
         }
     }
 }
@@ -126,6 +133,7 @@ impl AppState {
             stats_store: ports.stats,
             ledger: ports.ledger,
             tail_store: ports.tail,
+            export_store: ports.export,
             counters,
             metrics: metrics::Metrics::new(),
             stats: stats::Hub::default(),

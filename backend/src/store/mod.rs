@@ -314,3 +314,33 @@ pub trait TailStore: Send + Sync {
         Ok((keys, samples))
     }
 }
+
+/// A place in an export's order, (event time, key): the rows after it are
+/// those with a later time, or the same time and a greater key; `key: None`
+/// is before every key of its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportPosition {
+    /// Event time, ms.
+    pub ts: i64,
+    pub key: Option<[u8; 16]>,
+}
+
+/// The export's reads (`GET /v1/export`, `backend export`) from an
+/// environment's primary shard: stored events whole, in (event time, key)
+/// order, a page at a time.
+#[async_trait]
+pub trait ExportStore: Send + Sync {
+    /// The event time (ms) of the stored event with this key, if there is one.
+    async fn event_time(&self, shard: &Shard, env_id: u32, key: [u8; 16]) -> Result<Option<i64>>;
+
+    /// At most `limit` events after `after` and before `to` (ms), in
+    /// (event time, key) order, each with its key.
+    async fn export_page(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        after: ExportPosition,
+        to: i64,
+        limit: u32,
+    ) -> Result<Vec<([u8; 16], Envelope)>>;
+}

@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod counters;
+pub mod export;
 pub mod ledger;
 pub mod shards;
 pub mod stats;

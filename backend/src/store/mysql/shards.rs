@@ -199,7 +199,7 @@ fn json_text(map: &serde_json::Map<String, serde_json::Value>) -> String {
     serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned())
 }
 
-fn datetime(ms: i64) -> NaiveDateTime {
+pub(crate) fn datetime(ms: i64) -> NaiveDateTime {
     // Envelopes are validated to 0..=MAX_TIMESTAMP_MS, which chrono represents.
     DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
