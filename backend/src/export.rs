@@ -120,46 +120,40 @@ impl Export {
     /// this returns, so a shard that cannot be read at the start is an
     /// error here (a status, over HTTP). A read failing later ends the
     /// stream with [`Error::ExportInterrupted`] naming the last line's id,
-    /// after only whole lines; it is logged.
+    /// after only whole lines; it is logged. Pages are read by a task of
+    /// their own, up to [`PAGES_AHEAD`] ahead, and encoded by the stream's
+    /// reader, so the shard's work, decoding rows and encoding lines overlap.
     pub async fn ndjson(mut self) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
         let first = self.next_page().await?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(PAGES_AHEAD);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<([u8; 16], Envelope)>>>(PAGES_AHEAD);
         tokio::spawn(async move {
             let mut page = first;
-            let mut last_id = None;
             let mut lines = 0u64;
             loop {
                 if page.is_empty() {
                     return;
                 }
                 let full = page.len() == self.page_rows as usize;
-                let chunk = encode(&page);
                 lines += page.len() as u64;
-                last_id = page.pop().map(|(_, e)| e.id).or(last_id);
-                if tx.send(chunk).await.is_err() {
-                    return; // the reader went away
-                }
-                if !full {
-                    return;
+                let after = page.last().map(|(_, e)| e.id.clone()).unwrap_or_default();
+                if tx.send(Ok(page)).await.is_err() || !full {
+                    return; // the reader went away, or that was the last page
                 }
                 page = match self.next_page().await {
                     Ok(page) => page,
                     Err(error) => {
-                        let after = last_id.unwrap_or_default();
                         tracing::warn!(env_id = self.env_id, shard = %self.shard.name, lines,
                             %after, %error, "export stopped early");
+                        let message = error.to_string();
                         let _ = tx
-                            .send(Err(Error::ExportInterrupted {
-                                after,
-                                message: error.to_string(),
-                            }))
+                            .send(Err(Error::ExportInterrupted { after, message }))
                             .await;
                         return;
                     }
                 };
             }
         });
-        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx).map(|page| encode(&page?)))
     }
 }
 

@@ -24,6 +24,10 @@
 //! per distinct agent and per cached one, and the cost per event of a
 //! realistic mix (`--only ua` runs just that, without MySQL).
 //!
+//! and export (issue 19, [`export`]): events/s of `GET /v1/export` over
+//! a fresh environment of `--storage-events` events beside a raw SELECT of
+//! the same rows, uncompressed and gzipped, and the backend's RSS meanwhile.
+//!
 //! Every run is bounded, seeded, and talks to 127.0.0.1 only.
 
 use std::{
@@ -34,6 +38,7 @@ use std::{
 
 mod direct;
 mod edge;
+mod export;
 mod ledger;
 mod population;
 mod tail;
@@ -69,7 +74,7 @@ struct Args {
     storage_events: usize,
     /// Length of each direct-ingest stage (after a 1 s warm-up).
     direct_seconds: u64,
-    /// Stages left out (`--skip storage,direct,edge,ledger,tail,ua`), for a quicker partial run.
+    /// Stages left out (`--skip storage,direct,edge,ledger,tail,ua,export`), for a quicker partial run.
     skip: Vec<String>,
     /// `--only ua`: that stage alone (it needs no database).
     only: Option<String>,
@@ -111,8 +116,8 @@ fn args() -> Args {
                 a.skip = value().split(',').map(|s| s.trim().to_string()).collect();
                 for stage in &a.skip {
                     assert!(
-                        ["storage", "direct", "edge", "ledger", "tail", "ua"].contains(&stage.as_str()),
-                        "--skip takes storage, direct, edge, ledger, tail and ua (comma-separated), not {stage}"
+                        ["storage", "direct", "edge", "ledger", "tail", "ua", "export"].contains(&stage.as_str()),
+                        "--skip takes storage, direct, edge, ledger, tail, ua and export (comma-separated), not {stage}"
                     );
                 }
             }
@@ -734,6 +739,9 @@ async fn main() {
     }
     if !args.skips("storage") {
         storage(&args, &prefix, &mut figures).await;
+    }
+    if !args.skips("export") {
+        export::figures(&args, &prefix, &mut figures).await;
     }
     if !args.skips("edge") {
         let (_backend, port) =

@@ -645,7 +645,7 @@ impl EventStore for Shards {
 }
 
 /// The columns [`stored_envelope`] reads, in its order, from `events_full`.
-pub(crate) const HISTORY_COLUMNS: &str = "id, client_id, event_type, name, ts, received_at, \
+pub const HISTORY_COLUMNS: &str = "id, client_id, event_type, name, ts, received_at, \
     user_id, anonymous_id, session_id, group_id, previous_id, \
     CAST(properties AS CHAR), CAST(traits AS CHAR), CAST(context AS CHAR), name_id";
 
