@@ -1485,7 +1485,7 @@ impl crate::store::ExportStore for FailingExport {
         after: crate::store::ExportPosition,
         to: i64,
         limit: u32,
-    ) -> crate::Result<Vec<([u8; 16], protocol::Envelope)>> {
+    ) -> crate::Result<crate::store::ExportPage> {
         use std::sync::atomic::Ordering::SeqCst;
         if self.reads.fetch_add(1, SeqCst) >= self.fail_from.load(SeqCst) {
             return Err(crate::Error::ShardUnavailable {

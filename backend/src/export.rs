@@ -17,14 +17,13 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures::{Stream, StreamExt};
-use protocol::Envelope;
 use serde::Deserialize;
 
 use crate::{
     error::{Error, Result},
     model::Shard,
     stats::{self, ReadAuth},
-    store::{ExportPosition, ExportStore},
+    store::{ExportPage, ExportPosition, ExportStore},
     AppState,
 };
 
@@ -96,7 +95,7 @@ impl Export {
         self
     }
 
-    async fn next_page(&mut self) -> Result<Vec<([u8; 16], Envelope)>> {
+    async fn next_page(&mut self) -> Result<ExportPage> {
         let page = self
             .store
             .export_page(
@@ -107,11 +106,8 @@ impl Export {
                 self.page_rows,
             )
             .await?;
-        if let Some((key, event)) = page.last() {
-            self.position = ExportPosition {
-                ts: event.timestamp,
-                key: Some(*key),
-            };
+        if let Some(last) = page.last {
+            self.position = last;
         }
         Ok(page)
     }
@@ -120,52 +116,49 @@ impl Export {
     /// this returns, so a shard that cannot be read at the start is an
     /// error here (a status, over HTTP). A read failing later ends the
     /// stream with [`Error::ExportInterrupted`] naming the last line's id,
-    /// after only whole lines; it is logged. Pages are read by a task of
-    /// their own, up to [`PAGES_AHEAD`] ahead, and encoded by the stream's
-    /// reader, so the shard's work, decoding rows and encoding lines overlap.
+    /// after only whole lines; it is logged. Pages are read back to back by
+    /// a task of their own, up to [`PAGES_AHEAD`] ahead, and decoded and
+    /// encoded by the stream's reader, so the shard's work and the
+    /// backend's overlap.
     pub async fn ndjson(mut self) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
         let first = self.next_page().await?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<([u8; 16], Envelope)>>>(PAGES_AHEAD);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<ExportPage>>(PAGES_AHEAD);
+        let (env_id, shard) = (self.env_id, self.shard.name.clone());
         tokio::spawn(async move {
             let mut page = first;
-            let mut lines = 0u64;
             loop {
-                if page.is_empty() {
-                    return;
-                }
-                let full = page.len() == self.page_rows as usize;
-                lines += page.len() as u64;
-                let after = page.last().map(|(_, e)| e.id.clone()).unwrap_or_default();
-                if tx.send(Ok(page)).await.is_err() || !full {
-                    return; // the reader went away, or that was the last page
+                let full = page.rows == self.page_rows as usize;
+                if page.rows == 0 || tx.send(Ok(page)).await.is_err() || !full {
+                    return; // the end, or the reader went away
                 }
                 page = match self.next_page().await {
                     Ok(page) => page,
                     Err(error) => {
-                        tracing::warn!(env_id = self.env_id, shard = %self.shard.name, lines,
-                            %after, %error, "export stopped early");
-                        let message = error.to_string();
-                        let _ = tx
-                            .send(Err(Error::ExportInterrupted { after, message }))
-                            .await;
+                        let _ = tx.send(Err(error)).await;
                         return;
                     }
                 };
             }
         });
-        Ok(tokio_stream::wrappers::ReceiverStream::new(rx).map(|page| encode(&page?)))
+        let mut last_id = String::new();
+        let mut lines = 0u64;
+        let chunks = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |page| {
+            let rows = page.as_ref().map_or(0, |p| p.rows as u64);
+            let encoded = page.and_then(ExportPage::lines).map_err(|error| {
+                tracing::warn!(env_id, %shard, lines, after = %last_id, %error, "export stopped early");
+                Error::ExportInterrupted {
+                    after: last_id.clone(),
+                    message: error.to_string(),
+                }
+            })?;
+            lines += rows;
+            if let Some(id) = encoded.last_id {
+                last_id = id;
+            }
+            Ok(Bytes::from(encoded.ndjson))
+        });
+        Ok(chunks)
     }
-}
-
-/// One line per event: the envelope's JSON and a newline.
-fn encode(page: &[([u8; 16], Envelope)]) -> Result<Bytes> {
-    let mut out = Vec::with_capacity(page.len() * 512);
-    for (_, event) in page {
-        serde_json::to_writer(&mut out, event)
-            .map_err(|e| Error::Internal(format!("an event could not be encoded: {e}")))?;
-        out.push(b'\n');
-    }
-    Ok(Bytes::from(out))
 }
 
 /// The stream gzipped: one gzip member, flushed after every chunk, its

@@ -157,6 +157,13 @@ async fn export_gives_every_stored_event_once_in_order_and_resumes_from_any_line
             );
         }
     }
+    // Each line is exactly an envelope's JSON (the MySQL store writes lines
+    // straight from rows, without `protocol::Envelope`).
+    for line in &exported {
+        let envelope: protocol::Envelope =
+            serde_json::from_value(line.clone()).expect("an envelope");
+        assert_eq!(&serde_json::to_value(&envelope).expect("json"), line);
+    }
     // In (time, key) order.
     let order: Vec<(i64, [u8; 16])> = exported
         .iter()

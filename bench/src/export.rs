@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use sqlx::{mysql::MySqlPoolOptions, MySqlPool};
 
-use crate::{cli, events, median, peak_rss_mb, population, post_all, start_backend, Args, Figure};
+use crate::{
+    cli, cpu_seconds, events, median, peak_rss_mb, population, post_all, start_backend, Args,
+    Figure,
+};
 
 /// Events ingested per fill request batch (in memory at once in the bench).
 const FILL_CHUNK: usize = 50_000;
@@ -130,18 +133,22 @@ pub async fn figures(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
         let (rows, took) = raw_select(&pool, env_id, range).await;
         assert_eq!(rows as usize, n, "every event selected");
         raw_rates.push(rows as f64 / took.as_secs_f64());
-        let (lines, bytes, took) = http_export(&base, &token, "env_export", range, false).await;
+        let cpu = cpu_seconds(pid);
+        let (lines, bytes, plain_took) =
+            http_export(&base, &token, "env_export", range, false).await;
+        let cpu = cpu_seconds(pid) - cpu;
         assert_eq!(lines as usize, n, "every event exported");
-        plain_rates.push(lines as f64 / took.as_secs_f64());
+        plain_rates.push(lines as f64 / plain_took.as_secs_f64());
         let (_, compressed, took) = http_export(&base, &token, "env_export", range, true).await;
         gzip_rates.push(n as f64 / took.as_secs_f64());
         gzip_bytes.push(compressed as f64 / n as f64);
         eprintln!(
-            "export run {}: raw SELECT {:.0} rows/s, export {:.0} lines/s ({:.0} bytes/line), gzip {:.0} lines/s ({:.0} bytes/line)",
+            "export run {}: raw SELECT {:.0} rows/s, export {:.0} lines/s ({:.0} bytes/line, backend CPU {cpu:.1} s of {:.1} s), gzip {:.0} lines/s ({:.0} bytes/line)",
             run + 1,
             raw_rates[run],
             plain_rates[run],
             bytes as f64 / n as f64,
+            plain_took.as_secs_f64(),
             gzip_rates[run],
             gzip_bytes[run]
         );

@@ -17,9 +17,9 @@ use crate::{
     model::{self, counted, Deltas, Sketch, KIND_SESSIONS, KIND_USERS},
     model::{Environment, Metric, Shard, Snapshot},
     store::{
-        Buckets, CatalogSource, CounterStore, EventStore, ExportPosition, ExportStore, LedgerStore,
-        NamedCount, RejectedSample, Second, StatsStore, Summary, SummaryRange, TailKey, TailStore,
-        WriteOutcome,
+        Buckets, CatalogSource, CounterStore, EventStore, ExportPage, ExportPosition, ExportStore,
+        LedgerStore, NamedCount, RejectedSample, Second, StatsStore, Summary, SummaryRange,
+        TailKey, TailStore, WriteOutcome,
     },
 };
 
@@ -830,10 +830,10 @@ impl ExportStore for MemoryStore {
         after: ExportPosition,
         to: i64,
         limit: u32,
-    ) -> Result<Vec<([u8; 16], Envelope)>> {
+    ) -> Result<ExportPage> {
         let s = lock(&self.shards);
         let Some(stored) = s.events.get(&(shard.id, env_id)) else {
-            return Ok(Vec::new());
+            return Ok(ExportPage::of_events(None, Vec::new()));
         };
         let mut page: Vec<([u8; 16], Envelope)> = stored
             .iter()
@@ -846,7 +846,14 @@ impl ExportStore for MemoryStore {
             .collect();
         page.sort_by_key(|(key, e)| (e.timestamp, *key));
         page.truncate(limit as usize);
-        Ok(page)
+        let last = page.last().map(|(key, e)| ExportPosition {
+            ts: e.timestamp,
+            key: Some(*key),
+        });
+        Ok(ExportPage::of_events(
+            last,
+            page.into_iter().map(|(_, e)| e).collect(),
+        ))
     }
 }
 
