@@ -31,6 +31,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/stats/series", get(stats::series))
         .route("/v1/stats/stream", get(stats::stream))
         .route("/v1/stats/tail", get(stats::tail))
+        .route("/v1/export", get(crate::export::export))
         .route(
             "/dashboard",
             get(|| async { asset("text/html; charset=utf-8", DASHBOARD_HTML) }),

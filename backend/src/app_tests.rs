@@ -1548,3 +1548,209 @@ async fn the_write_parses_user_agents_flags_and_drops_bots_and_counts_them_once(
         "{body}"
     );
 }
+
+// ---- export ----
+
+/// An export store that fails every page read from the `fail_from`th on.
+struct FailingExport {
+    inner: Arc<MemoryStore>,
+    reads: std::sync::atomic::AtomicUsize,
+    fail_from: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl crate::store::ExportStore for FailingExport {
+    async fn event_time(
+        &self,
+        shard: &crate::model::Shard,
+        env_id: u32,
+        key: [u8; 16],
+    ) -> crate::Result<Option<i64>> {
+        self.inner.event_time(shard, env_id, key).await
+    }
+
+    async fn export_page(
+        &self,
+        shard: &crate::model::Shard,
+        env_id: u32,
+        after: crate::store::ExportPosition,
+        to: i64,
+        limit: u32,
+    ) -> crate::Result<crate::store::ExportPage> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.reads.fetch_add(1, SeqCst) >= self.fail_from.load(SeqCst) {
+            return Err(crate::Error::ShardUnavailable {
+                shard: shard.name.clone(),
+                message: "connection refused".into(),
+            });
+        }
+        self.inner
+            .export_page(shard, env_id, after, to, limit)
+            .await
+    }
+}
+
+/// The body's data until it ends or fails: (bytes, whether it ended cleanly).
+async fn body_until_error(response: axum::response::Response) -> (Vec<u8>, bool) {
+    use futures::StreamExt as _;
+    let mut data = response.into_body().into_data_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = data.next().await {
+        match chunk {
+            Ok(chunk) => bytes.extend_from_slice(&chunk),
+            Err(_) => return (bytes, false),
+        }
+    }
+    (bytes, true)
+}
+
+fn line_ids(ndjson: &[u8]) -> Vec<String> {
+    ndjson
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let event: protocol::Envelope = serde_json::from_slice(line).expect("an envelope");
+            event.id
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn export_refuses_bad_ranges_cursors_and_tokens_as_the_stats_api_does() {
+    let h = harness().await;
+    assert_eq!(
+        ingest(&h.state, &json!([envelope(WEB, 1, "x", 1000)]))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let backwards = get(
+        &h.state,
+        "/v1/export?env=web&from=5000&to=5000",
+        Some("srt_web"),
+    )
+    .await;
+    assert_eq!(
+        (backwards.status, backwards.body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_argument"))
+    );
+    let unreadable = get(&h.state, "/v1/export?env=web&from=soon", Some("srt_web")).await;
+    assert_eq!(unreadable.status, StatusCode::BAD_REQUEST);
+    let cursor = get(
+        &h.state,
+        "/v1/export?env=web&from=0&to=9000&after=never-stored",
+        Some("srt_web"),
+    )
+    .await;
+    assert_eq!(
+        (cursor.status, cursor.body["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_argument")),
+        "{}",
+        cursor.text
+    );
+    assert!(cursor.text.contains("after"), "{}", cursor.text);
+    let other = get(
+        &h.state,
+        "/v1/export?env=shop&from=0&to=9000",
+        Some("srt_web"),
+    )
+    .await;
+    let stats = get(&h.state, "/v1/stats/summary?env=nope", Some("srt_web")).await;
+    assert_eq!(
+        (other.status, &other.body),
+        (StatusCode::FORBIDDEN, &stats.body)
+    );
+    let anonymous = get(&h.state, "/v1/export?env=web&from=0&to=9000", None).await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+    let fine = get(
+        &h.state,
+        "/v1/export?env=web&from=0&to=9000",
+        Some("srt_web"),
+    )
+    .await;
+    assert_eq!(fine.status, StatusCode::OK);
+    assert_eq!(fine.headers["content-type"], "application/x-ndjson");
+    assert_eq!(line_ids(fine.text.as_bytes()), vec![uuid(1)]);
+}
+
+#[tokio::test]
+async fn an_export_that_fails_mid_stream_ends_without_its_end_and_resumes_after_its_last_line() {
+    let catalog = memory_catalog();
+    let opened = Catalog::open(catalog, config().catalog_refresh())
+        .await
+        .expect("memory catalog");
+    let store = Arc::new(MemoryStore::new());
+    let failing = Arc::new(FailingExport {
+        inner: store.clone(),
+        reads: 0.into(),
+        fail_from: 1.into(),
+    });
+    let ports = Ports {
+        export: failing.clone(),
+        ..Ports::all(store.clone())
+    };
+    let state = AppState::from_parts(config(), opened, ports);
+    let total = crate::export::PAGE_ROWS as u64 + 500;
+    // Ten events per millisecond: pages end inside runs of equal times.
+    let batch: Vec<Value> = (0..total)
+        .map(|n| envelope(WEB, n, "x", 1000 + (n as i64) / 10))
+        .collect();
+    assert_eq!(ingest(&state, &json!(batch)).await.status, StatusCode::OK);
+
+    for gzipped in [false, true] {
+        failing.reads.store(0, std::sync::atomic::Ordering::SeqCst);
+        failing
+            .fail_from
+            .store(1, std::sync::atomic::Ordering::SeqCst);
+        let mut request = Request::get("/v1/export?env=web&from=0&to=100000")
+            .header("authorization", "Bearer srt_web");
+        if gzipped {
+            request = request.header("accept-encoding", "gzip");
+        }
+        let response = app(state.clone())
+            .oneshot(request.body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        assert_eq!(response.status(), StatusCode::OK, "the first page was read");
+        let (bytes, clean) = body_until_error(response).await;
+        assert!(!clean, "the body fails instead of ending");
+        let first = if gzipped {
+            // A gzip stream without its trailer: what was sent inflates,
+            // and the decoder says it is cut short.
+            let mut text = Vec::new();
+            let read = std::io::Read::read_to_end(
+                &mut flate2::read::GzDecoder::new(&bytes[..]),
+                &mut text,
+            );
+            assert!(read.is_err(), "a truncated gzip");
+            text
+        } else {
+            bytes
+        };
+        assert!(first.ends_with(b"\n"), "whole lines only");
+        let first = line_ids(&first);
+        assert_eq!(first.len(), crate::export::PAGE_ROWS as usize);
+
+        failing
+            .fail_from
+            .store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+        let last = first.last().expect("a line");
+        let rest = get(
+            &state,
+            &format!("/v1/export?env=web&from=0&to=100000&after={last}"),
+            Some("srt_web"),
+        )
+        .await;
+        assert_eq!(rest.status, StatusCode::OK, "{}", rest.text);
+        let all: Vec<String> = first
+            .into_iter()
+            .chain(line_ids(rest.text.as_bytes()))
+            .collect();
+        let expected: Vec<String> = (0..total).map(uuid).collect();
+        let mut sorted_all = all.clone();
+        sorted_all.sort();
+        let mut sorted_expected = expected.clone();
+        sorted_expected.sort();
+        assert_eq!(sorted_all, sorted_expected, "every event once");
+    }
+}

@@ -53,6 +53,8 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("the export stopped early ({message}); resume with after={after:?}")]
+    ExportInterrupted { after: String, message: String },
     #[error("{0}")]
     Internal(String),
 }
@@ -73,9 +75,11 @@ impl Error {
             InvalidBatch(_) | EmptyBatch | InvalidEnvelopes(_) => StatusCode::UNPROCESSABLE_ENTITY,
             UnknownShard(_) | UnknownEnvironment(_) => StatusCode::NOT_FOUND,
             AlreadyExists(..) => StatusCode::CONFLICT,
-            ShardUnavailable { .. } | Catalog(_) | Database(_) | Migrate(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ShardUnavailable { .. }
+            | Catalog(_)
+            | Database(_)
+            | Migrate(_)
+            | ExportInterrupted { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,6 +108,7 @@ impl Error {
             Catalog(_) => "catalog_unavailable",
             Database(_) => "database_error",
             Migrate(_) => "migration_failed",
+            ExportInterrupted { .. } => "export_interrupted",
             Internal(_) => "internal",
         }
     }

@@ -21,6 +21,7 @@ pub mod db;
 pub mod delivery;
 pub mod erasure;
 pub mod error;
+pub mod export;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
@@ -39,7 +40,9 @@ pub use api::app;
 pub use config::Config;
 pub use error::{Error, Result};
 
-use store::{CounterStore, EventStore, LedgerStore, RetentionStore, StatsStore, TailStore};
+use store::{
+    CounterStore, EventStore, ExportStore, LedgerStore, RetentionStore, StatsStore, TailStore,
+};
 
 pub struct Inner {
     pub config: Config,
@@ -58,6 +61,8 @@ pub struct Inner {
     pub retention_store: Arc<dyn RetentionStore>,
     /// Held by the retention pass that runs (one at a time per process).
     retention_running: tokio::sync::Mutex<()>,
+    /// Where exports read.
+    pub export_store: Arc<dyn ExportStore>,
     pub counters: counters::Counters,
     pub metrics: metrics::Metrics,
     pub stats: stats::Hub,
@@ -76,12 +81,20 @@ pub struct Ports {
     pub ledger: Arc<dyn LedgerStore>,
     pub tail: Arc<dyn TailStore>,
     pub retention: Arc<dyn RetentionStore>,
+    pub export: Arc<dyn ExportStore>,
 }
 
 impl Ports {
     /// One store behind every port.
     pub fn all<
-        S: EventStore + CounterStore + StatsStore + LedgerStore + TailStore + RetentionStore + 'static,
+        S: EventStore
+            + CounterStore
+            + StatsStore
+            + LedgerStore
+            + TailStore
+            + RetentionStore
+            + ExportStore
+            + 'static,
     >(
         store: Arc<S>,
     ) -> Self {
@@ -91,7 +104,8 @@ impl Ports {
             stats: store.clone(),
             ledger: store.clone(),
             tail: store.clone(),
-            retention: store,
+            retention: store.clone(),
+            export: store,
         }
     }
 }
@@ -138,6 +152,7 @@ impl AppState {
             tail_store: ports.tail,
             retention_store: ports.retention,
             retention_running: tokio::sync::Mutex::new(()),
+            export_store: ports.export,
             counters,
             metrics: metrics::Metrics::new(),
             stats: stats::Hub::default(),

@@ -43,6 +43,22 @@ enum Command {
     /// Deleting raw events past their environment's retention.
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// Write an environment's events of a range as NDJSON (the lines of GET /v1/export).
+    Export {
+        env: String,
+        /// RFC 3339 time or epoch milliseconds (inclusive).
+        #[arg(long)]
+        from: String,
+        /// RFC 3339 time or epoch milliseconds (exclusive).
+        #[arg(long)]
+        to: String,
+        /// Continue right after the event with this id (the last line of an export that stopped).
+        #[arg(long)]
+        after: Option<String>,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -451,6 +467,57 @@ async fn user(config: &backend::Config, cmd: UserCommand) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// `backend export`: the NDJSON of [`backend::export::Export`], to a file or stdout.
+async fn export(
+    config: &Config,
+    env: &str,
+    (from, to): (String, String),
+    after: Option<&str>,
+    out: Option<&std::path::Path>,
+) -> Result<()> {
+    use futures::StreamExt as _;
+    use std::io::Write as _;
+
+    let range = backend::stats::range(&backend::stats::RangeParams {
+        from: Some(from),
+        to: Some(to),
+        event: None,
+        metric: None,
+        interval: None,
+    })?;
+    let pool = db::lazy_pool(&config.database_url, 1, std::time::Duration::from_secs(10))?;
+    let environment = catalog::environment_by_name(&pool, env).await?;
+    let shard = catalog::list_shards(&pool)
+        .await?
+        .into_iter()
+        .find(|s| s.id == environment.primary_shard_id)
+        .ok_or_else(|| {
+            Error::Internal(format!("{env}: its primary shard is not in the catalog"))
+        })?;
+    let shards = std::sync::Arc::new(backend::shards::Shards::new(
+        1,
+        std::time::Duration::from_secs(10),
+        config.insert_chunk_rows,
+    ));
+    let export =
+        backend::export::Export::new(shards.clone(), shard, environment.id, range, after).await?;
+    let mut writer: Box<dyn std::io::Write> = match out {
+        Some(path) => Box::new(
+            std::fs::File::create(path)
+                .map_err(|e| Error::InvalidArgument("out", format!("{}: {e}", path.display())))?,
+        ),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    let mut lines = std::pin::pin!(export.ndjson().await?);
+    let write_error = |e: std::io::Error| Error::Internal(format!("writing the export: {e}"));
+    while let Some(chunk) = lines.next().await {
+        writer.write_all(&chunk?).map_err(write_error)?;
+    }
+    writer.flush().map_err(write_error)?;
+    shards.close().await;
     Ok(())
 }
 
@@ -884,6 +951,13 @@ async fn run(cli: Cli) -> Result<()> {
                 )));
             }
         }
+        Command::Export {
+            env,
+            from,
+            to,
+            after,
+            out,
+        } => export(&config, &env, (from, to), after.as_deref(), out.as_deref()).await?,
         Command::Counters(CountersCommand::Rebuild { env, since }) => {
             let since_ms = backend::stats::parse_time("since", &since)?;
             let pool = catalog_pool()?;

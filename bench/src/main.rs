@@ -27,6 +27,9 @@
 //! and retention (issue 19, [`retention`]): the write throughput inside a
 //! pass deleting `--storage-events` old events against the same without,
 //! and the pass's rate (`--only retention` runs just that).
+//! and export (issue 19, [`export`]): events/s of `GET /v1/export` over
+//! a fresh environment of `--storage-events` events beside a raw SELECT of
+//! the same rows, uncompressed and gzipped, and the backend's RSS meanwhile.
 //!
 //! Every run is bounded, seeded, and talks to 127.0.0.1 only.
 
@@ -38,6 +41,7 @@ use std::{
 
 mod direct;
 mod edge;
+mod export;
 mod ledger;
 mod population;
 mod retention;
@@ -74,7 +78,7 @@ struct Args {
     storage_events: usize,
     /// Length of each direct-ingest stage (after a 1 s warm-up).
     direct_seconds: u64,
-    /// Stages left out (`--skip storage,direct,edge,ledger,tail,ua,retention`), for a quicker partial run.
+    /// Stages left out (`--skip storage,direct,edge,ledger,tail,ua,retention,export`), for a quicker partial run.
     skip: Vec<String>,
     /// `--only ua` (it needs no database) or `--only retention`: that stage alone.
     only: Option<String>,
@@ -116,8 +120,8 @@ fn args() -> Args {
                 a.skip = value().split(',').map(|s| s.trim().to_string()).collect();
                 for stage in &a.skip {
                     assert!(
-                        ["storage", "direct", "edge", "ledger", "tail", "ua", "retention"].contains(&stage.as_str()),
-                        "--skip takes storage, direct, edge, ledger, tail, ua and retention (comma-separated), not {stage}"
+                        ["storage", "direct", "edge", "ledger", "tail", "ua", "retention", "export"].contains(&stage.as_str()),
+                        "--skip takes storage, direct, edge, ledger, tail, ua, retention and export (comma-separated), not {stage}"
                     );
                 }
             }
@@ -770,6 +774,9 @@ async fn main() {
     }
     if !args.skips("retention") && args.only.is_none() {
         retention::figures(&args, &prefix, &mut figures).await;
+    }
+    if !args.skips("export") && args.only.is_none() {
+        export::figures(&args, &prefix, &mut figures).await;
     }
     if !args.skips("edge") && args.only.is_none() {
         let (_backend, port) =

@@ -223,6 +223,34 @@ fn operator_flow_from_cli_to_graceful_shutdown() {
     );
     assert_eq!(counted("two"), stored("two"));
 
+    // Export from the (new) primary: to a file and to stdout alike, every
+    // stored event once; --after resumes right after a line.
+    let range = ["--from", "1700000000000", "--to", "2023-11-14T22:16:40Z"];
+    let file = std::env::temp_dir().join(format!("{prefix}.ndjson"));
+    let file_arg = file.to_string_lossy().into_owned();
+    let mut args = vec!["export", "web"];
+    args.extend(range);
+    let stdout = backend.ok(&args);
+    args.extend(["--out", &file_arg]);
+    assert_eq!(backend.ok(&args), "", "nothing on stdout with --out");
+    let written = std::fs::read_to_string(&file).expect("the export file");
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(written, stdout);
+    let lines: Vec<&str> = written.lines().collect();
+    assert_eq!(lines.len().to_string(), stored("two"));
+    let id = |line: &str| -> String {
+        let event: protocol::Envelope = serde_json::from_str(line).expect("an envelope per line");
+        event.id
+    };
+    let middle = id(lines[100]);
+    let mut args = vec!["export", "web", "--after", &middle];
+    args.extend(range);
+    let rest = backend.ok(&args);
+    assert_eq!(rest.lines().collect::<Vec<_>>(), lines[101..]);
+    let out = backend.run(&["export", "web", "--from", "5000", "--to", "5000"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("from must be before to"));
+
     drop_databases(&server, &prefix);
 }
 

@@ -73,7 +73,7 @@ pub(crate) fn env_metrics(state: &AppState, env_id: u32) -> Vec<catalog::Metric>
 }
 
 /// The requested range in ms, defaulting to the last 24 hours.
-pub(crate) fn range(params: &RangeParams) -> Result<(i64, i64)> {
+pub fn range(params: &RangeParams) -> Result<(i64, i64)> {
     let now = chrono::Utc::now().timestamp_millis();
     let to = params
         .to

@@ -17,9 +17,9 @@ use crate::{
     model::{self, counted, Deltas, Sketch, KIND_SESSIONS, KIND_USERS},
     model::{Environment, Metric, Shard, Snapshot},
     store::{
-        Buckets, CatalogSource, CounterStore, EventStore, Expiring, LedgerStore, NamedCount,
-        RejectedSample, RetentionStore, Second, StatsStore, Summary, SummaryRange, TailKey,
-        TailStore, WriteOutcome,
+        Buckets, CatalogSource, CounterStore, EventStore, Expiring, ExportPage, ExportPosition,
+        ExportStore, LedgerStore, NamedCount, RejectedSample, RetentionStore, Second, StatsStore,
+        Summary, SummaryRange, TailKey, TailStore, WriteOutcome,
     },
 };
 
@@ -928,6 +928,50 @@ impl MemoryStore {
     pub fn add_rejected_sample(&self, shard_id: u32, env_id: u32, mut sample: RejectedSample) {
         sample.stored_at = chrono::Utc::now().timestamp_millis();
         lock(&self.shards).rejected.push((shard_id, env_id, sample));
+    }
+}
+
+#[async_trait]
+impl ExportStore for MemoryStore {
+    async fn event_time(&self, shard: &Shard, env_id: u32, key: [u8; 16]) -> Result<Option<i64>> {
+        let s = lock(&self.shards);
+        Ok(s.events
+            .get(&(shard.id, env_id))
+            .and_then(|stored| stored.get(&key))
+            .map(|e| e.timestamp))
+    }
+
+    async fn export_page(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        after: ExportPosition,
+        to: i64,
+        limit: u32,
+    ) -> Result<ExportPage> {
+        let s = lock(&self.shards);
+        let Some(stored) = s.events.get(&(shard.id, env_id)) else {
+            return Ok(ExportPage::of_events(None, Vec::new()));
+        };
+        let mut page: Vec<([u8; 16], Envelope)> = stored
+            .iter()
+            .filter(|(key, e)| {
+                e.timestamp < to
+                    && (e.timestamp > after.ts
+                        || (e.timestamp == after.ts && after.key.is_none_or(|k| **key > k)))
+            })
+            .map(|(key, e)| (*key, e.clone()))
+            .collect();
+        page.sort_by_key(|(key, e)| (e.timestamp, *key));
+        page.truncate(limit as usize);
+        let last = page.last().map(|(key, e)| ExportPosition {
+            ts: e.timestamp,
+            key: Some(*key),
+        });
+        Ok(ExportPage::of_events(
+            last,
+            page.into_iter().map(|(_, e)| e).collect(),
+        ))
     }
 }
 

@@ -367,3 +367,84 @@ pub trait TailStore: Send + Sync {
         Ok((keys, samples))
     }
 }
+
+/// A place in an export's order, (event time, key): the rows after it are
+/// those with a later time, or the same time and a greater key; `key: None`
+/// is before every key of its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportPosition {
+    /// Event time, ms.
+    pub ts: i64,
+    pub key: Option<[u8; 16]>,
+}
+
+/// One page of an export as the store read it: where it ends, and its
+/// lines, encoded when asked — so the next page can be read while this one
+/// is encoded.
+pub struct ExportPage {
+    /// The position of the page's last row (`None`: the page is empty).
+    pub last: Option<ExportPosition>,
+    pub rows: usize,
+    encode: Box<dyn FnOnce() -> Result<ExportLines> + Send>,
+}
+
+/// A page's NDJSON: one `protocol::Envelope` per line, as `serde_json`
+/// writes it, and the last line's id.
+pub struct ExportLines {
+    pub ndjson: Vec<u8>,
+    pub last_id: Option<String>,
+}
+
+impl ExportPage {
+    pub fn new(
+        last: Option<ExportPosition>,
+        rows: usize,
+        encode: impl FnOnce() -> Result<ExportLines> + Send + 'static,
+    ) -> Self {
+        Self {
+            last,
+            rows,
+            encode: Box::new(encode),
+        }
+    }
+
+    /// A page of envelopes held whole (the memory store's).
+    pub fn of_events(last: Option<ExportPosition>, events: Vec<Envelope>) -> Self {
+        Self::new(last, events.len(), move || {
+            let mut ndjson = Vec::new();
+            for event in &events {
+                serde_json::to_writer(&mut ndjson, event).map_err(|e| {
+                    crate::error::Error::Internal(format!("an event could not be encoded: {e}"))
+                })?;
+                ndjson.push(b'\n');
+            }
+            let last_id = events.last().map(|e| e.id.clone());
+            Ok(ExportLines { ndjson, last_id })
+        })
+    }
+
+    /// The page's lines, in order.
+    pub fn lines(self) -> Result<ExportLines> {
+        (self.encode)()
+    }
+}
+
+/// The export's reads (`GET /v1/export`, `backend export`) from an
+/// environment's primary shard: stored events whole, in (event time, key)
+/// order, a page at a time.
+#[async_trait]
+pub trait ExportStore: Send + Sync {
+    /// The event time (ms) of the stored event with this key, if there is one.
+    async fn event_time(&self, shard: &Shard, env_id: u32, key: [u8; 16]) -> Result<Option<i64>>;
+
+    /// At most `limit` events after `after` and before `to` (ms), in
+    /// (event time, key) order.
+    async fn export_page(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        after: ExportPosition,
+        to: i64,
+        limit: u32,
+    ) -> Result<ExportPage>;
+}

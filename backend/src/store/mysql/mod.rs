@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod counters;
 pub mod erasure;
+pub mod export;
 pub mod ledger;
 pub mod retention;
 pub mod shards;

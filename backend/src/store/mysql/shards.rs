@@ -199,7 +199,7 @@ fn json_text(map: &serde_json::Map<String, serde_json::Value>) -> String {
     serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned())
 }
 
-fn datetime(ms: i64) -> NaiveDateTime {
+pub(crate) fn datetime(ms: i64) -> NaiveDateTime {
     // Envelopes are validated to 0..=MAX_TIMESTAMP_MS, which chrono represents.
     DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
@@ -653,7 +653,7 @@ impl EventStore for Shards {
 }
 
 /// The columns [`stored_envelope`] reads, in its order, from `events_full`.
-pub(crate) const HISTORY_COLUMNS: &str = "id, client_id, event_type, name, ts, received_at, \
+pub const HISTORY_COLUMNS: &str = "id, client_id, event_type, name, ts, received_at, \
     user_id, anonymous_id, session_id, group_id, previous_id, \
     CAST(properties AS CHAR), CAST(traits AS CHAR), CAST(context AS CHAR), name_id";
 
