@@ -1754,3 +1754,47 @@ async fn an_export_that_fails_mid_stream_ends_without_its_end_and_resumes_after_
         assert_eq!(sorted_all, sorted_expected, "every event once");
     }
 }
+
+// ---- suppression ----
+
+#[tokio::test]
+async fn a_suppressed_persons_events_are_answered_dropped_and_counted_at_the_direct_door() {
+    use crate::erasure::{person_hash, IdKind};
+    let h = direct_harness(config()).await;
+    h.catalog
+        .suppress(WEB, person_hash(WEB, IdKind::AnonymousId, "anon-gone"));
+    h.state.catalog.refresh().await.unwrap();
+    let now = now_ms();
+    let a = events(
+        &h.state,
+        json!([{"event": "a", "id": "s-1", "anonymous_id": "anon-gone"},
+               {"event": "b", "id": "s-2", "anonymous_id": "anon-kept"},
+               {"event": "c", "id": "s-3", "user_id": "anon-gone"}]),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::ACCEPTED, "{}", a.text);
+    assert_eq!(a.body["accepted"], 3, "answered as accepted");
+    let mut stored: Vec<String> = h
+        .store
+        .envelopes(1, WEB)
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    stored.sort();
+    assert_eq!(
+        stored,
+        ["s-2", "s-3"],
+        "a user id equal to the anonymous id is another id"
+    );
+    let body = ledger(&h.state, &range_around(now)).await;
+    assert_eq!(
+        (
+            &body["accepted"],
+            &body["stored"],
+            &body["dropped"],
+            &body["in_flight"]
+        ),
+        (&json!(3), &json!(2), &json!({"suppressed": 1}), &json!(0)),
+        "{body}"
+    );
+}
