@@ -1,7 +1,8 @@
 //! Export: an environment's stored events of a time range as NDJSON, one
 //! whole envelope per line (the shape `POST /v1/ingest` takes back), in
-//! (event time, key) order, read from its primary shard a page at a time
-//! and streamed — `GET /v1/export` and `backend export` both run [`Export`].
+//! (event time, key) order, read from its primary shard a window of rows
+//! per query and streamed a page at a time — `GET /v1/export` and
+//! `backend export` both run [`Export`].
 //!
 //! Resumable: `after=<id of the last line received>` maps the id to its
 //! stored key (`protocol::event_key`, the key the row was written under) and
@@ -23,13 +24,16 @@ use crate::{
     error::{Error, Result},
     model::Shard,
     stats::{self, ReadAuth},
-    store::{ExportPage, ExportPosition, ExportStore},
+    store::{ExportPage, ExportPosition, ExportStore, ExportWindow},
     AppState,
 };
 
-/// Rows per read: what bounds the export's memory (a page being read, one
+/// Rows per page: what bounds the export's memory (a page being read, one
 /// being written, and at most [`PAGES_AHEAD`] queued between them).
 pub const PAGE_ROWS: u32 = 2000;
+/// Rows per query: its rows are read as they come, a page at a time, so
+/// this bounds only how long one query runs (and holds its connection).
+pub const WINDOW_ROWS: u32 = 50_000;
 /// Pages read ahead of the writer, so the shard's read and the encoding overlap.
 const PAGES_AHEAD: usize = 2;
 
@@ -40,7 +44,7 @@ pub struct Export {
     env_id: u32,
     to: i64,
     position: ExportPosition,
-    page_rows: u32,
+    window: ExportWindow,
 }
 
 impl Export {
@@ -85,64 +89,73 @@ impl Export {
             env_id,
             to,
             position,
-            page_rows: PAGE_ROWS,
+            window: ExportWindow {
+                rows: WINDOW_ROWS,
+                page_rows: PAGE_ROWS,
+            },
         })
     }
 
-    /// Read this many rows at a time instead of [`PAGE_ROWS`] (tests).
+    /// Pages of this many rows instead of [`PAGE_ROWS`] (tests).
     pub fn with_page_rows(mut self, rows: u32) -> Self {
-        self.page_rows = rows.max(1);
+        self.window.page_rows = rows.max(1);
         self
     }
 
-    async fn next_page(&mut self) -> Result<ExportPage> {
-        let page = self
-            .store
-            .export_page(
-                &self.shard,
-                self.env_id,
-                self.position,
-                self.to,
-                self.page_rows,
-            )
-            .await?;
-        if let Some(last) = page.last {
-            self.position = last;
-        }
-        Ok(page)
+    /// Queries of this many rows instead of [`WINDOW_ROWS`] (tests).
+    pub fn with_window_rows(mut self, rows: u32) -> Self {
+        self.window.rows = rows.max(1);
+        self
     }
 
     /// The NDJSON, a page of lines per chunk. The first page is read before
     /// this returns, so a shard that cannot be read at the start is an
     /// error here (a status, over HTTP). A read failing later ends the
     /// stream with [`Error::ExportInterrupted`] naming the last line's id,
-    /// after only whole lines; it is logged. Pages are read back to back by
-    /// a task of their own, up to [`PAGES_AHEAD`] ahead, and decoded and
-    /// encoded by the stream's reader, so the shard's work and the
-    /// backend's overlap.
+    /// after only whole lines; it is logged. Windows are read back to back
+    /// by a task of their own, their pages up to [`PAGES_AHEAD`] ahead, and
+    /// decoded and encoded by the stream's reader, so the shard's work and
+    /// the backend's overlap.
     pub async fn ndjson(mut self) -> Result<impl Stream<Item = Result<Bytes>> + Send + 'static> {
-        let first = self.next_page().await?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<ExportPage>>(PAGES_AHEAD);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ExportPage>>(PAGES_AHEAD);
         let (env_id, shard) = (self.env_id, self.shard.name.clone());
         tokio::spawn(async move {
-            let mut page = first;
             loop {
-                let full = page.rows == self.page_rows as usize;
-                if page.rows == 0 || tx.send(Ok(page)).await.is_err() || !full {
-                    return; // the end, or the reader went away
-                }
-                page = match self.next_page().await {
-                    Ok(page) => page,
+                let read = self
+                    .store
+                    .export_window(
+                        &self.shard,
+                        self.env_id,
+                        (self.position, self.to),
+                        self.window,
+                        &tx,
+                    )
+                    .await;
+                match read {
+                    Ok(read) => {
+                        if let Some(last) = read.last {
+                            self.position = last;
+                        }
+                        if read.rows < u64::from(self.window.rows) || tx.is_closed() {
+                            return; // the end, or the reader went away
+                        }
+                    }
                     Err(error) => {
                         let _ = tx.send(Err(error)).await;
                         return;
                     }
-                };
+                }
             }
         });
+        let first = match rx.recv().await {
+            Some(Err(error)) => return Err(error),
+            first => first,
+        };
+        let pages =
+            futures::stream::iter(first).chain(tokio_stream::wrappers::ReceiverStream::new(rx));
         let mut last_id = String::new();
         let mut lines = 0u64;
-        let chunks = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |page| {
+        let chunks = pages.map(move |page| {
             let rows = page.as_ref().map_or(0, |p| p.rows as u64);
             let encoded = page.and_then(ExportPage::lines).map_err(|error| {
                 tracing::warn!(env_id, %shard, lines, after = %last_id, %error, "export stopped early");

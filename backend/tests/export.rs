@@ -200,8 +200,9 @@ async fn export_gives_every_stored_event_once_in_order_and_resumes_from_any_line
     assert_eq!(inflated, body);
     assert!(gzipped.len() < body.len() / 3, "compressed");
 
-    // Pages of 4 rows end inside runs of equal times: the same lines, and
-    // resuming after every one of them gives the rest.
+    // Pages of 4 rows and queries of 10 (a window ends inside a page) end
+    // inside runs of equal times: the same lines, and resuming after every
+    // one of them gives the rest.
     let shard = catalog::list_shards(&t.catalog)
         .await
         .expect("shards")
@@ -219,7 +220,8 @@ async fn export_gives_every_stored_event_once_in_order_and_resumes_from_any_line
             let export = Export::new(store, shard, env, (T0, T0 + 20_000), after.as_deref())
                 .await
                 .expect("export")
-                .with_page_rows(4);
+                .with_page_rows(4)
+                .with_window_rows(10);
             let chunks: Vec<_> = export.ndjson().await.expect("first page").collect().await;
             chunks
                 .into_iter()

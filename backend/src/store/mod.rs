@@ -447,4 +447,54 @@ pub trait ExportStore: Send + Sync {
         to: i64,
         limit: u32,
     ) -> Result<ExportPage>;
+
+    /// At most `window.rows` events after `after` and before `to`, in
+    /// order, sent to `pages` `window.page_rows` at a time as they are read
+    /// (no empty page); stops early, `Ok`, when `pages` is closed. By
+    /// default a page read per page; the MySQL store streams one query.
+    async fn export_window(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        (after, to): (ExportPosition, i64),
+        window: ExportWindow,
+        pages: &tokio::sync::mpsc::Sender<Result<ExportPage>>,
+    ) -> Result<WindowRead> {
+        let mut read = WindowRead {
+            rows: 0,
+            last: None,
+        };
+        while read.rows < u64::from(window.rows) {
+            let left = u64::from(window.rows) - read.rows;
+            let limit = u64::from(window.page_rows).min(left) as u32;
+            let page = self
+                .export_page(shard, env_id, read.last.unwrap_or(after), to, limit)
+                .await?;
+            let (rows, last) = (page.rows, page.last);
+            if rows == 0 {
+                break;
+            }
+            read.rows += rows as u64;
+            read.last = last;
+            if pages.send(Ok(page)).await.is_err() || rows < limit as usize {
+                break;
+            }
+        }
+        Ok(read)
+    }
+}
+
+/// The rows one export read takes at most, and per page it hands over.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportWindow {
+    pub rows: u32,
+    pub page_rows: u32,
+}
+
+/// What an [`ExportStore::export_window`] read: rows (fewer than asked:
+/// the range's end) and the position of the last.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowRead {
+    pub rows: u64,
+    pub last: Option<ExportPosition>,
 }

@@ -7,19 +7,23 @@ use std::borrow::Cow;
 
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
+use futures::TryStreamExt as _;
 use protocol::EventType;
-use sqlx::{mysql::MySqlRow, Row as _};
+use sqlx::{
+    mysql::{MySql, MySqlArguments, MySqlRow},
+    Row as _,
+};
 
 use super::shards::{datetime, Shards, HISTORY_COLUMNS};
 use crate::{
     error::{Error, Result},
     model::Shard,
-    store::{ExportLines, ExportPage, ExportPosition, ExportStore},
+    store::{ExportLines, ExportPage, ExportPosition, ExportStore, ExportWindow, WindowRead},
 };
 
-/// One page after `(ts, id)`. Written as `ts > ? OR (ts = ? AND id > ?)`
-/// rather than `(ts, id) > (?, ?)`: MariaDB 10.11 does not use the index as
-/// a range for the row-value comparison.
+/// Rows after `(ts, id)`: a page, or a window streamed. Written as
+/// `ts > ? OR (ts = ? AND id > ?)` rather than `(ts, id) > (?, ?)`: MariaDB
+/// 10.11 does not use the index as a range for the row-value comparison.
 fn page_query() -> String {
     format!(
         "SELECT {HISTORY_COLUMNS} FROM events_full \
@@ -50,44 +54,102 @@ impl ExportStore for Shards {
         limit: u32,
     ) -> Result<ExportPage> {
         let pool = self.counters_pool(shard)?;
-        let at = datetime(after.ts);
-        // No key: every row of that time (any id is > the empty one).
-        let key: &[u8] = after.key.as_ref().map_or(&[], |k| &k[..]);
-        let rows = sqlx::query(&page_query())
-            .bind(env_id)
-            .bind(datetime(to))
-            .bind(at)
-            .bind(at)
-            .bind(key)
-            .bind(limit)
+        let query = page_query();
+        let rows = bind_page(&query, env_id, after, to, limit)
             .fetch_all(&pool)
             .await?;
-        // Where the page ends from two columns of its last row; the rest is
-        // decoded later, by the caller.
-        let last = match rows.last() {
-            None => None,
-            Some(row) => {
-                let key: Vec<u8> = row.try_get(0)?;
-                let ts: NaiveDateTime = row.try_get(4)?;
-                Some(ExportPosition {
-                    ts: ts.and_utc().timestamp_millis(),
-                    key: Some(
-                        <[u8; 16]>::try_from(key.as_slice())
-                            .map_err(|_| Error::Internal("a stored key is not 16 bytes".into()))?,
-                    ),
-                })
-            }
-        };
-        Ok(ExportPage::new(last, rows.len(), move || {
-            let mut ndjson = Vec::with_capacity(rows.len() * 800);
-            let mut last_id = None;
-            for row in &rows {
-                last_id = Some(line(row, env_id, &mut ndjson)?);
-                ndjson.push(b'\n');
-            }
-            Ok(ExportLines { ndjson, last_id })
-        }))
+        page(rows, env_id)
     }
+
+    /// One query, its rows taken as they come: no per-page round trip, and
+    /// the shard never waits for a page to be asked for. Memory stays a
+    /// page's worth: while `pages` is full the rows are not read, and the
+    /// shard's sending waits on the connection.
+    async fn export_window(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        (after, to): (ExportPosition, i64),
+        window: ExportWindow,
+        pages: &tokio::sync::mpsc::Sender<Result<ExportPage>>,
+    ) -> Result<WindowRead> {
+        let pool = self.counters_pool(shard)?;
+        let query = page_query();
+        let mut rows = bind_page(&query, env_id, after, to, window.rows).fetch(&pool);
+        let mut read = WindowRead {
+            rows: 0,
+            last: None,
+        };
+        let page_rows = window.page_rows.max(1) as usize;
+        let mut batch = Vec::with_capacity(page_rows);
+        loop {
+            let row = rows.try_next().await?;
+            let end = row.is_none();
+            batch.extend(row);
+            if batch.len() == page_rows || (end && !batch.is_empty()) {
+                let page = page(
+                    std::mem::replace(&mut batch, Vec::with_capacity(page_rows)),
+                    env_id,
+                )?;
+                read.rows += page.rows as u64;
+                read.last = page.last;
+                if pages.send(Ok(page)).await.is_err() {
+                    break;
+                }
+            }
+            if end {
+                break;
+            }
+        }
+        Ok(read)
+    }
+}
+
+fn bind_page(
+    query: &str,
+    env_id: u32,
+    after: ExportPosition,
+    to: i64,
+    limit: u32,
+) -> sqlx::query::Query<'_, MySql, MySqlArguments> {
+    let at = datetime(after.ts);
+    // No key: every row of that time (any id is > the empty one).
+    let key: Vec<u8> = after.key.map_or(Vec::new(), |k| k.to_vec());
+    sqlx::query(query)
+        .bind(env_id)
+        .bind(datetime(to))
+        .bind(at)
+        .bind(at)
+        .bind(key)
+        .bind(limit)
+}
+
+/// Rows as a page: where it ends from two columns of its last row, the
+/// lines written when asked (by the export's writer, not its reader).
+fn page(rows: Vec<MySqlRow>, env_id: u32) -> Result<ExportPage> {
+    let last = match rows.last() {
+        None => None,
+        Some(row) => {
+            let key: Vec<u8> = row.try_get(0)?;
+            let ts: NaiveDateTime = row.try_get(4)?;
+            Some(ExportPosition {
+                ts: ts.and_utc().timestamp_millis(),
+                key: Some(
+                    <[u8; 16]>::try_from(key.as_slice())
+                        .map_err(|_| Error::Internal("a stored key is not 16 bytes".into()))?,
+                ),
+            })
+        }
+    };
+    Ok(ExportPage::new(last, rows.len(), move || {
+        let mut ndjson = Vec::with_capacity(rows.len() * 800);
+        let mut last_id = None;
+        for row in &rows {
+            last_id = Some(line(row, env_id, &mut ndjson)?);
+            ndjson.push(b'\n');
+        }
+        Ok(ExportLines { ndjson, last_id })
+    }))
 }
 
 /// A row of [`HISTORY_COLUMNS`] as the JSON `serde_json` writes for the
