@@ -111,6 +111,20 @@ pub fn count_write(
         redelivered: u64,
         dropped: u64,
     }
+    /// The acceptance `a`'s tally in this write, opened at its first envelope.
+    fn seen<'s>(
+        acceptances: &'s mut BTreeMap<[u8; 16], Seen>,
+        a: &protocol::Acceptance,
+        minute: i64,
+    ) -> &'s mut Seen {
+        acceptances.entry(source_of(&a.id)).or_insert(Seen {
+            minute,
+            n: u64::from(a.n),
+            here: 0,
+            redelivered: 0,
+            dropped: 0,
+        })
+    }
     let mut per_minute: BTreeMap<(i64, &'static str), u64> = BTreeMap::new();
     let mut acceptances: BTreeMap<[u8; 16], Seen> = BTreeMap::new();
     let mut first = HashSet::with_capacity(envelopes.len());
@@ -126,13 +140,7 @@ pub fn count_write(
         *per_minute.entry((minute, outcome)).or_default() += 1;
         match &e.acceptance {
             Some(a) => {
-                let seen = acceptances.entry(source_of(&a.id)).or_insert(Seen {
-                    minute,
-                    n: u64::from(a.n),
-                    here: 0,
-                    redelivered: 0,
-                    dropped: 0,
-                });
+                let seen = seen(&mut acceptances, a, minute);
                 seen.here += 1;
                 seen.redelivered += u64::from(outcome == REDELIVERED);
             }
@@ -164,13 +172,7 @@ pub fn count_write(
         keyed.insert((minute, format!("{DROPPED}{reason}"), key));
         match &e.acceptance {
             Some(a) => {
-                let seen = acceptances.entry(source_of(&a.id)).or_insert(Seen {
-                    minute,
-                    n: u64::from(a.n),
-                    here: 0,
-                    redelivered: 0,
-                    dropped: 0,
-                });
+                let seen = seen(&mut acceptances, a, minute);
                 seen.here += 1;
                 seen.dropped += 1;
             }
