@@ -1339,12 +1339,22 @@ async fn reports_count_once_and_dead_letters_net_out_when_replayed() {
         "samples": [{"received_at": now, "code": "invalid_json", "message": "bad", "body": "{"}]
     }], "dead_letters": [
         {"env_id": WEB, "id": uuid(1), "received_at": now, "acceptance": {"id": acceptance, "n": 3}},
-        {"env_id": WEB, "id": uuid(2), "received_at": now, "acceptance": {"id": acceptance, "n": 3}}
+        {"env_id": WEB, "id": uuid(2), "received_at": now, "acceptance": {"id": acceptance, "n": 3}},
+        {"env_id": MOVING, "id": uuid(3), "received_at": now}
     ]});
     for _ in 0..2 {
         let a = reports(&h.state, &report).await;
         assert_eq!(a.status, StatusCode::OK, "{}", a.text);
-        assert_eq!(a.body, json!({"reports": 1, "dead_letters": 2}));
+        assert_eq!(a.body, json!({"reports": 1, "dead_letters": 3}));
+    }
+    // The metric the dead-letter alert watches: each letter once, however
+    // often reported, and once for a migrating environment's two shards.
+    let m = get(&h.state, "/metrics", None).await;
+    for line in [
+        "sluice_ledger_dead_letters_total{env=\"web\"} 2",
+        "sluice_ledger_dead_letters_total{env=\"moving\"} 1",
+    ] {
+        assert!(m.text.contains(line), "{line}: {}", m.text);
     }
     let body = ledger(&h.state, &range_around(now)).await;
     assert_eq!(

@@ -280,10 +280,18 @@ pub async fn report(state: &AppState, batch: &protocol::Reports) -> Result<Repor
             tracing::warn!(env_id, "report for an unknown environment dropped");
             continue;
         }
-        for shard in &targets {
+        for (i, shard) in targets.iter().enumerate() {
             let written = async {
                 if !letters.is_empty() {
-                    state.ledger.dead_letters(shard, *env_id, letters).await?;
+                    let new = state.ledger.dead_letters(shard, *env_id, letters).await?;
+                    // Counted once, at the primary (a secondary holds copies).
+                    if let (0, Some(env)) = (i, snapshot.environments.get(env_id)) {
+                        state
+                            .metrics
+                            .ledger_dead_letters
+                            .with_label_values(&[&env.name])
+                            .inc_by(new);
+                    }
                 }
                 state
                     .ledger

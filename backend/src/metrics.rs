@@ -1,12 +1,14 @@
 //! Prometheus metrics, served as text at `/metrics`. Labels carry shard
-//! names only, never URLs.
+//! and environment names only, never URLs.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    core::Collector, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
     registry: Registry,
+    names: Vec<String>,
     pub events_inserted: IntCounterVec,
     pub events_duplicate: IntCounterVec,
     pub shard_errors: IntCounterVec,
@@ -35,44 +37,39 @@ pub struct Metrics {
     pub retention_errors: IntCounterVec,
     /// How long one retention pass took.
     pub retention_pass_seconds: prometheus::Histogram,
+    /// Dead letters newly recorded in the delivery ledger, per environment.
+    pub ledger_dead_letters: IntCounterVec,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
-        };
-        let events_inserted = counter(
+        let mut f = Families::default();
+        let events_inserted = f.counter(
             "sluice_events_inserted_total",
             "Events inserted, per shard",
             &["shard"],
         );
-        let events_duplicate = counter(
+        let events_duplicate = f.counter(
             "sluice_events_duplicate_total",
             "Envelopes already stored (idempotent repeats), per shard",
             &["shard"],
         );
-        let shard_errors = counter(
+        let shard_errors = f.counter(
             "sluice_shard_errors_total",
             "Failed shard writes, per shard",
             &["shard"],
         );
-        let requests = counter(
+        let requests = f.counter(
             "sluice_ingest_requests_total",
             "Ingest requests by response status",
             &["status"],
         );
-        let direct_requests = counter(
+        let direct_requests = f.counter(
             "sluice_direct_requests_total",
             "Direct ingest: public API requests by response status",
             &["status"],
         );
-        let direct_unattributed = counter(
+        let direct_unattributed = f.counter(
             "sluice_direct_unattributed_total",
             "Direct ingest: refused requests without a known environment, by error code",
             &["code"],
@@ -82,9 +79,7 @@ impl Metrics {
             "Direct ingest: writes of refusal counts to the delivery ledger that failed (retried)",
         )
         .expect("valid counter");
-        registry
-            .register(Box::new(ledger_report_failures.clone()))
-            .expect("unique metric");
+        f.add(&ledger_report_failures);
         let group_commit_events = prometheus::Histogram::with_opts(
             HistogramOpts::new(
                 "sluice_group_commit_events",
@@ -93,10 +88,8 @@ impl Metrics {
             .buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0]),
         )
         .expect("valid histogram");
-        registry
-            .register(Box::new(group_commit_events.clone()))
-            .expect("unique metric");
-        let counter_flush_failures = counter(
+        f.add(&group_commit_events);
+        let counter_flush_failures = f.counter(
             "sluice_counter_flush_failures_total",
             "Counter flushes that failed, per shard",
             &["shard"],
@@ -112,50 +105,45 @@ impl Metrics {
             &["shard"],
         )
         .expect("valid histogram");
-        registry
-            .register(Box::new(batch_write_seconds.clone()))
-            .expect("unique metric");
+        f.add(&batch_write_seconds);
         let in_flight = IntGauge::new(
             "sluice_http_requests_in_flight",
             "HTTP requests being served",
         )
         .expect("valid gauge");
-        registry
-            .register(Box::new(in_flight.clone()))
-            .expect("unique metric");
+        f.add(&in_flight);
         let stats_polls = prometheus::IntCounter::new(
             "sluice_stats_stream_polls_total",
             "Database reads by live-stream pollers (one per environment per second, however many viewers)",
         )
         .expect("valid counter");
-        registry
-            .register(Box::new(stats_polls.clone()))
-            .expect("unique metric");
+        f.add(&stats_polls);
         let tail_polls = prometheus::IntCounter::new(
             "sluice_tail_polls_total",
             "Polls by live-tail pollers (one per environment every 500 ms, however many viewers)",
         )
         .expect("valid counter");
-        registry
-            .register(Box::new(tail_polls.clone()))
-            .expect("unique metric");
+        f.add(&tail_polls);
         let catalog_snapshot_age = prometheus::Gauge::new(
             "sluice_catalog_snapshot_age_seconds",
             "Age of the catalog snapshot writes route with (above SLUICE_CATALOG_REFRESH_MS: the catalog cannot be read)",
         )
         .expect("valid gauge");
-        registry
-            .register(Box::new(catalog_snapshot_age.clone()))
-            .expect("unique metric");
-        let retention_deleted = counter(
+        f.add(&catalog_snapshot_age);
+        let retention_deleted = f.counter(
             "sluice_retention_deleted_total",
             "Rows deleted by the retention task, per shard and table",
             &["shard", "table"],
         );
-        let retention_errors = counter(
+        let retention_errors = f.counter(
             "sluice_retention_errors_total",
             "Retention deletes that failed, per shard (the next pass tries again)",
             &["shard"],
+        );
+        let ledger_dead_letters = f.counter(
+            "sluice_ledger_dead_letters_total",
+            "Dead-lettered events newly recorded in the delivery ledger, per environment (each once, however often reported)",
+            &["env"],
         );
         let retention_pass_seconds = prometheus::Histogram::with_opts(
             HistogramOpts::new(
@@ -165,10 +153,11 @@ impl Metrics {
             .buckets(vec![0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0]),
         )
         .expect("valid histogram");
-        registry
-            .register(Box::new(retention_pass_seconds.clone()))
-            .expect("unique metric");
+        f.add(&retention_pass_seconds);
         Self {
+            registry: f.registry,
+            names: f.names,
+            ledger_dead_letters,
             retention_deleted,
             retention_errors,
             retention_pass_seconds,
@@ -179,7 +168,6 @@ impl Metrics {
             catalog_snapshot_age,
             stats_polls,
             tail_polls,
-            registry,
             events_inserted,
             events_duplicate,
             shard_errors,
@@ -190,6 +178,12 @@ impl Metrics {
         }
     }
 
+    /// Every metric family's name, whether or not it has a sample yet (the
+    /// operator's kit in deploy/ is checked against these).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
@@ -198,8 +192,106 @@ impl Metrics {
     }
 }
 
+/// The registry being filled, and the names registered in it.
+#[derive(Default)]
+struct Families {
+    registry: Registry,
+    names: Vec<String>,
+}
+
+impl Families {
+    fn add<C: Collector + Clone + 'static>(&mut self, c: &C) {
+        self.names
+            .extend(c.desc().iter().map(|d| d.fq_name.clone()));
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("unique metric");
+    }
+
+    fn counter(&mut self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+        self.add(&c);
+        c
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// `sluice_…` names in a text: metric families, and the `_bucket` /
+    /// `_sum` / `_count` series of histograms.
+    fn metric_names(text: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("sluice_") {
+            let tail = &rest[at..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+                .unwrap_or(tail.len());
+            out.insert(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    fn kit(file: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy")
+            .join(file);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The operator's kit (deploy/) names only metrics the backend exports,
+    /// and the dashboard shows every one of them: a renamed metric breaks
+    /// this test, a new one asks for its panel.
+    #[test]
+    fn the_dashboard_and_alerts_use_exactly_the_exported_metrics() {
+        let metrics = Metrics::new();
+        let exported: BTreeSet<String> = metrics.names().iter().cloned().collect();
+        assert!(exported.contains("sluice_ledger_dead_letters_total"));
+        let family = |name: &str| {
+            ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|base| exported.contains(*base)))
+                .unwrap_or(name)
+                .to_string()
+        };
+        let dashboard = kit("grafana/sluice-backend.json");
+        let on_dashboard: BTreeSet<String> =
+            metric_names(&dashboard).iter().map(|n| family(n)).collect();
+        for file in [
+            "grafana/sluice-backend.json",
+            "prometheus/alerts.yml",
+            "prometheus/alerts.test.yml",
+        ] {
+            for name in metric_names(&kit(file)) {
+                assert!(
+                    exported.contains(&family(&name)),
+                    "deploy/{file} names {name}, which the backend does not export"
+                );
+            }
+        }
+        let missing: Vec<_> = exported.difference(&on_dashboard).collect();
+        assert!(missing.is_empty(), "not on the dashboard: {missing:?}");
+    }
+
+    #[test]
+    fn names_lists_every_family_before_it_has_a_sample() {
+        let metrics = Metrics::new();
+        assert!(!metrics.render().contains("sluice_shard_errors_total"));
+        assert!(metrics
+            .names()
+            .iter()
+            .any(|n| n == "sluice_shard_errors_total"));
+        let unique: BTreeSet<_> = metrics.names().iter().collect();
+        assert_eq!(unique.len(), metrics.names().len());
     }
 }

@@ -119,6 +119,18 @@ async fn every_outcome_is_counted_once_and_the_ledger_adds_up() {
     let f = "00000000000000000000000000000f0f";
     let dead = json!({"dead_letters": [{"env_id": env, "id": "f1", "received_at": at, "acceptance": {"id": f, "n": 1}}]});
     assert_eq!(report(addr, &dead).await.0, 200);
+    // The metric the dead-letter alert watches: d1, d2 (reported twice),
+    // e1 and f1, each once.
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("sluice_ledger_dead_letters_total{env=\"web\"} 4"),
+        "{metrics}"
+    );
     let before_replay = ledger(addr, &token, at - 60_000, at + 120_000).await;
     assert_eq!(before_replay["in_flight"], 0, "{before_replay}");
     assert_eq!(

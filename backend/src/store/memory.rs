@@ -308,21 +308,27 @@ impl LedgerStore for MemoryStore {
         Ok(())
     }
 
-    async fn dead_letters(&self, shard: &Shard, env_id: u32, letters: &[DeadLetter]) -> Result<()> {
+    async fn dead_letters(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        letters: &[DeadLetter],
+    ) -> Result<u64> {
         let mut s = lock(&self.shards);
+        let mut new = 0;
         for letter in letters {
-            let (acceptance, n) = delivery::dead_letter_acceptance(letter);
-            s.dead_letters.insert(
-                (
-                    shard.id,
-                    env_id,
-                    protocol::event_key(&letter.id),
-                    letter.received_at,
-                ),
-                (acceptance, n),
+            let key = (
+                shard.id,
+                env_id,
+                protocol::event_key(&letter.id),
+                letter.received_at,
             );
+            if let std::collections::btree_map::Entry::Vacant(slot) = s.dead_letters.entry(key) {
+                slot.insert(delivery::dead_letter_acceptance(letter));
+                new += 1;
+            }
         }
-        Ok(())
+        Ok(new)
     }
 
     async fn compact(

@@ -80,8 +80,10 @@ pub trait LedgerStore: Send + Sync {
     ) -> Result<()>;
 
     /// Dead-lettered events, once each (by id and receive time), with the
-    /// acceptance they came in (the ledger counts it when no write did).
-    async fn dead_letters(&self, shard: &Shard, env_id: u32, letters: &[DeadLetter]) -> Result<()>;
+    /// acceptance they came in (the ledger counts it when no write did);
+    /// returns how many were not recorded before (a repeated report adds none).
+    async fn dead_letters(&self, shard: &Shard, env_id: u32, letters: &[DeadLetter])
+        -> Result<u64>;
 
     /// Sums the write rows (`summable`) of up to `max_minutes` minutes
     /// before `before` (unix seconds) into one row per minute and outcome;

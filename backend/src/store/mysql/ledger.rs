@@ -79,8 +79,14 @@ impl LedgerStore for Shards {
         Ok(())
     }
 
-    async fn dead_letters(&self, shard: &Shard, env_id: u32, letters: &[DeadLetter]) -> Result<()> {
+    async fn dead_letters(
+        &self,
+        shard: &Shard,
+        env_id: u32,
+        letters: &[DeadLetter],
+    ) -> Result<u64> {
         let pool = self.pool(shard)?;
+        let mut new = 0;
         for chunk in letters.chunks(500) {
             let mut insert = QueryBuilder::<MySql>::new(INSERT_DEAD_LETTERS);
             insert.push_values(chunk, |mut b, letter| {
@@ -92,9 +98,9 @@ impl LedgerStore for Shards {
                     .push_bind(acceptance.to_vec())
                     .push_bind(n);
             });
-            insert.build().execute(&pool).await?;
+            new += insert.build().execute(&pool).await?.rows_affected();
         }
-        Ok(())
+        Ok(new)
     }
 
     async fn compact(
