@@ -26,6 +26,9 @@ cargo test --workspace
 
 [[ ${SLUICE_TEST_ONLY:-} == rust ]] && exit 0
 
+echo "test.sh: operator's kit (deploy/: promtool checks the rules, their tests and the dashboard's queries)"
+node scripts/check-deploy.mjs
+
 echo "test.sh: edge end-to-end tests (workerd via miniflare)"
 scripts/test-edge.sh
 
