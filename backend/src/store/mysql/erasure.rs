@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sqlx::{MySql, MySqlPool, QueryBuilder, Row};
+use sqlx::{MySqlPool, Row};
 
 use crate::{
     erasure::{IdKind, Person},
@@ -131,8 +131,9 @@ pub async fn erase_events(
     person: &Person,
     chunk: u32,
 ) -> Result<Removed> {
-    let column = person.kind.column();
-    let matches = format!("({column} = ? OR previous_id = ?)");
+    // The person's match, with two binds: the sweep's read and its delete
+    // both judge a row by it.
+    let matches = format!("({} = ? OR previous_id = ?)", person.kind.column());
     let mut removed = Removed::default();
     let mut after: Vec<u8> = Vec::new();
     loop {
@@ -159,7 +160,7 @@ pub async fn erase_events(
             }
         }
         if !hits.is_empty() {
-            removed.events += delete_matching(pool, env_id, &hits, column, &person.id).await?;
+            removed.events += delete_matching(pool, env_id, &hits, &matches, &person.id).await?;
         }
         if rows.len() < chunk as usize {
             break;
@@ -181,20 +182,21 @@ async fn delete_matching(
     pool: &MySqlPool,
     env_id: u32,
     ids: &[Vec<u8>],
-    column: &str,
+    matches: &str,
     id: &str,
 ) -> Result<u64> {
-    let mut delete = QueryBuilder::<MySql>::new("DELETE FROM events WHERE env_id = ");
-    delete.push_bind(env_id).push(" AND id IN (");
-    let mut list = delete.separated(", ");
+    let sql = format!(
+        "DELETE FROM events WHERE env_id = ? AND id IN ({}) AND {matches}",
+        vec!["?"; ids.len()].join(", ")
+    );
+    let mut delete = sqlx::query(&sql).bind(env_id);
     for key in ids {
-        list.push_bind(key);
+        delete = delete.bind(key);
     }
-    delete.push(format!(") AND ({column} = "));
-    delete
-        .push_bind(id)
-        .push(" OR previous_id = ")
-        .push_bind(id)
-        .push(")");
-    Ok(delete.build().execute(pool).await?.rows_affected())
+    Ok(delete
+        .bind(id)
+        .bind(id)
+        .execute(pool)
+        .await?
+        .rows_affected())
 }
