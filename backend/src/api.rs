@@ -201,11 +201,13 @@ pub fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
 
 /// Decode and validate a batch: all-or-nothing, with every invalid envelope listed.
 pub fn decode_batch(bytes: &[u8], max_events: usize) -> Result<Vec<Envelope>, Error> {
-    let envelopes: Vec<Envelope> =
-        serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-            serde_json::error::Category::Data => Error::InvalidBatch(e.to_string()),
-            _ => Error::MalformedJson(e.to_string()),
-        })?;
+    // One UTF-8 check of the whole body: `from_slice` checks every string on its own.
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| Error::MalformedJson(format!("the body is not UTF-8: {e}")))?;
+    let envelopes: Vec<Envelope> = serde_json::from_str(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => Error::InvalidBatch(e.to_string()),
+        _ => Error::MalformedJson(e.to_string()),
+    })?;
     if envelopes.is_empty() {
         return Err(Error::EmptyBatch);
     }
@@ -247,12 +249,11 @@ async fn ingest_batch(
         let raw = read_body(body, limit).await?;
         // Inflating and parsing megabytes is CPU work: keep it off the async workers.
         let mut envelopes = tokio::task::spawn_blocking(move || {
-            let bytes = if gzip {
-                gunzip(&raw, limit)?
+            if gzip {
+                decode_batch(&gunzip(&raw, limit)?, max_events)
             } else {
-                raw.to_vec()
-            };
-            decode_batch(&bytes, max_events)
+                decode_batch(&raw, max_events)
+            }
         })
         .await
         .map_err(|e| Error::Internal(format!("decoder task failed: {e}")))??;

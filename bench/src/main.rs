@@ -306,7 +306,7 @@ async fn raw_insert(pool: &MySqlPool, rows: &[Envelope]) {
         .collect();
     let rows: Vec<&EventRow> = rows.iter().collect();
     events_insert(&rows)
-        .build()
+        .expect("rows encode")
         .execute(pool)
         .await
         .expect("raw insert");
