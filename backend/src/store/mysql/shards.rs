@@ -324,14 +324,14 @@ pub fn event_rows<'a>(
     })
 }
 
-/// Give every row its shared context's id; `Err` when `ids` lacks one.
+/// Give every row its shared context's id; `Err(hash)` for a hash `ids` lacks.
 pub fn set_context_ids(
     rows: &mut [Row<'_>],
     ids: &HashMap<[u8; 16], u32>,
-) -> std::result::Result<(), ()> {
+) -> std::result::Result<(), [u8; 16]> {
     for row in rows {
         if let Some(hash) = row.shared_context {
-            row.event.context_id = *ids.get(&hash).ok_or(())?;
+            row.event.context_id = *ids.get(&hash).ok_or(hash)?;
         }
     }
     Ok(())
@@ -700,7 +700,7 @@ impl Shards {
         let context_ids = self
             .context_ids(shard.id, &pool, env_id, &shared_contexts)
             .await?;
-        set_context_ids(&mut rows, &context_ids).map_err(|()| {
+        set_context_ids(&mut rows, &context_ids).map_err(|_| {
             crate::error::Error::Internal(format!(
                 "a shared context has no id on shard {}",
                 shard.name
