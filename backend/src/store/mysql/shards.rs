@@ -218,6 +218,29 @@ pub fn events_insert(rows: &[&EventRow<'_>]) -> sqlx::Result<EventsInsert> {
     sql.push_str(INSERT_EVENTS);
     sql.push_str("VALUES ");
     let mut arguments = MySqlArguments::default();
+    // The encoded size, near enough that the buffer is not grown (and copied) as it fills.
+    let text = |t: Option<&str>| t.map_or(0, |t| t.len() + 3);
+    let bytes: usize = rows
+        .iter()
+        .map(|row| {
+            let e = row.envelope;
+            64 + e.id.len()
+                + row.properties.len()
+                + row.context.len()
+                + [
+                    e.user_id.as_deref(),
+                    e.anonymous_id.as_deref(),
+                    e.session_id.as_deref(),
+                    row.traits.as_deref(),
+                    e.group_id.as_deref(),
+                    e.previous_id.as_deref(),
+                ]
+                .map(text)
+                .iter()
+                .sum::<usize>()
+        })
+        .sum();
+    arguments.reserve(rows.len() * EVENT_COLUMNS, bytes);
     for (i, row) in rows.iter().enumerate() {
         if i > 0 {
             sql.push_str(", ");
