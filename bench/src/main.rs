@@ -5,7 +5,8 @@
 //! 1. events/s committed through `POST /v1/ingest` (2 shards, batches of
 //!    500, ~300-byte events with 5 properties) next to the raw ceiling: the
 //!    same rows written by plain sqlx multi-row INSERTs, same schema, same
-//!    connection count;
+//!    connection count; and the backend's CPU per 100,000 events meanwhile
+//!    (`--only throughput` runs just these, BENCHMARKS.md "CPU per event");
 //! 4. bytes per event on disk against a naive schema;
 //! 6. backend peak RSS during figure 1;
 //!
