@@ -26,7 +26,7 @@ async fn write(pool: &MySqlPool, chunk: &[Envelope], ledger: bool) {
     let rows: Vec<&EventRow> = rows.iter().collect();
     let mut tx = pool.begin().await.expect("begin");
     events_insert(&rows)
-        .build()
+        .expect("rows encode")
         .execute(&mut *tx)
         .await
         .expect("insert");

@@ -10,7 +10,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime};
 use protocol::{Envelope, EventType};
 use sha2::{Digest, Sha256};
-use sqlx::{mysql::MySqlPool, MySql, QueryBuilder, Row as _, Transaction};
+use sqlx::{
+    mysql::{MySqlArguments, MySqlPool, MySqlQueryResult},
+    Arguments as _, MySql, QueryBuilder, Row as _, Transaction,
+};
 
 use crate::{
     db, delivery,
@@ -33,15 +36,35 @@ const CONTEXT_CACHE_LIMIT: usize = 200_000;
 pub const PER_EVENT_CONTEXT_KEYS: [&str; 6] =
     ["campaign", "ip", "location", "page", "referrer", "traits"];
 
-/// A context split into its shared part and its per-event part, as JSON text.
+/// A context split into its shared part and its per-event part, as JSON text
+/// (keys sorted, so equal parts are equal text). Written straight from the
+/// map's entries: no map of either part is built.
 pub fn split_context(context: &serde_json::Map<String, serde_json::Value>) -> (String, String) {
-    let (per_event, shared): (BTreeMap<&str, _>, BTreeMap<&str, _>) = context
-        .iter()
-        .map(|(k, v)| (k.as_str(), v))
-        .partition(|(k, _)| PER_EVENT_CONTEXT_KEYS.contains(k));
-    // Maps of JSON values always serialize.
-    let text = |m: BTreeMap<&str, _>| serde_json::to_string(&m).unwrap_or_else(|_| "{}".into());
-    (text(shared), text(per_event))
+    let mut entries: Vec<(&String, &serde_json::Value)> = context.iter().collect();
+    // serde_json's map iterates in key order already (without `preserve_order`): a no-op then.
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let (mut shared, mut per_event) = (Vec::with_capacity(128), Vec::with_capacity(32));
+    for (key, value) in entries {
+        let text = if PER_EVENT_CONTEXT_KEYS.contains(&key.as_str()) {
+            &mut per_event
+        } else {
+            &mut shared
+        };
+        text.push(if text.is_empty() { b'{' } else { b',' });
+        // Strings and JSON values always serialize (into a Vec, infallibly).
+        let _ = serde_json::to_writer(&mut *text, key);
+        text.push(b':');
+        let _ = serde_json::to_writer(&mut *text, value);
+    }
+    let close = |mut text: Vec<u8>| {
+        if text.is_empty() {
+            text.push(b'{');
+        }
+        text.push(b'}');
+        // serde_json writes UTF-8.
+        String::from_utf8(text).unwrap_or_else(|_| "{}".to_owned())
+    };
+    (close(shared), close(per_event))
 }
 
 /// The key of a shared context in `contexts`: the first 16 bytes of the
@@ -134,9 +157,20 @@ impl<'a> EventRow<'a> {
     /// The row of `envelope`, with its name's id and its context's shared
     /// part's id on the shard; `context` is the per-event part.
     pub fn new(envelope: &'a Envelope, name_id: u32, context_id: u32, context: String) -> Self {
+        Self::keyed(envelope, envelope.key(), name_id, context_id, context)
+    }
+
+    /// The same, with the envelope's key already computed.
+    fn keyed(
+        envelope: &'a Envelope,
+        key: [u8; 16],
+        name_id: u32,
+        context_id: u32,
+        context: String,
+    ) -> Self {
         Self {
             envelope,
-            key: envelope.key(),
+            key,
             name_id,
             ts: datetime(envelope.timestamp),
             received_at: datetime(envelope.received_at),
@@ -148,29 +182,92 @@ impl<'a> EventRow<'a> {
     }
 }
 
+/// One multi-row `INSERT IGNORE` of rows into `events`: its SQL and its
+/// arguments, encoded. Built by hand rather than with sqlx's `QueryBuilder`,
+/// which formats every placeholder and separator through `fmt::write` (a
+/// tenth of the write path's instructions, BENCHMARKS.md "CPU per event").
+pub struct EventsInsert {
+    sql: String,
+    arguments: MySqlArguments,
+}
+
+/// Columns of [`INSERT_EVENTS`], one placeholder each per row.
+const EVENT_COLUMNS: usize = 16;
+
+impl EventsInsert {
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// Run it (on a pool, a connection or a transaction).
+    pub async fn execute<'c, E>(self, executor: E) -> sqlx::Result<MySqlQueryResult>
+    where
+        E: sqlx::Executor<'c, Database = MySql>,
+    {
+        sqlx::query_with(&self.sql, self.arguments)
+            .execute(executor)
+            .await
+    }
+}
+
 /// One multi-row `INSERT IGNORE` of `rows` into `events`.
-pub fn events_insert<'q>(rows: &'q [&EventRow<'_>]) -> QueryBuilder<'q, MySql> {
-    let mut insert = QueryBuilder::<MySql>::new(INSERT_EVENTS);
-    insert.push_values(rows, |mut b, row| {
+pub fn events_insert(rows: &[&EventRow<'_>]) -> sqlx::Result<EventsInsert> {
+    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+    debug_assert_eq!(ROW.matches('?').count(), EVENT_COLUMNS);
+    let mut sql = String::with_capacity(INSERT_EVENTS.len() + 7 + rows.len() * (ROW.len() + 2));
+    sql.push_str(INSERT_EVENTS);
+    sql.push_str("VALUES ");
+    let mut arguments = MySqlArguments::default();
+    // The encoded size, near enough that the buffer is not grown (and copied) as it fills.
+    let text = |t: Option<&str>| t.map_or(0, |t| t.len() + 3);
+    let bytes: usize = rows
+        .iter()
+        .map(|row| {
+            let e = row.envelope;
+            64 + e.id.len()
+                + row.properties.len()
+                + row.context.len()
+                + [
+                    e.user_id.as_deref(),
+                    e.anonymous_id.as_deref(),
+                    e.session_id.as_deref(),
+                    row.traits.as_deref(),
+                    e.group_id.as_deref(),
+                    e.previous_id.as_deref(),
+                ]
+                .map(text)
+                .iter()
+                .sum::<usize>()
+        })
+        .sum();
+    arguments.reserve(rows.len() * EVENT_COLUMNS, bytes);
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(ROW);
         let e = row.envelope;
-        b.push_bind(e.env_id)
-            .push_bind(&row.key[..])
-            .push_bind(row.name_id)
-            .push_bind(e.event_type.code())
-            .push_bind(row.ts)
-            .push_bind(row.received_at)
-            .push_bind(e.user_id.as_deref())
-            .push_bind(e.anonymous_id.as_deref())
-            .push_bind(e.session_id.as_deref())
-            .push_bind((!protocol::is_uuid(&e.id)).then_some(e.id.as_str()))
-            .push_bind(row.properties.as_str())
-            .push_bind(row.context_id)
-            .push_bind(row.context.as_str())
-            .push_bind(row.traits.as_deref())
-            .push_bind(e.group_id.as_deref())
-            .push_bind(e.previous_id.as_deref());
-    });
-    insert
+        let add = |result: std::result::Result<(), sqlx::error::BoxDynError>| {
+            result.map_err(sqlx::Error::Encode)
+        };
+        add(arguments.add(e.env_id))?;
+        add(arguments.add(&row.key[..]))?;
+        add(arguments.add(row.name_id))?;
+        add(arguments.add(e.event_type.code()))?;
+        add(arguments.add(row.ts))?;
+        add(arguments.add(row.received_at))?;
+        add(arguments.add(e.user_id.as_deref()))?;
+        add(arguments.add(e.anonymous_id.as_deref()))?;
+        add(arguments.add(e.session_id.as_deref()))?;
+        add(arguments.add((!protocol::is_uuid(&e.id)).then_some(e.id.as_str())))?;
+        add(arguments.add(row.properties.as_str()))?;
+        add(arguments.add(row.context_id))?;
+        add(arguments.add(row.context.as_str()))?;
+        add(arguments.add(row.traits.as_deref()))?;
+        add(arguments.add(e.group_id.as_deref()))?;
+        add(arguments.add(e.previous_id.as_deref()))?;
+    }
+    Ok(EventsInsert { sql, arguments })
 }
 
 /// One multi-row `INSERT IGNORE` of ledger rows.
@@ -189,9 +286,78 @@ pub fn delivery_insert<'q>(env_id: u32, entries: &'q [delivery::Entry]) -> Query
 
 /// A row being written, and the hash of its context's shared part (`None`
 /// when that part is empty) until its id is known.
-struct Row<'a> {
-    event: EventRow<'a>,
-    shared_context: Option<[u8; 16]>,
+pub struct Row<'a> {
+    pub event: EventRow<'a>,
+    pub shared_context: Option<[u8; 16]>,
+}
+
+/// One environment's envelopes as rows, before their shared contexts have
+/// ids on the shard (the CPU part of [`Shards::write`], without I/O).
+pub struct EventRows<'a> {
+    pub rows: Vec<Row<'a>>,
+    /// The shared contexts the rows refer to, by hash, with their text.
+    pub shared_contexts: BTreeMap<[u8; 16], String>,
+    /// Envelopes whose key an earlier one of the same batch had.
+    pub duplicates: u64,
+}
+
+/// The rows of `envelopes` (the first of each key), with their names' ids
+/// from `name_ids`; `Err(name)` for a name it has no id for.
+pub fn event_rows<'a>(
+    envelopes: &[&'a Envelope],
+    name_ids: &HashMap<(u8, &str), u32>,
+) -> std::result::Result<EventRows<'a>, String> {
+    let mut seen = HashSet::with_capacity(envelopes.len());
+    let mut rows = Vec::with_capacity(envelopes.len());
+    let mut duplicates = 0;
+    // A batch's events share few contexts: each distinct text is hashed once.
+    let mut hashes: HashMap<String, [u8; 16]> = HashMap::new();
+    for &envelope in envelopes {
+        let key = envelope.key();
+        if !seen.insert(key) {
+            duplicates += 1;
+            continue;
+        }
+        let Some(&name_id) = name_ids.get(&(envelope.event_type.code(), envelope.name.as_str()))
+        else {
+            return Err(envelope.name.clone());
+        };
+        let (shared, context) = split_context(&envelope.context);
+        let shared_context = (shared != "{}").then(|| match hashes.get(shared.as_str()) {
+            Some(&hash) => hash,
+            None => {
+                let hash = context_hash(&shared);
+                hashes.insert(shared, hash);
+                hash
+            }
+        });
+        rows.push(Row {
+            event: EventRow::keyed(envelope, key, name_id, 0, context),
+            shared_context,
+        });
+    }
+    let shared_contexts = hashes
+        .into_iter()
+        .map(|(text, hash)| (hash, text))
+        .collect();
+    Ok(EventRows {
+        rows,
+        shared_contexts,
+        duplicates,
+    })
+}
+
+/// Give every row its shared context's id; `Err(hash)` for a hash `ids` lacks.
+pub fn set_context_ids(
+    rows: &mut [Row<'_>],
+    ids: &HashMap<[u8; 16], u32>,
+) -> std::result::Result<(), [u8; 16]> {
+    for row in rows {
+        if let Some(hash) = row.shared_context {
+            row.event.context_id = *ids.get(&hash).ok_or(hash)?;
+        }
+    }
+    Ok(())
 }
 
 fn json_text(map: &serde_json::Map<String, serde_json::Value>) -> String {
@@ -443,8 +609,7 @@ impl Shards {
     async fn insert(&self, tx: &mut Transaction<'_, MySql>, rows: &[&EventRow<'_>]) -> Result<u64> {
         let mut affected = 0;
         for chunk in rows.chunks(self.chunk_rows) {
-            affected += events_insert(chunk)
-                .build()
+            affected += events_insert(chunk)?
                 .execute(&mut **tx)
                 .await?
                 .rows_affected();
@@ -545,49 +710,25 @@ impl Shards {
             .collect();
         let name_ids = self.name_ids(shard.id, &pool, env_id, &names).await?;
 
-        let mut seen = HashSet::with_capacity(envelopes.len());
-        let mut rows = Vec::with_capacity(envelopes.len());
-        let mut duplicates = 0;
-        let mut shared_contexts: BTreeMap<[u8; 16], String> = BTreeMap::new();
-        for &envelope in envelopes {
-            let key = envelope.key();
-            if !seen.insert(key) {
-                duplicates += 1;
-                continue;
-            }
-            let Some(&name_id) =
-                name_ids.get(&(envelope.event_type.code(), envelope.name.as_str()))
-            else {
-                return Err(crate::error::Error::Internal(format!(
-                    "event name {:?} has no id on shard {}",
-                    envelope.name, shard.name
-                )));
-            };
-            let (shared, context) = split_context(&envelope.context);
-            let shared_context = (shared != "{}").then(|| {
-                let hash = context_hash(&shared);
-                shared_contexts.entry(hash).or_insert(shared);
-                hash
-            });
-            rows.push(Row {
-                event: EventRow::new(envelope, name_id, 0, context),
-                shared_context,
-            });
-        }
-
+        let EventRows {
+            mut rows,
+            shared_contexts,
+            duplicates,
+        } = event_rows(envelopes, &name_ids).map_err(|name| {
+            crate::error::Error::Internal(format!(
+                "event name {name:?} has no id on shard {}",
+                shard.name
+            ))
+        })?;
         let context_ids = self
             .context_ids(shard.id, &pool, env_id, &shared_contexts)
             .await?;
-        for row in &mut rows {
-            if let Some(hash) = row.shared_context {
-                row.event.context_id = *context_ids.get(&hash).ok_or_else(|| {
-                    crate::error::Error::Internal(format!(
-                        "a shared context has no id on shard {}",
-                        shard.name
-                    ))
-                })?;
-            }
-        }
+        set_context_ids(&mut rows, &context_ids).map_err(|_| {
+            crate::error::Error::Internal(format!(
+                "a shared context has no id on shard {}",
+                shard.name
+            ))
+        })?;
 
         let all: Vec<&EventRow> = rows.iter().map(|r| &r.event).collect();
         let write_source = rand::random::<[u8; 16]>();
@@ -774,6 +915,45 @@ mod tests {
         assert_eq!(shared, r#"{"country":"DE","library":{"name":"js"}}"#);
         assert_eq!(per_event, r#"{"ip":null,"page":{"url":"/a"}}"#);
         assert_eq!(split_context(&map(json!({}))), ("{}".into(), "{}".into()));
+    }
+
+    #[test]
+    fn event_rows_keep_the_first_of_a_key_and_one_text_per_shared_context() {
+        let envelope = |id: &str, country: &str| -> Envelope {
+            serde_json::from_value(json!({"id": id, "env_id": 1, "name": "x", "timestamp": 0,
+                "received_at": 0, "context": {"country": country, "page": {"url": id}}}))
+            .expect("envelope")
+        };
+        let batch = [
+            envelope("a", "DE"),
+            envelope("b", "FR"),
+            envelope("a", "US"),
+            envelope("c", "DE"),
+        ];
+        let refs: Vec<&Envelope> = batch.iter().collect();
+        let names = HashMap::from([((0u8, "x"), 9)]);
+        let built = event_rows(&refs, &names).expect("rows");
+        assert_eq!(built.duplicates, 1);
+        let ids: Vec<&str> = built
+            .rows
+            .iter()
+            .map(|r| r.event.envelope.id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(built.shared_contexts.len(), 2, "DE twice, FR once");
+        assert_eq!(built.rows[0].shared_context, built.rows[2].shared_context);
+        let de = built.rows[0].shared_context.expect("shared part");
+        assert_eq!(built.shared_contexts[&de], r#"{"country":"DE"}"#);
+        assert_eq!(built.rows[2].event.context, r#"{"page":{"url":"c"}}"#);
+        assert_eq!(
+            event_rows(&refs, &HashMap::new()).err().as_deref(),
+            Some("x")
+        );
+
+        let rows: Vec<&EventRow> = built.rows.iter().map(|r| &r.event).collect();
+        let insert = events_insert(&rows).expect("encodes");
+        assert_eq!(insert.sql().matches('?').count(), 3 * EVENT_COLUMNS);
+        assert_eq!(insert.sql().matches("), (").count(), 2);
     }
 
     #[test]
