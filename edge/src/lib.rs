@@ -8,8 +8,8 @@ pub mod config;
 pub mod consumer;
 pub mod deadletter;
 pub mod error;
-#[cfg(test)]
-mod fakes;
+#[cfg(any(test, feature = "fakes"))]
+pub mod fakes;
 pub mod forward;
 pub mod handlers;
 pub mod log;
