@@ -20,9 +20,16 @@ for (let i = 0; i < argv.length; i += 2) {
   const name = argv[i].replace(/^--/, "").replace(/-/g, "_");
   opts[name] = argv[i + 1];
 }
-if (!opts.inspector_port) {
+if (!opts.inspector_port && !opts.url) {
   console.error("usage: cpu-profile.mjs --inspector-port P [--url URL --key KEY] [--seconds S] [--concurrency C] [--out FILE]");
+  console.error("       (without --inspector-port: only the load, and its requests/s)");
   process.exit(2);
+}
+
+if (!opts.inspector_port) {
+  const { sent, failed } = await load();
+  console.log(`${sent} requests answered 202 (${failed} other) in ${opts.seconds} s: ${(sent / opts.seconds).toFixed(0)} requests/s`);
+  process.exit(0);
 }
 
 const targets = await (await fetch(`http://127.0.0.1:${opts.inspector_port}/json`)).json();
@@ -50,22 +57,7 @@ await call("Profiler.enable");
 await call("Profiler.setSamplingInterval", { interval: 100 });
 await call("Profiler.start");
 
-let sent = 0;
-let failed = 0;
-if (opts.url) {
-  const body = JSON.stringify([{ event: "page_view", user_id: "u0", properties: { path: "/pricing", ref: "ad", plan: "pro", amount: 12.5, step: 0 } }]);
-  const until = Date.now() + Number(opts.seconds) * 1000;
-  const worker = async () => {
-    while (Date.now() < until) {
-      const r = await fetch(opts.url, { method: "POST", body, headers: { authorization: `Bearer ${opts.key}`, "content-type": "application/json" } });
-      await r.arrayBuffer();
-      r.status === 202 ? sent++ : failed++;
-    }
-  };
-  await Promise.all(Array.from({ length: Number(opts.concurrency) }, worker));
-} else {
-  await new Promise((r) => setTimeout(r, Number(opts.seconds) * 1000));
-}
+const { sent, failed } = await load();
 const { result } = await call("Profiler.stop");
 ws.close();
 const profile = result.profile;
@@ -107,3 +99,24 @@ const busy = total - (perPart.get("idle") ?? 0);
 if (sent) console.log(`busy ${(busy / 1000).toFixed(1)} ms: ${(busy / sent).toFixed(1)} µs per request`);
 console.log(`\ntop ${opts.top} functions by self time:`);
 for (const [f, us] of [...perFunction].sort((a, b) => b[1] - a[1]).slice(0, Number(opts.top))) console.log(`${ms(us)} ${pct(us)}%  ${f}`);
+
+// `--concurrency` clients posting the bench's 1-event body for `--seconds`.
+async function load() {
+  let sent = 0;
+  let failed = 0;
+  if (!opts.url) {
+    await new Promise((r) => setTimeout(r, Number(opts.seconds) * 1000));
+    return { sent, failed };
+  }
+  const body = JSON.stringify([{ event: "page_view", user_id: "u0", properties: { path: "/pricing", ref: "ad", plan: "pro", amount: 12.5, step: 0 } }]);
+  const until = Date.now() + Number(opts.seconds) * 1000;
+  const client = async () => {
+    while (Date.now() < until) {
+      const r = await fetch(opts.url, { method: "POST", body, headers: { authorization: `Bearer ${opts.key}`, "content-type": "application/json" } });
+      await r.arrayBuffer();
+      r.status === 202 ? sent++ : failed++;
+    }
+  };
+  await Promise.all(Array.from({ length: Number(opts.concurrency) }, client));
+  return { sent, failed };
+}

@@ -374,8 +374,26 @@ fn platform_minimal_worker() -> std::path::PathBuf {
     dir
 }
 
-/// Medians over `runs` of requests/s of `n` POSTs of `body` with
-/// `concurrency` in flight, for each url, the urls taking turns.
+/// The workerd process serving `url` (`--socket-addr=entry=127.0.0.1:PORT`).
+fn workerd_pid(url: &str) -> Option<u32> {
+    let port = url.rsplit(':').next()?;
+    let wanted = format!("entry=127.0.0.1:{port}");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let mut args = cmdline.split(|b| *b == 0);
+            let is_workerd = args.next().is_some_and(|a| a.ends_with(b"workerd"));
+            (is_workerd && args.any(|a| a.ends_with(wanted.as_bytes()))).then_some(pid)
+        })
+}
+
+/// Medians over `runs`, for each url (the urls taking turns), of the
+/// requests/s of `n` POSTs of `body` with `concurrency` in flight, and of
+/// the CPU its workerd process used per request (µs, user + system: the
+/// worker's code, the runtime's and miniflare's simulated bindings).
 async fn rates(
     urls: &[&str],
     key: &str,
@@ -383,18 +401,27 @@ async fn rates(
     n: usize,
     concurrency: usize,
     runs: usize,
-) -> Vec<f64> {
-    let mut all = vec![Vec::new(); urls.len()];
+) -> Vec<(f64, f64)> {
+    let pids: Vec<Option<u32>> = urls.iter().map(|u| workerd_pid(u)).collect();
+    let mut all = vec![(Vec::new(), Vec::new()); urls.len()];
     for _ in 0..runs {
-        for (url, out) in urls.iter().zip(all.iter_mut()) {
-            out.push(
+        for ((url, pid), out) in urls.iter().zip(&pids).zip(all.iter_mut()) {
+            let before = pid.map(crate::cpu_seconds);
+            out.0.push(
                 load(&format!("{url}/v1/events"), key, body, n, concurrency)
                     .await
                     .2,
             );
+            let used = match (pid, before) {
+                (Some(pid), Some(before)) => (crate::cpu_seconds(*pid) - before) * 1e6 / n as f64,
+                _ => f64::NAN,
+            };
+            out.1.push(used);
         }
     }
-    all.into_iter().map(crate::median).collect()
+    all.into_iter()
+        .map(|(r, c)| (crate::median(r), crate::median(c)))
+        .collect()
 }
 
 pub async fn figures(
@@ -513,7 +540,11 @@ pub async fn figures(
         runs,
     )
     .await;
-    let (r_ours, r_min, r_triv, r_whole, r_split) = (rps[0], rps[1], rps[2], rps[3], rps[4]);
+    let [(r_ours, c_ours), (r_min, c_min), (r_triv, c_triv), (r_whole, c_whole), (r_split, c_split)] =
+        rps[..]
+    else {
+        unreachable!("one figure per url")
+    };
     let (mut p_ours, mut p_min) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         p_ours.push(
@@ -559,13 +590,21 @@ pub async fn figures(
         ratio: Some(p_ours / p_min),
         target: "≤ +0.5 ms".into(),
     });
+    top.push(Figure {
+        name: "edge workerd CPU per request vs platform-minimal worker (user + system of its workerd process, 1-event requests, concurrency 32)".into(),
+        value: c_ours,
+        unit: "µs",
+        reference: format!("platform-minimal worker {c_min:.0} (+{:.0}); trivial worker {c_triv:.0}", c_ours - c_min),
+        ratio: Some(c_ours / c_min),
+        target: "-".into(),
+    });
     top.push(cold);
     top.push(size);
     figures.push(Figure {
         name: "edge throughput, queue consumer in the same Worker (as deployed; consuming into the backend), 1-event requests, concurrency 32".into(),
         value: r_whole,
         unit: "requests/s",
-        reference: format!("no consumer in the workerd {r_ours:.0}"),
+        reference: format!("no consumer in the workerd {r_ours:.0} (workerd CPU per request {c_whole:.0} µs vs {c_ours:.0})"),
         ratio: Some(r_whole / r_ours),
         target: "-".into(),
     });
@@ -573,7 +612,7 @@ pub async fn figures(
         name: "edge throughput, queue consumer as a Worker of its own (same wasm, same workerd; consuming into the backend), 1-event requests, concurrency 32".into(),
         value: r_split,
         unit: "requests/s",
-        reference: format!("no consumer in the workerd {r_ours:.0}; consumer in the same Worker {r_whole:.0}"),
+        reference: format!("no consumer in the workerd {r_ours:.0}; consumer in the same Worker {r_whole:.0} (workerd CPU per request {c_split:.0} µs)"),
         ratio: Some(r_split / r_ours),
         target: "-".into(),
     });
