@@ -103,36 +103,44 @@ async fn dev_server(dir: &Path, ready_path: &str, extra: &[&str]) -> (Wrangler, 
 /// `wrangler dev` of several configs in one process (one workerd, a Worker
 /// each; the first one serves the port), once `ready_path` answers.
 async fn dev_servers(dirs: &[&Path], ready_path: &str, extra: &[&str]) -> (Wrangler, String) {
-    let port = free_port();
     let configs: Vec<String> = dirs
         .iter()
         .map(|d| d.join("wrangler.toml").to_string_lossy().into_owned())
         .collect();
-    let port_arg = port.to_string();
-    let mut args = vec!["dev"];
-    for config in &configs {
-        args.extend(["--config", config.as_str()]);
-    }
-    args.extend(["--ip", "127.0.0.1", "--port", &port_arg]);
-    args.extend_from_slice(extra);
-    let server = wrangler(&args);
-    let url = format!("http://127.0.0.1:{port}");
-    wait_ready(&format!("{url}{ready_path}"), Duration::from_secs(120)).await;
-    (server, url)
-}
-
-async fn wait_ready(url: &str, limit: Duration) -> Duration {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if reqwest::get(url)
-            .await
-            .is_ok_and(|r| r.status().as_u16() < 500)
-        {
-            return started.elapsed();
+    // A free port can be taken by another process's ephemeral port before
+    // workerd binds it (seen once with five servers starting): then wrangler
+    // exits, and the server starts again on another port.
+    for _attempt in 0..3 {
+        let port = free_port();
+        let port_arg = port.to_string();
+        let mut args = vec!["dev"];
+        for config in &configs {
+            args.extend(["--config", config.as_str()]);
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        args.extend(["--ip", "127.0.0.1", "--port", &port_arg]);
+        args.extend_from_slice(extra);
+        let mut server = wrangler(&args);
+        let url = format!("http://127.0.0.1:{port}");
+        let log = format!("target/artifacts/wrangler-{port}.log");
+        let ready = format!("Ready on {url}");
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(120) {
+            if server.0.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            let logged = std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&ready));
+            if logged
+                && reqwest::get(format!("{url}{ready_path}"))
+                    .await
+                    .is_ok_and(|r| r.status().as_u16() < 500)
+            {
+                return (server, url);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        eprintln!("wrangler dev on {url} did not start (see {log}); trying another port");
     }
-    panic!("{url} did not answer within {limit:?}");
+    panic!("wrangler dev of {configs:?} did not start in three tries");
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -404,8 +412,14 @@ async fn rates(
 ) -> Vec<(f64, f64)> {
     let pids: Vec<Option<u32>> = urls.iter().map(|u| workerd_pid(u)).collect();
     let mut all = vec![(Vec::new(), Vec::new()); urls.len()];
-    for _ in 0..runs {
-        for ((url, pid), out) in urls.iter().zip(&pids).zip(all.iter_mut()) {
+    for run in 0..runs {
+        // Each run starts one url further on, so none always follows the
+        // same one; and each waits 2 s after the previous load, for the
+        // queue consumers (where there are) to forward what it queued.
+        let order = (0..urls.len()).map(|i| (i + run) % urls.len());
+        for i in order {
+            let (url, pid, out) = (urls[i], pids[i], &mut all[i]);
+            tokio::time::sleep(Duration::from_secs(2)).await;
             let before = pid.map(crate::cpu_seconds);
             out.0.push(
                 load(&format!("{url}/v1/events"), key, body, n, concurrency)
@@ -413,7 +427,7 @@ async fn rates(
                     .2,
             );
             let used = match (pid, before) {
-                (Some(pid), Some(before)) => (crate::cpu_seconds(*pid) - before) * 1e6 / n as f64,
+                (Some(pid), Some(before)) => (crate::cpu_seconds(pid) - before) * 1e6 / n as f64,
                 _ => f64::NAN,
             };
             out.1.push(used);
