@@ -69,15 +69,27 @@ fn wrangler(args: &[&str]) -> Wrangler {
     )
 }
 
-/// A directory under .dev/ holding [`local_config`] of wrangler.toml.
-fn bench_config(name: &str, consumers: bool) -> std::path::PathBuf {
+/// Which part of wrangler.toml's local Worker a bench config keeps.
+#[derive(Clone, Copy, PartialEq)]
+enum Layout {
+    /// The Worker as deployed: the fetch handler and its queue consumers.
+    Whole,
+    /// The fetch handler only (no `[[queues.consumers]]`): the producer.
+    Producer,
+    /// The same wasm as a Worker of its own that only consumes the queues.
+    Consumer,
+}
+
+/// A directory under .dev/ holding [`local_config`] of wrangler.toml;
+/// `vars` replace or add `[vars]` entries.
+fn bench_config(name: &str, layout: Layout, vars: &[(&str, &str)]) -> std::path::PathBuf {
     let dir = Path::new(".dev").join(name);
     std::fs::create_dir_all(&dir).expect("dir");
     let main_js = std::fs::canonicalize("build/index.js").expect("build/index.js");
     let toml = std::fs::read_to_string("wrangler.toml").expect("wrangler.toml");
     std::fs::write(
         dir.join("wrangler.toml"),
-        local_config(&toml, &main_js.to_string_lossy(), consumers),
+        local_config(&toml, &main_js.to_string_lossy(), layout, vars),
     )
     .expect("bench config");
     dir
@@ -85,37 +97,50 @@ fn bench_config(name: &str, consumers: bool) -> std::path::PathBuf {
 
 /// `wrangler dev` of the config in `dir` on a free port, once `ready_path` answers.
 async fn dev_server(dir: &Path, ready_path: &str, extra: &[&str]) -> (Wrangler, String) {
-    let port = free_port();
-    let config = dir.join("wrangler.toml");
-    let port_arg = port.to_string();
-    let mut args = vec![
-        "dev",
-        "--config",
-        config.to_str().unwrap_or_default(),
-        "--ip",
-        "127.0.0.1",
-        "--port",
-        &port_arg,
-    ];
-    args.extend_from_slice(extra);
-    let server = wrangler(&args);
-    let url = format!("http://127.0.0.1:{port}");
-    wait_ready(&format!("{url}{ready_path}"), Duration::from_secs(120)).await;
-    (server, url)
+    dev_servers(&[dir], ready_path, extra).await
 }
 
-async fn wait_ready(url: &str, limit: Duration) -> Duration {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if reqwest::get(url)
-            .await
-            .is_ok_and(|r| r.status().as_u16() < 500)
-        {
-            return started.elapsed();
+/// `wrangler dev` of several configs in one process (one workerd, a Worker
+/// each; the first one serves the port), once `ready_path` answers.
+async fn dev_servers(dirs: &[&Path], ready_path: &str, extra: &[&str]) -> (Wrangler, String) {
+    let configs: Vec<String> = dirs
+        .iter()
+        .map(|d| d.join("wrangler.toml").to_string_lossy().into_owned())
+        .collect();
+    // A free port can be taken by another process's ephemeral port before
+    // workerd binds it (seen once with five servers starting): then wrangler
+    // exits, and the server starts again on another port.
+    for _attempt in 0..3 {
+        let port = free_port();
+        let port_arg = port.to_string();
+        let mut args = vec!["dev"];
+        for config in &configs {
+            args.extend(["--config", config.as_str()]);
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        args.extend(["--ip", "127.0.0.1", "--port", &port_arg]);
+        args.extend_from_slice(extra);
+        let mut server = wrangler(&args);
+        let url = format!("http://127.0.0.1:{port}");
+        let log = format!("target/artifacts/wrangler-{port}.log");
+        let ready = format!("Ready on {url}");
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(120) {
+            if server.0.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            let logged = std::fs::read_to_string(&log).is_ok_and(|l| l.contains(&ready));
+            if logged
+                && reqwest::get(format!("{url}{ready_path}"))
+                    .await
+                    .is_ok_and(|r| r.status().as_u16() < 500)
+            {
+                return (server, url);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        eprintln!("wrangler dev on {url} did not start (see {log}); trying another port");
     }
-    panic!("{url} did not answer within {limit:?}");
+    panic!("wrangler dev of {configs:?} did not start in three tries");
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -124,7 +149,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// (p50, p99) in ms of `n` POSTs with `concurrency` in flight.
 async fn latencies(url: &str, key: &str, body: &[u8], n: usize, concurrency: usize) -> (f64, f64) {
+    let (p50, p99, _) = load(url, key, body, n, concurrency).await;
+    (p50, p99)
+}
+
+/// (p50, p99, requests/s) of `n` POSTs with `concurrency` in flight:
+/// requests/s is `n` over the wall time from the first send to the last answer.
+async fn load(url: &str, key: &str, body: &[u8], n: usize, concurrency: usize) -> (f64, f64, f64) {
     let client = reqwest::Client::new();
+    let wall = Instant::now();
     let mut ms: Vec<f64> = stream::iter(0..n)
         .map(|_| {
             let client = client.clone();
@@ -159,35 +192,59 @@ async fn latencies(url: &str, key: &str, body: &[u8], n: usize, concurrency: usi
         .buffer_unordered(concurrency)
         .collect()
         .await;
+    let rate = n as f64 / wall.elapsed().as_secs_f64();
     ms.sort_by(|a, b| a.total_cmp(b));
-    (percentile(&ms, 0.5), percentile(&ms, 0.99))
+    (percentile(&ms, 0.5), percentile(&ms, 0.99), rate)
 }
 
 /// wrangler.toml's local part with `main` pointing at `main_js` and without
 /// the build step (scripts/bench.sh built it; wrangler's source watcher
-/// would otherwise reload the worker mid-measurement). Without queue
-/// consumers, the worker is renamed `sluice-edge-ingest-only`.
-fn local_config(wrangler_toml: &str, main_js: &str, consumers: bool) -> String {
+/// would otherwise reload the worker mid-measurement). A producer has no
+/// queue consumers and is named `sluice-edge-ingest-only`; a consumer is
+/// named `sluice-edge-consumer`.
+fn local_config(
+    wrangler_toml: &str,
+    main_js: &str,
+    layout: Layout,
+    vars: &[(&str, &str)],
+) -> String {
     let local = wrangler_toml
         .split("\n[env.")
         .next()
         .unwrap_or(wrangler_toml);
     let mut out = String::new();
-    let mut skipping = false;
+    let (mut skipping, mut in_vars) = (false, false);
     for line in local.lines() {
         if line.starts_with('[') {
-            skipping = line == "[build]" || (!consumers && line == "[[queues.consumers]]");
+            skipping =
+                line == "[build]" || (layout == Layout::Producer && line == "[[queues.consumers]]");
+            in_vars = line == "[vars]";
         }
         if skipping {
             continue;
         }
+        let replaced = vars
+            .iter()
+            .any(|(k, _)| in_vars && line.starts_with(&format!("{k} = ")));
+        if replaced {
+            continue;
+        }
         if line.starts_with("main = ") {
             out.push_str(&format!("main = {main_js:?}\n"));
-        } else if !consumers && line.starts_with("name = \"sluice-edge\"") {
-            out.push_str("name = \"sluice-edge-ingest-only\"\n");
+        } else if line.starts_with("name = \"sluice-edge\"") && layout != Layout::Whole {
+            let name = match layout {
+                Layout::Consumer => "sluice-edge-consumer",
+                _ => "sluice-edge-ingest-only",
+            };
+            out.push_str(&format!("name = \"{name}\"\n"));
         } else {
             out.push_str(line);
             out.push('\n');
+        }
+        if line == "[vars]" {
+            for (k, v) in vars {
+                out.push_str(&format!("{k} = {v:?}\n"));
+            }
         }
     }
     out
@@ -294,7 +351,127 @@ pub struct Target<'a> {
     pub shard: sqlx::MySqlPool,
 }
 
-pub async fn figures(target: Target<'_>, runs: usize, figures: &mut Vec<Figure>) {
+/// A worker under .dev/ that does only what the platform makes unavoidable
+/// for an ingest request: read the body, ask the `KEY_RATE_LIMIT` binding
+/// (keyed by the credential as sent), send one queue message in
+/// `waitUntil`, answer 202. Same bindings and queue name as ours, no consumer.
+fn platform_minimal_worker() -> std::path::PathBuf {
+    let dir = Path::new(".dev").join("bench-platform-minimal");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("index.js"),
+        r#"export default {
+  async fetch(request, env, ctx) {
+    const body = await request.text();
+    const { success } = await env.KEY_RATE_LIMIT.limit({ key: request.headers.get("authorization") ?? "" });
+    if (!success) return new Response('{"error":"rate_limited"}', { status: 429 });
+    ctx.waitUntil(env.EVENTS.send(body, { contentType: "text" }));
+    return new Response('{"accepted":1}', { status: 202, headers: { "content-type": "application/json" } });
+  },
+};
+"#,
+    )
+    .expect("platform-minimal worker");
+    std::fs::write(
+        dir.join("wrangler.toml"),
+        "name = \"platform-minimal\"\nmain = \"index.js\"\ncompatibility_date = \"2026-04-20\"\n\n\
+         [[ratelimits]]\nname = \"KEY_RATE_LIMIT\"\nnamespace_id = \"1001\"\nsimple = { limit = 1000000, period = 10 }\n\n\
+         [[queues.producers]]\nbinding = \"EVENTS\"\nqueue = \"sluice-events\"\n",
+    )
+    .expect("platform-minimal config");
+    dir
+}
+
+/// p50 (ms) of `n` sequential POSTs of `body` to each of two workers,
+/// sent alternately (one to the first, one to the second, ...).
+async fn paired_p50(urls: [&str; 2], key: &str, body: &[u8], n: usize) -> [f64; 2] {
+    let client = reqwest::Client::new();
+    let mut ms = [Vec::with_capacity(n), Vec::with_capacity(n)];
+    for i in 0..2 * n {
+        let which = i % 2;
+        let started = Instant::now();
+        let response = client
+            .post(format!("{}/v1/events", urls[which]))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("post");
+        let status = response.status().as_u16();
+        let _ = response.bytes().await;
+        assert_eq!(status, 202, "{}", urls[which]);
+        ms[which].push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    ms.map(|mut v| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        percentile(&v, 0.5)
+    })
+}
+
+/// The workerd process serving `url` (`--socket-addr=entry=127.0.0.1:PORT`).
+fn workerd_pid(url: &str) -> Option<u32> {
+    let port = url.rsplit(':').next()?;
+    let wanted = format!("entry=127.0.0.1:{port}");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let mut args = cmdline.split(|b| *b == 0);
+            let is_workerd = args.next().is_some_and(|a| a.ends_with(b"workerd"));
+            (is_workerd && args.any(|a| a.ends_with(wanted.as_bytes()))).then_some(pid)
+        })
+}
+
+/// Medians over `runs`, for each url (the urls taking turns), of the
+/// requests/s of `n` POSTs of `body` with `concurrency` in flight, and of
+/// the CPU its workerd process used per request (µs, user + system: the
+/// worker's code, the runtime's and miniflare's simulated bindings).
+async fn rates(
+    urls: &[&str],
+    key: &str,
+    body: &[u8],
+    n: usize,
+    concurrency: usize,
+    runs: usize,
+) -> Vec<(f64, f64)> {
+    let pids: Vec<Option<u32>> = urls.iter().map(|u| workerd_pid(u)).collect();
+    let mut all = vec![(Vec::new(), Vec::new()); urls.len()];
+    for run in 0..runs {
+        // Each run starts one url further on, so none always follows the
+        // same one; and each waits 2 s after the previous load, for the
+        // queue consumers (where there are) to forward what it queued.
+        let order = (0..urls.len()).map(|i| (i + run) % urls.len());
+        for i in order {
+            let (url, pid, out) = (urls[i], pids[i], &mut all[i]);
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let before = pid.map(crate::cpu_seconds);
+            out.0.push(
+                load(&format!("{url}/v1/events"), key, body, n, concurrency)
+                    .await
+                    .2,
+            );
+            let used = match (pid, before) {
+                (Some(pid), Some(before)) => (crate::cpu_seconds(pid) - before) * 1e6 / n as f64,
+                _ => f64::NAN,
+            };
+            out.1.push(used);
+        }
+    }
+    all.into_iter()
+        .map(|(r, c)| (crate::median(r), crate::median(c)))
+        .collect()
+}
+
+pub async fn figures(
+    target: Target<'_>,
+    runs: usize,
+    quick: bool,
+    top: &mut Vec<Figure>,
+    figures: &mut Vec<Figure>,
+) {
     let Target {
         backend_port,
         backend_pid,
@@ -309,7 +486,7 @@ pub async fn figures(target: Target<'_>, runs: usize, figures: &mut Vec<Figure>)
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gz.write_all(&wasm).expect("gzip");
     let gzipped = gz.finish().expect("gzip").len() as f64 / 1024.0;
-    figures.push(Figure {
+    let size = Figure {
         name: format!(
             "worker wasm size, gzip ({:.0} KB raw)",
             wasm.len() as f64 / 1024.0
@@ -319,7 +496,7 @@ pub async fn figures(target: Target<'_>, runs: usize, figures: &mut Vec<Figure>)
         reference: "target 1024".into(),
         ratio: Some(gzipped / 1024.0),
         target: "< 1 MB gzip".into(),
-    });
+    };
 
     let out = Command::new("node")
         .args([
@@ -344,21 +521,22 @@ pub async fn figures(target: Target<'_>, runs: usize, figures: &mut Vec<Figure>)
         .trim()
         .to_string();
 
-    let trivial = trivial_worker("trivial", "");
-
-    let backend_var = format!("BACKEND_URL:http://127.0.0.1:{backend_port}");
-    let token_var = format!("INGEST_TOKEN:{TOKEN}");
+    let backend_url = format!("http://127.0.0.1:{backend_port}");
+    let consumer_vars = [
+        ("BACKEND_URL", backend_url.as_str()),
+        ("INGEST_TOKEN", TOKEN),
+    ];
+    // Ours as the headline rows measure it: the fetch handler without a
+    // queue consumer in its workerd, like the platform-minimal worker's.
+    // (wrangler 4.86 / miniflare 4.20260426 cannot deliver a queue to a
+    // consumer in another `wrangler dev` process, so neither has one.)
+    let producer = bench_config("bench-ingest-only", Layout::Producer, &[]);
     let spawned = Instant::now();
-    let (_edge, edge) = dev_server(
-        &bench_config("bench-edge", true),
-        "/healthz",
-        &["--var", &backend_var, "--var", &token_var],
-    )
-    .await;
+    let (_ours, ours) = dev_server(&producer, "/healthz", &[]).await;
     let ready = spawned.elapsed();
     let first = Instant::now();
     let response = reqwest::Client::new()
-        .post(format!("{edge}/v1/events"))
+        .post(format!("{ours}/v1/events"))
         .bearer_auth(&key)
         .header("content-type", "application/json")
         .body(events(1))
@@ -367,9 +545,9 @@ pub async fn figures(target: Target<'_>, runs: usize, figures: &mut Vec<Figure>)
         .expect("first request");
     assert_eq!(response.status(), 202);
     let first_ms = first.elapsed().as_secs_f64() * 1000.0;
-    figures.push(Figure {
+    let cold = Figure {
         name: format!(
-            "edge first request after start-up (wrangler dev ready after {:.1} s)",
+            "edge cold start: first request after start-up (wrangler dev ready after {:.1} s)",
             ready.as_secs_f64()
         ),
         value: first_ms,
@@ -377,10 +555,112 @@ pub async fn figures(target: Target<'_>, runs: usize, figures: &mut Vec<Figure>)
         reference: "-".into(),
         ratio: None,
         target: "-".into(),
+    };
+    let (_minimal, minimal) = dev_server(&platform_minimal_worker(), "/", &[]).await;
+    let reader = trivial_worker("trivial-body-reader", "await request.arrayBuffer(); ");
+    let (_reader, reader_url) = dev_server(&reader, "/", &[]).await;
+    // The two layouts of the queue consumer, both consuming for real (into
+    // the backend): in the same Worker (as wrangler.toml deploys it), and as
+    // a Worker of its own (same wasm) in the same workerd.
+    let (_whole, whole) = dev_server(
+        &bench_config("bench-edge", Layout::Whole, &consumer_vars),
+        "/healthz",
+        &[],
+    )
+    .await;
+    let consumer = bench_config("bench-consumer", Layout::Consumer, &consumer_vars);
+    let (_split, split) = dev_servers(&[&producer, &consumer], "/healthz", &[]).await;
+
+    let one = events(1);
+    let rps = rates(
+        &[&ours, &minimal, &reader_url, &whole, &split],
+        &key,
+        &one,
+        2000,
+        32,
+        runs,
+    )
+    .await;
+    let [(r_ours, c_ours), (r_min, c_min), (r_triv, c_triv), (r_whole, c_whole), (r_split, c_split)] =
+        rps[..]
+    else {
+        unreachable!("one figure per url")
+    };
+    // Concurrency 1, the two workers taking turns request by request (the
+    // machine's speed drifts within seconds: blocks of 300 each measured
+    // +0.2 and +1.15 ms in two runs of the same build); medians of p50.
+    let (mut p_ours, mut p_min) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let [a, b] = paired_p50([&ours, &minimal], &key, &one, 300).await;
+        p_ours.push(a);
+        p_min.push(b);
+    }
+    let (p_ours, p_min) = (crate::median(p_ours), crate::median(p_min));
+    top.push(Figure {
+        name: "edge throughput vs platform-minimal worker (1-event requests, concurrency 32)"
+            .into(),
+        value: r_ours,
+        unit: "requests/s",
+        reference: format!("platform-minimal worker {r_min:.0}"),
+        ratio: Some(r_ours / r_min),
+        target: "≥ 0.9 ×".into(),
     });
+    top.push(Figure {
+        name: "edge throughput vs trivial worker (1-event requests, concurrency 32)".into(),
+        value: r_ours,
+        unit: "requests/s",
+        reference: format!(
+            "trivial worker (reads the body) {r_triv:.0}; platform-minimal / trivial {:.2}",
+            r_min / r_triv
+        ),
+        ratio: Some(r_ours / r_triv),
+        target: "report".into(),
+    });
+    top.push(Figure {
+        name: "edge answer p50 vs platform-minimal worker (1-event requests, concurrency 1, requests alternating between the two)".into(),
+        value: p_ours,
+        unit: "ms",
+        reference: format!(
+            "platform-minimal worker {p_min:.2} (+{:.2})",
+            p_ours - p_min
+        ),
+        ratio: Some(p_ours / p_min),
+        target: "≤ +0.5 ms".into(),
+    });
+    top.push(Figure {
+        name: "edge workerd CPU per request vs platform-minimal worker (user + system of its workerd process, 1-event requests, concurrency 32)".into(),
+        value: c_ours,
+        unit: "µs",
+        reference: format!("platform-minimal worker {c_min:.0} (+{:.0}); trivial worker {c_triv:.0}", c_ours - c_min),
+        ratio: Some(c_ours / c_min),
+        target: "-".into(),
+    });
+    top.push(cold);
+    top.push(size);
+    figures.push(Figure {
+        name: "edge throughput, queue consumer in the same Worker (as deployed; consuming into the backend), 1-event requests, concurrency 32".into(),
+        value: r_whole,
+        unit: "requests/s",
+        reference: format!("no consumer in the workerd {r_ours:.0} (workerd CPU per request {c_whole:.0} µs vs {c_ours:.0})"),
+        ratio: Some(r_whole / r_ours),
+        target: "-".into(),
+    });
+    figures.push(Figure {
+        name: "edge throughput, queue consumer as a Worker of its own (same wasm, same workerd; consuming into the backend), 1-event requests, concurrency 32".into(),
+        value: r_split,
+        unit: "requests/s",
+        reference: format!("no consumer in the workerd {r_ours:.0}; consumer in the same Worker {r_whole:.0} (workerd CPU per request {c_split:.0} µs)"),
+        ratio: Some(r_split / r_ours),
+        target: "-".into(),
+    });
+    drop((_minimal, _reader, _split));
+    if quick {
+        return;
+    }
 
+    let trivial = trivial_worker("trivial", "");
     let (_trivial, trivial_url) = dev_server(&trivial, "/", &[]).await;
-
+    let edge = whole;
     for (label, body) in [("1-event", events(1)), ("50-event", events(50))] {
         for (concurrency, n) in [(1usize, 300usize), (32, 2000)] {
             let ((p50, p99), (t50, t99)) =
@@ -409,19 +689,9 @@ pub async fn figures(target: Target<'_>, runs: usize, figures: &mut Vec<Figure>)
     // The same worker without the queue consumer: in wrangler dev the consumer
     // runs on the isolate's thread, and its bursts (once per batch timeout)
     // show in the answer tail. On Cloudflare the consumer can be its own Worker.
-    let (_ingest, ingest_url) =
-        dev_server(&bench_config("bench-ingest-only", false), "/healthz", &[]).await;
     for (concurrency, n) in [(1usize, 300usize), (32, 2000)] {
-        let ((_, p99), (_, t99)) = against_trivial(
-            &ingest_url,
-            &trivial_url,
-            &key,
-            &events(1),
-            n,
-            concurrency,
-            runs,
-        )
-        .await;
+        let ((_, p99), (_, t99)) =
+            against_trivial(&ours, &trivial_url, &key, &one, n, concurrency, runs).await;
         figures.push(p99_figure(
             format!("edge answer p99, 1-event, concurrency {concurrency}, no queue consumer in the same workerd"),
             p99,
@@ -430,29 +700,12 @@ pub async fn figures(target: Target<'_>, runs: usize, figures: &mut Vec<Figure>)
             "overhead ≤ 1 ms",
         ));
     }
-    drop(_ingest);
-
-    // Against a trivial worker that also reads the request body: what is left
-    // is the worker's own work (key check, validation, enrichment, queueing).
-    let reader = trivial_worker("trivial-body-reader", "await request.arrayBuffer(); ");
-    let (_reader, reader_url) = dev_server(&reader, "/", &[]).await;
-    for (concurrency, n) in [(1usize, 300usize), (32, 2000)] {
-        let ((p50, p99), (t50, t99)) =
-            against_trivial(&edge, &reader_url, &key, &events(1), n, concurrency, runs).await;
-        figures.push(p99_figure(
-            format!("edge answer p50/p99, 1-event, concurrency {concurrency}, against a trivial worker that reads the body (p50 {p50:.2} vs {t50:.2})"),
-            p99,
-            "body-reading trivial worker",
-            t99,
-            "-",
-        ));
-    }
-    drop(_reader);
+    drop((_ours, _trivial));
 
     live(
         &edge,
         &key,
-        &format!("http://127.0.0.1:{backend_port}"),
+        &backend_url,
         backend_pid,
         (env_id, env_name),
         read_token,

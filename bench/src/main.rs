@@ -81,8 +81,10 @@ struct Args {
     direct_seconds: u64,
     /// Stages left out (`--skip storage,direct,edge,ledger,tail,ua,retention,export`), for a quicker partial run.
     skip: Vec<String>,
-    /// `--only ua` (it needs no database), `--only retention` or `--only
-    /// throughput` (the write runs alone: no ledger, stats top-up or later stages): that stage alone.
+    /// `--only ua` (it needs no database), `--only retention`, `--only
+    /// throughput` (the write runs alone: no ledger, stats top-up or later
+    /// stages) or `--only edge` (the edge's headline rows and its consumer
+    /// layouts, ~3 minutes): that stage alone.
     only: Option<String>,
     write_md: Option<PathBuf>,
     command: String,
@@ -130,8 +132,8 @@ fn args() -> Args {
             "--only" => {
                 let stage = value();
                 assert!(
-                    ["ua", "retention", "throughput"].contains(&stage.as_str()),
-                    "--only takes ua (the stage without a database), retention or throughput, not {stage}"
+                    ["ua", "retention", "throughput", "edge"].contains(&stage.as_str()),
+                    "--only takes ua (the stage without a database), retention, throughput or edge, not {stage}"
                 );
                 a.only = Some(stage);
             }
@@ -750,6 +752,14 @@ async fn main() {
     let args = args();
     let prefix = format!("sluice_bench_{}", std::process::id());
     let mut figures = Vec::new();
+    // The headline rows, printed at the top of the table.
+    let mut top = Vec::new();
+    if args.only.as_deref() == Some("edge") {
+        edge_only(&args, &prefix, &mut top, &mut figures).await;
+        top.append(&mut figures);
+        finish(&args, &prefix, top).await;
+        return;
+    }
     // First, while nothing else of the bench runs: CPU only, in-process.
     if !args.skips("ua") && args.only.as_deref().is_none_or(|only| only == "ua") {
         ua::figures(args.runs, &mut figures);
@@ -798,7 +808,7 @@ async fn main() {
                 .await
                 .expect("shard s1"),
         };
-        edge::figures(target, args.runs, &mut figures).await;
+        edge::figures(target, args.runs, false, &mut top, &mut figures).await;
     }
     if !args.skips("tail") && args.only.is_none() {
         let catalog = format!("{}/{prefix}_catalog", args.mysql);
@@ -815,6 +825,39 @@ async fn main() {
         .await;
     }
 
+    top.append(&mut figures);
+    finish(&args, &prefix, top).await;
+}
+
+/// `--only edge`: one shard and environment, the backend for the queue
+/// consumers, then the edge's headline rows without the live figures.
+async fn edge_only(args: &Args, prefix: &str, top: &mut Vec<Figure>, figures: &mut Vec<Figure>) {
+    let catalog = format!("{}/{prefix}_catalog", args.mysql);
+    cli(args, &catalog, &["migrate"]);
+    let shard_url = format!("{}/{prefix}_s1", args.mysql);
+    cli(args, &catalog, &["shard", "add", "s1", &shard_url]);
+    let env_id: u32 = cli(
+        args,
+        &catalog,
+        &["env", "create", "env_s1", "--shard", "s1"],
+    )
+    .parse()
+    .expect("id");
+    let (backend, port) = start_backend(args, &catalog).await;
+    let read_token = cli(args, &catalog, &["env", "token", "env_s1"]);
+    let target = edge::Target {
+        backend_port: port,
+        backend_pid: backend.0.id(),
+        env_id,
+        env_name: "env_s1",
+        read_token: &read_token,
+        shard: MySqlPool::connect(&shard_url).await.expect("shard s1"),
+    };
+    edge::figures(target, args.runs, true, top, figures).await;
+}
+
+/// Drops the run's databases, prints the table and writes it (`--write-md`).
+async fn finish(args: &Args, prefix: &str, figures: Vec<Figure>) {
     let admin = MySqlPool::connect(&args.mysql).await.expect("server");
     let dbs: Vec<String> = sqlx::query_scalar(
         "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE ?",

@@ -11,6 +11,7 @@ use js_sys::{Object, Reflect, Uint8Array};
 use serde_json::{json, Value};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::JsFuture;
+use worker::worker_sys::web_sys;
 use worker::{
     console_error, console_log, kv::KvStore, Delay, Env, Fetch, Headers, Method, Queue,
     QueueContentType, RawMessageBuilder, RequestInit,
@@ -65,8 +66,22 @@ pub fn key_cache() -> Rc<RefCell<KeyCache>> {
     KEY_CACHE.with(Rc::clone)
 }
 
-pub fn config(env: &Env) -> Config {
-    Config::from_lookup(|name| env.var(name).ok().map(|v| v.to_string()))
+thread_local! {
+    static CONFIG: std::cell::OnceCell<Rc<Config>> = const { std::cell::OnceCell::new() };
+}
+
+/// The Worker's vars, read once per isolate: an isolate runs one version of
+/// one Worker, whose vars do not change under it. (Reading the ~15 vars
+/// through `env.var` was ~4% of a request's CPU in the profile: BENCHMARKS.md.)
+pub fn config(env: &Env) -> Rc<Config> {
+    CONFIG.with(|cell| {
+        cell.get_or_init(|| {
+            Rc::new(Config::from_lookup(|name| {
+                env.var(name).ok().map(|v| v.to_string())
+            }))
+        })
+        .clone()
+    })
 }
 
 /// Time, randomness and logs of the Workers runtime.
@@ -112,20 +127,49 @@ fn log_error(event: &str, fields: Value) {
     ports::Log::error(&Runtime, event, fields);
 }
 
-/// An incoming request of the runtime.
-pub struct Incoming<'a>(pub &'a worker::Request);
+/// An incoming request of the runtime, read as the door asks (its URL once).
+pub struct Incoming<'a> {
+    request: &'a web_sys::Request,
+    url: String,
+}
+
+impl<'a> Incoming<'a> {
+    pub fn new(request: &'a web_sys::Request) -> Self {
+        Self {
+            url: request.url(),
+            request,
+        }
+    }
+
+    /// The path of the runtime's serialized URL: after the host, up to the
+    /// query or fragment (its `?` and `#` are the first ones: a serialized
+    /// path has them percent-encoded). `/` when it has none.
+    pub fn path(&self) -> &str {
+        let after_scheme = self.url.find("://").map_or(0, |i| i + 3);
+        let rest = &self.url[after_scheme..];
+        let path = rest.find('/').map_or("", |i| &rest[i..]);
+        match path.find(['?', '#']) {
+            Some(end) => &path[..end],
+            None if path.is_empty() => "/",
+            None => path,
+        }
+    }
+}
 
 impl ports::Request for Incoming<'_> {
     fn header(&self, name: &str) -> Option<String> {
-        self.0.headers().get(name).ok().flatten()
+        self.request.headers().get(name).ok().flatten()
     }
 
+    /// Cut from the serialized URL, where the first `?` starts the query
+    /// and a `#` ends it, without parsing the whole URL again.
     fn query(&self) -> Option<String> {
-        self.0.url().ok()?.query().map(str::to_owned)
+        let (_, rest) = self.url.split_once('?')?;
+        Some(rest.split('#').next().unwrap_or(rest).to_owned())
     }
 
     fn scheme_and_host(&self) -> (String, String) {
-        let Ok(url) = self.0.url() else {
+        let Ok(url) = worker::Url::parse(&self.url) else {
             return (String::new(), String::new());
         };
         let host = match url.port() {
@@ -159,7 +203,7 @@ impl ports::Request for Incoming<'_> {
             );
             EdgeError::body_read_failed(&reason, declared)
         };
-        let promise = self.0.inner().array_buffer().map_err(&failed)?;
+        let promise = self.request.array_buffer().map_err(&failed)?;
         let buffer = JsFuture::from(promise).await.map_err(&failed)?;
         let bytes = Uint8Array::new(&buffer).to_vec();
         events::check_complete(bytes.len(), declared)?;
@@ -171,7 +215,7 @@ impl Incoming<'_> {
     /// `request.cf` as JSON (its values are not all text: `asn` is a
     /// number, `botManagement` an object), or null when the runtime set none.
     fn cf(&self) -> serde_json::Value {
-        let Ok(cf) = Reflect::get(self.0.inner(), &JsValue::from_str("cf")) else {
+        let Ok(cf) = Reflect::get(self.request, &JsValue::from_str("cf")) else {
             return serde_json::Value::Null;
         };
         if cf.is_undefined() || cf.is_null() {
@@ -182,6 +226,41 @@ impl Incoming<'_> {
             .and_then(|text| text.as_string())
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// The runtime's `Response` for an answer of the door: its status and
+/// headers, and its body as JSON text. A response the runtime refuses to
+/// build is logged and answered 500.
+pub fn response(status: u16, headers: &[(&'static str, String)], body: Option<&Value>) -> JsValue {
+    let build = |status: u16, body: Option<String>| -> Result<web_sys::Response, JsValue> {
+        let init = web_sys::ResponseInit::new();
+        init.set_status(status);
+        let all = web_sys::Headers::new()?;
+        for (name, value) in headers {
+            all.set(name, value)?;
+        }
+        if body.is_some() {
+            all.set("content-type", "application/json")?;
+        }
+        init.set_headers(&all);
+        web_sys::Response::new_with_opt_str_and_init(body.as_deref(), &init)
+    };
+    match build(status, body.map(Value::to_string)) {
+        Ok(response) => response.into(),
+        Err(e) => {
+            log_error(
+                "response_unbuildable",
+                json!({"status": status, "error": js_reason(&e)}),
+            );
+            let refusal = EdgeError::Internal("response unbuildable".into());
+            build(
+                refusal.status(),
+                serde_json::to_string(&refusal.body()).ok(),
+            )
+            .map(JsValue::from)
+            .unwrap_or(JsValue::UNDEFINED)
+        }
     }
 }
 

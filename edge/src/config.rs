@@ -1,4 +1,4 @@
-//! Worker vars (wrangler.toml `[vars]`), read once per invocation from a lookup.
+//! Worker vars (wrangler.toml `[vars]`), read from a lookup (once per isolate: `bindings::config`).
 
 pub use intake::door::{AllowedOrigins, Settings};
 pub use intake::Limits;

@@ -8,8 +8,8 @@ pub mod config;
 pub mod consumer;
 pub mod deadletter;
 pub mod error;
-#[cfg(test)]
-mod fakes;
+#[cfg(any(test, feature = "fakes"))]
+pub mod fakes;
 pub mod forward;
 pub mod handlers;
 pub mod log;
@@ -23,7 +23,8 @@ mod bindings;
 #[cfg(target_arch = "wasm32")]
 mod entry {
     use wasm_bindgen::prelude::*;
-    use worker::{event, Context, Env, Request, Response, Result};
+    use worker::worker_sys::web_sys;
+    use worker::{event, Context, Env};
 
     use crate::bindings::{self as rt, Incoming, Outbox, QueueMessage, Runtime};
     use crate::config;
@@ -36,8 +37,26 @@ mod entry {
         console_error_panic_hook::set_once();
     }
 
-    #[event(fetch)]
-    async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+    /// The fetch entry point, written out by hand rather than with
+    /// `#[event(fetch)]`: the `worker` crate's `Request` reads the method,
+    /// URL, headers and `request.cf` of every request up front, and its
+    /// `Response` builder copies the answer once more; this reads what the
+    /// door asks for, straight from the runtime's objects (BENCHMARKS.md:
+    /// CPU per event — edge). It never rejects.
+    #[wasm_bindgen]
+    pub fn fetch(
+        req: web_sys::Request,
+        env: Env,
+        ctx: worker::worker_sys::Context,
+    ) -> js_sys::Promise {
+        let ctx = Context::new(ctx);
+        wasm_bindgen_futures::future_to_promise(async move {
+            let response = answer(req, env, ctx).await;
+            Ok(response)
+        })
+    }
+
+    async fn answer(req: web_sys::Request, env: Env, ctx: Context) -> JsValue {
         let config = rt::config(&env);
         let (keys, queue, cache) = (
             rt::Keys(&env),
@@ -53,9 +72,8 @@ mod entry {
             cache: &cache,
             unsent: Default::default(),
         };
-        let mut answer = edge
-            .fetch(req.method().as_ref(), &req.path(), &Incoming(&req))
-            .await;
+        let incoming = Incoming::new(&req);
+        let mut answer = edge.fetch(&req.method(), incoming.path(), &incoming).await;
         let after = edge.after(&mut answer);
         if !after.is_empty() {
             let backend = rt::IngestApi::new(&env, &config);
@@ -71,14 +89,7 @@ mod entry {
                 handlers::after(&reporter, after).await;
             });
         }
-        let mut builder = Response::builder().with_status(answer.status);
-        for (name, value) in answer.headers {
-            builder = builder.with_header(name, &value)?;
-        }
-        match answer.body {
-            Some(body) => builder.from_json(&body),
-            None => Ok(builder.empty()),
-        }
+        rt::response(answer.status, &answer.headers, answer.body.as_ref())
     }
 
     /// The queue entry point, written out by hand rather than with

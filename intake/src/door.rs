@@ -577,7 +577,7 @@ impl<K: Keys, S: Sink, C: Clock, L: Log> Doors<'_, K, S, C, L> {
 
 fn user_agent(req: &impl Request) -> Option<String> {
     req.header("User-Agent")
-        .map(|ua| ua.chars().take(MAX_USER_AGENT_CHARS).collect())
+        .map(|ua| crate::text::prefix(&ua, MAX_USER_AGENT_CHARS).to_owned())
 }
 
 #[cfg(test)]

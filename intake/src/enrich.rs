@@ -243,7 +243,7 @@ impl Geo {
                 .and_then(Value::as_str)
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(|s| s.chars().take(MAX_GEO_CHARS).collect::<String>())
+                .map(|s| crate::text::prefix(s, MAX_GEO_CHARS).to_owned())
         };
         let number = |name: &str| {
             match cf.get(name) {
@@ -357,7 +357,7 @@ impl Client {
             colo: cf
                 .get("colo")
                 .and_then(Value::as_str)
-                .map(|s| s.chars().take(MAX_GEO_CHARS).collect()),
+                .map(|s| crate::text::prefix(s, MAX_GEO_CHARS).to_owned()),
             geo: Geo::from_cf(cf),
             bot: BotSignal::from_cf(cf),
         }

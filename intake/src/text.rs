@@ -19,6 +19,19 @@ pub fn check(value: &str, field: &str, max: usize) -> Result<(), String> {
     }
 }
 
+/// The first `max` characters of `text` (all of it when shorter), without
+/// copying: the cap on client and runtime text the doors keep (user agents,
+/// `request.cf` fields). Text of at most `max` bytes is returned as is.
+pub fn prefix(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    match text.char_indices().nth(max) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}
+
 /// Whether `text` shows nothing: every character is whitespace (Unicode
 /// `White_Space`, U+00A0 and U+3000 included) or invisible (zero-width
 /// characters, joiners, the BOM, bidi marks, fillers, variation selectors,
@@ -58,6 +71,18 @@ fn is_invisible(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefix_keeps_at_most_max_characters() {
+        assert_eq!(prefix("abc", 5), "abc");
+        assert_eq!(prefix("abcdef", 3), "abc");
+        assert_eq!(prefix("", 0), "");
+        assert_eq!(prefix("abc", 0), "");
+        // Multi-byte characters count once and are never cut in half.
+        assert_eq!(prefix("äöüß", 2), "äö");
+        assert_eq!(prefix("äöüß", 4), "äöüß");
+        assert_eq!(prefix("日本語テキスト", 3), "日本語");
+    }
 
     #[test]
     fn blank_and_invisible_text_is_visibly_empty() {
