@@ -51,6 +51,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .fallback(crate::public::fallback)
         .method_not_allowed_fallback(|| async {
             json_error(
@@ -151,6 +152,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// `GET /openapi.json`: the description of every route, with this
+/// process's limits (`crate::openapi`).
+async fn openapi(State(state): State<AppState>) -> Response {
+    match crate::openapi::backend(&state.config).to_json() {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
+        Err(e) => Error::Internal(format!("openapi: {e}")).into_response(),
+    }
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), Error> {

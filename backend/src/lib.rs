@@ -25,6 +25,7 @@ pub mod export;
 pub mod ingest;
 pub mod metrics;
 pub mod model;
+pub mod openapi;
 pub mod public;
 pub mod retention;
 pub mod stats;
