@@ -485,6 +485,7 @@ pub struct EnvFailure {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IngestResponse {
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::counts_by_env))]
     pub environments: BTreeMap<u32, EnvCounts>,
     #[serde(default)]
     pub retry: Vec<String>,

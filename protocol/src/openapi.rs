@@ -110,3 +110,18 @@ pub fn sample_body() -> Object {
         .max_length(Some(MAX_SAMPLE_BYTES))
         .build()
 }
+
+/// `IngestResponse::environments`: counts by environment id (JSON keys are text).
+pub fn counts_by_env() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[0-9]+$")),
+        ))
+        .additional_properties(Some(AdditionalProperties::RefOr(
+            utoipa::openapi::Ref::from_schema_name("EnvCounts").into(),
+        )))
+        .build()
+}

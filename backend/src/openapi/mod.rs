@@ -202,6 +202,8 @@ fn components() -> Components {
     let mut all = Vec::new();
     with_dependencies::<Envelope>(&mut all);
     with_dependencies::<IngestResponse>(&mut all);
+    // Named by a schema_with (IngestResponse::environments), so not collected by it.
+    with_dependencies::<protocol::EnvCounts>(&mut all);
     with_dependencies::<Reports>(&mut all);
     with_dependencies::<ErrorBody>(&mut all);
     with_dependencies::<schemas::Reported>(&mut all);
@@ -633,7 +635,13 @@ fn read_auth_errors() -> Vec<Error> {
             "the env parameter (an environment name) is required".into(),
         ),
         Error::Forbidden,
+        Error::Catalog("the read token could not be looked up".into()),
     ]
+}
+
+/// What a read of the environment's shard answers when the shard is down.
+fn shard_read_errors() -> Vec<Error> {
+    vec![Error::Database(sqlx::Error::PoolTimedOut)]
 }
 
 /// What `stats::range` refuses.
@@ -773,7 +781,8 @@ pub fn backend_operations(config: &Config) -> Vec<Operation> {
     )
     .answer(200, json_answer("The range's totals", "Summary", None))
     .fails(read_auth_errors())
-    .fails(range_errors());
+    .fails(range_errors())
+    .fails(shard_read_errors());
 
     let series = range_params(
         Operation::new(
@@ -810,6 +819,7 @@ pub fn backend_operations(config: &Config) -> Vec<Operation> {
     .answer(200, json_answer("One point per bucket", "Series", None))
     .fails(read_auth_errors())
     .fails(range_errors())
+    .fails(shard_read_errors())
     .fails([
         Error::InvalidArgument(
             "interval",
@@ -853,6 +863,7 @@ pub fn backend_operations(config: &Config) -> Vec<Operation> {
     )
     .fails(read_auth_errors())
     .fails(range_errors())
+    .fails(shard_read_errors())
     .fails([Error::InvalidArgument(
         "interval",
         "\"hour\": the ledger is kept by minute (interval=minute)".into(),
@@ -898,7 +909,8 @@ pub fn backend_operations(config: &Config) -> Vec<Operation> {
         ),
     )
     .fails(read_auth_errors())
-    .fails(range_errors());
+    .fails(range_errors())
+    .fails(shard_read_errors());
 
     let html = |path: &str, id: &str, ct: &str| {
         Operation::new(Get, path, id, "operations", "The dashboard (static asset)")
