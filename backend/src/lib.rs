@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod public;
+pub mod query;
 pub mod retention;
 pub mod stats;
 pub mod store;

@@ -90,6 +90,7 @@ pub struct Envelope {
     /// UUIDv7 assigned at the edge, or the client's own id (the idempotency key).
     #[cfg_attr(feature = "openapi", schema(schema_with = openapi::id))]
     pub id: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::uint32))]
     pub env_id: u32,
     #[cfg_attr(feature = "openapi", schema(schema_with = openapi::name))]
     pub name: String,
@@ -146,6 +147,7 @@ pub struct Acceptance {
     /// 32 lowercase hex digits.
     #[cfg_attr(feature = "openapi", schema(schema_with = openapi::report_id))]
     pub id: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::uint32))]
     pub n: u32,
 }
 
@@ -169,6 +171,7 @@ pub const MAX_SAMPLE_MESSAGE_CHARS: usize = 500;
 pub struct Report {
     #[cfg_attr(feature = "openapi", schema(schema_with = openapi::report_id))]
     pub id: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::uint32))]
     pub env_id: u32,
     /// When the door received the request(s), ms since the epoch: the
     /// minute the counts belong to.
@@ -178,8 +181,10 @@ pub struct Report {
     #[cfg_attr(feature = "openapi", schema(schema_with = openapi::reason_counts))]
     pub rejected: BTreeMap<String, u64>,
     #[serde(default, skip_serializing_if = "is_zero")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::uint64))]
     pub accepted: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::uint64))]
     pub lost: u64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[cfg_attr(feature = "openapi", schema(schema_with = openapi::reason_counts))]
@@ -237,11 +242,13 @@ fn cut(text: &str, max: usize) -> &str {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeadLetter {
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::uint32))]
     pub env_id: u32,
     pub id: String,
-    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::timestamp))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::lenient_ms))]
     pub received_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::lenient_acceptance))]
     pub acceptance: Option<Acceptance>,
 }
 

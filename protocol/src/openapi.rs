@@ -4,7 +4,9 @@
 //! [`Report::validate`](crate::Report::validate)), so the description and the
 //! checks cannot drift apart.
 
-use utoipa::openapi::schema::{AdditionalProperties, Object, ObjectBuilder, SchemaFormat, Type};
+use utoipa::openapi::schema::{
+    AdditionalProperties, Object, ObjectBuilder, SchemaFormat, SchemaType, Type,
+};
 use utoipa::openapi::KnownFormat;
 
 use crate::{
@@ -40,9 +42,12 @@ pub fn name() -> Object {
     text(1, MAX_NAME_LEN).examples(["purchase"]).build()
 }
 
-/// `user_id`, `anonymous_id`, ...: up to [`MAX_FIELD_LEN`] characters.
+/// `user_id`, `anonymous_id`, ...: up to [`MAX_FIELD_LEN`] characters, or
+/// `null` (absent).
 pub fn field() -> Object {
-    text(0, MAX_FIELD_LEN).build()
+    text(0, MAX_FIELD_LEN)
+        .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+        .build()
 }
 
 /// Milliseconds since the epoch, 0 to [`MAX_TIMESTAMP_MS`].
@@ -85,13 +90,7 @@ pub fn reason_counts() -> Object {
                 .max_length(Some(MAX_REASON_LEN))
                 .pattern(Some(REASON_CODE)),
         ))
-        .additional_properties(Some(AdditionalProperties::RefOr(
-            ObjectBuilder::new()
-                .schema_type(Type::Integer)
-                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
-                .minimum(Some(0))
-                .into(),
-        )))
+        .additional_properties(Some(AdditionalProperties::RefOr(uint64().into())))
         .build()
 }
 
@@ -123,5 +122,43 @@ pub fn counts_by_env() -> Object {
         .additional_properties(Some(AdditionalProperties::RefOr(
             utoipa::openapi::Ref::from_schema_name("EnvCounts").into(),
         )))
+        .build()
+}
+
+/// A `u32`: 0 to 4294967295 (OpenAPI's `int32` format would say 2^31 - 1).
+pub fn uint32() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(0))
+        .maximum(Some(u32::MAX))
+        .build()
+}
+
+/// A `u64`: 0 to 2^64 - 1.
+pub fn uint64() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(0))
+        .maximum(Some(u64::MAX as f64))
+        .build()
+}
+
+/// A dead letter's acceptance, read leniently (the message may be poison for
+/// other reasons): any id text, a `u32` count.
+pub fn lenient_acceptance() -> Object {
+    ObjectBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+        .property("id", ObjectBuilder::new().schema_type(Type::String))
+        .property("n", uint32())
+        .required("id")
+        .required("n")
+        .build()
+}
+
+/// A dead letter's time, read leniently: any `i64`.
+pub fn lenient_ms() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
         .build()
 }

@@ -38,6 +38,11 @@ use utoipa::{
 
 use crate::{config::Config, error::Error};
 
+/// `gzip`, `x-gzip`, `identity` or nothing, in any case, blanks around
+/// (`api::is_gzip`, `intake::events::decode_body`).
+pub const CONTENT_ENCODING: &str =
+    "^[ \\t]*([gG][zZ][iI][pP]|[xX]-[gG][zZ][iI][pP]|[iI][dD][eE][nN][tT][iI][tT][yY])?[ \\t]*$";
+
 /// Security scheme names.
 pub const INGEST_TOKEN: &str = "ingest_token";
 pub const READ_TOKEN: &str = "read_token";
@@ -694,7 +699,7 @@ pub fn backend_operations(config: &Config) -> Vec<Operation> {
         .secured(&[&[INGEST_TOKEN]])
         .param(header_param(
             "Content-Encoding",
-            string().enum_values(Some(["gzip", "identity"])),
+            string().pattern(Some(CONTENT_ENCODING)),
             "gzip, or none",
         ))
         .body(json_body(schema_ref("Batch"), ingest_example))
@@ -1048,7 +1053,7 @@ pub fn public_operations(runtime: Runtime) -> Vec<Operation> {
         .secured(&[&[API_KEY], &[API_KEY_QUERY]])
         .param(header_param("Prefer", string(), "`wait`: answer only once the events are handed over"))
         .param(query("wait", false, string().enum_values(Some(["1", "true", "yes"])), "Like `Prefer: wait`", None))
-        .param(header_param("Content-Encoding", string().enum_values(Some(["gzip", "identity"])), "gzip, or none"))
+        .param(header_param("Content-Encoding", string().pattern(Some(CONTENT_ENCODING)), "gzip, or none"))
         .body({
             let mut body = json_body(schema_ref("PublicBody"), vec![("two events", events_example.clone())]);
             body.content.insert(
@@ -1098,7 +1103,7 @@ pub fn public_operations(runtime: Runtime) -> Vec<Operation> {
                 intake::segment::MAX_REQUEST_BYTES, intake::segment::MAX_MESSAGE_BYTES
             ))
             .secured(&[&[API_KEY], &[WRITE_KEY_BASIC], &[]])
-            .param(header_param("Content-Encoding", string().enum_values(Some(["gzip", "identity"])), "gzip, or none"))
+            .param(header_param("Content-Encoding", string().pattern(Some(CONTENT_ENCODING)), "gzip, or none"))
             .body(json_body(schema.into(), vec![("a message", example)]))
             .answer(200, json_answer("Handed over", "SegmentAccepted", Some(json!({"success": true, "accepted": 1}))))
             .fails_at(Door::Segment, key_errors())
@@ -1122,31 +1127,36 @@ pub fn public_operations(runtime: Runtime) -> Vec<Operation> {
             "public",
             "The browser SDK's settings, pointing back here",
         )
-        .param(
-            ParameterBuilder::new()
-                .name("writeKey")
-                .parameter_in(ParameterIn::Path)
-                .required(Required::True)
-                .schema(Some(
-                    string()
-                        .min_length(Some(1))
-                        .max_length(Some(intake::credentials::MAX_KEY_LEN))
-                        .pattern(Some("^[!-.0-~]+$")),
-                ))
-                .description(Some("An active API key (else 404)"))
-                .build(),
-        )
+        .param(write_key_param())
         .answer(
             200,
             json_answer("Settings for analytics.js", "SegmentSettings", None),
         )
         .fails_at(Door::Segment, [E::NotFound, E::KeyStoreUnavailable]),
     );
-    list.push(preflight(
-        "/v1/projects/{writeKey}/settings",
-        "segment_settings_preflight",
-    ));
+    list.push(
+        preflight(
+            "/v1/projects/{writeKey}/settings",
+            "segment_settings_preflight",
+        )
+        .param(write_key_param()),
+    );
     list
+}
+
+fn write_key_param() -> utoipa::openapi::path::Parameter {
+    ParameterBuilder::new()
+        .name("writeKey")
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .schema(Some(
+            string()
+                .min_length(Some(1))
+                .max_length(Some(intake::credentials::MAX_KEY_LEN))
+                .pattern(Some("^[!-.0-~]+$")),
+        ))
+        .description(Some("An active API key (else 404)"))
+        .build()
 }
 
 fn segment_example(t: protocol::EventType) -> Value {

@@ -209,6 +209,23 @@ fn time() -> RefOr<Schema> {
         .into()
 }
 
+/// A batch's `sentAt`: any time (the skew is what is taken from it).
+fn sent_at() -> RefOr<Schema> {
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .description(Some("RFC 3339")),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .description(Some("epoch milliseconds")),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .into()
+}
+
 /// One `/v1/events` event: the fields of `intake::events::EVENT_FIELDS`, no other.
 pub fn public_event() -> RefOr<Schema> {
     let mut event = ObjectBuilder::new()
@@ -254,7 +271,7 @@ pub fn public_body(max_events: usize) -> RefOr<Schema> {
             ObjectBuilder::new()
                 .schema_type(Type::Object)
                 .property("batch", events())
-                .property("sentAt", time())
+                .property("sentAt", sent_at())
                 .required("batch")
                 .additional_properties(Some(AdditionalProperties::FreeForm(false))),
         )
