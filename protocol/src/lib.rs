@@ -145,7 +145,7 @@ pub struct Envelope {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Acceptance {
     /// 32 lowercase hex digits.
-    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::report_id))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::acceptance_id))]
     pub id: String,
     #[cfg_attr(feature = "openapi", schema(schema_with = openapi::uint32))]
     pub n: u32,

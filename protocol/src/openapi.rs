@@ -66,6 +66,16 @@ pub fn timestamp() -> Object {
 /// (a character takes at least one, so the schema's `maxLength` is the
 /// outer bound; longer UTF-8 is refused with 422).
 pub fn report_id() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_REPORT_ID_LEN))
+        .examples(["0123456789abcdef0123456789abcdef"])
+        .build()
+}
+
+/// An acceptance's id: a report id without control characters.
+pub fn acceptance_id() -> Object {
     text(1, MAX_REPORT_ID_LEN)
         .examples(["0123456789abcdef0123456789abcdef"])
         .build()

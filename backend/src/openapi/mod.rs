@@ -1139,7 +1139,15 @@ pub fn public_operations(runtime: Runtime) -> Vec<Operation> {
             "/v1/projects/{writeKey}/settings",
             "segment_settings_preflight",
         )
-        .param(write_key_param()),
+        .param(
+            ParameterBuilder::new()
+                .name("writeKey")
+                .parameter_in(ParameterIn::Path)
+                .required(Required::True)
+                .schema(Some(string()))
+                .description(Some("Any: the preflight does not read it"))
+                .build(),
+        ),
     );
     list
 }

@@ -193,6 +193,9 @@ fn text(max: usize) -> ObjectBuilder {
         .pattern(Some(protocol::openapi::NO_CONTROL_CHARACTERS))
 }
 
+/// A time as the doors read it (`intake::time::parse_value`): RFC 3339
+/// text, or epoch milliseconds as a number (a fraction is dropped). Whether
+/// it is in range is decided after the skew correction (`sentAt`): 422.
 fn time() -> RefOr<Schema> {
     OneOfBuilder::new()
         .item(
@@ -202,8 +205,7 @@ fn time() -> RefOr<Schema> {
         )
         .item(
             ObjectBuilder::new()
-                .schema_type(Type::Integer)
-                .minimum(Some(0))
+                .schema_type(Type::Number)
                 .description(Some("epoch milliseconds")),
         )
         .into()
@@ -219,7 +221,7 @@ fn sent_at() -> RefOr<Schema> {
         )
         .item(
             ObjectBuilder::new()
-                .schema_type(Type::Integer)
+                .schema_type(Type::Number)
                 .description(Some("epoch milliseconds")),
         )
         .item(ObjectBuilder::new().schema_type(Type::Null))
