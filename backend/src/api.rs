@@ -299,6 +299,11 @@ async fn ingest_reports(
     let result = async {
         check_content_type(&headers)?;
         let raw = read_body(body, state.config.max_body_bytes).await?;
+        // serde would also read a struct from an array (`[]` as no reports):
+        // the body is the object the description says, or refused.
+        if raw.trim_ascii_start().first().is_some_and(|b| *b != b'{') {
+            return Err(Error::InvalidBatch("the body must be a JSON object".into()));
+        }
         let reports: protocol::Reports =
             serde_json::from_slice(&raw).map_err(|e| match e.classify() {
                 serde_json::error::Category::Data => Error::InvalidBatch(e.to_string()),

@@ -894,7 +894,7 @@ pub fn backend_operations(config: &Config) -> Vec<Operation> {
         .param(env_param())
         .param(query("name", false, string(), "Only events of this name", None))
         .param(query("user", false, string(), "Only events of this user_id or anonymous_id", None))
-        .param(query("rejected", false, string().enum_values(Some(["1"])), "`1`: refusals only", None))
+        .param(query("rejected", false, string(), "`1` (or `true`): refusals only", None))
         .answer(200, sse("The live tail"))
         .fails(read_auth_errors());
 
@@ -1052,7 +1052,7 @@ pub fn public_operations(runtime: Runtime) -> Vec<Operation> {
         ))
         .secured(&[&[API_KEY], &[API_KEY_QUERY]])
         .param(header_param("Prefer", string(), "`wait`: answer only once the events are handed over"))
-        .param(query("wait", false, string().enum_values(Some(["1", "true", "yes"])), "Like `Prefer: wait`", None))
+        .param(query("wait", false, string(), "`1`, `true` or `yes`: like `Prefer: wait` (other values: no wait)", None))
         .param(header_param("Content-Encoding", string().pattern(Some(CONTENT_ENCODING)), "gzip, or none"))
         .body({
             let mut body = json_body(schema_ref("PublicBody"), vec![("two events", events_example.clone())]);
@@ -1082,7 +1082,7 @@ pub fn public_operations(runtime: Runtime) -> Vec<Operation> {
         let id = format!("segment_{}", path.trim_start_matches("/v1/"));
         let (schema, example) = match endpoint {
             intake::segment::Endpoint::Single(t) => {
-                (schemas::segment_message(), segment_example(t))
+                (schemas::segment_message(t), segment_example(t))
             }
             intake::segment::Endpoint::Batch => (
                 schemas::segment_batch(),

@@ -8,7 +8,10 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use utoipa::{
     openapi::{
-        schema::{AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type},
+        schema::{
+            AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, SchemaType,
+            Type,
+        },
         RefOr,
     },
     ToSchema,
@@ -280,44 +283,81 @@ pub fn public_body(max_events: usize) -> RefOr<Schema> {
         .into()
 }
 
-/// One message of the Segment API (the HTTP Tracking API's fields; others are ignored).
-pub fn segment_message() -> ObjectBuilder {
-    let string = || ObjectBuilder::new().schema_type(Type::String);
-    let object = || ObjectBuilder::new().schema_type(Type::Object);
+fn any() -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(SchemaType::AnyValue)
+}
+
+fn nullable(types: &[Type]) -> ObjectBuilder {
+    ObjectBuilder::new().schema_type(SchemaType::from_iter(
+        types.iter().cloned().chain([Type::Null]),
+    ))
+}
+
+/// One message of the Segment API, as lenient as `intake::segment` reads
+/// it (others fields are ignored; ids may be integers). On a single-message
+/// endpoint an invalid message is a 400; in a batch it is listed in
+/// `details` and the rest land.
+pub fn segment_message(t: protocol::EventType) -> ObjectBuilder {
+    use protocol::EventType::{Alias, Group, Track};
+    let id = || nullable(&[Type::String, Type::Integer]).max_length(Some(protocol::MAX_FIELD_LEN));
+    // A field only this type reads; the others ignore it.
+    let only =
+        |of: protocol::EventType, schema: ObjectBuilder| if t == of { schema } else { any() };
     ObjectBuilder::new()
         .schema_type(Type::Object)
-        .property("type", string())
-        .property("event", string().max_length(Some(protocol::MAX_NAME_LEN)))
-        .property("name", string())
-        .property("userId", ObjectBuilder::new())
-        .property("anonymousId", ObjectBuilder::new())
-        .property("messageId", string())
-        .property("groupId", ObjectBuilder::new())
-        .property("previousId", ObjectBuilder::new())
-        .property("timestamp", time())
-        .property("sentAt", time())
-        .property("properties", object())
-        .property("traits", object())
-        .property("context", object())
-        .property("writeKey", string())
+        .property(
+            "type",
+            any().description(Some("set by the endpoint; in a batch, the message's type")),
+        )
+        .property(
+            "event",
+            only(
+                Track,
+                nullable(&[Type::String]).max_length(Some(protocol::MAX_NAME_LEN)),
+            ),
+        )
+        .property("name", nullable(&[Type::String]))
+        .property(
+            "messageId",
+            nullable(&[Type::String]).description(Some("the idempotency key")),
+        )
+        .property("userId", id())
+        .property("anonymousId", id())
+        .property("groupId", only(Group, id()))
+        .property("previousId", only(Alias, id()))
+        .property("timestamp", any())
+        .property("sentAt", any())
+        .property("properties", nullable(&[Type::Object]))
+        .property("traits", nullable(&[Type::Object]))
+        .property("context", nullable(&[Type::Object]))
+        .property(
+            "writeKey",
+            any().description(Some(
+                "the write key, when no Authorization header carries it",
+            )),
+        )
         .description(Some(
             "A message needs a userId or anonymousId (and a track its event); an invalid one \
              is listed in `details` of a batch, 400 on its own",
         ))
 }
 
-/// `{"batch": [...]}` of `/v1/batch`.
+/// `{"batch": [...]}` of `/v1/batch`: any messages (the invalid ones are
+/// listed in the answer's `details`; none valid is a 400).
 pub fn segment_batch() -> ObjectBuilder {
     ObjectBuilder::new()
         .schema_type(Type::Object)
         .property(
             "batch",
             ArrayBuilder::new()
-                .items(segment_message())
+                .items(any().description(Some("a message (see the single endpoints)")))
                 .min_items(Some(1)),
         )
-        .property("context", ObjectBuilder::new().schema_type(Type::Object))
-        .property("sentAt", time())
-        .property("writeKey", ObjectBuilder::new().schema_type(Type::String))
+        .property(
+            "context",
+            any().description(Some("shared by the messages, under their own")),
+        )
+        .property("sentAt", sent_at())
+        .property("writeKey", any())
         .required("batch")
 }
