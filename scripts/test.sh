@@ -23,6 +23,10 @@ echo "test.sh: building the backend"
 cargo build -p sluice-backend
 echo "test.sh: Rust tests (protocol, backend against MariaDB, edge natively, e2e processes)"
 cargo test --workspace
+echo "test.sh: schemathesis from the OpenAPI description against a backend (tests/tests/openapi.rs)"
+SLUICE_SCHEMATHESIS=$(scripts/schemathesis.sh)
+export SLUICE_SCHEMATHESIS
+cargo test -p sluice-e2e --test openapi -- --ignored schemathesis_finds_nothing
 
 [[ ${SLUICE_TEST_ONLY:-} == rust ]] && exit 0
 

@@ -51,6 +51,7 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .fallback(crate::public::fallback)
         .method_not_allowed_fallback(|| async {
             json_error(
@@ -151,6 +152,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// `GET /openapi.json`: the description of every route, with this
+/// process's limits (`crate::openapi`).
+async fn openapi(State(state): State<AppState>) -> Response {
+    match crate::openapi::backend(&state.config).to_json() {
+        Ok(text) => ([(header::CONTENT_TYPE, "application/json")], text).into_response(),
+        Err(e) => Error::Internal(format!("openapi: {e}")).into_response(),
+    }
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), Error> {
@@ -301,6 +311,11 @@ async fn ingest_reports(
     let result = async {
         check_content_type(&headers)?;
         let raw = read_body(body, state.config.max_body_bytes).await?;
+        // serde would also read a struct from an array (`[]` as no reports):
+        // the body is the object the description says, or refused.
+        if raw.trim_ascii_start().first().is_some_and(|b| *b != b'{') {
+            return Err(Error::InvalidBatch("the body must be a JSON object".into()));
+        }
         let reports: protocol::Reports =
             serde_json::from_slice(&raw).map_err(|e| match e.classify() {
                 serde_json::error::Category::Data => Error::InvalidBatch(e.to_string()),

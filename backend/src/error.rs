@@ -114,21 +114,28 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The JSON body this error is answered with.
+    pub fn body(&self) -> ErrorBody {
+        let details = match self {
+            Error::InvalidEnvelopes(list) => Some(Value::Array(list.clone())),
+            _ => None,
+        };
+        ErrorBody {
+            error: self.code().into(),
+            message: self.to_string(),
+            details,
+        }
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() {
             tracing::error!(error = %self, code = self.code(), "request failed");
         }
-        let details = match &self {
-            Error::InvalidEnvelopes(list) => Some(Value::Array(list.clone())),
-            _ => None,
-        };
-        let body = ErrorBody {
-            error: self.code().into(),
-            message: self.to_string(),
-            details,
-        };
+        let body = self.body();
         // Retry-After is added to every 503 by the router (api.rs), from config.
         (status, Json(body)).into_response()
     }

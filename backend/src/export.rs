@@ -13,10 +13,12 @@ use std::{io::Write as _, sync::Arc};
 
 use axum::{
     body::{Body, Bytes},
-    extract::{Query, State},
+    extract::State,
     http::{header, HeaderMap, HeaderValue},
     response::{IntoResponse, Response},
 };
+
+use crate::query::Query;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 

@@ -12,7 +12,9 @@ use crate::{Detail, Error};
 /// At most this many per-event reasons go back to the client.
 pub const MAX_DETAILS: usize = 100;
 
-const EVENT_FIELDS: [&str; 8] = [
+/// The fields of one `/v1/events` event (any other is refused); the OpenAPI
+/// description lists these.
+pub const EVENT_FIELDS: [&str; 8] = [
     "event",
     "id",
     "timestamp",

@@ -36,20 +36,32 @@ pub enum Endpoint {
     Batch,
 }
 
+/// Every Segment-compatible path and its endpoint: the router and the
+/// OpenAPI description both read this table.
+pub const ENDPOINTS: [(&str, Endpoint); 15] = [
+    ("/v1/track", Endpoint::Single(EventType::Track)),
+    ("/v1/t", Endpoint::Single(EventType::Track)),
+    ("/v1/identify", Endpoint::Single(EventType::Identify)),
+    ("/v1/i", Endpoint::Single(EventType::Identify)),
+    ("/v1/page", Endpoint::Single(EventType::Page)),
+    ("/v1/p", Endpoint::Single(EventType::Page)),
+    ("/v1/screen", Endpoint::Single(EventType::Screen)),
+    ("/v1/s", Endpoint::Single(EventType::Screen)),
+    ("/v1/group", Endpoint::Single(EventType::Group)),
+    ("/v1/g", Endpoint::Single(EventType::Group)),
+    ("/v1/alias", Endpoint::Single(EventType::Alias)),
+    ("/v1/a", Endpoint::Single(EventType::Alias)),
+    ("/v1/batch", Endpoint::Batch),
+    ("/v1/b", Endpoint::Batch),
+    ("/v1/import", Endpoint::Batch),
+];
+
 /// The endpoint for a path (already without a trailing slash), if it is one.
 pub fn endpoint(path: &str) -> Option<Endpoint> {
-    let rest = path.strip_prefix("/v1/")?;
-    let single = |t| Some(Endpoint::Single(t));
-    match rest {
-        "track" | "t" => single(EventType::Track),
-        "identify" | "i" => single(EventType::Identify),
-        "page" | "p" => single(EventType::Page),
-        "screen" | "s" => single(EventType::Screen),
-        "group" | "g" => single(EventType::Group),
-        "alias" | "a" => single(EventType::Alias),
-        "batch" | "b" | "import" => Some(Endpoint::Batch),
-        _ => None,
-    }
+    ENDPOINTS
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, endpoint)| *endpoint)
 }
 
 /// The write key of `GET /v1/projects/{writeKey}/settings`.

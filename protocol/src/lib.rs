@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+#[cfg(feature = "openapi")]
+pub mod openapi;
+
 /// Longest accepted envelope id (the client's idempotency key, or a UUID).
 pub const MAX_ID_LEN: usize = 64;
 /// Longest event name, in characters.
@@ -34,6 +37,7 @@ pub const EDGE_MAX_EVENTS: usize = 1000;
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
 )]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum EventType {
     #[default]
     Track,
@@ -81,37 +85,51 @@ impl EventType {
 /// One accepted event as it travels from edge to backend.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Envelope {
     /// UUIDv7 assigned at the edge, or the client's own id (the idempotency key).
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::id))]
     pub id: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::uint32))]
     pub env_id: u32,
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::name))]
     pub name: String,
     /// Client time, skew-corrected, ms since the Unix epoch.
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::timestamp))]
     pub timestamp: i64,
     /// Edge receive time, ms since the Unix epoch.
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::timestamp))]
     pub received_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::field))]
     pub user_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::field))]
     pub anonymous_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::field))]
     pub session_id: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub properties: Map<String, Value>,
     /// Enrichment: `country`, `colo`, `user_agent`, `library`, ...
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub context: Map<String, Value>,
     /// Message type (Segment-compatible API); absent means `track`.
     #[serde(default, rename = "type", skip_serializing_if = "EventType::is_track")]
     pub event_type: EventType,
     /// Identify and group traits.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub traits: Map<String, Value>,
     /// The group of a `group` call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::field))]
     pub group_id: Option<String>,
     /// The former id of an `alias` call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::field))]
     pub previous_id: Option<String>,
     /// The request that accepted this event, for the delivery ledger: set
     /// by the edge, absent on events that come by other ways.
@@ -124,9 +142,12 @@ pub struct Envelope {
 /// backend tells the ledger the whole count (the rest are in flight).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Acceptance {
     /// 32 lowercase hex digits.
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::acceptance_id))]
     pub id: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::uint32))]
     pub n: u32,
 }
 
@@ -146,19 +167,27 @@ pub const MAX_SAMPLE_MESSAGE_CHARS: usize = 500;
 /// `id` makes a redelivered report count once.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Report {
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::report_id))]
     pub id: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::uint32))]
     pub env_id: u32,
     /// When the door received the request(s), ms since the epoch: the
     /// minute the counts belong to.
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::timestamp))]
     pub received_at: i64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::reason_counts))]
     pub rejected: BTreeMap<String, u64>,
     #[serde(default, skip_serializing_if = "is_zero")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::uint64))]
     pub accepted: u64,
     #[serde(default, skip_serializing_if = "is_zero")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::uint64))]
     pub lost: u64,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::reason_counts))]
     pub dropped: BTreeMap<String, u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<Sample>,
@@ -172,11 +201,16 @@ fn is_zero(n: &u64) -> bool {
 /// was answered with, and the start of its body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Sample {
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::timestamp))]
     pub received_at: i64,
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::reason))]
     pub code: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::sample_message))]
     pub message: String,
     /// At most [`MAX_SAMPLE_BYTES`] of the body (decompressed when it could be).
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::sample_body))]
     pub body: String,
 }
 
@@ -206,17 +240,22 @@ fn cut(text: &str, max: usize) -> &str {
 /// to count it (and see later whether a replay stored it). Read leniently:
 /// the message may be poison for other reasons.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeadLetter {
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::uint32))]
     pub env_id: u32,
     pub id: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::lenient_ms))]
     pub received_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::lenient_acceptance))]
     pub acceptance: Option<Acceptance>,
 }
 
 /// The body of `POST /v1/ingest/reports`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Reports {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reports: Vec<Report>,
@@ -427,6 +466,7 @@ pub fn uuid_v7(unix_ms: u64, random: &[u8; 10]) -> String {
 
 /// Counts for one environment in an ingest response.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnvCounts {
     pub inserted: u64,
     pub duplicates: u64,
@@ -438,6 +478,7 @@ pub struct EnvCounts {
 
 /// An environment whose envelopes could not be written this time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnvFailure {
     pub env_id: u32,
     pub error: String,
@@ -449,7 +490,9 @@ pub struct EnvFailure {
 /// `retry` lists the ids of every envelope that did not land and must be
 /// sent again; everything else landed (inserted, or already present).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IngestResponse {
+    #[cfg_attr(feature = "openapi", schema(schema_with = openapi::counts_by_env))]
     pub environments: BTreeMap<u32, EnvCounts>,
     #[serde(default)]
     pub retry: Vec<String>,
@@ -459,10 +502,12 @@ pub struct IngestResponse {
 
 /// Every 4xx/5xx body, from edge and backend alike.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: String,
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Vec<Object>>))]
     pub details: Option<Value>,
 }
 

@@ -2,10 +2,12 @@
 //! by minute of receive time (see `crate::delivery` for what adds up).
 
 use axum::{
-    extract::{Query, State},
+    extract::State,
     response::{IntoResponse, Response},
     Json,
 };
+
+use crate::query::Query;
 use serde_json::json;
 
 use super::{minute_bounds, primary_shard, range, RangeParams, ReadAuth, MAX_POINTS};

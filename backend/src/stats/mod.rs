@@ -10,10 +10,12 @@ pub mod tail;
 use std::collections::BTreeMap;
 
 use axum::{
-    extract::{Query, State},
+    extract::State,
     response::{IntoResponse, Response},
     Json,
 };
+
+use crate::query::Query;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

@@ -29,10 +29,12 @@ use std::{
 };
 
 use axum::{
-    extract::{Query, State},
+    extract::State,
     http::HeaderMap,
     response::sse::{Event, KeepAlive, Sse},
 };
+
+use crate::query::Query;
 use futures::Stream;
 use serde::Deserialize;
 use serde_json::json;
