@@ -243,13 +243,20 @@ pub fn public_event() -> RefOr<Schema> {
     for field in intake::events::EVENT_FIELDS {
         let schema: RefOr<Schema> = match field {
             "event" => text(protocol::MAX_NAME_LEN).min_length(Some(1)).into(),
-            "id" => text(protocol::MAX_ID_LEN)
+            // null is the field left out (intake::events reads it so).
+            "id" => nullable(&[Type::String])
+                .max_length(Some(protocol::MAX_ID_LEN))
                 .min_length(Some(1))
+                .pattern(Some(protocol::openapi::NO_CONTROL_CHARACTERS))
                 .description(Some("Your idempotency key; else a UUIDv7 is assigned"))
                 .into(),
             "timestamp" => time(),
-            "user_id" | "anonymous_id" | "session_id" => text(protocol::MAX_FIELD_LEN).into(),
-            "properties" | "context" => ObjectBuilder::new().schema_type(Type::Object).into(),
+            // An integer id is taken as its decimal text.
+            "user_id" | "anonymous_id" | "session_id" => nullable(&[Type::String, Type::Integer])
+                .max_length(Some(protocol::MAX_FIELD_LEN))
+                .pattern(Some(protocol::openapi::NO_CONTROL_CHARACTERS))
+                .into(),
+            "properties" | "context" => nullable(&[Type::Object]).into(),
             other => panic!("intake::events::EVENT_FIELDS has {other:?}: describe it here"),
         };
         event = event.property(field, schema);
