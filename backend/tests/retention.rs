@@ -101,6 +101,21 @@ async fn a_pass_removes_exactly_the_old_rows_from_primary_and_secondary_under_in
             .await
             .unwrap();
         }
+        // Sampled refusals either side of the cutoff (two-column keys).
+        for (seq, at) in [(1u16, now - 40 * DAY_MS), (2u16, now - DAY_MS)] {
+            sqlx::query(
+                "INSERT INTO rejected_samples (env_id, source, seq, stored_at, received_at, code, message, body) \
+                 VALUES (?, ?, ?, FROM_UNIXTIME(? / 1000), FROM_UNIXTIME(? / 1000), 'invalid', 'sampled', '{}')",
+            )
+            .bind(web)
+            .bind(vec![9u8; 16])
+            .bind(seq)
+            .bind(at)
+            .bind(at)
+            .execute(pool)
+            .await
+            .unwrap();
+        }
         assert_eq!(count_before(pool, web, "events", "ts", cutoff).await, 300);
         assert!(count_before(pool, web, "delivery", "minute", cutoff).await > 0);
     }
@@ -147,6 +162,7 @@ async fn a_pass_removes_exactly_the_old_rows_from_primary_and_secondary_under_in
         assert_eq!(r.error, None);
         assert_eq!(r.of(Expiring::Events), 300, "on {}", r.shard);
         assert_eq!(r.of(Expiring::DeadLetters), 1, "on {}", r.shard);
+        assert_eq!(r.of(Expiring::RejectedSamples), 1, "on {}", r.shard);
         assert!(r.of(Expiring::Delivery) > 0, "on {}", r.shard);
     }
     let kept: std::collections::BTreeSet<String> = kept.iter().map(|id| hex_key(id)).collect();
@@ -165,6 +181,11 @@ async fn a_pass_removes_exactly_the_old_rows_from_primary_and_secondary_under_in
             count_before(pool, web, "dead_letters", "minute", now).await,
             1,
             "the recent dead letter stays"
+        );
+        assert_eq!(
+            count_before(pool, web, "rejected_samples", "stored_at", now).await,
+            1,
+            "the recent sample stays"
         );
     }
     let others: std::collections::BTreeSet<String> = others.iter().map(|id| hex_key(id)).collect();

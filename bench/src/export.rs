@@ -12,8 +12,8 @@ use futures::StreamExt;
 use sqlx::{mysql::MySqlPoolOptions, MySqlPool};
 
 use crate::{
-    cli, cpu_seconds, events, median, peak_rss_mb, population, post_all, start_backend, Args,
-    Figure,
+    cli, cpu_seconds, events, median, peak_rss_mb, population, post_all, server_pid, start_backend,
+    Args, Figure,
 };
 
 /// Events ingested per fill request batch (in memory at once in the bench).
@@ -121,14 +121,7 @@ pub async fn figures(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
     let tenth = (range.0, range.0 + (range.1 - range.0) / 10);
     // The shard server's process, when it runs on this machine (its CPU per
     // phase says whose work the time is): NaN figures otherwise.
-    let pid_file: String = sqlx::query_scalar("SELECT @@pid_file")
-        .fetch_one(&pool)
-        .await
-        .expect("pid_file");
-    let server_pid: u32 = std::fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or(0);
+    let server_pid = server_pid(&pool).await;
     let bench_pid = std::process::id();
     // CPU seconds of (shard server, backend, this bench) so far.
     let cpu = |pid: u32| {

@@ -251,6 +251,19 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// The shard server's process id when it runs on this machine (its
+/// `@@pid_file` is readable here), else 0 (whose CPU reads as NaN).
+async fn server_pid(pool: &MySqlPool) -> u32 {
+    let pid_file: String = sqlx::query_scalar("SELECT @@pid_file")
+        .fetch_one(pool)
+        .await
+        .expect("pid_file");
+    std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 struct Server(Child);
 impl Drop for Server {
     fn drop(&mut self) {

@@ -14,16 +14,44 @@ use std::time::{Duration, Instant};
 use futures::{stream, StreamExt};
 
 use super::{
-    cli, events, post_all, set_clock, start_backend_with, Args, Figure, BATCH, POOL, TOKEN,
+    cli, cpu_seconds, events, post_all, server_pid, set_clock, start_backend_with, Args, Figure,
+    BATCH, POOL, TOKEN,
 };
 
 /// Each throughput window.
 const WINDOW: Duration = Duration::from_secs(10);
 const DAY_MS: i64 = 86_400_000;
 
+/// The processes whose CPU a window splits: the shard server, the backend,
+/// this bench (the load).
+struct Processes([u32; 3]);
+
+impl Processes {
+    fn cpu(&self) -> [f64; 3] {
+        self.0.map(cpu_seconds)
+    }
+}
+
+/// One window: events per second committed, and the cores each of
+/// [`Processes`] kept busy meanwhile.
+struct Window {
+    rate: f64,
+    cores: [f64; 3],
+}
+
+impl Window {
+    fn busy(&self) -> String {
+        format!(
+            "MariaDB {:.2}, backend {:.2}, load {:.2} cores",
+            self.cores[0], self.cores[1], self.cores[2]
+        )
+    }
+}
+
 /// Events per second the backend commits into `env_id` over `WINDOW`
 /// (fresh events, `2 × POOL` batches in flight, as the throughput stage).
-async fn ingest_rate(base: &str, env_id: u32, seed: u64) -> f64 {
+async fn ingest_rate(base: &str, env_id: u32, seed: u64, processes: &Processes) -> Window {
+    let before = processes.cpu();
     let client = reqwest::Client::new();
     let deadline = Instant::now() + WINDOW;
     let started = Instant::now();
@@ -48,7 +76,12 @@ async fn ingest_rate(base: &str, env_id: u32, seed: u64) -> f64 {
         .buffer_unordered(2 * POOL as usize)
         .fold(0, |sum, n| std::future::ready(sum + n))
         .await;
-    landed as f64 / started.elapsed().as_secs_f64()
+    let seconds = started.elapsed().as_secs_f64();
+    let after = processes.cpu();
+    Window {
+        rate: landed as f64 / seconds,
+        cores: [0, 1, 2].map(|i| (after[i] - before[i]) / seconds),
+    }
 }
 
 /// Events the backend's retention task has deleted so far.
@@ -86,8 +119,10 @@ pub async fn figures(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
     )
     .parse()
     .expect("id");
-    let (_server, port) =
+    let (server, port) =
         start_backend_with(args, &catalog, &[("SLUICE_RETENTION_INTERVAL_SECS", "1")]).await;
+    let mysql = sqlx::MySqlPool::connect(&args.mysql).await.expect("mysql");
+    let processes = Processes([server_pid(&mysql).await, server.0.id(), std::process::id()]);
     let base = format!("http://127.0.0.1:{port}");
 
     let now = chrono::Utc::now().timestamp_millis();
@@ -106,7 +141,7 @@ pub async fn figures(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
     // From here on the environment's events are recent ones.
     set_clock(env_id, now);
 
-    let without = ingest_rate(&base, env_id, 100_000).await;
+    let without = ingest_rate(&base, env_id, 100_000, &processes).await;
 
     // An erasure's sweep beside ingest: `backend user erase` reads every row
     // of the environment (no index on user_id) while the same window runs. The
@@ -129,7 +164,7 @@ pub async fn figures(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
             let out = erase.await.expect("backend user erase");
             (out, swept.elapsed())
         },
-        ingest_rate(&base, env_id, 150_000)
+        ingest_rate(&base, env_id, 150_000, &processes)
     );
     let ((out, took), during_erasure) = (erase, during_erasure);
     assert!(
@@ -146,8 +181,10 @@ pub async fn figures(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
         .expect("rows read");
     let sweep_rate = scanned as f64 / took.as_secs_f64();
     eprintln!(
-        "erasure sweep: {scanned} rows read in {:.1} s beside ingest at {during_erasure:.0} ev/s",
-        took.as_secs_f64()
+        "erasure sweep: {scanned} rows read in {:.1} s beside ingest at {:.0} ev/s ({})",
+        took.as_secs_f64(),
+        during_erasure.rate,
+        during_erasure.busy()
     );
 
     cli(
@@ -168,7 +205,7 @@ pub async fn figures(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let during = ingest_rate(&base, env_id, 200_000).await;
+    let during = ingest_rate(&base, env_id, 200_000, &processes).await;
     let at_window_end = deleted(&base).await;
     let inside = at_window_end < old as u64;
     let ended = loop {
@@ -186,13 +223,25 @@ pub async fn figures(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
     // Without a pass again, after it: the reference is the mean of the two
     // windows around it, so neither the fill's nor the deletes' after-work
     // (InnoDB flushing and purge) weighs on one side only.
-    let after = ingest_rate(&base, env_id, 300_000).await;
-    let without_mean = (without + after) / 2.0;
+    let after = ingest_rate(&base, env_id, 300_000, &processes).await;
     eprintln!(
-        "retention: {without:.0} ev/s without a pass before it, {after:.0} after it, {during:.0} inside it \
-         ({at_start} deleted at its start, {at_window_end} at the window's end: {inside_rate:.0} rows/s; \
-         {old} in all), pass {pass_rate:.0} rows/s"
+        "retention: {:.0} ev/s without a pass before it ({}), {:.0} after it ({}), {:.0} inside it ({}; \
+         {at_start} deleted at its start, {at_window_end} at the window's end: {inside_rate:.0} rows/s; \
+         {old} in all), pass {pass_rate:.0} rows/s",
+        without.rate,
+        without.busy(),
+        after.rate,
+        after.busy(),
+        during.rate,
+        during.busy()
     );
+    let without_mean = (without.rate + after.rate) / 2.0;
+    // The shard server's CPU per event written (the windows without a pass)
+    // and per row deleted (inside the pass, what its writes do not explain).
+    let mariadb_per_event = (without.cores[0] + after.cores[0]) / 2.0 / without_mean;
+    let mariadb_per_delete =
+        (during.cores[0] - mariadb_per_event * during.rate) / inside_rate.max(1.0);
+    let (during_erasure, during) = (during_erasure.rate, during.rate);
     let without = without_mean;
     figures.push(Figure {
         name: format!(
@@ -241,6 +290,14 @@ pub async fn figures(args: &Args, prefix: &str, figures: &mut Vec<Figure>) {
         unit: "rows/s",
         reference: "-".into(),
         ratio: None,
+        target: "-".into(),
+    });
+    figures.push(Figure {
+        name: "MariaDB CPU per row deleted inside the pass (beyond its writes' share), per event written without one".into(),
+        value: mariadb_per_delete * 1e6,
+        unit: "µs/row",
+        reference: format!("{:.1} µs per event written", mariadb_per_event * 1e6),
+        ratio: Some(mariadb_per_delete / mariadb_per_event),
         target: "-".into(),
     });
     figures.push(Figure {

@@ -1,17 +1,22 @@
 //! Retention on a shard: chunked deletes of one environment's old rows.
 //!
-//! A chunk is two statements: the keys of the oldest rows, read through the
-//! index that starts with `env_id` and the row's time (index only, it
-//! holds the primary key), then a `DELETE` of those keys by primary key. A
-//! single `DELETE … WHERE env_id = ? AND ts < ? ORDER BY ts LIMIT ?` is
-//! valid SQL on both servers, but MariaDB 10.11 plans it on the primary key
-//! with a filesort of every old row, per chunk (`EXPLAIN`; BENCHMARKS.md
-//! "Retention" has what that cost). The `DELETE` repeats the time bound, so
-//! it removes only rows still past the cutoff.
+//! A chunk is one statement: a multi-table `DELETE` joining the table on
+//! its primary key to a derived table of the chunk's keys, the oldest rows
+//! read through the index that starts with `env_id` and the row's time
+//! (index only, it holds the primary key). Both servers materialise that
+//! derived table (a `LIMIT` keeps it from being merged, which is also what
+//! lets a statement read the table it deletes from on MySQL), then delete
+//! row by primary key.
+//! Measured on MariaDB 10.11 (BENCHMARKS.md "Retention"): about half the
+//! server's CPU per row of sending the keys back in a 5,000-value `IN`
+//! list, the form before; a single `DELETE … WHERE env_id = ? AND ts < ?
+//! ORDER BY ts LIMIT ?` is worse still, as MariaDB plans it on the primary
+//! key with a filesort of every old row, per chunk. The outer `WHERE`
+//! repeats the time bound, so a chunk removes only rows still past the
+//! cutoff.
 
 use async_trait::async_trait;
 use chrono::NaiveDateTime;
-use sqlx::{mysql::MySqlRow, MySql, QueryBuilder, Row};
 
 use super::shards::Shards;
 use crate::{
@@ -30,19 +35,17 @@ fn layout(table: Expiring) -> (&'static str, &'static [&'static str]) {
     }
 }
 
-/// One key column's value, as read and bound again.
-enum Value {
-    Bytes(Vec<u8>),
-    Time(NaiveDateTime),
-    Number(u16),
-}
-
-fn value(row: &MySqlRow, i: usize, column: &str) -> Result<Value> {
-    Ok(match column {
-        "minute" | "received_at" => Value::Time(row.try_get(i)?),
-        "seq" => Value::Number(row.try_get(i)?),
-        _ => Value::Bytes(row.try_get(i)?),
-    })
+/// The chunk delete of `table` (binds: env id, cutoff, chunk rows, env id,
+/// cutoff).
+fn chunk_delete(table: Expiring) -> String {
+    let (time, keys) = layout(table);
+    let name = table.table();
+    let on: String = keys.iter().map(|k| format!(" AND t.{k} = k.{k}")).collect();
+    format!(
+        "DELETE t FROM {name} t JOIN (SELECT {keys} FROM {name} WHERE env_id = ? AND {time} < ? \
+         ORDER BY {time} LIMIT ?) k ON t.env_id = ?{on} WHERE t.{time} < ?",
+        keys = keys.join(", ")
+    )
 }
 
 fn ms_datetime(ms: i64) -> NaiveDateTime {
@@ -72,43 +75,29 @@ impl RetentionStore for Shards {
             Expiring::Events | Expiring::RejectedSamples => before,
         };
         let before = ms_datetime(before);
-        let (time, keys) = layout(table);
-        let name = table.table();
-        let rows = sqlx::query(&format!(
-            "SELECT {} FROM {name} WHERE env_id = ? AND {time} < ? ORDER BY {time} LIMIT ?",
-            keys.join(", ")
-        ))
-        .bind(env_id)
-        .bind(before)
-        .bind(limit)
-        .fetch_all(&pool)
-        .await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
-        let mut delete = QueryBuilder::<MySql>::new(format!("DELETE FROM {name} WHERE env_id = "));
-        delete
-            .push_bind(env_id)
-            .push(format!(" AND {time} < "))
-            .push_bind(before)
-            .push(format!(" AND ({}) IN (", keys.join(", ")));
-        let mut list = delete.separated(", ");
-        for row in &rows {
-            list.push("(");
-            for (i, column) in keys.iter().enumerate() {
-                if i > 0 {
-                    list.push_unseparated(", ");
-                }
-                match value(row, i, column)? {
-                    Value::Bytes(b) => list.push_bind_unseparated(b),
-                    Value::Time(t) => list.push_bind_unseparated(t),
-                    Value::Number(n) => list.push_bind_unseparated(n),
-                };
-            }
-            list.push_unseparated(")");
-        }
-        delete.push(")");
-        let done = delete.build().execute(&pool).await?;
+        let done = sqlx::query(&chunk_delete(table))
+            .bind(env_id)
+            .bind(before)
+            .bind(limit)
+            .bind(env_id)
+            .bind(before)
+            .execute(&pool)
+            .await?;
         Ok(done.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chunk_joins_on_the_whole_primary_key() {
+        assert_eq!(
+            chunk_delete(Expiring::DeadLetters),
+            "DELETE t FROM dead_letters t JOIN (SELECT id, received_at FROM dead_letters \
+             WHERE env_id = ? AND minute < ? ORDER BY minute LIMIT ?) k \
+             ON t.env_id = ? AND t.id = k.id AND t.received_at = k.received_at WHERE t.minute < ?"
+        );
     }
 }
