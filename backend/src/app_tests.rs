@@ -1808,3 +1808,46 @@ async fn a_suppressed_persons_events_are_answered_dropped_and_counted_at_the_dir
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn ended_suppressions_are_pruned_in_chunks_and_active_ones_stay() {
+    use crate::erasure::{person_hash, IdKind};
+    let h = harness().await;
+    let now = chrono::Utc::now().timestamp();
+    let ended = crate::SUPPRESSION_PRUNE_ROWS + 5;
+    for n in 0..ended {
+        let person = person_hash(WEB, IdKind::UserId, &format!("ended-{n}"));
+        h.catalog
+            .suppress_until(WEB, person, now - 1 - i64::from(n));
+    }
+    let active = person_hash(WEB, IdKind::UserId, "active");
+    h.catalog.suppress_until(WEB, active, now + 3600);
+    h.state.catalog.refresh().await.unwrap();
+    assert_eq!(
+        h.state.catalog.snapshot().suppressed[&WEB].len(),
+        1,
+        "an ended suppression is not read"
+    );
+
+    assert_eq!(h.state.prune_suppressions().await, u64::from(ended));
+    assert_eq!(h.catalog.suppressions(), 1);
+    assert_eq!(h.state.metrics.suppressions_pruned.get(), u64::from(ended));
+    h.state.catalog.refresh().await.unwrap();
+    assert!(h.state.catalog.snapshot().suppressed[&WEB].contains(&active));
+    assert_eq!(
+        h.state.prune_suppressions().await,
+        0,
+        "nothing left to prune"
+    );
+
+    h.catalog.set_failing(true);
+    h.catalog
+        .suppress_until(WEB, person_hash(WEB, IdKind::UserId, "late"), now - 1);
+    assert_eq!(h.state.prune_suppressions().await, 0, "a failure is logged");
+    h.catalog.set_failing(false);
+    assert_eq!(
+        h.state.prune_suppressions().await,
+        1,
+        "the next pass goes on"
+    );
+}

@@ -168,6 +168,13 @@ pub trait CatalogSource: Send + Sync {
 
     /// The environment an active API key (by its SHA-256 hex) writes to.
     async fn api_key_env(&self, hash: &str) -> Result<Option<u32>>;
+
+    /// Delete at most `limit` suppressions that have ended (those [`load`]
+    /// no longer reads), earliest end first; returns how many went. The
+    /// erasure records stay.
+    ///
+    /// [`load`]: CatalogSource::load
+    async fn prune_suppressions(&self, limit: u32) -> Result<u64>;
 }
 
 /// Where counter deltas are persisted.
