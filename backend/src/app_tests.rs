@@ -1329,6 +1329,38 @@ async fn the_direct_door_ledger_counts_acceptances_resends_and_refusals() {
 }
 
 #[tokio::test]
+async fn reports_and_what_they_hold_are_objects_never_the_sequence_form() {
+    let h = harness().await;
+    let now = now_ms();
+    let id = "00112233445566778899aabbccddeeff";
+    for body in [
+        json!([]),
+        json!([[], []]),
+        json!({"reports": [[id, WEB, now]]}),
+        json!({"reports": [{"id": id, "env_id": WEB, "received_at": now,
+                            "samples": [[now, "invalid_json", "bad", "{"]]}]}),
+        json!({"dead_letters": [[WEB, "e-1", now]]}),
+        json!({"dead_letters": [{"env_id": WEB, "id": "e-1", "received_at": now,
+                                 "acceptance": [id, 1]}]}),
+    ] {
+        let a = reports(&h.state, &body).await;
+        assert_eq!(
+            (a.status, a.body["error"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_batch")),
+            "{body}: {}",
+            a.text
+        );
+    }
+    let a = reports(
+        &h.state,
+        &json!({"dead_letters": [{"env_id": WEB, "id": "e-1", "received_at": now,
+                                  "acceptance": {"id": id, "n": 1}}]}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+}
+
+#[tokio::test]
 async fn reports_count_once_and_dead_letters_net_out_when_replayed() {
     let h = harness().await;
     let now = now_ms();
