@@ -1883,3 +1883,61 @@ async fn ended_suppressions_are_pruned_in_chunks_and_active_ones_stay() {
         "the next pass goes on"
     );
 }
+
+/// The whole answer of `/v1/stats/delivery`, every field (the
+/// OpenAPI description's `Delivery` is this type).
+#[tokio::test]
+async fn the_delivery_answer_whole() {
+    let h = harness().await;
+    let minute = 1_700_000_040_000i64;
+    let acceptance = "00112233445566778899aabbccddeeff";
+    let report = json!({"reports": [{
+        "id": acceptance, "env_id": WEB, "received_at": minute + 1_000,
+        "rejected": {"invalid_json": 2}, "accepted": 3, "lost": 1, "dropped": {"bot": 1}
+    }]});
+    assert_eq!(reports(&h.state, &report).await.status, StatusCode::OK);
+    let mut stored = envelope(WEB, 1, "e", minute);
+    stored["received_at"] = json!(minute + 2_000);
+    stored["acceptance"] = json!({"id": acceptance, "n": 3});
+    let mut own = envelope(WEB, 2, "e", minute);
+    own["received_at"] = json!(minute + 61_000);
+    assert_eq!(
+        ingest(&h.state, &json!([stored, own])).await.status,
+        StatusCode::OK
+    );
+    let range = format!("from={minute}&to={}", minute + 120_000);
+    let mut whole = ledger(&h.state, &format!("{range}&interval=minute")).await;
+    let settled_before = whole["settled_before"].take();
+    assert!(settled_before.as_i64().unwrap_or(0) > now_ms() - 130_000);
+    let ledger_of = |received, accepted, rejected, stored, dropped, lost| {
+        json!({"received": received, "accepted": accepted, "rejected": rejected,
+               "stored": stored, "resent": 0, "redelivered": 0, "dropped": dropped,
+               "dead_lettered": 0, "replayed": 0, "lost": lost, "in_flight": 0})
+    };
+    let with = |mut ledger: Value, more: Value| {
+        for (k, v) in more.as_object().expect("object") {
+            ledger[k] = v.clone();
+        }
+        ledger
+    };
+    let first = with(
+        ledger_of(5, 3, json!({"invalid_json": 2}), 1, json!({"bot": 1}), 1),
+        json!({"t": minute, "settled": true}),
+    );
+    let second = with(
+        ledger_of(1, 1, json!({}), 1, json!({}), 0),
+        json!({"t": minute + 60_000, "settled": true}),
+    );
+    let total = with(
+        ledger_of(6, 4, json!({"invalid_json": 2}), 2, json!({"bot": 1}), 1),
+        json!({"env": "web", "from": minute, "to": minute + 120_000,
+               "settled_before": null, "balanced": true, "gap": 0}),
+    );
+    assert_eq!(
+        whole,
+        with(total.clone(), json!({"series": [first, second]}))
+    );
+    let mut without = ledger(&h.state, &range).await;
+    without["settled_before"].take();
+    assert_eq!(without, total, "no series without interval=minute");
+}
