@@ -198,12 +198,14 @@ pub struct SummaryRange {
     pub end: NaiveDateTime,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+/// A name and its count (`/v1/stats/summary`'s `by_event`, `by_country`).
+#[derive(Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct NamedCount {
     pub name: String,
     pub count: u64,
     /// The message type, for event names (`track`, `identify`, `page`, ...).
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<protocol::EventType>)]
     pub event_type: Option<&'static str>,
 }
 
