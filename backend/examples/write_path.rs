@@ -1,6 +1,6 @@
 //! The backend's CPU work per event of `POST /v1/ingest`, without I/O: the
-//! bench's kind of events (sluice-bench's throughput stage: 5 properties, a
-//! 3-key context, user and session ids), posted as 500-envelope JSON
+//! bench's events (sluice-bench's throughput stage, `testkit::bench_envelopes`:
+//! 5 properties, a 3-key context, user and session ids), posted as 500-envelope JSON
 //! batches, go through the same functions the write path calls —
 //! `api::decode_batch` → `ingest::prepare` → `shards::event_rows` →
 //! `events_insert` (arguments encoded) → `delivery::count_write` →
@@ -24,61 +24,15 @@ use backend::{
     model::{counted, Deltas},
     shards::{event_rows, events_insert, set_context_ids, EventRow},
 };
-use serde_json::json;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const NAMES: [&str; 8] = [
-    "page_view",
-    "click",
-    "signup",
-    "purchase",
-    "search",
-    "add_to_cart",
-    "checkout",
-    "error",
-];
-const COUNTRIES: [&str; 5] = ["DE", "US", "FR", "BR", "JP"];
-const BATCH: usize = 500;
-
-/// A small deterministic generator (xorshift), so runs count the same.
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
+/// The bench's throughput events (`testkit::bench_envelopes`, fixed time
+/// and seed, so runs count the same) as `/v1/ingest` bodies.
 fn batches(n: usize) -> Vec<Vec<u8>> {
-    let mut rng = Rng(0x5eed_1234_abcd_0001);
-    let base = 1_790_000_000_000i64;
-    let envelopes: Vec<serde_json::Value> = (0..n)
-        .map(|i| {
-            let ts = base + i as i64 * 3;
-            let mut random = [0u8; 10];
-            for b in &mut random {
-                *b = rng.below(256) as u8;
-            }
-            json!({
-                "id": protocol::uuid_v7(ts as u64, &random),
-                "env_id": 1,
-                "name": NAMES[rng.below(NAMES.len() as u64) as usize],
-                "timestamp": ts,
-                "received_at": ts + 40,
-                "user_id": format!("user-{}", rng.below(50_000)),
-                "session_id": format!("sess-{}", rng.below(200_000)),
-                "properties": {"amount": (rng.below(50_000) + 1) as f64 / 100.0, "currency": "EUR",
-                               "sku": format!("SKU-{}", rng.below(5000)), "plan": "pro", "step": i % 10},
-                "context": {"country": COUNTRIES[i % 5], "colo": "FRA", "library": "sluice-js/1.0"}
-            })
-        })
-        .collect();
-    envelopes
-        .chunks(BATCH)
+    testkit::bench_envelopes(1, 1_790_000_000_000, n, 0x5eed_1234_abcd_0001)
+        .chunks(testkit::BENCH_BATCH)
         .map(|c| serde_json::to_vec(c).expect("json"))
         .collect()
 }

@@ -214,15 +214,24 @@ pub fn gunzip(compressed: &[u8], limit: usize) -> Result<Vec<u8>, Error> {
 /// takes ~0.5 ms); larger or gzipped bodies go to the blocking pool.
 const INLINE_DECODE_BYTES: usize = 256 * 1024;
 
+/// A body that is not JSON is malformed; JSON of the wrong shape, invalid.
+fn shape_error(e: serde_json::Error) -> Error {
+    match e.classify() {
+        serde_json::error::Category::Data => Error::InvalidBatch(e.to_string()),
+        _ => Error::MalformedJson(e.to_string()),
+    }
+}
+
 /// Decode and validate a batch: all-or-nothing, with every invalid envelope listed.
+/// Envelopes are objects (`protocol::object`), never the sequence form.
 pub fn decode_batch(bytes: &[u8], max_events: usize) -> Result<Vec<Envelope>, Error> {
     // One UTF-8 check of the whole body: `from_slice` checks every string on its own.
     let text = std::str::from_utf8(bytes)
         .map_err(|e| Error::MalformedJson(format!("the body is not UTF-8: {e}")))?;
-    let envelopes: Vec<Envelope> = serde_json::from_str(text).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => Error::InvalidBatch(e.to_string()),
-        _ => Error::MalformedJson(e.to_string()),
-    })?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let envelopes: Vec<Envelope> = protocol::object::vec(&mut de)
+        .and_then(|envelopes| de.end().map(|()| envelopes))
+        .map_err(shape_error)?;
     if envelopes.is_empty() {
         return Err(Error::EmptyBatch);
     }
@@ -311,16 +320,9 @@ async fn ingest_reports(
     let result = async {
         check_content_type(&headers)?;
         let raw = read_body(body, state.config.max_body_bytes).await?;
-        // serde would also read a struct from an array (`[]` as no reports):
-        // the body is the object the description says, or refused.
-        if raw.trim_ascii_start().first().is_some_and(|b| *b != b'{') {
-            return Err(Error::InvalidBatch("the body must be a JSON object".into()));
-        }
-        let reports: protocol::Reports =
-            serde_json::from_slice(&raw).map_err(|e| match e.classify() {
-                serde_json::error::Category::Data => Error::InvalidBatch(e.to_string()),
-                _ => Error::MalformedJson(e.to_string()),
-            })?;
+        let protocol::object::Object(reports) =
+            serde_json::from_slice::<protocol::object::Object<protocol::Reports>>(&raw)
+                .map_err(shape_error)?;
         ingest::report(&state, &reports).await
     }
     .await;
@@ -389,6 +391,39 @@ mod tests {
                 3
             ),
             Err(Error::InvalidBatch(_))
+        ));
+    }
+
+    #[test]
+    fn decode_batch_refuses_envelopes_in_the_sequence_form() {
+        let sequence = br#"[["a", 1, "ok", 0, 0]]"#;
+        assert!(
+            serde_json::from_slice::<Vec<Envelope>>(sequence).is_ok(),
+            "serde's derived reader takes it"
+        );
+        let Err(Error::InvalidBatch(message)) = decode_batch(sequence, 3) else {
+            panic!("the sequence form is refused");
+        };
+        assert!(message.contains("expected a JSON object"), "{message}");
+        let acceptance =
+            br#"[{"id": "a", "env_id": 1, "name": "ok", "timestamp": 0, "received_at": 0,
+            "acceptance": ["00112233445566778899aabbccddeeff", 1]}]"#;
+        assert!(matches!(
+            decode_batch(acceptance, 3),
+            Err(Error::InvalidBatch(_))
+        ));
+        let object = br#"[{"id": "a", "env_id": 1, "name": "ok", "timestamp": 0, "received_at": 0,
+            "acceptance": {"id": "00112233445566778899aabbccddeeff", "n": 1}}]"#;
+        assert_eq!(
+            decode_batch(object, 3)
+                .ok()
+                .and_then(|b| b[0].acceptance.clone())
+                .map(|a| a.n),
+            Some(1)
+        );
+        assert!(matches!(
+            decode_batch(b"[] x", 3),
+            Err(Error::MalformedJson(_))
         ));
     }
 

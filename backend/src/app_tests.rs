@@ -1329,6 +1329,38 @@ async fn the_direct_door_ledger_counts_acceptances_resends_and_refusals() {
 }
 
 #[tokio::test]
+async fn reports_and_what_they_hold_are_objects_never_the_sequence_form() {
+    let h = harness().await;
+    let now = now_ms();
+    let id = "00112233445566778899aabbccddeeff";
+    for body in [
+        json!([]),
+        json!([[], []]),
+        json!({"reports": [[id, WEB, now]]}),
+        json!({"reports": [{"id": id, "env_id": WEB, "received_at": now,
+                            "samples": [[now, "invalid_json", "bad", "{"]]}]}),
+        json!({"dead_letters": [[WEB, "e-1", now]]}),
+        json!({"dead_letters": [{"env_id": WEB, "id": "e-1", "received_at": now,
+                                 "acceptance": [id, 1]}]}),
+    ] {
+        let a = reports(&h.state, &body).await;
+        assert_eq!(
+            (a.status, a.body["error"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("invalid_batch")),
+            "{body}: {}",
+            a.text
+        );
+    }
+    let a = reports(
+        &h.state,
+        &json!({"dead_letters": [{"env_id": WEB, "id": "e-1", "received_at": now,
+                                  "acceptance": {"id": id, "n": 1}}]}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+}
+
+#[tokio::test]
 async fn reports_count_once_and_dead_letters_net_out_when_replayed() {
     let h = harness().await;
     let now = now_ms();
@@ -1807,4 +1839,105 @@ async fn a_suppressed_persons_events_are_answered_dropped_and_counted_at_the_dir
         (&json!(3), &json!(2), &json!({"suppressed": 1}), &json!(0)),
         "{body}"
     );
+}
+
+#[tokio::test]
+async fn ended_suppressions_are_pruned_in_chunks_and_active_ones_stay() {
+    use crate::erasure::{person_hash, IdKind};
+    let h = harness().await;
+    let now = chrono::Utc::now().timestamp();
+    let ended = crate::SUPPRESSION_PRUNE_ROWS + 5;
+    for n in 0..ended {
+        let person = person_hash(WEB, IdKind::UserId, &format!("ended-{n}"));
+        h.catalog
+            .suppress_until(WEB, person, now - 1 - i64::from(n));
+    }
+    let active = person_hash(WEB, IdKind::UserId, "active");
+    h.catalog.suppress_until(WEB, active, now + 3600);
+    h.state.catalog.refresh().await.unwrap();
+    assert_eq!(
+        h.state.catalog.snapshot().suppressed[&WEB].len(),
+        1,
+        "an ended suppression is not read"
+    );
+
+    assert_eq!(h.state.prune_suppressions().await, u64::from(ended));
+    assert_eq!(h.catalog.suppressions(), 1);
+    assert_eq!(h.state.metrics.suppressions_pruned.get(), u64::from(ended));
+    h.state.catalog.refresh().await.unwrap();
+    assert!(h.state.catalog.snapshot().suppressed[&WEB].contains(&active));
+    assert_eq!(
+        h.state.prune_suppressions().await,
+        0,
+        "nothing left to prune"
+    );
+
+    h.catalog.set_failing(true);
+    h.catalog
+        .suppress_until(WEB, person_hash(WEB, IdKind::UserId, "late"), now - 1);
+    assert_eq!(h.state.prune_suppressions().await, 0, "a failure is logged");
+    h.catalog.set_failing(false);
+    assert_eq!(
+        h.state.prune_suppressions().await,
+        1,
+        "the next pass goes on"
+    );
+}
+
+/// The whole answer of `/v1/stats/delivery`, every field (the
+/// OpenAPI description's `Delivery` is this type).
+#[tokio::test]
+async fn the_delivery_answer_whole() {
+    let h = harness().await;
+    let minute = 1_700_000_040_000i64;
+    let acceptance = "00112233445566778899aabbccddeeff";
+    let report = json!({"reports": [{
+        "id": acceptance, "env_id": WEB, "received_at": minute + 1_000,
+        "rejected": {"invalid_json": 2}, "accepted": 3, "lost": 1, "dropped": {"bot": 1}
+    }]});
+    assert_eq!(reports(&h.state, &report).await.status, StatusCode::OK);
+    let mut stored = envelope(WEB, 1, "e", minute);
+    stored["received_at"] = json!(minute + 2_000);
+    stored["acceptance"] = json!({"id": acceptance, "n": 3});
+    let mut own = envelope(WEB, 2, "e", minute);
+    own["received_at"] = json!(minute + 61_000);
+    assert_eq!(
+        ingest(&h.state, &json!([stored, own])).await.status,
+        StatusCode::OK
+    );
+    let range = format!("from={minute}&to={}", minute + 120_000);
+    let mut whole = ledger(&h.state, &format!("{range}&interval=minute")).await;
+    let settled_before = whole["settled_before"].take();
+    assert!(settled_before.as_i64().unwrap_or(0) > now_ms() - 130_000);
+    let ledger_of = |received, accepted, rejected, stored, dropped, lost| {
+        json!({"received": received, "accepted": accepted, "rejected": rejected,
+               "stored": stored, "resent": 0, "redelivered": 0, "dropped": dropped,
+               "dead_lettered": 0, "replayed": 0, "lost": lost, "in_flight": 0})
+    };
+    let with = |mut ledger: Value, more: Value| {
+        for (k, v) in more.as_object().expect("object") {
+            ledger[k] = v.clone();
+        }
+        ledger
+    };
+    let first = with(
+        ledger_of(5, 3, json!({"invalid_json": 2}), 1, json!({"bot": 1}), 1),
+        json!({"t": minute, "settled": true}),
+    );
+    let second = with(
+        ledger_of(1, 1, json!({}), 1, json!({}), 0),
+        json!({"t": minute + 60_000, "settled": true}),
+    );
+    let total = with(
+        ledger_of(6, 4, json!({"invalid_json": 2}), 2, json!({"bot": 1}), 1),
+        json!({"env": "web", "from": minute, "to": minute + 120_000,
+               "settled_before": null, "balanced": true, "gap": 0}),
+    );
+    assert_eq!(
+        whole,
+        with(total.clone(), json!({"series": [first, second]}))
+    );
+    let mut without = ledger(&h.state, &range).await;
+    without["settled_before"].take();
+    assert_eq!(without, total, "no series without interval=minute");
 }

@@ -94,6 +94,12 @@ impl Catalog {
         self.source.api_key_env(hash).await
     }
 
+    /// Delete at most `limit` ended suppressions from the source (see
+    /// [`CatalogSource::prune_suppressions`]).
+    pub async fn prune_suppressions(&self, limit: u32) -> Result<u64> {
+        self.source.prune_suppressions(limit).await
+    }
+
     /// The routing bound (`SLUICE_CATALOG_REFRESH_MS`).
     pub fn max_age(&self) -> Duration {
         self.max_age

@@ -309,8 +309,8 @@ impl Counts {
     }
 }
 
-/// The ledger of a minute or a range, as the API answers it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The delivery ledger of a minute or a range, as the API answers it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Ledger {
     pub received: u64,
     pub accepted: u64,
@@ -358,23 +358,6 @@ impl Ledger {
             rejected,
             dropped,
         }
-    }
-
-    /// As the API answers it.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "received": self.received,
-            "accepted": self.accepted,
-            "rejected": self.rejected,
-            "stored": self.stored,
-            "resent": self.resent,
-            "redelivered": self.redelivered,
-            "dropped": self.dropped,
-            "dead_lettered": self.dead_lettered,
-            "replayed": self.replayed,
-            "lost": self.lost,
-            "in_flight": self.in_flight,
-        })
     }
 
     /// Whether this minute adds up: nothing in flight, nothing over-counted.

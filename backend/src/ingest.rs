@@ -233,11 +233,11 @@ pub async fn land(
     response
 }
 
-/// What [`report`] recorded.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// The answer of `POST /v1/ingest/reports`: what `report` recorded.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Reported {
-    pub reports: usize,
-    pub dead_letters: usize,
+    pub reports: u64,
+    pub dead_letters: u64,
 }
 
 /// One environment's part of a report batch: ledger rows, samples (by
@@ -311,7 +311,7 @@ pub async fn report(state: &AppState, batch: &protocol::Reports) -> Result<Repor
                 })?;
         }
     }
-    done.reports = batch.reports.len();
-    done.dead_letters = batch.dead_letters.len();
+    done.reports = batch.reports.len() as u64;
+    done.dead_letters = batch.dead_letters.len() as u64;
     Ok(done)
 }

@@ -221,6 +221,32 @@ impl AppState {
         removed
     }
 
+    /// Delete the catalog's ended suppressions, `SUPPRESSION_PRUNE_ROWS` per
+    /// statement, until none is left (also done every hour); returns how
+    /// many went. A failure ends the pass (the next one goes on).
+    pub async fn prune_suppressions(&self) -> u64 {
+        let mut removed = 0;
+        loop {
+            match self
+                .catalog
+                .prune_suppressions(SUPPRESSION_PRUNE_ROWS)
+                .await
+            {
+                Ok(n) => {
+                    removed += n;
+                    self.metrics.suppressions_pruned.inc_by(n);
+                    if n < u64::from(SUPPRESSION_PRUNE_ROWS) {
+                        return removed;
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "pruning ended suppressions failed");
+                    return removed;
+                }
+            }
+        }
+    }
+
     /// One retention pass over every environment with a retention (or only
     /// `only`), unless one is running in this process already (then `None`);
     /// it stops between two chunks once `stop` turns true.
@@ -265,6 +291,9 @@ pub const LEDGER_COMPACT_MINUTES: u32 = 120;
 /// Write rows of the ledger are summed once their minute is this old (late
 /// writes into it still count, added beside the sum).
 pub const LEDGER_COMPACT_AFTER: Duration = Duration::from_secs(3600);
+
+/// Ended suppressions deleted per statement.
+pub const SUPPRESSION_PRUNE_ROWS: u32 = 1_000;
 
 /// Run `job` every `period` (first after `delay`) in a task of its own,
 /// until `stop` turns true.
@@ -338,6 +367,16 @@ fn spawn_background(state: &AppState, stop: &watch::Receiver<bool>) -> Vec<JoinH
         every(state, stop, (minute, minute), |state| async move {
             state.compact_ledger(LEDGER_COMPACT_AFTER).await;
         }),
+        // Ended suppressions are never read (a suppression lasts days), so
+        // an hour late costs only their rows.
+        every(
+            state,
+            stop,
+            (Duration::from_secs(3600), minute),
+            |state| async move {
+                state.prune_suppressions().await;
+            },
+        ),
         {
             // The pass watches `stop` itself: a long one ends between two
             // chunks at shutdown.

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub retention_pass_seconds: prometheus::Histogram,
     /// Dead letters newly recorded in the delivery ledger, per environment.
     pub ledger_dead_letters: IntCounterVec,
+    /// Ended suppressions deleted from the catalog.
+    pub suppressions_pruned: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -154,6 +156,12 @@ impl Metrics {
         )
         .expect("valid histogram");
         f.add(&retention_pass_seconds);
+        let suppressions_pruned = prometheus::IntCounter::new(
+            "sluice_suppressions_pruned_total",
+            "Ended suppressions (of erased people) deleted from the catalog; the erasure records stay",
+        )
+        .expect("valid counter");
+        f.add(&suppressions_pruned);
         Self {
             registry: f.registry,
             names: f.names,
@@ -161,6 +169,7 @@ impl Metrics {
             retention_deleted,
             retention_errors,
             retention_pass_seconds,
+            suppressions_pruned,
             direct_requests,
             direct_unattributed,
             ledger_report_failures,

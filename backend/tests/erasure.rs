@@ -198,3 +198,65 @@ async fn erasure_sweeps_both_shards_keeps_a_hash_only_and_suppresses_later_event
     stop(server, tx).await;
     t.cleanup().await;
 }
+
+#[tokio::test]
+async fn ended_suppressions_are_pruned_and_active_ones_and_the_records_stay() {
+    let (t, env) = Env::with_environment("web").await;
+    for (person, days) in [("ended", -2i32), ("ended-too", -1), ("active", 30)] {
+        sqlx::query(
+            "INSERT INTO suppressions (env_id, person, until) \
+             VALUES (?, ?, UTC_TIMESTAMP() + INTERVAL ? DAY)",
+        )
+        .bind(env)
+        .bind(&erasure::person_hash(env, IdKind::UserId, person)[..])
+        .bind(days)
+        .execute(&t.catalog)
+        .await
+        .expect("suppression");
+    }
+    let record = backend::store::mysql::erasure::start(
+        &t.catalog,
+        env,
+        IdKind::UserId,
+        &erasure::person_hash(env, IdKind::UserId, "recorded"),
+        "dpo@example",
+        0,
+    )
+    .await
+    .expect("record");
+
+    let source = backend::store::mysql::MySqlCatalog::new(t.catalog.clone());
+    use backend::store::CatalogSource as _;
+    assert_eq!(
+        source.prune_suppressions(1).await.expect("prune"),
+        1,
+        "a chunk"
+    );
+    let earliest: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM suppressions WHERE person = ?")
+        .bind(&erasure::person_hash(env, IdKind::UserId, "ended")[..])
+        .fetch_one(&t.catalog)
+        .await
+        .expect("count");
+    assert_eq!(earliest, 0, "the earliest end goes first");
+    assert_eq!(source.prune_suppressions(10).await.expect("prune"), 1);
+    assert_eq!(source.prune_suppressions(10).await.expect("prune"), 0);
+    let left: Vec<Vec<u8>> = sqlx::query_scalar("SELECT person FROM suppressions")
+        .fetch_all(&t.catalog)
+        .await
+        .expect("left");
+    assert_eq!(
+        left,
+        [erasure::person_hash(env, IdKind::UserId, "active").to_vec()]
+    );
+    let snapshot = source.load().await.expect("load");
+    assert_eq!(snapshot.suppressed[&env].len(), 1);
+    let records = backend::store::mysql::erasure::records(&t.catalog, env)
+        .await
+        .expect("records");
+    assert_eq!(
+        records.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [record],
+        "the erasure record stays"
+    );
+    t.cleanup().await;
+}

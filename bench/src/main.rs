@@ -52,24 +52,11 @@ mod ua;
 use backend::shards::{events_insert, EventRow};
 use futures::{stream, StreamExt};
 use protocol::Envelope;
-use rand::{rngs::SmallRng, Rng, SeedableRng};
-use serde_json::json;
 use sqlx::{mysql::MySqlPoolOptions, MySql, MySqlPool, QueryBuilder};
 
 const TOKEN: &str = "bench-ingest-token-0123456789abcdef0123456789";
-const BATCH: usize = 500;
+const BATCH: usize = testkit::BENCH_BATCH;
 const POOL: u32 = 4;
-const COUNTRIES: [&str; 5] = ["DE", "US", "FR", "BR", "JP"];
-const NAMES: [&str; 8] = [
-    "page_view",
-    "click",
-    "signup",
-    "purchase",
-    "search",
-    "add_to_cart",
-    "checkout",
-    "error",
-];
 
 struct Args {
     mysql: String,
@@ -157,8 +144,8 @@ fn set_clock(env_id: u32, ms: i64) {
         .insert(env_id, ms);
 }
 
-/// ~300-byte events with 5 properties, deterministic for a seed.
-/// `n` events of one environment, 3 ms apart. Each environment's clock
+/// `n` of the throughput stage's events (`testkit::bench_envelopes`) of
+/// one environment, deterministic for a seed. Each environment's clock
 /// carries on from its previous call, as real traffic does: every run
 /// appends to the end of the time-ordered keys instead of filling in an
 /// hour that earlier runs already wrote. It starts two hours ago, or where
@@ -173,26 +160,7 @@ fn events(env_id: u32, n: usize, seed: u64) -> Vec<Envelope> {
         *clock += n as i64 * 3;
         base
     };
-    let mut rng = SmallRng::seed_from_u64(seed);
-    (0..n)
-        .map(|i| {
-            let ts = base + (i as i64) * 3;
-            let random: [u8; 10] = rng.random();
-            let value = json!({
-                "id": protocol::uuid_v7(ts as u64, &random),
-                "env_id": env_id,
-                "name": NAMES[rng.random_range(0..NAMES.len())],
-                "timestamp": ts,
-                "received_at": ts + 40,
-                "user_id": format!("user-{}", rng.random_range(0..50_000)),
-                "session_id": format!("sess-{}", rng.random_range(0..200_000)),
-                "properties": {"amount": rng.random_range(1..50_000) as f64 / 100.0, "currency": "EUR",
-                               "sku": format!("SKU-{}", rng.random_range(0..5000)), "plan": "pro", "step": i % 10},
-                "context": {"country": COUNTRIES[i % 5], "colo": "FRA", "library": "sluice-js/1.0"}
-            });
-            serde_json::from_value(value).expect("valid envelope")
-        })
-        .collect()
+    testkit::bench_envelopes(env_id, base, n, seed)
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -313,7 +281,7 @@ async fn raw_insert(pool: &MySqlPool, rows: &[Envelope]) {
         .map(|e| {
             let (_, per_event) = backend::shards::split_context(&e.context);
             let country = e.context.get("country").and_then(|c| c.as_str());
-            let context_id = COUNTRIES
+            let context_id = testkit::BENCH_COUNTRIES
                 .iter()
                 .position(|c| Some(*c) == country)
                 .map_or(0, |i| i as u32 + 1);
@@ -926,6 +894,7 @@ async fn finish(args: &Args, prefix: &str, figures: Vec<Figure>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     /// The raw ceiling writes every column the backend writes (its rows go
     /// through the backend's own row definition), so the two stay comparable.

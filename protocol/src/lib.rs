@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+pub mod object;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 
@@ -133,7 +134,11 @@ pub struct Envelope {
     pub previous_id: Option<String>,
     /// The request that accepted this event, for the delivery ledger: set
     /// by the edge, absent on events that come by other ways.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "object::option"
+    )]
     pub acceptance: Option<Acceptance>,
 }
 
@@ -189,7 +194,11 @@ pub struct Report {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[cfg_attr(feature = "openapi", schema(schema_with = openapi::reason_counts))]
     pub dropped: BTreeMap<String, u64>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "object::vec"
+    )]
     pub samples: Vec<Sample>,
 }
 
@@ -247,7 +256,11 @@ pub struct DeadLetter {
     pub id: String,
     #[cfg_attr(feature = "openapi", schema(schema_with = openapi::lenient_ms))]
     pub received_at: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "object::option"
+    )]
     #[cfg_attr(feature = "openapi", schema(schema_with = openapi::lenient_acceptance))]
     pub acceptance: Option<Acceptance>,
 }
@@ -257,9 +270,17 @@ pub struct DeadLetter {
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Reports {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "object::vec"
+    )]
     pub reports: Vec<Report>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "object::vec"
+    )]
     pub dead_letters: Vec<DeadLetter>,
 }
 

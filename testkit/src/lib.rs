@@ -425,6 +425,51 @@ pub fn bad_ingest_requests(env_id: u32, token: &str) -> Vec<BadRequest> {
     ]
 }
 
+/// Envelopes per `POST /v1/ingest` batch of the benchmarks' throughput
+/// stage (and rows per INSERT of its raw ceiling).
+pub const BENCH_BATCH: usize = 500;
+/// The countries of [`bench_envelopes`], by event number (`i % 5`).
+pub const BENCH_COUNTRIES: [&str; 5] = ["DE", "US", "FR", "BR", "JP"];
+/// The event names [`bench_envelopes`] draws from.
+pub const BENCH_NAMES: [&str; 8] = [
+    "page_view",
+    "click",
+    "signup",
+    "purchase",
+    "search",
+    "add_to_cart",
+    "checkout",
+    "error",
+];
+
+/// The envelopes of the benchmarks' throughput stage (`sluice-bench`'s
+/// figure 1, `backend/examples/write_path.rs`): ~300-byte events with 5
+/// properties, a 3-key context, user and session ids; `n` of one
+/// environment from `base` (unix ms), 3 ms apart, the same for a seed.
+pub fn bench_envelopes(env_id: u32, base: i64, n: usize, seed: u64) -> Vec<protocol::Envelope> {
+    use rand::{rngs::SmallRng, Rng, SeedableRng};
+    let mut rng = SmallRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let ts = base + (i as i64) * 3;
+            let random: [u8; 10] = rng.random();
+            let value = serde_json::json!({
+                "id": protocol::uuid_v7(ts as u64, &random),
+                "env_id": env_id,
+                "name": BENCH_NAMES[rng.random_range(0..BENCH_NAMES.len())],
+                "timestamp": ts,
+                "received_at": ts + 40,
+                "user_id": format!("user-{}", rng.random_range(0..50_000)),
+                "session_id": format!("sess-{}", rng.random_range(0..200_000)),
+                "properties": {"amount": rng.random_range(1..50_000) as f64 / 100.0, "currency": "EUR",
+                               "sku": format!("SKU-{}", rng.random_range(0..5000)), "plan": "pro", "step": i % 10},
+                "context": {"country": BENCH_COUNTRIES[i % 5], "colo": "FRA", "library": "sluice-js/1.0"}
+            });
+            serde_json::from_value(value).expect("valid envelope")
+        })
+        .collect()
+}
+
 /// Event names of the benchmarks' traffic, by event number.
 pub fn sample_event_name(i: u64) -> &'static str {
     const NAMES: [&str; 4] = ["page_view", "click", "add_to_cart", "checkout"];

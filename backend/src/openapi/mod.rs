@@ -211,13 +211,13 @@ fn components() -> Components {
     with_dependencies::<protocol::EnvCounts>(&mut all);
     with_dependencies::<Reports>(&mut all);
     with_dependencies::<ErrorBody>(&mut all);
-    with_dependencies::<schemas::Reported>(&mut all);
+    with_dependencies::<crate::ingest::Reported>(&mut all);
     with_dependencies::<schemas::Health>(&mut all);
     with_dependencies::<schemas::Ready>(&mut all);
     with_dependencies::<schemas::Summary>(&mut all);
     with_dependencies::<schemas::Series>(&mut all);
-    with_dependencies::<schemas::Delivery>(&mut all);
-    with_dependencies::<schemas::Ledger>(&mut all);
+    with_dependencies::<crate::stats::Delivery>(&mut all);
+    with_dependencies::<crate::delivery::Ledger>(&mut all);
     with_dependencies::<schemas::Accepted>(&mut all);
     with_dependencies::<schemas::SegmentAccepted>(&mut all);
     with_dependencies::<schemas::SegmentSettings>(&mut all);

@@ -1,7 +1,10 @@
 //! Schemas of the answers the handlers build as JSON (`stats`, `/readyz`,
 //! the doors' bodies) and of the public doors' request bodies, which
-//! `intake` reads field by field rather than into a type. The e2e test
-//! (`tests/tests/openapi.rs`) validates every answer against these.
+//! `intake` reads field by field rather than into a type. An answer the
+//! backend serialises from a type of its own (`delivery::Ledger`,
+//! `stats::Delivery`, `store::NamedCount`, `ingest::Reported`) derives its
+//! schema there instead. The e2e test (`tests/tests/openapi.rs`) validates
+//! every answer against these.
 
 use std::collections::BTreeMap;
 
@@ -42,16 +45,6 @@ pub enum CatalogState {
     Stale,
 }
 
-/// A name and its count (`store::NamedCount`).
-#[derive(Serialize, ToSchema)]
-pub struct NamedCount {
-    pub name: String,
-    pub count: u64,
-    /// The message type, for event names.
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    pub event_type: Option<protocol::EventType>,
-}
-
 #[derive(Serialize, ToSchema)]
 pub struct TypeCount {
     #[serde(rename = "type")]
@@ -67,8 +60,8 @@ pub struct Summary {
     pub from: i64,
     pub to: i64,
     pub events: u64,
-    pub by_event: Vec<NamedCount>,
-    pub by_country: Vec<NamedCount>,
+    pub by_event: Vec<crate::store::NamedCount>,
+    pub by_country: Vec<crate::store::NamedCount>,
     pub by_type: Vec<TypeCount>,
     /// Distinct users (an estimate).
     pub users: u64,
@@ -102,55 +95,6 @@ pub enum Interval {
     Minute,
     Hour,
     Day,
-}
-
-/// The delivery ledger of a minute or a range (`delivery::Ledger`).
-#[derive(Serialize, ToSchema)]
-pub struct Ledger {
-    pub received: u64,
-    pub accepted: u64,
-    pub rejected: BTreeMap<String, u64>,
-    pub stored: u64,
-    pub resent: u64,
-    pub redelivered: u64,
-    pub dropped: BTreeMap<String, u64>,
-    pub dead_lettered: u64,
-    pub replayed: u64,
-    pub lost: u64,
-    /// Accepted and not (yet) accounted for.
-    pub in_flight: i64,
-}
-
-/// One minute of the ledger (`interval=minute`).
-#[derive(Serialize, ToSchema)]
-pub struct LedgerMinute {
-    #[serde(flatten)]
-    pub ledger: Ledger,
-    pub t: i64,
-    pub settled: bool,
-}
-
-/// `GET /v1/stats/delivery`.
-#[derive(Serialize, ToSchema)]
-pub struct Delivery {
-    #[serde(flatten)]
-    pub ledger: Ledger,
-    pub env: String,
-    pub from: i64,
-    pub to: i64,
-    /// Minutes before this (ms) are settled: what is in flight there is a gap.
-    pub settled_before: i64,
-    pub balanced: bool,
-    pub gap: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub series: Option<Vec<LedgerMinute>>,
-}
-
-/// `POST /v1/ingest/reports` (`ingest::Reported`).
-#[derive(Serialize, ToSchema)]
-pub struct Reported {
-    pub reports: u64,
-    pub dead_letters: u64,
 }
 
 /// `POST /v1/events`: 202.

@@ -8,7 +8,8 @@ use axum::{
 };
 
 use crate::query::Query;
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::{minute_bounds, primary_shard, range, RangeParams, ReadAuth, MAX_POINTS};
 use crate::{
@@ -20,6 +21,31 @@ use crate::{
 /// How long after a minute ends its events may still be on their way (the
 /// queue's retries): minutes younger than this are not yet judged.
 pub const SETTLE_SECS: i64 = 120;
+
+/// `GET /v1/stats/delivery`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Delivery {
+    #[serde(flatten)]
+    pub ledger: Ledger,
+    pub env: String,
+    pub from: i64,
+    pub to: i64,
+    /// Minutes before this (ms) are settled: what is in flight there is a gap.
+    pub settled_before: i64,
+    pub balanced: bool,
+    pub gap: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<Vec<LedgerMinute>>,
+}
+
+/// One minute of the ledger (`interval=minute`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LedgerMinute {
+    #[serde(flatten)]
+    pub ledger: Ledger,
+    pub t: i64,
+    pub settled: bool,
+}
 
 /// `GET /v1/stats/delivery?env=&from=&to=[&interval=minute]`
 pub async fn delivery(
@@ -62,21 +88,22 @@ pub async fn delivery(
             gap += ledger.in_flight.unsigned_abs();
         }
         if per_minute {
-            let mut point = ledger.to_json();
-            point["t"] = json!(minute * 1000);
-            point["settled"] = json!(settled);
-            series.push(point);
+            series.push(LedgerMinute {
+                ledger,
+                t: minute * 1000,
+                settled,
+            });
         }
     }
-    let mut body = Ledger::of(&total).to_json();
-    body["env"] = json!(auth.env.name);
-    body["from"] = json!(start * 1000);
-    body["to"] = json!(end * 1000);
-    body["settled_before"] = json!(settled_before * 1000);
-    body["balanced"] = json!(gap == 0);
-    body["gap"] = json!(gap);
-    if per_minute {
-        body["series"] = json!(series);
-    }
-    Ok(Json(body).into_response())
+    Ok(Json(Delivery {
+        ledger: Ledger::of(&total),
+        env: auth.env.name.clone(),
+        from: start * 1000,
+        to: end * 1000,
+        settled_before: settled_before * 1000,
+        balanced: gap == 0,
+        gap,
+        series: per_minute.then_some(series),
+    })
+    .into_response())
 }

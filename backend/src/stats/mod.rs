@@ -22,6 +22,7 @@ use serde_json::json;
 pub use crate::store::{NamedCount, Second};
 pub use auth::{ReadAuth, TokenCache, TOKEN_CACHE_TTL};
 pub use delivery::{delivery, SETTLE_SECS};
+pub use delivery::{Delivery, LedgerMinute};
 pub use live::{stream, Hub, Update};
 pub use tail::{tail, TailHub};
 

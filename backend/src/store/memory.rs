@@ -749,7 +749,8 @@ struct CatalogState {
     shards: Vec<Shard>,
     environments: Vec<Environment>,
     metrics: Vec<Metric>,
-    suppressed: HashMap<u32, std::collections::HashSet<[u8; 32]>>,
+    /// (environment, person) → when the suppression ends (unix seconds).
+    suppressions: BTreeMap<(u32, [u8; 32]), i64>,
     tokens: HashMap<[u8; 32], u32>,
     api_keys: HashMap<String, u32>,
     failing: bool,
@@ -873,6 +874,11 @@ impl MemoryCatalog {
                 .or_default()
                 .push(metric.clone());
         }
+        let now = chrono::Utc::now().timestamp();
+        let mut suppressed: HashMap<u32, HashSet<[u8; 32]>> = HashMap::new();
+        for (&(env_id, person), _) in state.suppressions.iter().filter(|(_, &until)| until > now) {
+            suppressed.entry(env_id).or_default().insert(person);
+        }
         Snapshot {
             shards: state.shards.iter().map(|s| (s.id, s.clone())).collect(),
             environments: state
@@ -881,18 +887,26 @@ impl MemoryCatalog {
                 .map(|e| (e.id, e.clone()))
                 .collect(),
             metrics,
-            suppressed: state.suppressed.clone(),
+            suppressed,
             read_at,
         }
     }
 
     /// Suppress a person (`crate::erasure::person_hash`) from the next snapshot on.
     pub fn suppress(&self, env_id: u32, person: [u8; 32]) {
-        lock(&self.state)
-            .suppressed
-            .entry(env_id)
-            .or_default()
-            .insert(person);
+        self.suppress_until(env_id, person, i64::MAX);
+    }
+
+    /// Suppress a person until `until` (unix seconds; one in the past has ended).
+    pub fn suppress_until(&self, env_id: u32, person: [u8; 32], until: i64) {
+        let mut state = lock(&self.state);
+        let end = state.suppressions.entry((env_id, person)).or_insert(until);
+        *end = (*end).max(until);
+    }
+
+    /// How many suppressions are stored, ended or not.
+    pub fn suppressions(&self) -> usize {
+        lock(&self.state).suppressions.len()
     }
 }
 
@@ -925,6 +939,26 @@ impl CatalogSource for MemoryCatalog {
             return Err(Error::Catalog("the memory catalog is failing".into()));
         }
         Ok(state.api_keys.get(hash).copied())
+    }
+
+    async fn prune_suppressions(&self, limit: u32) -> Result<u64> {
+        let mut state = lock(&self.state);
+        if state.failing {
+            return Err(Error::Catalog("the memory catalog is failing".into()));
+        }
+        let now = chrono::Utc::now().timestamp();
+        let mut ended: Vec<((u32, [u8; 32]), i64)> = state
+            .suppressions
+            .iter()
+            .filter(|(_, &until)| until <= now)
+            .map(|(&key, &until)| (key, until))
+            .collect();
+        ended.sort_by_key(|&(_, until)| until);
+        ended.truncate(limit as usize);
+        for (key, _) in &ended {
+            state.suppressions.remove(key);
+        }
+        Ok(ended.len() as u64)
     }
 }
 

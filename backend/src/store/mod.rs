@@ -168,6 +168,13 @@ pub trait CatalogSource: Send + Sync {
 
     /// The environment an active API key (by its SHA-256 hex) writes to.
     async fn api_key_env(&self, hash: &str) -> Result<Option<u32>>;
+
+    /// Delete at most `limit` suppressions that have ended (those [`load`]
+    /// no longer reads), earliest end first; returns how many went. The
+    /// erasure records stay.
+    ///
+    /// [`load`]: CatalogSource::load
+    async fn prune_suppressions(&self, limit: u32) -> Result<u64>;
 }
 
 /// Where counter deltas are persisted.
@@ -191,12 +198,14 @@ pub struct SummaryRange {
     pub end: NaiveDateTime,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+/// A name and its count (`/v1/stats/summary`'s `by_event`, `by_country`).
+#[derive(Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct NamedCount {
     pub name: String,
     pub count: u64,
     /// The message type, for event names (`track`, `identify`, `page`, ...).
     #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<protocol::EventType>)]
     pub event_type: Option<&'static str>,
 }
 

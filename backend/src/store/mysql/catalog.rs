@@ -62,6 +62,10 @@ impl CatalogSource for MySqlCatalog {
     async fn api_key_env(&self, hash: &str) -> Result<Option<u32>> {
         api_key_env(&self.pool, hash).await
     }
+
+    async fn prune_suppressions(&self, limit: u32) -> Result<u64> {
+        super::erasure::prune_suppressions(&self.pool, limit).await
+    }
 }
 
 const SELECT_SHARDS: &str = "SELECT id, name, url, status FROM shards ORDER BY id";

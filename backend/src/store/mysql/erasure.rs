@@ -123,6 +123,18 @@ pub async fn active_suppressions(pool: &MySqlPool) -> Result<Vec<(u32, [u8; 32])
     Ok(out)
 }
 
+/// Deletes at most `limit` ended suppressions, earliest first (through
+/// `suppressions_until`); returns how many went.
+pub async fn prune_suppressions(pool: &MySqlPool, limit: u32) -> Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM suppressions WHERE until <= UTC_TIMESTAMP() ORDER BY until LIMIT ?",
+    )
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
 /// Removes `person`'s events of `env_id` from one shard: those naming them
 /// by the id's own column, and alias events naming it as `previous_id`.
 pub async fn erase_events(
