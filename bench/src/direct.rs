@@ -23,7 +23,7 @@ use std::{
 use rand::{rngs::SmallRng, Rng, SeedableRng};
 use sqlx::{mysql::MySqlPoolOptions, MySqlPool};
 
-use crate::{cli, cpu_seconds, peak_rss_mb, start_backend, Args, Figure, TOKEN};
+use crate::{cli, cpu_seconds, peak_rss_mb, percentile, start_backend, Args, Figure, TOKEN};
 
 /// Which door a stage sends to.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -192,13 +192,6 @@ async fn load(
     total.elapsed = started.elapsed();
     total.latencies_ms.sort_by(|a, b| a.total_cmp(b));
     total
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// `sluice_group_commit_events` (count, sum) from the backend's `/metrics`.

@@ -11,7 +11,7 @@ use std::{
 use futures::{stream, StreamExt};
 use serde_json::json;
 
-use crate::{Figure, TOKEN};
+use crate::{percentile, Figure, TOKEN};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -141,10 +141,6 @@ async fn dev_servers(dirs: &[&Path], ready_path: &str, extra: &[&str]) -> (Wrang
         eprintln!("wrangler dev on {url} did not start (see {log}); trying another port");
     }
     panic!("wrangler dev of {configs:?} did not start in three tries");
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// (p50, p99) in ms of `n` POSTs with `concurrency` in flight.

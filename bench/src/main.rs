@@ -163,6 +163,14 @@ fn events(env_id: u32, n: usize, seed: u64) -> Vec<Envelope> {
     testkit::bench_envelopes(env_id, base, n, seed)
 }
 
+/// The `p` quantile (0–1) of ascending `sorted`; NaN when it is empty.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     xs[xs.len() / 2]
