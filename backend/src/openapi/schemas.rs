@@ -143,23 +143,8 @@ fn text(max: usize) -> ObjectBuilder {
 /// A time as the doors read it (`intake::time::parse_value`): RFC 3339
 /// text, or epoch milliseconds as a number (a fraction is dropped). Whether
 /// it is in range is decided after the skew correction (`sentAt`): 422.
+/// null is the field left out (an event's receive time, a batch's no skew).
 fn time() -> RefOr<Schema> {
-    OneOfBuilder::new()
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .description(Some("RFC 3339")),
-        )
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::Number)
-                .description(Some("epoch milliseconds")),
-        )
-        .into()
-}
-
-/// A batch's `sentAt`: any time (the skew is what is taken from it).
-fn sent_at() -> RefOr<Schema> {
     OneOfBuilder::new()
         .item(
             ObjectBuilder::new()
@@ -227,7 +212,7 @@ pub fn public_body(max_events: usize) -> RefOr<Schema> {
             ObjectBuilder::new()
                 .schema_type(Type::Object)
                 .property("batch", events())
-                .property("sentAt", sent_at())
+                .property("sentAt", time())
                 .required("batch")
                 .additional_properties(Some(AdditionalProperties::FreeForm(false))),
         )
@@ -308,7 +293,7 @@ pub fn segment_batch() -> ObjectBuilder {
             "context",
             any().description(Some("shared by the messages, under their own")),
         )
-        .property("sentAt", sent_at())
+        .property("sentAt", time())
         .property("writeKey", any())
         .required("batch")
 }
